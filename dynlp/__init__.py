@@ -1,0 +1,30 @@
+"""dynlp: dynamic computation graphs with automatic operation batching, for NLP, on numpy.
+
+    import dynlp as dn
+    pc = dn.ParameterCollection()
+    W = pc.add_parameters((8, 4))
+    with dn.Graph() as g:
+        loss = dn.pick_neg_log_softmax(dn.tanh(W @ dn.inputs(np.ones(4))), 2)
+        loss.backward()
+"""
+
+from .autobatch import Engine
+from .autodiff import grad, jvp, value_and_grad
+from .functions import *  # noqa: F401,F403
+from .functions import __all__ as _functions
+from .functions import absolute
+from .gradcheck import GradcheckError, gradcheck
+from .graph import Expression, Graph, GraphError, ShapeError, current_graph, renew_cg
+from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
+                     read_metadata)
+
+Graph.engine_class = Engine
+abs = absolute
+
+__version__ = "0.1.0"
+
+__all__ = list(_functions) + [
+    "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression", "Graph",
+    "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
+    "Parameter", "ParameterCollection", "read_metadata", "__version__",
+]

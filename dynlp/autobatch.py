@@ -1,0 +1,337 @@
+"""The autobatching engine: schedules a graph's pending nodes into batches of equal signature and
+runs each batch as one call of its op's own rules, forward and (in reverse) backward.
+
+Knows no op by name: it reads the batching mask and batched attributes of the op table.
+After Neubig, Goldberg and Dyer (2017), "On-the-fly Operation Batching in Dynamic Computation
+Graphs". Must not import params or trainers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .graph import GraphError
+from .ops import SHARED, SparseRows
+
+STRATEGIES = ("agenda", "depth", "late")
+DEFAULT_STRATEGY = "late"
+
+
+class Batch:
+    """One executed group: the op, its nodes, gathered inputs and how they were gathered."""
+
+    __slots__ = ("op", "nodes", "xs", "plans", "attrs", "mask")
+
+    def __init__(self, op, nodes, xs, plans, attrs, mask) -> None:
+        self.op = op
+        self.nodes = nodes
+        self.xs = xs
+        self.plans = plans
+        self.attrs = attrs
+        self.mask = mask
+
+
+class Engine:
+    """Evaluates one graph. strategy: True (the default), False (one node per call) or a name."""
+
+    def __init__(self, graph: Any, strategy: bool | str = True) -> None:
+        if strategy is True:
+            strategy = DEFAULT_STRATEGY
+        if strategy is not False and strategy not in STRATEGIES:
+            raise ValueError(f"autobatch must be True, False or one of {STRATEGIES}, "
+                             f"not {strategy!r}")
+        self.g = graph
+        self.strategy = strategy or None
+        self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
+        self.batches: list[Batch | None] = []   # None for a leaf
+        self.grads: list[np.ndarray | None] | None = None
+        self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
+        self.times = {"schedule": 0.0, "forward_numpy": 0.0, "backward_total": 0.0,
+                      "backward_numpy": 0.0, "forward_total": 0.0}
+
+    # -- leaves ----------------------------------------------------------------------------------
+    def leaf(self, node: int, value: np.ndarray) -> None:
+        b = len(self.bufs)
+        self.bufs.append(value[None])
+        self.batches.append(None)
+        self.g.bid[node] = b
+        self.g.row[node] = 0
+
+    def value(self, node: int) -> np.ndarray:
+        if self.g.bid[node] < 0:
+            self.forward([node])
+        return self.bufs[self.g.bid[node]][self.g.row[node]]
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def _pending(self, targets: list[int]) -> list[int]:
+        bid, args = self.g.bid, self.g.args
+        stack = [t for t in targets if bid[t] < 0]
+        seen = set(stack)
+        out = []
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            for a in args[n]:
+                if bid[a] < 0 and a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+        out.sort()
+        return out
+
+    def ancestors(self, target: int) -> list[int]:
+        """All ancestors of target (and itself), in creation order."""
+        args = self.g.args
+        stack, seen = [target], {target}
+        while stack:
+            for a in args[stack.pop()]:
+                if a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+        return sorted(seen)
+
+    def forward(self, targets: list[int]) -> None:
+        start = time.perf_counter()
+        numpy_before = self.times["forward_numpy"]
+        pending = self._pending(targets)
+        if pending:
+            if self.strategy is None:
+                run = self._run
+                for n in pending:
+                    run([n])
+            elif self.strategy == "depth":
+                self._by_depth(pending)
+            else:
+                self._agenda(pending)
+        total = time.perf_counter() - start
+        self.times["forward_total"] += total
+        self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
+
+    def _by_depth(self, pending: list[int]) -> None:
+        depth, sigs = self.g.depth, self.g.sigs
+        groups: dict[tuple[int, int], list[int]] = {}
+        for n in pending:
+            key = (depth[n], sigs[n])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [n]
+            else:
+                group.append(n)
+        for key in sorted(groups):
+            self._run(groups[key])
+
+    def _agenda(self, pending: list[int]) -> None:
+        """Run the ready signature group of lowest mean priority, until nothing is pending.
+
+        "agenda" takes a node's depth as its priority (DyNet's default); "late" takes the latest
+        level its consumers allow, so that nodes wait and grow into larger batches.
+        """
+        g = self.g
+        bid, args, sigs, ops = g.bid, g.args, g.sigs, g.ops
+        deps: dict[int, int] = {}
+        consumers: dict[int, list[int]] = {}
+        roots = []
+        for n in pending:
+            count = 0
+            for a in args[n]:
+                if bid[a] < 0:
+                    count += 1
+                    c = consumers.get(a)
+                    if c is None:
+                        consumers[a] = [n]
+                    else:
+                        c.append(n)
+            if count:
+                deps[n] = count
+            else:
+                roots.append(n)
+        if self.strategy == "late":
+            top = max(g.depth[n] for n in pending)
+            prio: Any = {}
+            for n in reversed(pending):
+                c = consumers.get(n)
+                prio[n] = min([prio[m] for m in c]) - 1 if c else top
+        else:
+            prio = g.depth
+        ready: dict[int, list[int]] = {}
+        total: dict[int, float] = {}
+
+        def make_ready(n: int) -> None:
+            s = sigs[n]
+            group = ready.get(s)
+            p = prio[n] if ops[n].batch is not None else -1e9
+            if group is None:
+                ready[s] = [n]
+                total[s] = p
+            else:
+                group.append(n)
+                total[s] += p
+
+        for n in roots:
+            make_ready(n)
+        run = self._run
+        while ready:
+            best = min(ready, key=lambda s: total[s] / len(ready[s]))
+            nodes = ready.pop(best)
+            del total[best]
+            run(nodes)
+            for n in nodes:
+                for c in consumers.get(n, ()):
+                    left = deps[c] - 1
+                    deps[c] = left
+                    if not left:
+                        make_ready(c)
+
+    # -- execution -------------------------------------------------------------------------------
+    def _gather(self, nodes: list[int]) -> tuple[np.ndarray, tuple]:
+        """Stack the values of nodes along a new leading axis, without copying when possible."""
+        bid, row, bufs = self.g.bid, self.g.row, self.bufs
+        a0 = nodes[0]
+        b0, r0 = bid[a0], row[a0]
+        count = len(nodes)
+        if count == 1:
+            return bufs[b0][r0:r0 + 1], ("slice", b0, r0)
+        bs = [bid[a] for a in nodes]
+        rs = [row[a] for a in nodes]
+        if bs.count(b0) == count:
+            buf = bufs[b0]
+            if rs[-1] - r0 == count - 1 and rs == list(range(r0, r0 + count)):
+                return buf[r0:r0 + count], ("slice", b0, r0)
+            if rs.count(r0) == count:
+                return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
+            idx = np.array(rs)
+            return buf[idx], ("rows", b0, idx, len(set(rs)) == count)
+        return np.stack([bufs[b][r] for b, r in zip(bs, rs)]), ("mixed", bs, rs)
+
+    def _run(self, nodes: list[int]) -> None:
+        g = self.g
+        n0 = nodes[0]
+        op = g.ops[n0]
+        node_args = g.args[n0]
+        mask = op.mask(len(node_args)) or ("stack",) * len(node_args)
+        bid, row, bufs = g.bid, g.row, self.bufs
+        xs = []
+        plans = []
+        all_args = g.args
+        for k, m in enumerate(mask):
+            if m == SHARED:
+                a = node_args[k]
+                xs.append(bufs[bid[a]][row[a]])
+                plans.append(a)
+            else:
+                x, plan = self._gather([all_args[n][k] for n in nodes])
+                xs.append(x)
+                plans.append(plan)
+        static = g.attrs[n0]
+        attrs = dict(static) if static else {}
+        if op.batched_attrs:
+            battrs = g.battrs
+            for j, name in enumerate(op.batched_attrs):
+                attrs[name] = np.array([battrs[n][j] for n in nodes])
+        start = time.perf_counter()
+        out = op.forward(*xs, **attrs)
+        self.times["forward_numpy"] += time.perf_counter() - start
+        b = len(bufs)
+        bufs.append(out)
+        self.batches.append(Batch(op, nodes, xs, plans, attrs, mask))
+        for r, n in enumerate(nodes):
+            bid[n] = b
+            row[n] = r
+        self.counts["forward_batches"] += 1
+        self.counts["forward_nodes"] += len(nodes)
+
+    # -- reverse mode ----------------------------------------------------------------------------
+    def backward(self, loss: int) -> None:
+        """Reverse sweep over the executed batches, newest first; deliver parameter gradients."""
+        self.forward([loss])
+        start = time.perf_counter()
+        g = self.g
+        bid, row, bufs, batches = g.bid, g.row, self.bufs, self.batches
+        grads: list[np.ndarray | None] = [None] * len(bufs)
+        seed = np.zeros_like(bufs[bid[loss]])
+        seed[row[loss]] = 1.0
+        grads[bid[loss]] = seed
+        sparse: dict[int, list[SparseRows]] = {}
+        numpy_time = 0.0
+
+        def grad_of(b: int) -> np.ndarray:
+            t = grads[b]
+            if t is None:
+                buf = bufs[b]
+                t = grads[b] = np.zeros(buf.shape, buf.dtype)
+            return t
+
+        for b in range(bid[loss], -1, -1):
+            gout = grads[b]
+            batch = batches[b]
+            if gout is None or batch is None:
+                continue
+            t0 = time.perf_counter()
+            cts = batch.op.vjp(gout, bufs[b], *batch.xs, **batch.attrs)
+            numpy_time += time.perf_counter() - t0
+            self.counts["backward_batches"] += 1
+            for k, ct in enumerate(cts):
+                if ct is None:
+                    continue
+                plan = batch.plans[k]
+                if batch.mask[k] == SHARED:
+                    if isinstance(ct, SparseRows):
+                        if plan in g.node_params:
+                            sparse.setdefault(plan, []).append(ct)
+                        else:
+                            np.add.at(grad_of(bid[plan])[row[plan]], ct.indices, ct.values)
+                    else:
+                        grad_of(bid[plan])[row[plan]] += ct
+                    continue
+                kind = plan[0]
+                if kind == "slice":
+                    grad_of(plan[1])[plan[2]:plan[2] + len(ct)] += ct
+                elif kind == "same":
+                    grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
+                elif kind == "rows":
+                    if plan[3]:
+                        grad_of(plan[1])[plan[2]] += ct
+                    else:
+                        np.add.at(grad_of(plan[1]), plan[2], ct)
+                else:
+                    for i, (pb, pr) in enumerate(zip(plan[1], plan[2])):
+                        grad_of(pb)[pr] += ct[i]
+        self.grads = grads
+        for node, param in g.node_params.items():
+            dense = grads[bid[node]]
+            if dense is not None:
+                param.accumulate_grad(dense[0])
+            chunks = sparse.get(node)
+            if chunks:
+                idx = np.concatenate([c.indices.reshape(-1) for c in chunks])
+                vals = np.concatenate([c.values.reshape((-1,) + c.values.shape[-1:])
+                                       for c in chunks])
+                param.accumulate_sparse(idx, vals)
+        self.times["backward_total"] += time.perf_counter() - start
+        self.times["backward_numpy"] += numpy_time
+
+    def gradient(self, node: int) -> np.ndarray:
+        if self.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        b = self.g.bid[node]
+        t = self.grads[b] if 0 <= b < len(self.grads) else None
+        if t is None:
+            return np.zeros(self.g.shapes[node], self.g.dtype)
+        return t[self.g.row[node]]
+
+    def stats(self) -> dict:
+        c, t = self.counts, self.times
+        batches = c["forward_batches"]
+        return {
+            "nodes": len(self.g.ops),
+            "forward_batches": batches,
+            "backward_batches": c["backward_batches"],
+            "mean_batch_size": c["forward_nodes"] / batches if batches else 0.0,
+            "seconds_scheduling": t["schedule"],
+            "seconds_forward_numpy": t["forward_numpy"],
+            "seconds_backward_numpy": t["backward_numpy"],
+            "seconds_backward_other": t["backward_total"] - t["backward_numpy"],
+            "strategy": self.strategy or "off",
+        }

@@ -1,0 +1,51 @@
+"""Data handling for dynlp: CoNLL-U and PTB-tree I/O, vocabularies, batching, dataset registry.
+
+Everything here depends only on numpy and the standard library; dynlp.data must not import
+any other part of dynlp.
+"""
+
+from dynlp.data.batching import batches
+from dynlp.data.conllu import (
+    CoNLLUError,
+    Sentence,
+    SentenceList,
+    Token,
+    parse_conllu,
+    read_conllu,
+    write_conllu,
+)
+from dynlp.data.registry import DATASETS, DataError, Dataset, fetch, list_datasets
+from dynlp.data.trees import (
+    Tree,
+    TreeError,
+    binary_label,
+    fine_label,
+    parse_tree,
+    read_trees,
+    write_trees,
+)
+from dynlp.data.vocab import Vocab
+
+__all__ = [
+    "CoNLLUError",
+    "DATASETS",
+    "DataError",
+    "Dataset",
+    "Sentence",
+    "SentenceList",
+    "Token",
+    "Tree",
+    "TreeError",
+    "Vocab",
+    "batches",
+    "binary_label",
+    "fetch",
+    "fine_label",
+    "list_datasets",
+    "parse_conllu",
+    "parse_tree",
+    "read_conllu",
+    "read_trees",
+    "write_conllu",
+    "write_trees",
+]

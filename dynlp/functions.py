@@ -1,0 +1,335 @@
+"""The expression functions users call: one thin builder per op of the table, plus composites
+(subtraction, means, dot products) written over primitives. Shapes in docstrings are per example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .graph import Expression, apply, arith, current_graph, matmul, pick, unary
+from .params import LookupParameter, Parameter, lookup
+
+__all__ = [
+    "inputs", "scalar", "zeros", "ones", "parameter", "lookup", "neg", "exp", "log", "sqrt",
+    "square", "cube", "absolute", "sin", "cos", "tanh", "logistic", "sigmoid", "log_sigmoid",
+    "softplus", "rectify", "relu", "elu", "selu", "cmult", "cdiv", "power", "maximum",
+    "minimum", "bmax", "bmin", "matmul", "affine_transform", "transpose", "dot_product", "outer",
+    "sum_elems", "mean_elems", "sum_dim", "mean_dim", "max_dim", "min_dim", "logsumexp", "esum",
+    "average", "l2_norm", "squared_norm", "concatenate", "concatenate_cols", "reshape", "pick",
+    "pick_range", "select_rows", "select_cols", "nobackprop", "flip_gradient", "softmax",
+    "log_softmax", "pick_neg_log_softmax", "hinge", "binary_log_loss", "squared_distance",
+    "huber_distance", "dropout", "noise",
+]
+
+
+# -- leaves ---------------------------------------------------------------------------------------
+def inputs(value: Any) -> Expression:
+    """A constant from an array-like, in the current graph's dtype."""
+    return current_graph().leaf(np.asarray(value))
+
+
+def scalar(value: float) -> Expression:
+    return current_graph().leaf(np.asarray(float(value)))
+
+
+def zeros(shape: Any) -> Expression:
+    g = current_graph()
+    return g.leaf(np.zeros(shape, g.dtype))
+
+
+def ones(shape: Any) -> Expression:
+    g = current_graph()
+    return g.leaf(np.ones(shape, g.dtype))
+
+
+def parameter(p: Parameter) -> Expression:
+    """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
+    return p.to_expression()
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+def neg(x: Any) -> Expression:
+    return unary("neg", x)
+
+
+def exp(x: Any) -> Expression:
+    return unary("exp", x)
+
+
+def log(x: Any) -> Expression:
+    return unary("log", x)
+
+
+def sqrt(x: Any) -> Expression:
+    return unary("sqrt", x)
+
+
+def square(x: Any) -> Expression:
+    return unary("square", x)
+
+
+def cube(x: Any) -> Expression:
+    return unary("cube", x)
+
+
+def absolute(x: Any) -> Expression:
+    return unary("abs", x)
+
+
+def sin(x: Any) -> Expression:
+    return unary("sin", x)
+
+
+def cos(x: Any) -> Expression:
+    return unary("cos", x)
+
+
+def tanh(x: Any) -> Expression:
+    return unary("tanh", x)
+
+
+def logistic(x: Any) -> Expression:
+    """1 / (1 + exp(-x))"""
+    return unary("logistic", x)
+
+
+sigmoid = logistic
+
+
+def log_sigmoid(x: Any) -> Expression:
+    return unary("log_sigmoid", x)
+
+
+def softplus(x: Any) -> Expression:
+    return unary("softplus", x)
+
+
+def rectify(x: Any) -> Expression:
+    return unary("rectify", x)
+
+
+relu = rectify
+
+
+def elu(x: Any, alpha: float = 1.0) -> Expression:
+    return apply("elu", x, attrs=(("alpha", float(alpha)),))
+
+
+def selu(x: Any) -> Expression:
+    return unary("selu", x)
+
+
+def cmult(x: Any, y: Any) -> Expression:
+    """Elementwise product (DyNet broadcasting: (d,) against (d, n))."""
+    return arith("mul", x, y)
+
+
+def cdiv(x: Any, y: Any) -> Expression:
+    return arith("div", x, y)
+
+
+def power(x: Any, c: float) -> Expression:
+    """x ** c for a constant c."""
+    return apply("pow_const", x, attrs=(("c", float(c)),))
+
+
+def maximum(x: Any, y: Any) -> Expression:
+    return apply("maximum", x, y)
+
+
+def minimum(x: Any, y: Any) -> Expression:
+    return apply("minimum", x, y)
+
+
+bmax = maximum
+bmin = minimum
+
+
+# -- linear algebra -------------------------------------------------------------------------------
+def affine_transform(xs: Sequence[Any]) -> Expression:
+    """[b, W1, x1, W2, x2, ...] -> b + W1 @ x1 + W2 @ x2 + ... in one node."""
+    return apply("affine_transform", *xs)
+
+
+def transpose(x: Any) -> Expression:
+    """(m, n) -> (n, m); a vector (n,) becomes a row (1, n)."""
+    return unary("transpose", x)
+
+
+def dot_product(x: Any, y: Any) -> Expression:
+    """sum(x * y) -> ()"""
+    return sum_elems(cmult(x, y))
+
+
+def outer(x: Any, y: Any) -> Expression:
+    """(m,), (n,) -> (m, n)"""
+    return apply("outer", x, y)
+
+
+# -- reductions -----------------------------------------------------------------------------------
+def sum_elems(x: Any) -> Expression:
+    """Sum of all elements -> ()"""
+    return unary("sum_elems", x)
+
+
+def mean_elems(x: Any) -> Expression:
+    return sum_elems(x) * (1.0 / max(1, int(np.prod(x.shape))))
+
+
+def sum_dim(x: Any, axis: int) -> Expression:
+    return apply("sum_dim", x, attrs=(("axis", int(axis)),))
+
+
+def mean_dim(x: Any, axis: int) -> Expression:
+    return sum_dim(x, axis) * (1.0 / x.shape[axis])
+
+
+def max_dim(x: Any, axis: int = 0) -> Expression:
+    return apply("max_dim", x, attrs=(("axis", int(axis)),))
+
+
+def min_dim(x: Any, axis: int = 0) -> Expression:
+    return apply("min_dim", x, attrs=(("axis", int(axis)),))
+
+
+def logsumexp(x: Any, axis: int = 0) -> Expression:
+    """log sum exp of a vector (along `axis` of a matrix), or elementwise over a list."""
+    if isinstance(x, (list, tuple)):
+        stacked = concatenate([reshape(e, (1,) + e.shape) for e in x])
+        return apply("logsumexp", stacked, attrs=(("axis", 0),))
+    return apply("logsumexp", x, attrs=(("axis", int(axis)),))
+
+
+def esum(xs: Sequence[Any]) -> Expression:
+    """Sum of a list of expressions of one shape, in one node."""
+    if not xs:
+        raise ValueError("esum: the list is empty")
+    return apply("esum", *xs)
+
+
+def average(xs: Sequence[Any]) -> Expression:
+    return esum(xs) * (1.0 / len(xs))
+
+
+def l2_norm(x: Any) -> Expression:
+    return unary("l2_norm", x)
+
+
+def squared_norm(x: Any) -> Expression:
+    return unary("squared_norm", x)
+
+
+# -- structure ------------------------------------------------------------------------------------
+def concatenate(xs: Sequence[Any]) -> Expression:
+    """Rows: (d1,), (d2,) -> (d1 + d2,); matrices along their first axis."""
+    if len(xs) == 1 and isinstance(xs[0], Expression):
+        return xs[0]
+    return apply("concatenate", *xs)
+
+
+def concatenate_cols(xs: Sequence[Any]) -> Expression:
+    """Vectors (d,) as columns -> (d, k); matrices (d, k_i) side by side."""
+    return apply("concatenate_cols", *xs)
+
+
+def reshape(x: Any, shape: Any) -> Expression:
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    return apply("reshape", x, attrs=(("shape", shape),))
+
+
+def pick_range(x: Any, start: int, end: int, dim: int = 0) -> Expression:
+    """x[start:end] along dim."""
+    return apply("pick_range", x, attrs=(("start", int(start)), ("end", int(end)),
+                                         ("dim", int(dim))))
+
+
+def _indices(name: str, idx: Sequence[int], size: int) -> tuple[int, ...]:
+    idx = tuple(int(i) for i in idx)
+    if not idx or any(not 0 <= i < size for i in idx):
+        raise IndexError(f"{name}: indices {list(idx)} out of range 0..{size - 1}")
+    return idx
+
+
+def select_rows(x: Expression, rows: Sequence[int]) -> Expression:
+    rows = _indices("select_rows", rows, x.shape[0])
+    return apply("select_rows", x, attrs=(("count", len(rows)),), battrs=(rows,))
+
+
+def select_cols(x: Expression, cols: Sequence[int]) -> Expression:
+    cols = _indices("select_cols", cols, x.shape[1] if len(x.shape) > 1 else 0)
+    return apply("select_cols", x, attrs=(("count", len(cols)),), battrs=(cols,))
+
+
+def nobackprop(x: Any) -> Expression:
+    """Identity whose gradient is cut (stop gradient)."""
+    return unary("nobackprop", x)
+
+
+def flip_gradient(x: Any) -> Expression:
+    """Identity whose gradient is negated (adversarial training)."""
+    return unary("flip_gradient", x)
+
+
+# -- probabilities and losses ---------------------------------------------------------------------
+def softmax(x: Any) -> Expression:
+    """Along the first axis (each column of a matrix)."""
+    return unary("softmax", x)
+
+
+def log_softmax(x: Any) -> Expression:
+    return unary("log_softmax", x)
+
+
+def _label(name: str, x: Expression, index: int) -> int:
+    index = int(index)
+    if len(x.shape) != 1 or not 0 <= index < x.shape[0]:
+        raise IndexError(f"{name}: label {index} out of range for scores of shape {x.shape}")
+    return index
+
+
+def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
+    """-log softmax(x)[index] -> (); the cross-entropy of one label."""
+    return apply("pick_neg_log_softmax", x, battrs=(_label("pick_neg_log_softmax", x, index),))
+
+
+def hinge(x: Expression, index: int, margin: float = 1.0) -> Expression:
+    return apply("hinge", x, attrs=(("margin", float(margin)),),
+                 battrs=(_label("hinge", x, index),))
+
+
+def binary_log_loss(x: Any, y: Any) -> Expression:
+    """-sum(y log x + (1 - y) log(1 - x)) for probabilities x, targets y."""
+    return apply("binary_log_loss", x, y)
+
+
+def squared_distance(x: Any, y: Any) -> Expression:
+    return apply("squared_distance", x, y)
+
+
+def huber_distance(x: Any, y: Any, c: float = 1.345) -> Expression:
+    return apply("huber_distance", x, y, attrs=(("c", float(c)),))
+
+
+# -- noise ----------------------------------------------------------------------------------------
+def dropout(x: Expression, p: float) -> Expression:
+    """Inverted dropout with rate p; the mask is drawn now from the graph's seeded generator.
+    The identity in a graph with training=False, or for p = 0."""
+    g = x._live()
+    if not g.training or p <= 0.0:
+        return x
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: rate {p} not in [0, 1)")
+    return apply("dropout", x, battrs=(g.random_mask(x.shape, p),))
+
+
+def noise(x: Expression, stddev: float) -> Expression:
+    """x plus Gaussian noise (identity when not training)."""
+    g = x._live()
+    if not g.training or stddev <= 0.0:
+        return x
+    return apply("noise", x, battrs=(g.rng.normal(0.0, stddev, x.shape).astype(g.dtype),))
+
+
+__all__ += ["Expression", "LookupParameter"]

@@ -1,0 +1,410 @@
+"""Graphs and expressions: lazy, append-only per-example computation graphs.
+
+A `Graph` records nodes in creation order (already a topological order) in flat lists; each node
+gets its shape (checked here, errors name the op and the shapes), batching signature and depth
+when it is built. Evaluation is delegated to the graph's engine. Must not import autobatch or params.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .ops import SHARED, TABLE, Op
+
+_INPUT = TABLE["input"]
+_PARAMETER = TABLE["parameter"]
+
+
+class ShapeError(ValueError):
+    """An op was given arguments whose shapes it cannot take."""
+
+
+class GraphError(RuntimeError):
+    """An expression was used outside the graph it belongs to, or after that graph ended."""
+
+
+_current: "Graph | None" = None
+
+
+def current_graph() -> "Graph":
+    """The graph new leaves go into; one is created (as by `renew_cg`) when there is none."""
+    return _current if _current is not None and _current.alive else renew_cg()
+
+
+def renew_cg(**options: Any) -> "Graph":
+    """End the current graph and start a new one (DyNet's `renew_cg`); returns it."""
+    global _current
+    if _current is not None:
+        _current.close()
+    _current = Graph(**options)
+    return _current
+
+
+class Graph:
+    """A computation graph for one minibatch.
+
+    autobatch: True (the default strategy), False (one node at a time), or a strategy name
+    ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
+    drawn when their nodes are built. training: False makes dropout and noise the identity.
+    """
+
+    engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
+
+    def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
+                 seed: int | None = None, training: bool = True) -> None:
+        self.dtype = np.dtype(dtype)
+        self.training = training
+        self.rng = np.random.default_rng(seed)
+        self.alive = True
+        self.ops: list[Op] = []
+        self.args: list[tuple[int, ...]] = []
+        self.attrs: list[tuple] = []
+        self.battrs: list[tuple | None] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.sigs: list[int] = []
+        self.depth: list[int] = []
+        self.bid: list[int] = []   # engine state: batch holding the node's value, -1 pending
+        self.row: list[int] = []   # and the node's row in that batch
+        self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
+        self.node_params: dict[int, Any] = {}   # node -> parameter
+        self._info: dict[tuple, tuple] = {}
+        self._sig_ids: dict[Any, int] = {}
+        self._previous: Graph | None = None
+        self.engine = self.engine_class(self, autobatch)
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "Graph":
+        global _current
+        self._previous = _current
+        _current = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _current
+        self.close()
+        _current = self._previous
+
+    def close(self) -> None:
+        """End the graph: its expressions can no longer be built on or evaluated."""
+        self.alive = False
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    # -- building --------------------------------------------------------------------------------
+    def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
+            battrs: tuple | None = None) -> "Expression":
+        """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
+        shapes = self.shapes
+        key = (op, tuple([shapes[a] for a in args]), attrs)
+        info = self._info.get(key)
+        if info is None:
+            info = self._describe(key)
+        shape, shared, sig = info
+        if shared is not None:
+            sig = self._intern((sig,) + tuple([args[p] for p in shared]))
+        depth = self.depth
+        self.ops.append(op)
+        self.args.append(args)
+        self.attrs.append(attrs)
+        self.battrs.append(battrs)
+        self.shapes.append(shape)
+        self.sigs.append(sig)
+        depth.append(max([depth[a] for a in args]) + 1)
+        self.bid.append(-1)
+        self.row.append(-1)
+        return Expression(self, len(self.ops) - 1)
+
+    def _describe(self, key: tuple) -> tuple:
+        op, shapes, attrs = key
+        try:
+            shape = tuple(op.shape(*shapes, **dict(attrs)))
+        except (ValueError, TypeError, IndexError) as err:
+            args = ", ".join(str(s) for s in shapes)
+            extra = "".join(f", {k}={v!r}" for k, v in attrs)
+            raise ShapeError(f"{op.name}({args}{extra}): {err}") from None
+        mask = op.mask(len(shapes))
+        if mask is None:
+            # unbatchable: never cached, so that every node gets a signature of its own
+            return (shape, None, self._intern(("unbatchable", len(self._sig_ids))))
+        shared = tuple(k for k, m in enumerate(mask) if m == SHARED) or None
+        info = self._info[key] = (shape, shared, self._intern(key))
+        return info
+
+    def _intern(self, key: Any) -> int:
+        sig = self._sig_ids.get(key)
+        if sig is None:
+            sig = self._sig_ids[key] = len(self._sig_ids)
+        return sig
+
+    def leaf(self, value: np.ndarray) -> "Expression":
+        """A constant node holding `value` (cast to the graph's dtype)."""
+        self._check_alive()
+        value = np.asarray(value, dtype=self.dtype)
+        return self._leaf(_INPUT, value)
+
+    def _leaf(self, op: Op, value: np.ndarray) -> "Expression":
+        i = len(self.ops)
+        self.ops.append(op)
+        self.args.append(())
+        self.attrs.append(())
+        self.battrs.append(None)
+        self.shapes.append(value.shape)
+        self.sigs.append(self._intern(("leaf", i)))
+        self.depth.append(0)
+        self.bid.append(-1)
+        self.row.append(-1)
+        self.engine.leaf(i, value)
+        return Expression(self, i)
+
+    def parameter(self, param: Any) -> "Expression":
+        """The node standing for a parameter in this graph (one per parameter and graph)."""
+        self._check_alive()
+        node = self.param_nodes.get(id(param))
+        if node is not None:
+            return Expression(self, node)
+        value = param.value
+        if value.dtype != self.dtype:
+            value = value.astype(self.dtype)
+        e = self._leaf(_PARAMETER, value)
+        self.param_nodes[id(param)] = e.i
+        self.node_params[e.i] = param
+        return e
+
+    def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
+        """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""
+        return (self.rng.random(shape) >= p).astype(self.dtype) / self.dtype.type(1.0 - p)
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise GraphError("this graph has ended (renew_cg was called or its `with` block "
+                             "closed); build a new graph for new expressions")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def forward(self, exprs: Iterable["Expression"]) -> None:
+        """Evaluate the given expressions together (one batched pass over what they need)."""
+        self._check_alive()
+        self.engine.forward([self.node(e) for e in exprs])
+
+    def node(self, e: "Expression") -> int:
+        if not isinstance(e, Expression):
+            raise TypeError(f"expected an Expression, got {type(e).__name__}")
+        if e.g is not self:
+            raise GraphError("the expression belongs to another graph")
+        return e.i
+
+    def stats(self) -> dict:
+        """Nodes, batches run forward and backward, mean batch size, scheduling and numpy time."""
+        return self.engine.stats()
+
+
+class Expression:
+    """A node of a graph. Operators follow numpy: `@` is a matrix product, `*` elementwise."""
+
+    __slots__ = ("g", "i")
+    __array_priority__ = 1000  # numpy defers to our operators for `array * expr`
+
+    def __init__(self, g: Graph, i: int) -> None:
+        self.g = g
+        self.i = i
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.g.shapes[self.i]
+
+    def dim(self) -> tuple[int, ...]:
+        return self.g.shapes[self.i]
+
+    def __repr__(self) -> str:
+        return f"Expression({self.g.ops[self.i].name}, shape={self.shape}, node={self.i})"
+
+    def _live(self) -> Graph:
+        g = self.g
+        if not g.alive:
+            g._check_alive()
+        return g
+
+    def forward(self) -> None:
+        g = self._live()
+        g.engine.forward([self.i])
+
+    def npvalue(self) -> np.ndarray:
+        """The value as a new numpy array."""
+        g = self._live()
+        return np.array(g.engine.value(self.i))
+
+    def value(self) -> float | np.ndarray:
+        """A float for a scalar expression, else a numpy array."""
+        v = self.npvalue()
+        return float(v) if v.ndim == 0 else v
+
+    def scalar_value(self) -> float:
+        if self.shape != ():
+            raise ShapeError(f"scalar_value: the expression has shape {self.shape}, not ()")
+        return float(self.npvalue())
+
+    def backward(self) -> None:
+        """Reverse sweep from this scalar: gradients reach parameters and `gradient()`."""
+        g = self._live()
+        if self.shape != ():
+            raise ShapeError(f"backward: the loss must be a scalar, got shape {self.shape}")
+        g.engine.backward(self.i)
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this expression, after `backward()`."""
+        g = self._live()
+        return np.array(g.engine.gradient(self.i))
+
+    # -- operators -------------------------------------------------------------------------------
+    def __add__(self, other):
+        return arith("add", self, other)
+
+    def __radd__(self, other):
+        return arith("add", other, self)
+
+    def __sub__(self, other):
+        return arith("sub", self, other)
+
+    def __rsub__(self, other):
+        return arith("sub", other, self)
+
+    def __mul__(self, other):
+        return arith("mul", self, other)
+
+    def __rmul__(self, other):
+        return arith("mul", other, self)
+
+    def __truediv__(self, other):
+        return arith("div", self, other)
+
+    def __rtruediv__(self, other):
+        return arith("div", other, self)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
+    def __neg__(self):
+        return unary("neg", self)
+
+    def __pow__(self, c):
+        if not isinstance(c, (int, float)):
+            raise TypeError("only a constant exponent is supported: x ** c")
+        return self.g.add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("slices of expressions take step 1")
+            return self.g.add(TABLE["pick_range"], (self.i,),
+                              (("start", start), ("end", stop), ("dim", 0)))
+        return pick(self, index)
+
+    def __iter__(self):
+        raise TypeError("an Expression is not iterable; index it with x[i]")
+
+    __hash__ = object.__hash__
+
+
+def _graph_of(items: Sequence[Any]) -> Graph:
+    for x in items:
+        if isinstance(x, Expression):
+            return x._live()
+    for x in items:
+        if hasattr(x, "to_expression"):
+            return current_graph()
+    return current_graph()
+
+
+def as_node(g: Graph, x: Any) -> int:
+    """The node of an Expression or Parameter in graph g; arrays become constant leaves."""
+    if isinstance(x, Expression):
+        if x.g is not g:
+            if not x.g.alive:
+                x.g._check_alive()
+            raise GraphError("expressions from different graphs were combined")
+        return x.i
+    to_expression = getattr(x, "to_expression", None)
+    if to_expression is not None:
+        return to_expression(g).i
+    if isinstance(x, (int, float, np.ndarray, np.generic, list, tuple)):
+        return g.leaf(np.asarray(x)).i
+    raise TypeError(f"cannot use {type(x).__name__} as an expression")
+
+
+def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -> Expression:
+    """Build a node of op `name` over expressions (or parameters, or constants) xs."""
+    g = _graph_of(xs)
+    return g.add(TABLE[name], tuple([as_node(g, x) for x in xs]), attrs, battrs)
+
+
+def unary(name: str, x: Any) -> Expression:
+    if isinstance(x, Expression):
+        return x._live().add(TABLE[name], (x.i,))
+    return apply(name, x)
+
+
+def _is_const(x: Any) -> bool:
+    return isinstance(x, (int, float, np.generic)) and not isinstance(x, bool)
+
+
+def arith(kind: str, x: Any, y: Any) -> Expression:
+    """x + y, x - y, x * y, x / y with Python or numpy constants allowed on either side."""
+    if _is_const(y):
+        c = float(y)
+        if kind == "add":
+            return _const_op("add_const", x, c)
+        if kind == "sub":
+            return _const_op("add_const", x, -c)
+        if kind == "mul":
+            return _const_op("mul_const", x, c)
+        return _const_op("mul_const", x, 1.0 / c)
+    if _is_const(x):
+        c = float(x)
+        if kind == "add":
+            return _const_op("add_const", y, c)
+        if kind == "sub":
+            return _const_op("add_const", unary("neg", y), c)
+        if kind == "mul":
+            return _const_op("mul_const", y, c)
+        return _const_op("mul_const", _const_op("pow_const", y, -1.0), c)
+    if kind == "sub":
+        return apply("add", x, unary("neg", y))
+    return apply(kind, x, y)
+
+
+def _const_op(name: str, x: Any, c: float) -> Expression:
+    return apply(name, x, attrs=(("c", c),))
+
+
+def _is_parameter_node(g: Graph, node: int) -> bool:
+    return node in g.node_params
+
+
+def matmul(a: Any, b: Any) -> Expression:
+    """a @ b: (m, n) @ (n,) -> (m,), (m, n) @ (n, k) -> (m, k).
+
+    A parameter (or any single left operand, such as a constant) is shared across the batch;
+    a computed left operand batches as one matrix per example.
+    """
+    g = _graph_of((a, b))
+    na, nb = as_node(g, a), as_node(g, b)
+    name = "matmul" if g.ops[na] in (_PARAMETER, _INPUT) else "batched_matmul"
+    return g.add(TABLE[name], (na, nb))
+
+
+def pick(x: Expression, index: int, dim: int = 0) -> Expression:
+    """x[index] along dim: a vector gives a scalar, a matrix a vector."""
+    g = x._live()
+    n = x.shape[dim] if dim < len(x.shape) else 0
+    index = int(index)
+    if index < 0:
+        index += n
+    if not 0 <= index < n:
+        raise IndexError(f"pick: index {index} out of range for shape {x.shape} along dim {dim}")
+    return g.add(TABLE["pick"], (x.i,), (("dim", dim),), (index,))

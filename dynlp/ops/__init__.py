@@ -1,0 +1,10 @@
+"""The op table: every primitive once, with forward, VJP, JVP, batching mask and test cases.
+
+`TABLE` maps op names to `Op` records. Imports nothing from dynlp outside this package.
+"""
+
+from . import elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
+from .core import SHARED, STACK, TABLE, Case, Op, SparseRows
+from .structure import LEAVES
+
+__all__ = ["TABLE", "Op", "Case", "SparseRows", "STACK", "SHARED", "LEAVES"]

@@ -1,0 +1,195 @@
+"""The op table's machinery: the `Op` record, registration, derivative shortcuts and helpers.
+
+Every primitive is one `Op`: forward, VJP, JVP, a per-argument batching mask and test cases.
+Rules receive stacked arguments with a leading batch axis and shared arguments without one.
+Imports nothing from dynlp.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+STACK = "stack"
+SHARED = "shared"
+
+TABLE: dict[str, "Op"] = {}
+
+
+class SparseRows:
+    """A cotangent for a table that touches only some rows: `table_grad[indices] += values`."""
+
+    __slots__ = ("indices", "values")
+
+    def __init__(self, indices: np.ndarray, values: np.ndarray) -> None:
+        self.indices = indices
+        self.values = values
+
+    def dense(self, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.zeros(shape, dtype=self.values.dtype)
+        np.add.at(out, self.indices, self.values)
+        return out
+
+
+class Case:
+    """One gradient-check configuration: per-example argument shapes, static and batched attrs.
+
+    `batched` maps a batched attribute to a function `rng -> value` for one example.
+    """
+
+    __slots__ = ("shapes", "attrs", "batched")
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], attrs: dict | None = None,
+                 batched: dict[str, Callable] | None = None) -> None:
+        self.shapes = [tuple(s) for s in shapes]
+        self.attrs = attrs or {}
+        self.batched = batched or {}
+
+
+class Op:
+    """One primitive.
+
+    shape(*shapes, **attrs) -> per-example output shape (raise ValueError to reject).
+    forward(*xs, **attrs) -> out; vjp(g, out, *xs, **attrs) -> one cotangent or None per input;
+    jvp(ts, out, *xs, **attrs) -> tangent of out (ts holds None for zero tangents).
+    batch: a tuple of STACK/SHARED per argument, STACK or SHARED for all arguments,
+    a callable nargs -> tuple, or None for an unbatchable op.
+    batched_attrs: attributes that differ per example and are stacked, not part of the signature.
+    domain: where test inputs are drawn: real, positive, nonzero, unit (0.1..0.9).
+    grad_scale: the factor between the rules and the numerical derivative (stop or flip gradient).
+    """
+
+    def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
+                 jvp: Callable, batch: Any = STACK, batched_attrs: Sequence[str] = (),
+                 domain: str = "real", cases: Sequence[Case] = (), grad_scale: float = 1.0,
+                 cost: int = 1, doc: str = "") -> None:
+        self.name = name
+        self.shape = shape
+        self.forward = forward
+        self.vjp = vjp
+        self.jvp = jvp
+        self.batch = batch
+        self.batched_attrs = tuple(batched_attrs)
+        self.domain = domain
+        self.cases = list(cases)
+        self.grad_scale = grad_scale
+        self.cost = cost
+        self.doc = doc
+        self._masks: dict[int, tuple[str, ...] | None] = {}
+
+    def mask(self, nargs: int) -> tuple[str, ...] | None:
+        """The batching mask for a node with `nargs` arguments (None: unbatchable)."""
+        m = self._masks.get(nargs, 0)
+        if m != 0:
+            return m
+        b = self.batch
+        if b is None:
+            m = None
+        elif isinstance(b, str):
+            m = (b,) * nargs
+        elif callable(b):
+            m = tuple(b(nargs))
+        else:
+            m = tuple(b)
+        self._masks[nargs] = m
+        return m
+
+    def __repr__(self) -> str:
+        return f"Op({self.name})"
+
+
+def define(name: str, **kw: Any) -> Op:
+    if name in TABLE:
+        raise ValueError(f"op {name!r} is defined twice")
+    op = Op(name, **kw)
+    TABLE[name] = op
+    return op
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape helpers
+
+
+def same_shape(x, **attrs):
+    return x
+
+
+def broadcast_shape(*shapes):
+    """DyNet-style broadcasting: lower-rank shapes are padded with trailing 1s, then numpy rules."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*(tuple(s) + (1,) * (rank - len(s)) for s in shapes)):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            raise ValueError("shapes do not broadcast")
+        out.append(big.pop() if big else 1)
+    return tuple(out)
+
+
+def pad_to(x: np.ndarray, rank: int) -> np.ndarray:
+    """View a batched array (B, *s) as (B, *s, 1, ...) with `rank` per-example axes."""
+    extra = rank - (x.ndim - 1)
+    if extra <= 0:
+        return x
+    return x.reshape(x.shape + (1,) * extra)
+
+
+def unbroadcast(g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Sum a batched cotangent g (B, *out) back to the batched shape of x (B, *s)."""
+    if g.shape == x.shape:
+        return g
+    rank = g.ndim - 1
+    xs = x.shape[1:] + (1,) * (rank - (x.ndim - 1))
+    axes = tuple(i + 1 for i, (a, b) in enumerate(zip(xs, g.shape[1:])) if a == 1 and b != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(x.shape)
+
+
+def zeros_like_tangents(ts, xs):
+    return [np.zeros_like(x) if t is None else t for t, x in zip(ts, xs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Derivative shortcuts
+
+
+def elementwise(name: str, f: Callable, df: Callable, *, domain: str = "real",
+                attrs: dict | None = None, shapes=((3,), (2, 3)), doc: str = "") -> Op:
+    """A unary elementwise op from its function f(x, **a) and derivative df(x, out, **a)."""
+
+    def vjp(g, out, x, **a):
+        return (g * df(x, out, **a),)
+
+    def jvp(ts, out, x, **a):
+        return ts[0] * df(x, out, **a)
+
+    cases = [Case([s], attrs) for s in shapes]
+    return define(name, shape=same_shape, forward=f, vjp=vjp, jvp=jvp, batch=STACK,
+                  domain=domain, cases=cases, doc=doc)
+
+
+def linear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw: Any) -> Op:
+    """An op linear in its inputs jointly: the JVP is the forward applied to the tangents."""
+
+    def jvp(ts, out, *xs, **a):
+        return forward(*zeros_like_tangents(ts, xs), **a)
+
+    return define(name, shape=shape, forward=forward, vjp=vjp, jvp=jvp, **kw)
+
+
+def bilinear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw: Any) -> Op:
+    """An op linear in each of its two inputs: d f(x, y) = f(dx, y) + f(x, dy)."""
+
+    def jvp(ts, out, x, y, **a):
+        tx, ty = ts
+        result = None
+        if tx is not None:
+            result = forward(tx, y, **a)
+        if ty is not None:
+            part = forward(x, ty, **a)
+            result = part if result is None else result + part
+        return result if result is not None else np.zeros_like(out)
+
+    return define(name, shape=shape, forward=forward, vjp=vjp, jvp=jvp, **kw)

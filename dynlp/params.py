@@ -1,0 +1,353 @@
+"""Parameters: `ParameterCollection`, `Parameter`, `LookupParameter`, initializers, save/load.
+
+Values and gradients live here; graphs see a parameter through one leaf node per graph, and the
+engine hands gradients back through `accumulate_grad` / `accumulate_sparse`. Saved as `.npz`
+with names, shapes and a format version; loading never unpickles. Must not import trainers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import graph
+
+FORMAT = "dynlp-parameters"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, damaged, from another format version, or of another structure."""
+
+
+class Parameter:
+    """A trainable array. Usable wherever an expression is: `W @ x + b`."""
+
+    is_lookup = False
+
+    def __init__(self, name: str, value: np.ndarray) -> None:
+        self.name = name
+        self.value = value
+        self.grad = np.zeros_like(value)
+        self.updated = True  # False freezes the parameter (trainers skip it)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, shape={self.shape})"
+
+    # -- graph side ------------------------------------------------------------------------------
+    def to_expression(self, g: "graph.Graph | None" = None) -> "graph.Expression":
+        """This parameter's node in graph g (the current graph by default)."""
+        return (g or graph.current_graph()).parameter(self)
+
+    def expr(self) -> "graph.Expression":
+        return self.to_expression()
+
+    def accumulate_grad(self, dense: np.ndarray) -> None:
+        self.grad += dense
+
+    # -- DyNet-style accessors ---------------------------------------------------------------------
+    def as_array(self) -> np.ndarray:
+        return self.value.copy()
+
+    def grad_as_array(self) -> np.ndarray:
+        return self.grad.copy()
+
+    def set_value(self, value: Any) -> None:
+        value = np.asarray(value, dtype=self.value.dtype)
+        if value.shape != self.value.shape:
+            raise ValueError(f"{self.name}: value of shape {value.shape}, expected {self.shape}")
+        self.value[...] = value
+
+    def clear_grad(self) -> None:
+        self.grad[...] = 0.0
+
+    def set_updated(self, updated: bool) -> None:
+        self.updated = updated
+
+    # operators delegate to this parameter's node in the current graph
+    def __add__(self, o):
+        return self.expr() + o
+
+    def __radd__(self, o):
+        return o + self.expr()
+
+    def __sub__(self, o):
+        return self.expr() - o
+
+    def __rsub__(self, o):
+        return o - self.expr()
+
+    def __mul__(self, o):
+        return self.expr() * o
+
+    def __rmul__(self, o):
+        return o * self.expr()
+
+    def __truediv__(self, o):
+        return self.expr() / o
+
+    def __matmul__(self, o):
+        return graph.matmul(self, o)
+
+    def __neg__(self):
+        return -self.expr()
+
+    __array_priority__ = 1000
+
+
+class LookupParameter(Parameter):
+    """A table of rows (vocabulary, dim); `E[i]` looks up row i with a sparse gradient."""
+
+    is_lookup = True
+
+    def __init__(self, name: str, value: np.ndarray) -> None:
+        super().__init__(name, value)
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._reduced = True  # the chunks list holds at most one chunk of unique rows
+        self._dense_used = False
+
+    def __getitem__(self, index: int) -> "graph.Expression":
+        return lookup(self, index)
+
+    def accumulate_grad(self, dense: np.ndarray) -> None:
+        self._dense_used = True
+        self.grad += dense
+
+    def accumulate_sparse(self, indices: np.ndarray, values: np.ndarray) -> None:
+        self._chunks.append((indices, values))
+        self._reduced = False
+
+    def sparse_grad(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, gradient rows): the touched rows, each once, with their summed gradients."""
+        self._fold_chunks()
+        if self._dense_used:
+            rows = np.flatnonzero(np.any(self.grad != 0, axis=1))
+            return rows, self.grad[rows]
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int64), np.zeros((0,) + self.shape[1:], self.grad.dtype)
+        return self._chunks[0]
+
+    def _fold_chunks(self) -> None:
+        """Merge gradient chunks by sort-and-reduce (faster than np.add.at)."""
+        if not self._chunks or (self._reduced and not self._dense_used):
+            return
+        idx = np.concatenate([c[0] for c in self._chunks])
+        vals = np.concatenate([c[1] for c in self._chunks]).astype(self.grad.dtype, copy=False)
+        order = np.argsort(idx, kind="stable")
+        idx, vals = idx[order], vals[order]
+        starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+        rows, sums = idx[starts], np.add.reduceat(vals, starts, axis=0)
+        if self._dense_used:
+            self.grad[rows] += sums
+            self._chunks = []
+        else:
+            self._chunks = [(rows, sums)]
+        self._reduced = True
+
+    def grad_as_array(self) -> np.ndarray:
+        out = self.grad.copy()
+        if not self._dense_used:
+            rows, vals = self.sparse_grad()
+            out[rows] += vals
+        else:
+            self._fold_chunks()
+        return out
+
+    def clear_grad(self) -> None:
+        if self._dense_used:
+            self.grad[...] = 0.0
+        self._chunks = []
+        self._reduced = True
+        self._dense_used = False
+
+    def to_expression(self, g: "graph.Graph | None" = None) -> "graph.Expression":
+        return (g or graph.current_graph()).parameter(self)
+
+
+def lookup(table: LookupParameter, index: int) -> "graph.Expression":
+    """Row `index` of a lookup table, (dim,); its gradient touches only that row."""
+    g = graph.current_graph()
+    node = g.parameter(table).i
+    index = int(index)
+    if not 0 <= index < table.shape[0]:
+        raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
+    return g.add(graph.TABLE["lookup"], (node,), (), (index,))
+
+
+# -------------------------------------------------------------------------------------------------
+# Initializers
+
+
+def initialize(shape: tuple[int, ...], init: Any, rng: np.random.Generator, dtype: Any,
+               is_lookup: bool = False, scale: float | None = None) -> np.ndarray:
+    """glorot | uniform | normal | zeros | ones | a number | an array."""
+    if isinstance(init, np.ndarray) or isinstance(init, (list, tuple)):
+        value = np.array(init, dtype=dtype)
+        if value.shape != shape:
+            raise ValueError(f"initial array of shape {value.shape}, expected {shape}")
+        return value
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        return np.full(shape, init, dtype=dtype)
+    if init == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if init == "ones":
+        return np.ones(shape, dtype=dtype)
+    if init == "glorot":
+        if is_lookup:
+            bound = np.sqrt(3.0 / shape[-1])
+        else:
+            fan = sum(shape) if len(shape) > 1 else shape[0]
+            bound = np.sqrt(6.0 / fan)
+        return (rng.uniform(-bound, bound, size=shape) * (scale or 1.0)).astype(dtype)
+    if init == "uniform":
+        bound = 0.1 if scale is None else scale
+        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    if init == "normal":
+        return rng.normal(0.0, 1.0 if scale is None else scale, size=shape).astype(dtype)
+    raise ValueError(f"unknown initializer {init!r}: use glorot, uniform, normal, zeros, ones, "
+                     "a number or an array")
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+
+
+class ParameterCollection:
+    """Owns parameters and lookup tables. seed: for initializers; dtype: float32 by default."""
+
+    def __init__(self, seed: int | None = None, dtype: Any = np.float32, *,
+                 _root: "ParameterCollection | None" = None, _prefix: str = "") -> None:
+        self._root = _root or self
+        self._prefix = _prefix
+        if _root is None:
+            self.rng = np.random.default_rng(seed)
+            self.dtype = np.dtype(dtype)
+            self._params: dict[str, Parameter] = {}
+
+    def add_subcollection(self, name: str) -> "ParameterCollection":
+        """A view whose parameter names start with `name/`; parameters live in the root."""
+        return ParameterCollection(_root=self._root, _prefix=f"{self._prefix}{name}/")
+
+    def _name(self, name: str | None, kind: str) -> str:
+        root = self._root
+        if name is None:
+            name = f"{kind}_{len(root._params)}"
+        full = self._prefix + name
+        if full in root._params:
+            raise ValueError(f"a parameter named {full!r} exists already")
+        return full
+
+    def add_parameters(self, shape: Any, init: Any = "glorot", name: str | None = None,
+                       scale: float | None = None) -> Parameter:
+        root = self._root
+        shape = _shape(shape)
+        p = Parameter(self._name(name, "param"),
+                      initialize(shape, init, root.rng, root.dtype, scale=scale))
+        root._params[p.name] = p
+        return p
+
+    def add_lookup_parameters(self, shape: Any, init: Any = "glorot", name: str | None = None,
+                              scale: float | None = None) -> LookupParameter:
+        root = self._root
+        shape = _shape(shape)
+        if len(shape) != 2:
+            raise ValueError(f"a lookup table is (vocabulary, dim), got {shape}")
+        p = LookupParameter(self._name(name, "lookup"),
+                            initialize(shape, init, root.rng, root.dtype, True, scale))
+        root._params[p.name] = p
+        return p
+
+    def parameters(self) -> Iterator[Parameter]:
+        """All parameters and lookup tables under this collection, in creation order."""
+        return (p for n, p in self._root._params.items() if n.startswith(self._prefix))
+
+    def parameters_list(self) -> list[Parameter]:
+        return [p for p in self.parameters() if not p.is_lookup]
+
+    def lookup_parameters_list(self) -> list[LookupParameter]:
+        return [p for p in self.parameters() if p.is_lookup]  # type: ignore[misc]
+
+    def __getitem__(self, name: str) -> Parameter:
+        return self._root._params[self._prefix + name]
+
+    def clear_grads(self) -> None:
+        for p in self.parameters():
+            p.clear_grad()
+
+    # -- save and load ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write every parameter to an `.npz` with names, shapes, kinds and the format version.
+
+        `metadata` (JSON-serializable) is stored beside them; read it with `read_metadata`.
+        The file is written to a temporary name and moved into place.
+        """
+        params = list(self.parameters())
+        header = {
+            "format": FORMAT, "version": FORMAT_VERSION,
+            "parameters": [{"name": p.name, "shape": list(p.shape),
+                            "kind": "lookup" if p.is_lookup else "dense",
+                            "dtype": str(p.value.dtype)} for p in params],
+            "metadata": metadata or {},
+        }
+        arrays = {f"p{i}": p.value for i, p in enumerate(params)}
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+
+    def populate(self, path: str | os.PathLike) -> dict:
+        """Load values saved by `save` into this collection of the same structure.
+
+        Checks the format, version, names, kinds and shapes; returns the stored metadata.
+        """
+        header, arrays = _read(path)
+        params = list(self.parameters())
+        stored = header["parameters"]
+        names = [s["name"] for s in stored]
+        ours = [p.name for p in params]
+        if names != ours:
+            missing = sorted(set(ours) - set(names))
+            extra = sorted(set(names) - set(ours))
+            raise ModelFileError(f"{path}: the file's parameters do not match the model "
+                                 f"(missing from the file: {missing[:5]}, not in the model: "
+                                 f"{extra[:5]})")
+        for i, (p, s) in enumerate(zip(params, stored)):
+            kind = "lookup" if p.is_lookup else "dense"
+            if tuple(s["shape"]) != p.shape or s["kind"] != kind:
+                raise ModelFileError(f"{path}: parameter {p.name!r} is {s['kind']} "
+                                     f"{tuple(s['shape'])} in the file, {kind} {p.shape} "
+                                     "in the model")
+            p.value[...] = arrays[f"p{i}"]
+        return header["metadata"]
+
+
+def _read(path: str | os.PathLike) -> tuple[dict, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        header = json.loads(bytes(arrays["header"]).decode("utf-8"))
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path}: not a dynlp model file ({err})") from None
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a dynlp model file")
+    if header.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model file format version {header.get('version')}, "
+                             f"this dynlp reads version {FORMAT_VERSION}")
+    return header, arrays
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata dict stored with `ParameterCollection.save`, checking the format version."""
+    return _read(path)[0]["metadata"]
