@@ -23,6 +23,9 @@ class CoNLLUError(ValueError):
         self.line = line
         self.problem = problem
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.source, self.line, self.problem))
+
 
 class Token(NamedTuple):
     """One CoNLL-U line: the ten columns as strings, exactly as they appear in the file."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 import urllib.error
@@ -292,15 +291,19 @@ def _open_url(url: str) -> BinaryIO:
         raise DataError(f"cannot download {url}: {error}") from error
 
 
+def _content_length(response: BinaryIO) -> int | None:
+    size = getattr(response, "headers", {}).get("Content-Length")
+    return int(size) if size and size.isdigit() else None
+
+
 def _download_file(dataset: Dataset, file: str, folder: Path, progress: bool) -> None:
     url = dataset.urls[file]
     _report(progress, f"downloading {url}")
     response = _open_url(url)
     try:
         with response:
-            size = response.headers.get("Content-Length") if hasattr(response, "headers") else None
             _install(response, folder / file, dataset.sha256[file], url,
-                     int(size) if size else None, progress)
+                     _content_length(response), progress)
     except (urllib.error.URLError, OSError) as error:
         raise DataError(f"{file}: download from {url} failed: {error}") from error
 
@@ -317,8 +320,11 @@ def _extract_from_archive(
     )
     archive = Path(archive_handle.name)
     try:
-        with response, archive_handle:
-            shutil.copyfileobj(response, archive_handle, CHUNK_BYTES)
+        size = _content_length(response)
+        with response, archive_handle, _progress_bar(progress, size, Path(url).name) as advance:
+            for block in iter(lambda: response.read(CHUNK_BYTES), b""):
+                archive_handle.write(block)
+                advance(len(block))
         with zipfile.ZipFile(archive) as opened:
             names = set(opened.namelist())
             for file in files:

@@ -22,6 +22,9 @@ class TreeError(ValueError):
         self.column = column
         self.problem = problem
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.source, self.line, self.column, self.problem))
+
 
 class Tree:
     """A labelled tree node: a leaf has a ``word`` and no children, an inner node the reverse.
