@@ -1,0 +1,180 @@
+"""Autobatched values and gradients equal per-example ones: for every batchable op of the table,
+and for random graphs (sequences, trees, DAGs with shared parameters and lookups, intermediate
+values), under every scheduling strategy."""
+
+import numpy as np
+import pytest
+
+import dynlp as dn
+from dynlp.gradcheck import case_inputs
+from dynlp.graph import apply
+from dynlp.ops import LEAVES, SHARED, TABLE
+
+MODES = [False, "depth", "agenda", "late"]
+BATCHABLE = [(name, k) for name, op in sorted(TABLE.items()) if name not in LEAVES
+             and op.batch is not None for k in range(len(op.cases))]
+
+
+def _op_graph(name, k, autobatch, examples=4):
+    """`examples` copies of the op on their own inputs (shared args shared), summed and weighted."""
+    op = TABLE[name]
+    case = op.cases[k]
+    rng = np.random.default_rng(7)
+    shared_rng = np.random.default_rng(8)
+    mask = op.mask(len(case.shapes))
+    shared_values = case_inputs(op, case, 1, shared_rng)[0]
+    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        shared = [g.leaf(x) if m == SHARED else None for x, m in zip(shared_values, mask)]
+        leaves, terms = [], []
+        for _ in range(examples):
+            xs, attrs = case_inputs(op, case, 1, rng)
+            args = [s if s is not None else g.leaf(x[0]) for s, x in zip(shared, xs)]
+            leaves.extend(a for a, s in zip(args, shared) if s is None)
+            static = tuple((a, v) for a, v in attrs.items() if a not in op.batched_attrs)
+            battrs = tuple(attrs[a][0] for a in op.batched_attrs) or None
+            out = apply(name, *args, attrs=static, battrs=battrs)
+            terms.append(dn.dot_product(out, dn.inputs(rng.normal(size=out.shape))))
+        loss = dn.esum(terms)
+        loss.backward()
+        grads = [x.gradient() for x in leaves + [s for s in shared if s is not None]]
+        return loss.scalar_value(), grads, g.stats()
+
+
+@pytest.mark.parametrize("name,k", BATCHABLE)
+def test_every_batchable_op(name, k):
+    want_loss, want_grads, _ = _op_graph(name, k, False)
+    got_loss, got_grads, stats = _op_graph(name, k, True)
+    assert got_loss == pytest.approx(want_loss, rel=1e-10, abs=1e-12)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # the op's four nodes ran as one batch: fewer batches than nodes
+    assert stats["forward_batches"] < stats["nodes"] - 4 * len(TABLE[name].cases[k].shapes)
+
+
+class RandomModel:
+    """Parameters for random structures: a recurrent cell, a binary and an n-ary composition,
+    a lookup table, an output layer."""
+
+    def __init__(self, dtype=np.float64, dim=5, vocab=20, labels=3):
+        self.pc = pc = dn.ParameterCollection(seed=3, dtype=dtype)
+        self.W = pc.add_parameters((dim, dim))
+        self.U = pc.add_parameters((dim, dim))
+        self.b = pc.add_parameters(dim, init="normal", scale=0.1)
+        self.L = pc.add_parameters((dim, dim))
+        self.R = pc.add_parameters((dim, dim))
+        self.E = pc.add_lookup_parameters((vocab, dim))
+        self.O = pc.add_parameters((labels, dim))
+        self.vocab, self.labels = vocab, labels
+
+    def sequence(self, words, label, peek):
+        h = dn.zeros(self.W.shape[0])
+        for i, w in enumerate(words):
+            h = dn.tanh(self.W @ self.E[w] + self.U @ h + self.b)
+            if peek and i == len(words) // 2:
+                h.value()  # an intermediate value in the middle of building
+        return dn.pick_neg_log_softmax(self.O @ h, label)
+
+    def tree(self, rng, depth, nary):
+        if depth == 0 or rng.random() < 0.3:
+            return self.E[int(rng.integers(self.vocab))]
+        if nary:
+            kids = [self.tree(rng, depth - 1, nary) for _ in range(int(rng.integers(1, 4)))]
+            return dn.tanh(dn.esum([self.L @ k for k in kids]) + self.b)
+        left, right = self.tree(rng, depth - 1, nary), self.tree(rng, depth - 1, nary)
+        return dn.tanh(dn.affine_transform([self.b, self.L, left, self.R, right]))
+
+    def dag(self, rng, size):
+        nodes = [self.E[int(rng.integers(self.vocab))] for _ in range(3)]
+        for _ in range(size):
+            a, b = (nodes[int(i)] for i in rng.integers(len(nodes), size=2))
+            kind = rng.integers(4)
+            if kind == 0:
+                nodes.append(dn.tanh(self.W @ a + b))
+            elif kind == 1:
+                nodes.append(dn.cmult(a, dn.logistic(self.U @ b)))
+            elif kind == 2:
+                nodes.append(dn.concatenate([a, b])[1:6])
+            else:
+                nodes.append(dn.rectify(a - b) + self.b)
+        return dn.squared_norm(nodes[-1]) + dn.pick_neg_log_softmax(self.O @ nodes[-2], 1)
+
+
+def _run(autobatch, build, dtype=np.float64):
+    m = RandomModel(dtype=dtype)
+    rng = np.random.default_rng(11)
+    with dn.Graph(dtype=dtype, autobatch=autobatch) as g:
+        loss = dn.esum([build(m, rng, i) for i in range(12)])
+        value = loss.scalar_value()
+        loss.backward()
+        grads = {p.name: p.grad_as_array() for p in m.pc.parameters()}
+        return value, grads, g.stats()
+
+
+STRUCTURES = {
+    "sequences": lambda m, rng, i: m.sequence(
+        list(rng.integers(m.vocab, size=int(rng.integers(1, 9)))), i % 3, peek=i % 4 == 0),
+    "binary_trees": lambda m, rng, i: dn.squared_norm(m.tree(rng, 4, nary=False)),
+    "nary_trees": lambda m, rng, i: dn.pick_neg_log_softmax(m.O @ m.tree(rng, 3, nary=True), 0),
+    "dags": lambda m, rng, i: m.dag(rng, int(rng.integers(3, 15))),
+}
+
+
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_random_graphs_agree(structure, dtype, rtol):
+    want_value, want_grads, _ = _run(False, STRUCTURES[structure], dtype)
+    for mode in MODES[1:]:
+        value, grads, _ = _run(mode, STRUCTURES[structure], dtype)
+        assert value == pytest.approx(want_value, rel=rtol), mode
+        for name, want in want_grads.items():
+            np.testing.assert_allclose(grads[name], want, rtol=rtol, atol=rtol, err_msg=mode)
+
+
+def test_sequences_batch_by_time_step():
+    m = RandomModel()
+    with dn.Graph(dtype=np.float64) as g:
+        losses = [m.sequence([1] * n, 0, peek=False) for n in range(3, 11)]
+        dn.esum(losses).backward()
+        stats = g.stats()
+    # per step: lookup, two matmuls, add, add, tanh, spread over at most 10 time steps
+    assert stats["forward_batches"] < 10 * 7
+    assert stats["mean_batch_size"] > 4
+
+
+def test_intermediate_values_never_recompute():
+    m = RandomModel()
+    with dn.Graph(dtype=np.float64) as g:
+        losses = [m.sequence([1, 2, 3, 4, 5], 0, peek=True) for _ in range(4)]
+        total = dn.esum(losses)
+        total.backward()
+        stats = g.stats()
+        computed = g.engine.counts["forward_nodes"]
+    leaves = sum(1 for op in g.ops if op.name in LEAVES)
+    assert computed == stats["nodes"] - leaves
+
+
+def test_dropout_masks_do_not_depend_on_batching():
+    def masks(autobatch):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=5) as g:
+            xs = [dn.dropout(dn.ones(6) * float(i + 1), 0.5) for i in range(5)]
+            g.forward(xs)
+            return [x.npvalue() for x in xs]
+
+    for a, b in zip(masks(False), masks(True)):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a / (i + 1), b / (j + 1)) for i, a in enumerate(masks(True))
+                   for j, b in enumerate(masks(True)) if i != j)
+
+
+def test_dead_graph_is_a_clear_error():
+    with dn.Graph() as g:
+        x = dn.inputs(np.ones(3))
+    with pytest.raises(dn.GraphError, match="ended"):
+        x.value()
+    with pytest.raises(dn.GraphError, match="ended"):
+        dn.tanh(x)
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="autobatch"):
+        dn.Graph(autobatch="fastest")
