@@ -48,6 +48,7 @@ class Engine:
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
+        self.low = 0  # every node below this index is computed
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
         self.times = {"schedule": 0.0, "forward_numpy": 0.0, "backward_total": 0.0,
                       "backward_numpy": 0.0, "forward_total": 0.0}
@@ -67,6 +68,7 @@ class Engine:
 
     # -- scheduling ------------------------------------------------------------------------------
     def _pending(self, targets: list[int]) -> list[int]:
+        """The uncomputed ancestors of targets (and targets), in creation order."""
         bid, args = self.g.bid, self.g.args
         stack = [t for t in targets if bid[t] < 0]
         seen = set(stack)
@@ -95,19 +97,68 @@ class Engine:
     def forward(self, targets: list[int]) -> None:
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
-        pending = self._pending(targets)
-        if pending:
+        if self.strategy == "late":
+            self._late(targets)
+        else:
+            pending = self._pending(targets)
             if self.strategy is None:
                 run = self._run
                 for n in pending:
                     run([n])
             elif self.strategy == "depth":
                 self._by_depth(pending)
-            else:
+            elif pending:
                 self._agenda(pending)
         total = time.perf_counter() - start
         self.times["forward_total"] += total
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
+
+    def _late(self, targets: list[int]) -> None:
+        """Run each node as late as its consumers allow, and nodes ready now (lookups, inputs to
+        the first steps) at once: group by (level, signature) and run the levels in order.
+
+        One reverse pass over the nodes between the oldest pending one and the newest target marks
+        what is needed and each node's height (longest path to a target); a node's level is
+        -height, or the first level when all its inputs are computed already. Nodes of one
+        level never depend on each other.
+        """
+        g = self.g
+        bid, args, sigs = g.bid, g.args, g.sigs
+        lo = self.low
+        while lo < len(bid) and bid[lo] >= 0:
+            lo += 1
+        self.low = lo
+        top = max(targets)
+        if top < lo:
+            return
+        height = [-1] * (top + 1 - lo)
+        for t in targets:
+            if bid[t] < 0:
+                height[t - lo] = 0
+        groups: dict[tuple[int, int], list[int]] = {}
+        first = 1 << 30
+        for n in range(top, lo - 1, -1):
+            h = height[n - lo]
+            if h < 0:
+                continue
+            h += 1
+            ready = True
+            for a in args[n]:
+                if bid[a] < 0:
+                    ready = False
+                    if height[a - lo] < h:
+                        height[a - lo] = h
+            key = (-first if ready else -h, sigs[n])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [n]
+            else:
+                group.append(n)
+        run = self._run
+        for key in sorted(groups):
+            nodes = groups[key]
+            nodes.reverse()
+            run(nodes)
 
     def _by_depth(self, pending: list[int]) -> None:
         depth, sigs = self.g.depth, self.g.sigs
@@ -123,11 +174,8 @@ class Engine:
             self._run(groups[key])
 
     def _agenda(self, pending: list[int]) -> None:
-        """Run the ready signature group of lowest mean priority, until nothing is pending.
-
-        "agenda" takes a node's depth as its priority (DyNet's default); "late" takes the latest
-        level its consumers allow, so that nodes wait and grow into larger batches.
-        """
+        """DyNet's agenda: run the ready signature group of lowest mean depth, until nothing is
+        pending (unbatchable nodes first)."""
         g = self.g
         bid, args, sigs, ops = g.bid, g.args, g.sigs, g.ops
         deps: dict[int, int] = {}
@@ -147,14 +195,7 @@ class Engine:
                 deps[n] = count
             else:
                 roots.append(n)
-        if self.strategy == "late":
-            top = max(g.depth[n] for n in pending)
-            prio: Any = {}
-            for n in reversed(pending):
-                c = consumers.get(n)
-                prio[n] = min([prio[m] for m in c]) - 1 if c else top
-        else:
-            prio = g.depth
+        prio = g.depth
         ready: dict[int, list[int]] = {}
         total: dict[int, float] = {}
 
@@ -203,7 +244,16 @@ class Engine:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(rs)
             return buf[idx], ("rows", b0, idx, len(set(rs)) == count)
-        return np.stack([bufs[b][r] for b, r in zip(bs, rs)]), ("mixed", bs, rs)
+        # several source batches: one copy of them all, then one fancy index
+        sources = list(dict.fromkeys(bs))
+        offsets, total = {}, 0
+        for b in sources:
+            offsets[b] = total
+            total += len(bufs[b])
+        idx = np.array([offsets[b] + r for b, r in zip(bs, rs)])
+        big = np.concatenate([bufs[b] for b in sources])
+        unique = len(set(idx.tolist())) == count
+        return big[idx], ("mixed", sources, idx, unique, total)
 
     def _run(self, nodes: list[int]) -> None:
         g = self.g
@@ -296,8 +346,17 @@ class Engine:
                     else:
                         np.add.at(grad_of(plan[1]), plan[2], ct)
                 else:
-                    for i, (pb, pr) in enumerate(zip(plan[1], plan[2])):
-                        grad_of(pb)[pr] += ct[i]
+                    _, sources, idx, unique, total = plan
+                    big = np.zeros((total,) + ct.shape[1:], ct.dtype)
+                    if unique:
+                        big[idx] = ct
+                    else:
+                        np.add.at(big, idx, ct)
+                    pos = 0
+                    for pb in sources:
+                        end = pos + len(bufs[pb])
+                        grad_of(pb)[...] += big[pos:end]
+                        pos = end
         self.grads = grads
         for node, param in g.node_params.items():
             dense = grads[bid[node]]

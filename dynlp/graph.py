@@ -97,22 +97,31 @@ class Graph:
     def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
             battrs: tuple | None = None) -> "Expression":
         """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
-        shapes = self.shapes
-        key = (op, tuple([shapes[a] for a in args]), attrs)
+        shapes, depth = self.shapes, self.depth
+        if len(args) == 1:
+            a = args[0]
+            key = (op, (shapes[a],), attrs)
+            d = depth[a]
+        elif len(args) == 2:
+            a, b = args
+            key = (op, (shapes[a], shapes[b]), attrs)
+            d = depth[a] if depth[a] > depth[b] else depth[b]
+        else:
+            key = (op, tuple([shapes[a] for a in args]), attrs)
+            d = max([depth[a] for a in args])
         info = self._info.get(key)
         if info is None:
             info = self._describe(key)
         shape, shared, sig = info
         if shared is not None:
             sig = self._intern((sig,) + tuple([args[p] for p in shared]))
-        depth = self.depth
         self.ops.append(op)
         self.args.append(args)
         self.attrs.append(attrs)
         self.battrs.append(battrs)
-        self.shapes.append(shape)
+        shapes.append(shape)
         self.sigs.append(sig)
-        depth.append(max([depth[a] for a in args]) + 1)
+        depth.append(d + 1)
         self.bid.append(-1)
         self.row.append(-1)
         return Expression(self, len(self.ops) - 1)
@@ -339,6 +348,14 @@ def as_node(g: Graph, x: Any) -> int:
 
 def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -> Expression:
     """Build a node of op `name` over expressions (or parameters, or constants) xs."""
+    g = None
+    for x in xs:
+        if type(x) is not Expression or (g is not None and x.g is not g):
+            break
+        g = x.g
+    else:
+        if g is not None and g.alive:
+            return g.add(TABLE[name], tuple([x.i for x in xs]), attrs, battrs)
     g = _graph_of(xs)
     return g.add(TABLE[name], tuple([as_node(g, x) for x in xs]), attrs, battrs)
 
