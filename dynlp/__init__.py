@@ -17,6 +17,8 @@ from .gradcheck import GradcheckError, gradcheck
 from .graph import Expression, Graph, GraphError, ShapeError, current_graph, renew_cg
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
+from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
+                       MomentumSGDTrainer, RMSPropTrainer, SimpleSGDTrainer, Trainer, make_trainer)
 
 Graph.engine_class = Engine
 abs = absolute
@@ -26,5 +28,7 @@ __version__ = "0.1.0"
 __all__ = list(_functions) + [
     "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression", "Graph",
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
-    "Parameter", "ParameterCollection", "read_metadata", "__version__",
+    "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
+    "AdadeltaTrainer", "AdagradTrainer", "AdamTrainer", "MomentumSGDTrainer", "RMSPropTrainer",
+    "SimpleSGDTrainer", "Trainer", "make_trainer",
 ]

@@ -153,12 +153,11 @@ class LookupParameter(Parameter):
         self._reduced = True
 
     def grad_as_array(self) -> np.ndarray:
+        self._fold_chunks()
         out = self.grad.copy()
         if not self._dense_used:
             rows, vals = self.sparse_grad()
             out[rows] += vals
-        else:
-            self._fold_chunks()
         return out
 
     def clear_grad(self) -> None:
