@@ -15,6 +15,8 @@ from .ops import SHARED, TABLE, Op
 
 _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
+_MATMUL = TABLE["matmul"]
+_BATCHED_MATMUL = TABLE["batched_matmul"]
 
 
 class ShapeError(ValueError):
@@ -170,10 +172,10 @@ class Graph:
 
     def parameter(self, param: Any) -> "Expression":
         """The node standing for a parameter in this graph (one per parameter and graph)."""
-        self._check_alive()
         node = self.param_nodes.get(id(param))
         if node is not None:
             return Expression(self, node)
+        self._check_alive()
         value = param.value
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
@@ -372,6 +374,8 @@ def _is_const(x: Any) -> bool:
 
 def arith(kind: str, x: Any, y: Any) -> Expression:
     """x + y, x - y, x * y, x / y with Python or numpy constants allowed on either side."""
+    if type(x) is Expression and type(y) is Expression and x.g is y.g and kind != "sub":
+        return x._live().add(TABLE[kind], (x.i, y.i))
     if _is_const(y):
         c = float(y)
         if kind == "add":
@@ -409,10 +413,15 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
-    g = _graph_of((a, b))
-    na, nb = as_node(g, a), as_node(g, b)
-    name = "matmul" if g.ops[na] in (_PARAMETER, _INPUT) else "batched_matmul"
-    return g.add(TABLE[name], (na, nb))
+    g = b._live() if type(b) is Expression else _graph_of((a, b))
+    if type(a) is Expression and a.g is g:
+        na = a.i
+    else:
+        na = g.param_nodes.get(id(a))
+        if na is None:
+            na = as_node(g, a)
+    nb = b.i if type(b) is Expression else as_node(g, b)
+    return g.add(_MATMUL if g.ops[na] in (_PARAMETER, _INPUT) else _BATCHED_MATMUL, (na, nb))
 
 
 def pick(x: Expression, index: int, dim: int = 0) -> Expression:
