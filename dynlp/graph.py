@@ -7,6 +7,7 @@ when it is built. Evaluation is delegated to the graph's engine. Must not import
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -78,8 +79,12 @@ class Graph:
 
     # -- life cycle ------------------------------------------------------------------------------
     def __enter__(self) -> "Graph":
+        """Make this the current graph; the cyclic garbage collector pauses inside the block
+        (graphs make many small objects and no cycles), as it was before on exit."""
         global _current
         self._previous = _current
+        self._collecting = gc.isenabled()
+        gc.disable()
         _current = self
         return self
 
@@ -87,10 +92,16 @@ class Graph:
         global _current
         self.close()
         _current = self._previous
+        if self._collecting:
+            gc.enable()
 
     def close(self) -> None:
-        """End the graph: its expressions can no longer be built on or evaluated."""
-        self.alive = False
+        """End the graph: its expressions can no longer be built on or evaluated, and its
+        values and gradients are freed (`stats()` still answers)."""
+        if self.alive:
+            self.alive = False
+            self._final_stats = self.engine.stats()
+            self.engine = None
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -208,7 +219,7 @@ class Graph:
 
     def stats(self) -> dict:
         """Nodes, batches run forward and backward, mean batch size, scheduling and numpy time."""
-        return self.engine.stats()
+        return self.engine.stats() if self.alive else self._final_stats
 
 
 class Expression:
