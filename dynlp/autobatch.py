@@ -48,7 +48,6 @@ class Engine:
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
-        self.low = 0  # every node below this index is computed
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
         self.times = {"schedule": 0.0, "forward_numpy": 0.0, "backward_total": 0.0,
                       "backward_numpy": 0.0, "forward_total": 0.0}
@@ -97,57 +96,42 @@ class Engine:
     def forward(self, targets: list[int]) -> None:
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
-        if self.strategy == "late":
-            self._late(targets)
-        else:
-            pending = self._pending(targets)
-            if self.strategy is None:
-                run = self._run
-                for n in pending:
-                    run([n])
-            elif self.strategy == "depth":
-                self._by_depth(pending)
-            elif pending:
-                self._agenda(pending)
+        pending = self._pending(targets)
+        if self.strategy is None:
+            run = self._run
+            for n in pending:
+                run([n])
+        elif self.strategy == "late":
+            self._late(pending)
+        elif self.strategy == "depth":
+            self._by_depth(pending)
+        elif pending:
+            self._agenda(pending)
         total = time.perf_counter() - start
         self.times["forward_total"] += total
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
 
-    def _late(self, targets: list[int]) -> None:
+    def _late(self, pending: list[int]) -> None:
         """Run each node as late as its consumers allow, and nodes ready now (lookups, inputs to
         the first steps) at once: group by (level, signature) and run the levels in order.
 
-        One reverse pass over the nodes between the oldest pending one and the newest target marks
-        what is needed and each node's height (longest path to a target); a node's level is
-        -height, or the first level when all its inputs are computed already. Nodes of one
-        level never depend on each other.
+        One reverse pass over the pending nodes gives each its height (the longest path to a
+        target); its level is -height, or the first level when all its inputs are computed
+        already. Nodes of one level never depend on each other.
         """
         g = self.g
         bid, args, sigs = g.bid, g.args, g.sigs
-        lo = self.low
-        while lo < len(bid) and bid[lo] >= 0:
-            lo += 1
-        self.low = lo
-        top = max(targets)
-        if top < lo:
-            return
-        height = [-1] * (top + 1 - lo)
-        for t in targets:
-            if bid[t] < 0:
-                height[t - lo] = 0
+        height: dict[int, int] = {}
         groups: dict[tuple[int, int], list[int]] = {}
         first = 1 << 30
-        for n in range(top, lo - 1, -1):
-            h = height[n - lo]
-            if h < 0:
-                continue
-            h += 1
+        for n in reversed(pending):
+            h = height.get(n, 0) + 1
             ready = True
             for a in args[n]:
                 if bid[a] < 0:
                     ready = False
-                    if height[a - lo] < h:
-                        height[a - lo] = h
+                    if height.get(a, 0) < h:
+                        height[a] = h
             key = (-first if ready else -h, sigs[n])
             group = groups.get(key)
             if group is None:
