@@ -8,13 +8,22 @@
         loss.backward()
 """
 
-from .autobatch import Engine
+import os
+
+# Dynamic graphs multiply many small matrices: BLAS threads cost more than they save there, and
+# spin-waiting threads collapse throughput on a loaded machine. Effective only if numpy is not
+# imported yet; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .autobatch import Engine  # noqa: E402
 from .autodiff import grad, jvp, value_and_grad
 from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
 from .functions import absolute
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Expression, Graph, GraphError, ShapeError, current_graph, renew_cg
+from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
+                 SimpleRNNBuilder, TreeLSTMBuilder)
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
 from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
@@ -30,5 +39,6 @@ __all__ = list(_functions) + [
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
     "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
     "AdadeltaTrainer", "AdagradTrainer", "AdamTrainer", "MomentumSGDTrainer", "RMSPropTrainer",
-    "SimpleSGDTrainer", "Trainer", "make_trainer",
+    "SimpleSGDTrainer", "Trainer", "make_trainer", "MLP", "BiRNNBuilder", "CharacterEncoder",
+    "Embedding", "GRUBuilder", "LSTMBuilder", "SimpleRNNBuilder", "TreeLSTMBuilder",
 ]

@@ -3,7 +3,7 @@
 `TABLE` maps op names to `Op` records. Imports nothing from dynlp outside this package.
 """
 
-from . import elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
+from . import cells, elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
 from .core import SHARED, STACK, TABLE, Case, Op, SparseRows
 from .structure import LEAVES
 

@@ -1,0 +1,115 @@
+"""Feed-forward building blocks: `MLP` (one affine node per layer), `Embedding` (a lookup table with
+sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
+Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
+recipes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import functions as F
+from ..graph import Expression
+from ..params import LookupParameter, Parameter, ParameterCollection
+from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
+
+ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
+    "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
+    "logistic": F.logistic, "elu": F.elu, "selu": F.selu, "softplus": F.softplus,
+}
+
+
+class MLP:
+    """dims = [input, hidden ..., output]: affine layers with `activation` between them and
+    dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,).
+    """
+
+    def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
+                 dropout: float = 0.0, name: str = "mlp") -> None:
+        if len(dims) < 2:
+            raise ValueError(f"MLP: dims needs an input and an output size, got {list(dims)}")
+        check_dims(**{f"dims[{k}]": d for k, d in enumerate(dims)})
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP: unknown activation {activation!r}; use one of "
+                             f"{sorted(ACTIVATIONS)}")
+        self.dims = [int(d) for d in dims]
+        self.activation = ACTIVATIONS[activation]
+        self.dropout = check_rate(dropout)
+        self.pc = unique_subcollection(pc, name)
+        self.layers: list[tuple[Parameter, Parameter]] = []
+        for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
+            self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
+                                self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
+
+    def __call__(self, x: Any) -> Expression:
+        last = len(self.layers) - 1
+        for k, (W, b) in enumerate(self.layers):
+            x = F.affine_transform([b, W, x])
+            if k < last:
+                x = self.activation(x)
+                if self.dropout > 0.0:
+                    x = F.dropout(x, self.dropout)
+        return x
+
+    def set_dropout(self, rate: float) -> None:
+        self.dropout = check_rate(rate)
+
+    def disable_dropout(self) -> None:
+        self.dropout = 0.0
+
+
+class Embedding:
+    """A (vocab_size, dim) lookup table; `embedding(index)` -> (dim,), with a sparse gradient."""
+
+    def __init__(self, pc: ParameterCollection, vocab_size: int, dim: int,
+                 init: Any = "glorot", name: str = "embedding") -> None:
+        check_dims(vocab_size=vocab_size, dim=dim)
+        self.table: LookupParameter = unique_subcollection(pc, name).add_lookup_parameters(
+            (vocab_size, dim), init=init, name="E")
+
+    @property
+    def dim(self) -> int:
+        return self.table.shape[1]
+
+    def __call__(self, index: int) -> Expression:
+        return F.lookup(self.table, index)
+
+
+class CharacterEncoder:
+    """A word from its characters: embeddings read by a forward and a backward LSTM of
+    hidden_dim / 2 units each; `encoder(char_indices)` -> [forward final h; backward final h]
+    (hidden_dim,).
+    """
+
+    def __init__(self, pc: ParameterCollection, num_chars: int, char_dim: int, hidden_dim: int,
+                 name: str = "chars") -> None:
+        check_dims(num_chars=num_chars, char_dim=char_dim, hidden_dim=hidden_dim)
+        if hidden_dim % 2:
+            raise ValueError(f"CharacterEncoder: hidden_dim must be even, got {hidden_dim}")
+        self.pc = unique_subcollection(pc, name)
+        self.hidden_dim = int(hidden_dim)
+        self.embedding = Embedding(self.pc, num_chars, char_dim)
+        self.forward = LSTMBuilder(1, char_dim, hidden_dim // 2, self.pc, name="forward")
+        self.backward = LSTMBuilder(1, char_dim, hidden_dim // 2, self.pc, name="backward")
+
+    def __call__(self, char_indices: Sequence[int]) -> Expression:
+        indices = [int(c) for c in np.asarray(char_indices).reshape(-1)]
+        if not indices:
+            raise ValueError("CharacterEncoder: a word needs at least one character")
+        chars = [self.embedding(c) for c in indices]
+        ahead, behind = self.forward.initial_state(), self.backward.initial_state()
+        for x in chars:
+            ahead = ahead.add_input(x)
+        for x in reversed(chars):
+            behind = behind.add_input(x)
+        return F.concatenate([ahead.output(), behind.output()])
+
+    def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:
+        self.forward.set_dropout(rate, recurrent_rate)
+        self.backward.set_dropout(rate, recurrent_rate)
+
+    def disable_dropout(self) -> None:
+        self.forward.disable_dropout()
+        self.backward.disable_dropout()

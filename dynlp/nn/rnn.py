@@ -1,0 +1,362 @@
+"""Recurrent builders with DyNet semantics: `LSTMBuilder`, `GRUBuilder`, `SimpleRNNBuilder` (one
+fused op node per step and layer), their immutable states, and `BiRNNBuilder`; variational
+dropout with one mask per sequence. Builds on dynlp's graph, functions and params; must not
+import dynlp.data or recipes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import functions as F
+from ..graph import Expression, Graph, apply, current_graph
+from ..params import Parameter, ParameterCollection
+
+
+def unique_subcollection(pc: ParameterCollection, name: str) -> ParameterCollection:
+    """A subcollection of pc named `name`, or `name_1`, `name_2`, ... if that name is taken."""
+    candidate, k = name, 0
+    while any(True for _ in pc.add_subcollection(candidate).parameters()):
+        k += 1
+        candidate = f"{name}_{k}"
+    return pc.add_subcollection(candidate)
+
+
+def graph_of(items: Iterable[Any]) -> Graph:
+    """The graph of the first expression among items, else the current graph."""
+    for x in items:
+        if isinstance(x, Expression):
+            return x._live()
+    return current_graph()
+
+
+class ZeroLeaves:
+    """Constant zero vectors of one graph, one leaf per size, made again for a new graph.
+
+    Every sequence of a minibatch starts from the same leaf, so the first steps gather their
+    states without a copy.
+    """
+
+    __slots__ = ("graph", "leaves")
+
+    def __init__(self) -> None:
+        self.graph: Graph | None = None
+        self.leaves: dict[int, Expression] = {}
+
+    def __call__(self, g: Graph, size: int) -> Expression:
+        if self.graph is not g:
+            self.graph = g
+            self.leaves = {}
+        leaf = self.leaves.get(size)
+        if leaf is None:
+            leaf = self.leaves[size] = g.leaf(np.zeros(size, g.dtype))
+        return leaf
+
+
+def check_dims(**dims: int) -> None:
+    for name, value in dims.items():
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_rate(rate: float) -> float:
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate} not in [0, 1)")
+    return float(rate)
+
+
+class RNNState:
+    """A point in a sequence: one fused state per layer. Immutable; `add_input` returns a new one.
+
+    The dropout masks drawn by `initial_state()` travel with every state of the sequence.
+    """
+
+    __slots__ = ("builder", "states", "masks", "zero", "_prev", "_h")
+
+    def __init__(self, builder: "RecurrentBuilder", states: list[Expression],
+                 masks: list[tuple[Expression | None, Expression | None]], zero: bool,
+                 prev: "RNNState | None") -> None:
+        self.builder = builder
+        self.states = states
+        self.masks = masks
+        self.zero = zero  # the states are the builder's zero leaves (no recurrent mask needed)
+        self._prev = prev
+        self._h: list[Expression | None] = [None] * len(states)
+
+    def _layer_h(self, layer: int) -> Expression:
+        h = self._h[layer]
+        if h is None:
+            h = self._h[layer] = self.builder._hidden(self.states[layer])
+        return h
+
+    def add_input(self, x: Any) -> "RNNState":
+        """Feed x (input_dim,) through every layer; returns the next state."""
+        b = self.builder
+        shape = getattr(x, "shape", None)
+        if shape is not None and tuple(shape) != (b.input_dim,):
+            raise ValueError(f"{type(b).__name__}.add_input: input of shape {tuple(shape)}, "
+                             f"expected ({b.input_dim},)")
+        states: list[Expression] = []
+        hs: list[Expression | None] = []
+        inp = x
+        for layer, (state, (input_mask, recurrent_mask)) in enumerate(zip(self.states,
+                                                                         self.masks)):
+            if input_mask is not None:
+                inp = F.cmult(inp, input_mask)
+            states.append(b._step(layer, inp, state, None if self.zero else recurrent_mask))
+            inp = b._hidden(states[-1]) if layer + 1 < len(self.states) else None
+            hs.append(inp)
+        new = RNNState(b, states, self.masks, False, self)
+        new._h = hs
+        return new
+
+    def add_inputs(self, xs: Iterable[Any]) -> list["RNNState"]:
+        """The states after each of xs, in order."""
+        out, state = [], self
+        for x in xs:
+            state = state.add_input(x)
+            out.append(state)
+        return out
+
+    def transduce(self, xs: Iterable[Any]) -> list[Expression]:
+        """The top layer's output after each of xs: a list of (hidden_dim,) expressions."""
+        return [state.output() for state in self.add_inputs(xs)]
+
+    def output(self) -> Expression:
+        """h of the top layer, (hidden_dim,)."""
+        return self._layer_h(len(self.states) - 1)
+
+    def h(self) -> list[Expression]:
+        """h of every layer, bottom first."""
+        return [self._layer_h(k) for k in range(len(self.states))]
+
+    def s(self) -> list[Expression]:
+        """The full state in DyNet's order: the cells of every layer, then the h's (LSTM);
+        the h's alone for cells without a memory cell."""
+        return [self.builder._cell(s) for s in self.states if self.builder.has_cell] + self.h()
+
+    def prev(self) -> "RNNState | None":
+        """The state before the last input (None for an initial state)."""
+        return self._prev
+
+
+class RecurrentBuilder:
+    """Shared machinery of the stacked recurrent builders; subclasses define one layer's cell."""
+
+    default_name = "rnn"
+    has_cell = False
+
+    def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
+                 name: str | None = None) -> None:
+        check_dims(layers=layers, input_dim=input_dim, hidden_dim=hidden_dim)
+        self.layers = int(layers)
+        self.input_dim = int(input_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.pc = unique_subcollection(pc, name or self.default_name)
+        self.params: list[tuple[Parameter, Parameter]] = []
+        for layer in range(self.layers):
+            width = self.input_dim if layer == 0 else self.hidden_dim
+            self.params.append(self._make_layer(self.pc.add_subcollection(f"layer{layer}"),
+                                                width))
+        self.dropout_rate = 0.0
+        self.recurrent_dropout_rate = 0.0
+        self._zeros = ZeroLeaves()
+
+    # -- per cell ----------------------------------------------------------------------------
+    state_factor = 1  # the fused state holds this many vectors of hidden_dim
+
+    def _make_layer(self, pc: ParameterCollection, width: int) -> tuple[Parameter, Parameter]:
+        raise NotImplementedError
+
+    def _step(self, layer: int, x: Any, state: Expression, mask: Expression | None
+              ) -> Expression:
+        raise NotImplementedError
+
+    def _hidden(self, state: Expression) -> Expression:
+        return state
+
+    def _cell(self, state: Expression) -> Expression:
+        raise NotImplementedError
+
+    def _recurrent_mask(self, mask: np.ndarray) -> np.ndarray:
+        return mask
+
+    def _initial(self, vecs: Sequence[Any]) -> list[Expression]:
+        if len(vecs) != self.layers:
+            raise ValueError(f"initial_state: {len(vecs)} vectors given, expected one h per "
+                             f"layer ({self.layers})")
+        return list(vecs)
+
+    # -- public ------------------------------------------------------------------------------
+    def initial_state(self, vecs: Sequence[Any] | None = None) -> RNNState:
+        """The start of a new sequence: zero states, or the given `vecs` in the order of `s()`.
+
+        Draws this sequence's dropout masks (when dropout is set and the graph is training).
+        """
+        g = graph_of(vecs or ())
+        if vecs is None:
+            zero = self._zeros(g, self.state_factor * self.hidden_dim)
+            states = [zero] * self.layers
+        else:
+            states = self._initial(list(vecs))
+        return RNNState(self, states, self._draw_masks(g), vecs is None, None)
+
+    def _draw_masks(self, g: Graph) -> list[tuple[Expression | None, Expression | None]]:
+        p, q = self.dropout_rate, self.recurrent_dropout_rate
+        if not g.training or (p == 0.0 and q == 0.0):
+            return [(None, None)] * self.layers
+        masks = []
+        for layer in range(self.layers):
+            width = self.input_dim if layer == 0 else self.hidden_dim
+            input_mask = g.leaf(g.random_mask((width,), p)) if p > 0.0 else None
+            recurrent_mask = None
+            if q > 0.0:
+                recurrent_mask = g.leaf(self._recurrent_mask(
+                    g.random_mask((self.hidden_dim,), q)))
+            masks.append((input_mask, recurrent_mask))
+        return masks
+
+    def transduce(self, xs: Iterable[Any]) -> list[Expression]:
+        """Run a fresh sequence over xs; the top layer's outputs."""
+        return self.initial_state().transduce(xs)
+
+    def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:
+        """Dropout on each layer's input (rate) and recurrent h (recurrent_rate, default rate),
+        with one mask per sequence shared by all its time steps (Gal and Ghahramani, 2016)."""
+        self.dropout_rate = check_rate(rate)
+        self.recurrent_dropout_rate = check_rate(rate if recurrent_rate is None
+                                                  else recurrent_rate)
+
+    def disable_dropout(self) -> None:
+        self.dropout_rate = self.recurrent_dropout_rate = 0.0
+
+    def parameters(self) -> list[Parameter]:
+        return [p for pair in self.params for p in pair]
+
+
+class LSTMBuilder(RecurrentBuilder):
+    """DyNet's vanilla LSTM: one `lstm_step` node per step and layer; forget-gate bias 1.
+
+    Per layer: W (4H, X+H) with gate rows [i; f; o; g] over [x; h], b (4H,). The fused state
+    is [c; h] (2H,); `output()` and `h()` slice h out only when asked.
+    """
+
+    default_name = "lstm"
+    has_cell = True
+    state_factor = 2
+
+    def _make_layer(self, pc: ParameterCollection, width: int) -> tuple[Parameter, Parameter]:
+        hidden = self.hidden_dim
+        bias = np.zeros(4 * hidden)
+        bias[hidden:2 * hidden] = 1.0
+        return (pc.add_parameters((4 * hidden, width + hidden), name="W"),
+                pc.add_parameters((4 * hidden,), init=bias, name="b"))
+
+    def _step(self, layer, x, state, mask):
+        W, b = self.params[layer]
+        if mask is not None:
+            state = F.cmult(state, mask)
+        return apply("lstm_step", W, b, x, state)
+
+    def _hidden(self, state):
+        return F.pick_range(state, self.hidden_dim, 2 * self.hidden_dim)
+
+    def _cell(self, state):
+        return F.pick_range(state, 0, self.hidden_dim)
+
+    def _recurrent_mask(self, mask):
+        # the state is [c; h]: c passes unmasked
+        return np.concatenate([np.ones_like(mask), mask])
+
+    def _initial(self, vecs):
+        layers = self.layers
+        if len(vecs) == layers:
+            g = graph_of(vecs)
+            cells = [self._zeros(g, self.hidden_dim)] * layers
+            hs = vecs
+        elif len(vecs) == 2 * layers:
+            cells, hs = vecs[:layers], vecs[layers:]
+        else:
+            raise ValueError(f"initial_state: {len(vecs)} vectors given, expected the c's then "
+                             f"the h's of {layers} layers ({2 * layers}), or the h's alone")
+        return [F.concatenate([c, h]) for c, h in zip(cells, hs)]
+
+
+class GRUBuilder(RecurrentBuilder):
+    """DyNet's GRU: h' = (1 - z) * h + z * tanh(W_u [x; r * h] + b_u), one `gru_step` per step.
+
+    Per layer: W (3H, X+H) with gate rows [z; r; u], b (3H,). Recurrent dropout masks h inside
+    the gates only (the op's optional mask argument), not the carried h.
+    """
+
+    default_name = "gru"
+
+    def _make_layer(self, pc, width):
+        hidden = self.hidden_dim
+        return (pc.add_parameters((3 * hidden, width + hidden), name="W"),
+                pc.add_parameters((3 * hidden,), init="zeros", name="b"))
+
+    def _step(self, layer, x, state, mask):
+        W, b = self.params[layer]
+        if mask is None:
+            return apply("gru_step", W, b, x, state)
+        return apply("gru_step", W, b, x, state, mask)
+
+
+class SimpleRNNBuilder(RecurrentBuilder):
+    """Elman RNN: h' = tanh(W [x; h] + b), one `rnn_step` node per step and layer."""
+
+    default_name = "simple_rnn"
+
+    def _make_layer(self, pc, width):
+        hidden = self.hidden_dim
+        return (pc.add_parameters((hidden, width + hidden), name="W"),
+                pc.add_parameters((hidden,), init="zeros", name="b"))
+
+    def _step(self, layer, x, state, mask):
+        W, b = self.params[layer]
+        if mask is not None:
+            state = F.cmult(state, mask)
+        return apply("rnn_step", W, b, x, state)
+
+
+class BiRNNBuilder:
+    """Stacked bidirectional RNN: each level runs a forward and a backward builder of
+    output_dim / 2 units and concatenates their outputs; level k + 1 reads level k's outputs.
+    """
+
+    def __init__(self, layers: int, input_dim: int, output_dim: int, pc: ParameterCollection,
+                 builder_class: type = LSTMBuilder, name: str = "birnn") -> None:
+        check_dims(layers=layers, input_dim=input_dim, output_dim=output_dim)
+        if output_dim % 2:
+            raise ValueError(f"BiRNNBuilder: output_dim must be even, got {output_dim}")
+        self.pc = unique_subcollection(pc, name)
+        self.output_dim = int(output_dim)
+        half = self.output_dim // 2
+        self.builder_layers: list[tuple[Any, Any]] = []
+        for level in range(int(layers)):
+            width = input_dim if level == 0 else self.output_dim
+            self.builder_layers.append(
+                (builder_class(1, width, half, self.pc.add_subcollection(f"forward{level}")),
+                 builder_class(1, width, half, self.pc.add_subcollection(f"backward{level}"))))
+
+    def transduce(self, xs: Iterable[Any]) -> list[Expression]:
+        """xs: (input_dim,) each -> a list of (output_dim,) expressions."""
+        xs = list(xs)
+        for forward, backward in self.builder_layers:
+            ahead = forward.initial_state().transduce(xs)
+            behind = backward.initial_state().transduce(xs[::-1])[::-1]
+            xs = [F.concatenate([a, b]) for a, b in zip(ahead, behind)]
+        return xs
+
+    def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:
+        for pair in self.builder_layers:
+            for builder in pair:
+                builder.set_dropout(rate, recurrent_rate)
+
+    def disable_dropout(self) -> None:
+        for pair in self.builder_layers:
+            for builder in pair:
+                builder.disable_dropout()

@@ -1,0 +1,98 @@
+"""Tree-LSTM builders (Tai, Socher and Manning, 2015): binary N-ary and child-sum, one fused op
+node per tree node, so that autobatching groups the nodes of many trees. Builds on dynlp's graph,
+functions and params; must not import dynlp.data or recipes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import functions as F
+from ..graph import Expression, apply
+from ..params import ParameterCollection
+from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
+
+KINDS = ("binary", "childsum")
+
+
+class TreeState:
+    """A tree node's fused state [c; h] (2H,); `h()` and `c()` slice it once, when asked."""
+
+    __slots__ = ("state", "hidden_dim", "_h", "_c")
+
+    def __init__(self, state: Expression, hidden_dim: int) -> None:
+        self.state = state
+        self.hidden_dim = hidden_dim
+        self._h: Expression | None = None
+        self._c: Expression | None = None
+
+    def h(self) -> Expression:
+        if self._h is None:
+            self._h = F.pick_range(self.state, self.hidden_dim, 2 * self.hidden_dim)
+        return self._h
+
+    def c(self) -> Expression:
+        if self._c is None:
+            self._c = F.pick_range(self.state, 0, self.hidden_dim)
+        return self._c
+
+
+class TreeLSTMBuilder:
+    """kind="binary": W (5H, X+2H) with gate rows [i; f_left; f_right; o; u] over
+    [x; h_left; h_right]; a leaf is a node with zero children, an internal node without a word
+    uses the h columns of W only. kind="childsum": W (4H, X+H) with gate rows [i; o; u; f], any
+    number of children (a node without a word reads x = 0). Forget-gate biases start at 1.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, pc: ParameterCollection,
+                 kind: str = "binary", name: str = "treelstm") -> None:
+        check_dims(input_dim=input_dim, hidden_dim=hidden_dim)
+        if kind not in KINDS:
+            raise ValueError(f"TreeLSTMBuilder: kind must be one of {KINDS}, not {kind!r}")
+        self.kind = kind
+        self.input_dim = int(input_dim)
+        self.hidden_dim = hidden = int(hidden_dim)
+        self.pc = unique_subcollection(pc, name)
+        bias = np.zeros((5 if kind == "binary" else 4) * hidden)
+        if kind == "binary":
+            bias[hidden:3 * hidden] = 1.0
+            columns = self.input_dim + 2 * hidden
+        else:
+            bias[3 * hidden:] = 1.0
+            columns = self.input_dim + hidden
+        self.W = self.pc.add_parameters((len(bias), columns), name="W")
+        self.b = self.pc.add_parameters((len(bias),), init=bias, name="b")
+        self._zeros = ZeroLeaves()
+
+    def _check_input(self, x: Any) -> None:
+        shape = getattr(x, "shape", None)
+        if shape is not None and tuple(shape) != (self.input_dim,):
+            raise ValueError(f"TreeLSTMBuilder: input of shape {tuple(shape)}, expected "
+                             f"({self.input_dim},)")
+
+    def leaf(self, x: Any) -> TreeState:
+        """A node with a word x (input_dim,) and no children."""
+        return self.node((), x)
+
+    def node(self, children: Sequence[Any], x: Any = None) -> TreeState:
+        """A node over child states (TreeState or [c; h] expressions) and an optional word x."""
+        states = [getattr(child, "state", child) for child in children]
+        if x is not None:
+            self._check_input(x)
+        g = graph_of(states + [x])
+        if self.kind == "childsum":
+            if x is None:
+                x = self._zeros(g, self.input_dim)
+            return TreeState(apply("treelstm_childsum", self.W, self.b, x, *states),
+                             self.hidden_dim)
+        if not states:
+            zero = self._zeros(g, 2 * self.hidden_dim)
+            states = [zero, zero]
+        if len(states) != 2:
+            raise ValueError(f"a binary Tree-LSTM node takes 2 children, got {len(states)}")
+        if x is None:
+            return TreeState(apply("treelstm_binary_nox", self.W, self.b, *states),
+                             self.hidden_dim)
+        return TreeState(apply("treelstm_binary", self.W, self.b, x, *states), self.hidden_dim)

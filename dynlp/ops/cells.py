@@ -1,0 +1,392 @@
+"""Fused recurrent cells: one primitive per LSTM, GRU and Elman step and per Tree-LSTM node, so that
+a whole step is one graph node with its own VJP and JVP, and autobatching groups steps across
+sequences. LSTM-like states are laid out as [c; h]. Imports only the op-table core.
+"""
+
+import numpy as np
+
+from .core import SHARED, STACK, Case, define, zeros_like_tangents
+
+
+def _sigmoid(z):
+    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one tanh for all the sigmoid gates at once
+    return 0.5 + 0.5 * np.tanh(0.5 * z)
+
+
+def _check_vector(name, shape, size=None):
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be a vector")
+    if size is not None and shape[0] != size:
+        raise ValueError(f"{name} must have size {size}")
+
+
+def _check_states(states):
+    if not states:
+        raise ValueError("no child states")
+    for s in states:
+        _check_vector("a state [c; h]", s)
+        if s[0] % 2 or s != states[0]:
+            raise ValueError("states must be vectors [c; h] of one even size")
+    return states[0][0] // 2
+
+
+def _check_weights(W, b, rows, columns):
+    if W != (rows, columns):
+        raise ValueError(f"W must be ({rows}, {columns})")
+    _check_vector("b", b, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# N-ary gated cells: gates [i; f_1 .. f_n; o] (sigmoid) and u (tanh) from one matmul over
+# a = [x; h_1; ..; h_n]; c = i * u + sum_k f_k * c_k, h = o * tanh(c). An LSTM step is the case
+# n = 1 (u is the LSTM's g), the binary Tree-LSTM of Tai et al. (2015) the case n = 2.
+
+
+def _nary_parts(W, b, x, states):
+    hidden = states[0].shape[1] // 2
+    parts = [s[:, hidden:] for s in states]
+    if x is not None:
+        parts.insert(0, x)
+    a = np.concatenate(parts, axis=1)
+    pre = a @ W.T + b
+    split = pre.shape[1] - hidden
+    return hidden, a, _sigmoid(pre[:, :split]), np.tanh(pre[:, split:])
+
+
+def _nary_forward(W, b, x, states):
+    hidden, _, sig, u = _nary_parts(W, b, x, states)
+    c = sig[:, :hidden] * u
+    for k, s in enumerate(states, 1):
+        c += sig[:, k * hidden:(k + 1) * hidden] * s[:, :hidden]
+    out = np.empty((c.shape[0], 2 * hidden), dtype=c.dtype)
+    out[:, :hidden] = c
+    np.tanh(c, out=out[:, hidden:])
+    out[:, hidden:] *= sig[:, -hidden:]
+    return out
+
+
+def _nary_vjp(g, out, W, b, x, states):
+    hidden, a, sig, u = _nary_parts(W, b, x, states)
+    tc = np.tanh(out[:, :hidden])
+    gh = g[:, hidden:]
+    # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2)
+    gc = g[:, :hidden] + gh * sig[:, -hidden:] * (1.0 - tc * tc)
+    gsig = np.empty_like(sig)
+    gsig[:, :hidden] = gc * u
+    for k, s in enumerate(states, 1):
+        gsig[:, k * hidden:(k + 1) * hidden] = gc * s[:, :hidden]
+    gsig[:, -hidden:] = gh * tc
+    gpre = np.concatenate([gsig * sig * (1.0 - sig), gc * sig[:, :hidden] * (1.0 - u * u)],
+                          axis=1)
+    ga = gpre @ W
+    cts = [gpre.T @ a, gpre.sum(axis=0)]
+    width = 0
+    if x is not None:
+        width = x.shape[1]
+        cts.append(ga[:, :width])
+    for k in range(len(states)):
+        gh_k = ga[:, width + k * hidden:width + (k + 1) * hidden]
+        cts.append(np.concatenate([gc * sig[:, (k + 1) * hidden:(k + 2) * hidden], gh_k], axis=1))
+    return cts
+
+
+def _nary_jvp(ts, out, W, b, x, states):
+    hidden, a, sig, u = _nary_parts(W, b, x, states)
+    tW, tb = ts[0], ts[1]
+    tstates = ts[len(ts) - len(states):]
+    batch = a.shape[0]
+    parts = []
+    if x is not None:
+        parts.append(np.zeros_like(x) if ts[2] is None else ts[2])
+    for t in tstates:
+        parts.append(np.zeros((batch, hidden), a.dtype) if t is None else t[:, hidden:])
+    tpre = np.concatenate(parts, axis=1) @ W.T
+    if tW is not None:
+        tpre = tpre + a @ tW.T
+    if tb is not None:
+        tpre = tpre + tb
+    split = sig.shape[1]
+    tsig = tpre[:, :split] * sig * (1.0 - sig)
+    tu = tpre[:, split:] * (1.0 - u * u)
+    tc = tsig[:, :hidden] * u + sig[:, :hidden] * tu
+    for k, (s, t) in enumerate(zip(states, tstates), 1):
+        gate = slice(k * hidden, (k + 1) * hidden)
+        tc += tsig[:, gate] * s[:, :hidden]
+        if t is not None:
+            tc += sig[:, gate] * t[:, :hidden]
+    th = np.tanh(out[:, :hidden])
+    t_out = tsig[:, -hidden:] * th + sig[:, -hidden:] * (1.0 - th * th) * tc
+    return np.concatenate([tc, t_out], axis=1)
+
+
+def _lstm_shape(W, b, x, s):
+    hidden = _check_states([s])
+    _check_vector("x", x)
+    _check_weights(W, b, 4 * hidden, x[0] + hidden)
+    return s
+
+
+define("lstm_step", shape=_lstm_shape, batch=(SHARED, SHARED, STACK, STACK), cost=4,
+       forward=lambda W, b, x, s: _nary_forward(W, b, x, [s]),
+       vjp=lambda g, out, W, b, x, s: _nary_vjp(g, out, W, b, x, [s]),
+       jvp=lambda ts, out, W, b, x, s: _nary_jvp(ts, out, W, b, x, [s]),
+       cases=[Case([(8, 5), (8,), (3,), (4,)]), Case([(4, 2), (4,), (1,), (2,)])],
+       doc="one LSTM step: W (4H, X+H) with gate rows [i; f; o; g], b (4H,), x (X,), "
+           "s = [c; h] (2H,) -> [c'; h'] (2H,)")
+
+
+def _binary_shape(W, b, x, left, right):
+    hidden = _check_states([left, right])
+    _check_vector("x", x)
+    _check_weights(W, b, 5 * hidden, x[0] + 2 * hidden)
+    return left
+
+
+define("treelstm_binary", shape=_binary_shape, batch=(SHARED, SHARED, STACK, STACK, STACK),
+       cost=4,
+       forward=lambda W, b, x, sl, sr: _nary_forward(W, b, x, [sl, sr]),
+       vjp=lambda g, out, W, b, x, sl, sr: _nary_vjp(g, out, W, b, x, [sl, sr]),
+       jvp=lambda ts, out, W, b, x, sl, sr: _nary_jvp(ts, out, W, b, x, [sl, sr]),
+       cases=[Case([(10, 7), (10,), (3,), (4,), (4,)])],
+       doc="binary Tree-LSTM node (Tai et al. 2015), one forget gate per child: W (5H, X+2H) "
+           "with gate rows [i; f_left; f_right; o; u] over [x; h_left; h_right], b (5H,), "
+           "x (X,), children [c; h] (2H,) -> [c; h] (2H,)")
+
+
+def _nox_shape(W, b, left, right):
+    hidden = _check_states([left, right])
+    if len(W) != 2 or W[1] < 2 * hidden:
+        raise ValueError(f"W must be (5H, X+2H) with H = {hidden}")
+    _check_weights(W, b, 5 * hidden, W[1])
+    return left
+
+
+def _nox_columns(W, left):
+    return W[:, W.shape[1] - left.shape[1]:]
+
+
+def _nox_vjp(g, out, W, b, left, right):
+    gW, gb, gl, gr = _nary_vjp(g, out, _nox_columns(W, left), b, None, [left, right])
+    if gW.shape == W.shape:
+        return gW, gb, gl, gr
+    full = np.zeros_like(W)
+    full[:, W.shape[1] - left.shape[1]:] = gW
+    return full, gb, gl, gr
+
+
+def _nox_jvp(ts, out, W, b, left, right):
+    tW = ts[0] if ts[0] is None else _nox_columns(ts[0], left)
+    return _nary_jvp([tW] + list(ts[1:]), out, _nox_columns(W, left), b, None, [left, right])
+
+
+define("treelstm_binary_nox", shape=_nox_shape, batch=(SHARED, SHARED, STACK, STACK), cost=4,
+       forward=lambda W, b, sl, sr: _nary_forward(_nox_columns(W, sl), b, None, [sl, sr]),
+       vjp=_nox_vjp, jvp=_nox_jvp,
+       cases=[Case([(10, 7), (10,), (4,), (4,)]), Case([(5, 2), (5,), (2,), (2,)])],
+       doc="binary Tree-LSTM node without a word (x = 0): the W of treelstm_binary, whose "
+           "x columns are unused")
+
+
+# ---------------------------------------------------------------------------------------------
+# Child-sum Tree-LSTM (Tai et al. 2015): i, o, u read h~ = sum_k h_k; each child k has its own
+# forget gate f_k = sigmoid(W_f x + U_f h_k + b_f). W (4H, X+H) has gate rows [i; o; u; f] and
+# columns [x | h]. One node per count of children (zero children: a leaf).
+
+
+def _childsum_mask(nargs):
+    return (SHARED, SHARED) + (STACK,) * (nargs - 2)
+
+
+def _childsum_shape(W, b, x, *children):
+    _check_vector("x", x)
+    if len(W) != 2 or W[0] % 4:
+        raise ValueError("W must be (4H, X+H)")
+    hidden = W[0] // 4
+    if children and _check_states(list(children)) != hidden:
+        raise ValueError(f"children must be states [c; h] of size {2 * hidden}")
+    _check_weights(W, b, 4 * hidden, x[0] + hidden)
+    return (2 * hidden,)
+
+
+def _childsum_parts(W, b, x, children):
+    hidden = W.shape[0] // 4
+    width = x.shape[1]
+    batch = x.shape[0]
+    U = W[:, width:]
+    px = x @ W[:, :width].T + b
+    if children:
+        hs = np.stack([s[:, hidden:] for s in children], axis=1)
+        cs = np.stack([s[:, :hidden] for s in children], axis=1)
+        piou = px[:, :3 * hidden] + hs.sum(axis=1) @ U[:3 * hidden].T
+        pf = px[:, None, 3 * hidden:] + hs @ U[3 * hidden:].T
+    else:
+        hs = cs = pf = np.zeros((batch, 0, hidden), x.dtype)
+        piou = px[:, :3 * hidden]
+    io = _sigmoid(piou[:, :2 * hidden])
+    return hidden, hs, cs, io, np.tanh(piou[:, 2 * hidden:]), _sigmoid(pf)
+
+
+def _childsum_forward(W, b, x, *children):
+    hidden, _, cs, io, u, f = _childsum_parts(W, b, x, children)
+    c = io[:, :hidden] * u + (f * cs).sum(axis=1)
+    return np.concatenate([c, io[:, hidden:] * np.tanh(c)], axis=1)
+
+
+def _childsum_vjp(g, out, W, b, x, *children):
+    hidden, hs, cs, io, u, f = _childsum_parts(W, b, x, children)
+    width = x.shape[1]
+    U = W[:, width:]
+    tc = np.tanh(out[:, :hidden])
+    gh = g[:, hidden:]
+    gc = g[:, :hidden] + gh * io[:, hidden:] * (1.0 - tc * tc)
+    gio = np.concatenate([gc * u, gh * tc], axis=1)
+    gpiou = np.concatenate([gio * io * (1.0 - io), gc * io[:, :hidden] * (1.0 - u * u)], axis=1)
+    gpf = gc[:, None, :] * cs * f * (1.0 - f)
+    gpx = np.concatenate([gpiou, gpf.sum(axis=1)], axis=1)
+    gU = np.concatenate([gpiou.T @ hs.sum(axis=1),
+                         gpf.reshape(-1, hidden).T @ hs.reshape(-1, hidden)], axis=0)
+    cts = [np.concatenate([gpx.T @ x, gU], axis=1), gpx.sum(axis=0), gpx @ W[:, :width]]
+    ghs = (gpiou @ U[:3 * hidden])[:, None, :] + gpf @ U[3 * hidden:]
+    gcs = gc[:, None, :] * f
+    for k in range(len(children)):
+        cts.append(np.concatenate([gcs[:, k], ghs[:, k]], axis=1))
+    return cts
+
+
+def _childsum_jvp(ts, out, W, b, x, *children):
+    tW, tb, tx, *tchildren = zeros_like_tangents(ts, (W, b, x) + children)
+    hidden, hs, cs, io, u, f = _childsum_parts(W, b, x, children)
+    width = x.shape[1]
+    U, tU = W[:, width:], tW[:, width:]
+    tpx = tx @ W[:, :width].T + x @ tW[:, :width].T + tb
+    iou = slice(0, 3 * hidden)
+    if children:
+        ths = np.stack([t[:, hidden:] for t in tchildren], axis=1)
+        tcs = np.stack([t[:, :hidden] for t in tchildren], axis=1)
+        tpiou = (tpx[:, iou] + ths.sum(axis=1) @ U[iou].T + hs.sum(axis=1) @ tU[iou].T)
+        tpf = tpx[:, None, 3 * hidden:] + ths @ U[3 * hidden:].T + hs @ tU[3 * hidden:].T
+    else:
+        ths = tcs = tpf = np.zeros((x.shape[0], 0, hidden), x.dtype)
+        tpiou = tpx[:, iou]
+    tio = tpiou[:, :2 * hidden] * io * (1.0 - io)
+    tu = tpiou[:, 2 * hidden:] * (1.0 - u * u)
+    tf = tpf * f * (1.0 - f)
+    tc = tio[:, :hidden] * u + io[:, :hidden] * tu + (tf * cs + f * tcs).sum(axis=1)
+    th = np.tanh(out[:, :hidden])
+    t_out = tio[:, hidden:] * th + io[:, hidden:] * (1.0 - th * th) * tc
+    return np.concatenate([tc, t_out], axis=1)
+
+
+define("treelstm_childsum", shape=_childsum_shape, batch=_childsum_mask, cost=4,
+       forward=_childsum_forward, vjp=_childsum_vjp, jvp=_childsum_jvp,
+       cases=[Case([(8, 5), (8,), (3,)]), Case([(8, 5), (8,), (3,), (4,)]),
+              Case([(8, 5), (8,), (3,), (4,), (4,), (4,)])],
+       doc="child-sum Tree-LSTM node: W (4H, X+H) with gate rows [i; o; u; f], b (4H,), x (X,), "
+           "any number of children [c; h] (2H,) -> [c; h] (2H,)")
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU (DyNet semantics): z = sigmoid(W_z [x; h] + b_z), r = sigmoid(W_r [x; h] + b_r),
+# u = tanh(W_u [x; r * h] + b_u), h' = (1 - z) * h + z * u. W (3H, X+H) has gate rows [z; r; u].
+# An optional fifth argument m multiplies h inside the gates only (recurrent dropout that
+# leaves the carried h untouched).
+
+
+def _gru_mask(nargs):
+    return (SHARED, SHARED) + (STACK,) * (nargs - 2)
+
+
+def _gru_shape(W, b, x, h, *mask):
+    _check_vector("x", x)
+    _check_vector("h", h)
+    if len(mask) > 1 or (mask and mask[0] != h):
+        raise ValueError("the optional mask must have the shape of h")
+    _check_weights(W, b, 3 * h[0], x[0] + h[0])
+    return h
+
+
+def _gru_parts(W, b, x, h, mask):
+    hidden = h.shape[1]
+    hm = h if mask is None else h * mask
+    a = np.concatenate([x, hm], axis=1)
+    zr = _sigmoid(a @ W[:2 * hidden].T + b[:2 * hidden])
+    aq = np.concatenate([x, zr[:, hidden:] * hm], axis=1)
+    u = np.tanh(aq @ W[2 * hidden:].T + b[2 * hidden:])
+    return hidden, hm, a, aq, zr, u
+
+
+def _gru_forward(W, b, x, h, mask=None):
+    hidden, _, _, _, zr, u = _gru_parts(W, b, x, h, mask)
+    return h + zr[:, :hidden] * (u - h)
+
+
+def _gru_vjp(g, out, W, b, x, h, mask=None):
+    hidden, hm, a, aq, zr, u = _gru_parts(W, b, x, h, mask)
+    width = x.shape[1]
+    z, r = zr[:, :hidden], zr[:, hidden:]
+    gpu = g * z * (1.0 - u * u)
+    gaq = gpu @ W[2 * hidden:]
+    gq = gaq[:, width:]
+    gzr = np.concatenate([g * (u - h), gq * hm], axis=1) * zr * (1.0 - zr)
+    ga = gzr @ W[:2 * hidden]
+    ghm = gq * r + ga[:, width:]
+    gh = g * (1.0 - z) + (ghm if mask is None else ghm * mask)
+    cts = [np.concatenate([gzr.T @ a, gpu.T @ aq], axis=0),
+           np.concatenate([gzr.sum(axis=0), gpu.sum(axis=0)]),
+           gaq[:, :width] + ga[:, :width], gh]
+    if mask is not None:
+        cts.append(ghm * h)
+    return cts
+
+
+def _gru_jvp(ts, out, W, b, x, h, mask=None):
+    xs = (W, b, x, h) if mask is None else (W, b, x, h, mask)
+    tW, tb, tx, th, *tm = zeros_like_tangents(ts, xs)
+    hidden, hm, a, aq, zr, u = _gru_parts(W, b, x, h, mask)
+    thm = th if mask is None else th * mask + h * tm[0]
+    zr_rows, u_rows = slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)
+    tpzr = (np.concatenate([tx, thm], axis=1) @ W[zr_rows].T + a @ tW[zr_rows].T + tb[zr_rows])
+    tzr = tpzr * zr * (1.0 - zr)
+    tq = tzr[:, hidden:] * hm + zr[:, hidden:] * thm
+    tpu = np.concatenate([tx, tq], axis=1) @ W[u_rows].T + aq @ tW[u_rows].T + tb[u_rows]
+    tu = tpu * (1.0 - u * u)
+    z = zr[:, :hidden]
+    return th + tzr[:, :hidden] * (u - h) + z * (tu - th)
+
+
+define("gru_step", shape=_gru_shape, batch=_gru_mask, cost=4,
+       forward=_gru_forward, vjp=_gru_vjp, jvp=_gru_jvp,
+       cases=[Case([(6, 5), (6,), (3,), (2,)]), Case([(6, 5), (6,), (3,), (2,), (2,)])],
+       doc="one GRU step: W (3H, X+H) with gate rows [z; r; u], b (3H,), x (X,), h (H,), "
+           "optional recurrent mask m (H,) -> h' (H,)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman RNN: h' = tanh(W [x; h] + b).
+
+
+def _rnn_shape(W, b, x, h):
+    _check_vector("x", x)
+    _check_vector("h", h)
+    _check_weights(W, b, h[0], x[0] + h[0])
+    return h
+
+
+def _rnn_vjp(g, out, W, b, x, h):
+    a = np.concatenate([x, h], axis=1)
+    gpre = g * (1.0 - out * out)
+    ga = gpre @ W
+    return gpre.T @ a, gpre.sum(axis=0), ga[:, :x.shape[1]], ga[:, x.shape[1]:]
+
+
+def _rnn_jvp(ts, out, W, b, x, h):
+    tW, tb, tx, th = zeros_like_tangents(ts, (W, b, x, h))
+    a = np.concatenate([x, h], axis=1)
+    tpre = np.concatenate([tx, th], axis=1) @ W.T + a @ tW.T + tb
+    return tpre * (1.0 - out * out)
+
+
+define("rnn_step", shape=_rnn_shape, batch=(SHARED, SHARED, STACK, STACK), cost=4,
+       forward=lambda W, b, x, h: np.tanh(np.concatenate([x, h], axis=1) @ W.T + b),
+       vjp=_rnn_vjp, jvp=_rnn_jvp, cases=[Case([(2, 5), (2,), (3,), (2,)])],
+       doc="one Elman step: W (H, X+H), b (H,), x (X,), h (H,) -> tanh(W [x; h] + b) (H,)")

@@ -1,0 +1,156 @@
+"""The fused cell ops against plain numpy references written gate by gate (the gradients of the
+ops are checked by tests/test_ops.py); also through a graph, unbatched and batched."""
+
+import numpy as np
+import pytest
+
+import dynlp as dn
+from dynlp.graph import apply
+from dynlp.ops import TABLE
+
+X, H = 3, 4
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def lstm_reference(W, b, x, c, h):
+    Wx, Wh = W[:, :X], W[:, X:]
+    i = sigmoid(Wx[0:H] @ x + Wh[0:H] @ h + b[0:H])
+    f = sigmoid(Wx[H:2 * H] @ x + Wh[H:2 * H] @ h + b[H:2 * H])
+    o = sigmoid(Wx[2 * H:3 * H] @ x + Wh[2 * H:3 * H] @ h + b[2 * H:3 * H])
+    g = np.tanh(Wx[3 * H:] @ x + Wh[3 * H:] @ h + b[3 * H:])
+    c_new = f * c + i * g
+    return c_new, o * np.tanh(c_new)
+
+
+def test_lstm_step_matches_reference(rng):
+    W, b = rng.normal(size=(4 * H, X + H)), rng.normal(size=4 * H)
+    x, c, h = rng.normal(size=X), rng.normal(size=H), rng.normal(size=H)
+    out = TABLE["lstm_step"].forward(W, b, x[None], np.concatenate([c, h])[None])[0]
+    c_new, h_new = lstm_reference(W, b, x, c, h)
+    np.testing.assert_allclose(out[:H], c_new, rtol=1e-12)
+    np.testing.assert_allclose(out[H:], h_new, rtol=1e-12)
+
+
+def test_lstm_sequence_through_graph_batched_and_not(rng):
+    W, b = rng.normal(size=(4 * H, X + H)), rng.normal(size=4 * H)
+    seqs = [rng.normal(size=(n, X)) for n in (2, 4, 3)]
+    want = []
+    for seq in seqs:
+        c, h = np.zeros(H), np.zeros(H)
+        for x in seq:
+            c, h = lstm_reference(W, b, x, c, h)
+        want.append(h)
+    for autobatch in (False, True):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            We, be = dn.inputs(W), dn.inputs(b)
+            finals = []
+            for seq in seqs:
+                s = dn.zeros(2 * H)
+                for x in seq:
+                    s = apply("lstm_step", We, be, dn.inputs(x), s)
+                finals.append(s)
+            g.forward(finals)
+            for s, h in zip(finals, want):
+                np.testing.assert_allclose(s.npvalue()[H:], h, rtol=1e-12)
+
+
+def test_binary_treelstm_node_matches_reference(rng):
+    W, b = rng.normal(size=(5 * H, X + 2 * H)), rng.normal(size=5 * H)
+    x = rng.normal(size=X)
+    cl, hl, cr, hr = (rng.normal(size=H) for _ in range(4))
+
+    def gate(k, z):
+        rows = slice(k * H, (k + 1) * H)
+        return z(W[rows, :X] @ x + W[rows, X:X + H] @ hl + W[rows, X + H:] @ hr + b[rows])
+
+    i, f_left, f_right, o = (gate(k, sigmoid) for k in range(4))
+    u = gate(4, np.tanh)
+    c = i * u + f_left * cl + f_right * cr
+    h = o * np.tanh(c)
+    args = (x[None], np.concatenate([cl, hl])[None], np.concatenate([cr, hr])[None])
+    out = TABLE["treelstm_binary"].forward(W, b, *args)[0]
+    np.testing.assert_allclose(out, np.concatenate([c, h]), rtol=1e-12)
+    # without a word: the same node with x = 0
+    nox = TABLE["treelstm_binary_nox"].forward(W, b, *args[1:])[0]
+    with_zero = TABLE["treelstm_binary"].forward(W, b, np.zeros((1, X)), *args[1:])[0]
+    np.testing.assert_allclose(nox, with_zero, rtol=1e-12)
+    assert not np.allclose(nox, out)
+
+
+def test_childsum_treelstm_node_matches_reference(rng):
+    W, b = rng.normal(size=(4 * H, X + H)), rng.normal(size=4 * H)
+    x = rng.normal(size=X)
+    children = [(rng.normal(size=H), rng.normal(size=H)) for _ in range(3)]
+    h_sum = sum(h for _, h in children)
+    Wx, U = W[:, :X], W[:, X:]
+
+    def rows(k):
+        return slice(k * H, (k + 1) * H)
+
+    i = sigmoid(Wx[rows(0)] @ x + U[rows(0)] @ h_sum + b[rows(0)])
+    o = sigmoid(Wx[rows(1)] @ x + U[rows(1)] @ h_sum + b[rows(1)])
+    u = np.tanh(Wx[rows(2)] @ x + U[rows(2)] @ h_sum + b[rows(2)])
+    c = i * u
+    for c_k, h_k in children:
+        c = c + sigmoid(Wx[rows(3)] @ x + U[rows(3)] @ h_k + b[rows(3)]) * c_k
+    h = o * np.tanh(c)
+    states = [np.concatenate(pair)[None] for pair in children]
+    out = TABLE["treelstm_childsum"].forward(W, b, x[None], *states)[0]
+    np.testing.assert_allclose(out, np.concatenate([c, h]), rtol=1e-12)
+    leaf = TABLE["treelstm_childsum"].forward(W, b, x[None])[0]
+    c_leaf = sigmoid(Wx[rows(0)] @ x + b[rows(0)]) * np.tanh(Wx[rows(2)] @ x + b[rows(2)])
+    np.testing.assert_allclose(leaf[:H], c_leaf, rtol=1e-12)
+
+
+def test_gru_step_matches_reference(rng):
+    W, b = rng.normal(size=(3 * H, X + H)), rng.normal(size=3 * H)
+    x, h = rng.normal(size=X), rng.normal(size=H)
+    Wx, Wh = W[:, :X], W[:, X:]
+    z = sigmoid(Wx[:H] @ x + Wh[:H] @ h + b[:H])
+    r = sigmoid(Wx[H:2 * H] @ x + Wh[H:2 * H] @ h + b[H:2 * H])
+    u = np.tanh(Wx[2 * H:] @ x + Wh[2 * H:] @ (r * h) + b[2 * H:])
+    want = (1.0 - z) * h + z * u
+    out = TABLE["gru_step"].forward(W, b, x[None], h[None])[0]
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+    # the recurrent mask acts inside the gates; the carried h stays unmasked
+    mask = np.array([2.0, 0.0, 2.0, 0.0])
+    hm = h * mask
+    z = sigmoid(Wx[:H] @ x + Wh[:H] @ hm + b[:H])
+    r = sigmoid(Wx[H:2 * H] @ x + Wh[H:2 * H] @ hm + b[H:2 * H])
+    u = np.tanh(Wx[2 * H:] @ x + Wh[2 * H:] @ (r * hm) + b[2 * H:])
+    out = TABLE["gru_step"].forward(W, b, x[None], h[None], mask[None])[0]
+    np.testing.assert_allclose(out, (1.0 - z) * h + z * u, rtol=1e-12)
+
+
+def test_rnn_step_matches_reference(rng):
+    W, b = rng.normal(size=(H, X + H)), rng.normal(size=H)
+    x, h = rng.normal(size=X), rng.normal(size=H)
+    out = TABLE["rnn_step"].forward(W, b, x[None], h[None])[0]
+    np.testing.assert_allclose(out, np.tanh(W[:, :X] @ x + W[:, X:] @ h + b), rtol=1e-12)
+
+
+def test_float32_stays_float32(rng):
+    W = rng.normal(size=(4 * H, X + H)).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    out = TABLE["lstm_step"].forward(W, b, np.ones((2, X), np.float32),
+                                     np.ones((2, 2 * H), np.float32))
+    assert out.dtype == np.float32
+
+
+def test_shape_errors_name_the_cell():
+    with dn.Graph():
+        W, b = dn.zeros((4 * H, X + H)), dn.zeros(4 * H)
+        with pytest.raises(dn.ShapeError, match="lstm_step"):
+            apply("lstm_step", W, b, dn.zeros(X + 1), dn.zeros(2 * H))
+        with pytest.raises(dn.ShapeError, match="even"):
+            apply("lstm_step", W, b, dn.zeros(X), dn.zeros(2 * H + 1))
+        with pytest.raises(dn.ShapeError, match="treelstm_childsum"):
+            apply("treelstm_childsum", W, b, dn.zeros(X), dn.zeros(2 * H), dn.zeros(2 * H + 2))

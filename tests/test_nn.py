@@ -1,0 +1,364 @@
+"""Builders of dynlp.nn: whole-model gradient checks (inputs and parameters), stacking, BiRNN
+sizes, variational dropout masks, and autobatched against unbatched runs of mixed minibatches."""
+
+import numpy as np
+import pytest
+
+import dynlp as dn
+from dynlp.nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
+                      SimpleRNNBuilder, TreeLSTMBuilder)
+
+RECURRENT = [LSTMBuilder, GRUBuilder, SimpleRNNBuilder]
+
+
+def collection(seed=0):
+    return dn.ParameterCollection(seed=seed, dtype=np.float64)
+
+
+def weighted_sum(outputs, rng):
+    """A scalar that depends on every element of every output: sum_t w_t . out_t."""
+    return dn.esum([dn.dot_product(o, dn.inputs(rng.normal(size=o.shape))) for o in outputs])
+
+
+def check_parameter_gradients(pc, build_loss, eps=1e-6, rtol=1e-6, atol=1e-8):
+    """Backward's parameter gradients against central differences over each parameter entry.
+
+    build_loss() builds a scalar in the current graph; graphs are float64.
+    """
+    def loss_value():
+        with dn.Graph(dtype=np.float64):
+            return build_loss().scalar_value()
+
+    pc.clear_grads()
+    with dn.Graph(dtype=np.float64):
+        build_loss().backward()
+    for p in pc.parameters():
+        got = p.grad_as_array()
+        want = np.zeros_like(p.value)
+        for j in range(p.value.size):
+            old = p.value.flat[j]
+            p.value.flat[j] = old + eps
+            plus = loss_value()
+            p.value.flat[j] = old - eps
+            minus = loss_value()
+            p.value.flat[j] = old
+            want.flat[j] = (plus - minus) / (2 * eps)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=p.name)
+        assert np.any(got != 0.0), f"{p.name} got no gradient"
+
+
+# -- gradient checks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("builder_class", RECURRENT)
+def test_recurrent_builder_gradcheck_inputs(builder_class):
+    builder = builder_class(2, 2, 3, collection())
+
+    def f(*xs):
+        return dn.concatenate(builder.transduce(xs))
+
+    rng = np.random.default_rng(1)
+    dn.gradcheck(f, *[rng.normal(size=2) for _ in range(3)])
+
+
+@pytest.mark.parametrize("builder_class", RECURRENT)
+def test_recurrent_builder_parameter_gradients(builder_class):
+    pc = collection()
+    builder = builder_class(2, 2, 2, pc)
+    xs = np.random.default_rng(2).normal(size=(3, 2))
+
+    def loss():
+        return weighted_sum(builder.transduce([dn.inputs(x) for x in xs]),
+                            np.random.default_rng(3))
+
+    check_parameter_gradients(pc, loss)
+
+
+def test_birnn_gradients():
+    pc = collection()
+    birnn = BiRNNBuilder(2, 2, 4, pc)
+    rng = np.random.default_rng(4)
+    xs = rng.normal(size=(3, 2))
+    dn.gradcheck(lambda *es: dn.concatenate(birnn.transduce(es)), *xs)
+    check_parameter_gradients(
+        pc, lambda: weighted_sum(birnn.transduce([dn.inputs(x) for x in xs]),
+                                 np.random.default_rng(5)))
+
+
+@pytest.mark.parametrize("kind", ["binary", "childsum"])
+def test_treelstm_gradients(kind):
+    pc = collection()
+    tree = TreeLSTMBuilder(2, 2, pc, kind=kind)
+
+    def build(a, b, c):
+        left = tree.node([tree.leaf(a), tree.leaf(b)])
+        root = tree.node([left, tree.leaf(c)], x=a if kind == "childsum" else None)
+        return dn.concatenate([root.h(), root.c(), left.h()])
+
+    rng = np.random.default_rng(6)
+    words = rng.normal(size=(3, 2))
+    dn.gradcheck(build, *words)
+    check_parameter_gradients(
+        pc, lambda: weighted_sum([build(*[dn.inputs(w) for w in words])],
+                                 np.random.default_rng(7)))
+
+
+def test_mlp_embedding_and_character_encoder_gradients():
+    pc = collection()
+    mlp = MLP(pc, [3, 4, 2])
+    dn.gradcheck(mlp, np.random.default_rng(8).normal(size=3))
+    embedding = Embedding(pc, 5, 3)
+    chars = CharacterEncoder(pc, 6, 2, 4)
+
+    def loss():
+        word = dn.concatenate([embedding(4), embedding(1)])
+        return weighted_sum([mlp(embedding(2)), word, chars([1, 3, 3, 0])],
+                            np.random.default_rng(9))
+
+    check_parameter_gradients(pc, loss)
+
+
+def test_embedding_gradient_is_sparse():
+    pc = collection()
+    embedding = Embedding(pc, 6, 3)
+    with dn.Graph(dtype=np.float64):
+        dn.sum_elems(embedding(2) + embedding(4) + embedding(2)).backward()
+    rows, values = embedding.table.sparse_grad()
+    assert sorted(rows.tolist()) == [2, 4]
+    np.testing.assert_allclose(values[list(rows).index(2)], 2.0)
+
+
+# -- structure -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("builder_class", RECURRENT)
+def test_stacked_layers_equal_chained_single_layers(builder_class):
+    pc = collection()
+    deep = builder_class(2, 3, 4, pc)
+    bottom, top = builder_class(1, 3, 4, pc), builder_class(1, 4, 4, pc)
+    for single, layer in ((bottom, 0), (top, 1)):
+        for mine, theirs in zip(single.params[0], deep.params[layer]):
+            mine.set_value(theirs.value)
+    xs = np.random.default_rng(10).normal(size=(4, 3))
+    with dn.Graph(dtype=np.float64):
+        inputs = [dn.inputs(x) for x in xs]
+        state = deep.initial_state().add_inputs(inputs)[-1]
+        chained = top.transduce(bottom.transduce(inputs))
+        np.testing.assert_allclose(state.output().npvalue(), chained[-1].npvalue(), rtol=1e-12)
+        assert len(state.h()) == 2
+        cells = 2 if builder_class is LSTMBuilder else 0
+        assert len(state.s()) == 2 + cells
+        np.testing.assert_allclose(state.s()[-1].npvalue(), state.output().npvalue())
+
+
+def test_lstm_initial_state_and_state_order():
+    pc = collection()
+    lstm = LSTMBuilder(2, 2, 3, pc)
+    vecs = [np.full(3, float(k)) for k in range(4)]  # c0, c1, h0, h1
+    with dn.Graph(dtype=np.float64):
+        state = lstm.initial_state([dn.inputs(v) for v in vecs])
+        for got, want in zip(state.s(), vecs):
+            np.testing.assert_array_equal(got.npvalue(), want)
+        only_h = lstm.initial_state([dn.inputs(vecs[2]), dn.inputs(vecs[3])])
+        np.testing.assert_array_equal(only_h.s()[0].npvalue(), np.zeros(3))
+        np.testing.assert_array_equal(only_h.h()[1].npvalue(), vecs[3])
+        assert state.add_input(dn.inputs(np.ones(2))).prev() is state
+        with pytest.raises(ValueError, match="initial_state"):
+            lstm.initial_state([dn.inputs(vecs[0])])
+        with pytest.raises(ValueError, match="expected \\(2,\\)"):
+            state.add_input(dn.inputs(np.ones(3)))
+
+
+def test_lstm_forget_bias_starts_at_one_and_names_are_unique():
+    pc = collection()
+    first, second = LSTMBuilder(1, 2, 3, pc), LSTMBuilder(1, 2, 3, pc)
+    names = [p.name for p in pc.parameters()]
+    assert names == ["lstm/layer0/W", "lstm/layer0/b", "lstm_1/layer0/W", "lstm_1/layer0/b"]
+    np.testing.assert_array_equal(first.params[0][1].value, [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert second.params[0][0].shape == (12, 5)
+
+
+def test_birnn_output_sizes_and_directions():
+    pc = collection()
+    birnn = BiRNNBuilder(2, 3, 6, pc, builder_class=GRUBuilder)
+    assert [b.hidden_dim for pair in birnn.builder_layers for b in pair] == [3, 3, 3, 3]
+    assert birnn.builder_layers[1][0].input_dim == 6
+    with dn.Graph(dtype=np.float64):
+        xs = [dn.inputs(x) for x in np.random.default_rng(11).normal(size=(4, 3))]
+        outputs = birnn.transduce(xs)
+        assert [o.shape for o in outputs] == [(6,)] * 4
+        # the first output's backward half has read the last input, its forward half has not
+        dn.sum_elems(dn.pick_range(outputs[0], 3, 6)).backward()
+        assert np.any(xs[-1].gradient() != 0.0)
+    with dn.Graph(dtype=np.float64):
+        xs = [dn.inputs(x) for x in np.random.default_rng(11).normal(size=(4, 3))]
+        single = BiRNNBuilder(1, 3, 6, collection())
+        dn.sum_elems(dn.pick_range(single.transduce(xs)[0], 0, 3)).backward()
+        assert np.all(xs[-1].gradient() == 0.0)
+    with pytest.raises(ValueError, match="even"):
+        BiRNNBuilder(1, 3, 5, pc)
+
+
+def test_character_encoder_is_forward_and_backward_final_states():
+    pc = collection()
+    encoder = CharacterEncoder(pc, 7, 3, 4)
+    with dn.Graph(dtype=np.float64):
+        word = encoder([2, 5, 1])
+        chars = [encoder.embedding(c) for c in (2, 5, 1)]
+        forward = encoder.forward.transduce(chars)[-1]
+        backward = encoder.backward.transduce(chars[::-1])[-1]
+        assert word.shape == (4,)
+        np.testing.assert_allclose(word.npvalue(),
+                                   np.concatenate([forward.npvalue(), backward.npvalue()]))
+    with pytest.raises(ValueError, match="at least one character"):
+        encoder([])
+
+
+def test_mlp_layers_and_dropout():
+    pc = collection()
+    mlp = MLP(pc, [3, 5, 4, 2], activation="relu", dropout=0.5)
+    assert [p.shape for p in pc.parameters()] == [(5, 3), (5,), (4, 5), (4,), (2, 4), (2,)]
+    x = np.random.default_rng(12).normal(size=3)
+    with dn.Graph(dtype=np.float64, training=False):
+        plain = mlp(dn.inputs(x)).npvalue()
+    W0, b0, W1, b1, W2, b2 = (p.value for p in pc.parameters())
+    want = W2 @ np.maximum(W1 @ np.maximum(W0 @ x + b0, 0) + b1, 0) + b2
+    np.testing.assert_allclose(plain, want, rtol=1e-12)
+    with dn.Graph(dtype=np.float64, seed=1) as g:
+        mlp(dn.inputs(x))
+        assert sum(op.name == "dropout" for op in g.ops) == 2
+        assert sum(op.name == "affine_transform" for op in g.ops) == 3
+    with pytest.raises(ValueError, match="activation"):
+        MLP(pc, [2, 2], activation="swish")
+
+
+# -- dropout ---------------------------------------------------------------------------------------
+def test_input_dropout_mask_is_shared_across_time_and_not_across_sequences():
+    lstm = LSTMBuilder(1, 16, 3, collection())
+    lstm.set_dropout(0.5, recurrent_rate=0.0)
+    rng = np.random.default_rng(13)
+    with dn.Graph(dtype=np.float64, seed=5):
+        sequences = [[dn.inputs(rng.normal(size=16)) for _ in range(4)] for _ in range(2)]
+        outputs = [o for seq in sequences for o in lstm.transduce(seq)]
+        dn.esum([dn.sum_elems(o) for o in outputs]).backward()
+        kept = [[x.gradient() != 0.0 for x in seq] for seq in sequences]
+    for seq in kept:
+        assert 0 < seq[0].sum() < 16
+        for step in seq[1:]:
+            np.testing.assert_array_equal(step, seq[0])
+    assert np.any(kept[0][0] != kept[1][0])
+
+
+@pytest.mark.parametrize("builder_class", [LSTMBuilder, SimpleRNNBuilder])
+def test_recurrent_dropout_mask_is_shared_across_time_and_not_across_sequences(builder_class):
+    hidden = 12
+    builder = builder_class(1, 2, hidden, collection())
+    builder.set_dropout(0.0, recurrent_rate=0.5)
+    with dn.Graph(dtype=np.float64, seed=6) as g:
+        for _ in range(2):
+            builder.transduce([dn.inputs(np.ones(2)) for _ in range(5)])
+        uses = {}
+        for i, op in enumerate(g.ops):
+            if op.name == "mul":
+                mask = [a for a in g.args[i] if g.ops[a].name == "input"]
+                uses[mask[0]] = uses.get(mask[0], 0) + 1
+        masks = [dn.Expression(g, node).npvalue() for node in uses]
+    # one mask per sequence, used at every step after the first (whose state is zero)
+    assert list(uses.values()) == [4, 4]
+    h_masks = [m[-hidden:] for m in masks]
+    assert np.any(h_masks[0] != h_masks[1])
+    assert set(np.unique(h_masks[0])) == {0.0, 2.0}
+    if builder_class is LSTMBuilder:  # the state is [c; h]: c is not dropped
+        np.testing.assert_array_equal(masks[0][:hidden], np.ones(hidden))
+
+
+def test_no_dropout_when_not_training_or_disabled():
+    lstm = LSTMBuilder(2, 2, 3, collection())
+    lstm.set_dropout(0.3)
+    with dn.Graph(training=False) as g:
+        lstm.transduce([dn.inputs(np.ones(2))] * 3)
+        assert not any(op.name == "mul" for op in g.ops)
+    lstm.disable_dropout()
+    with dn.Graph() as g:
+        lstm.transduce([dn.inputs(np.ones(2))] * 3)
+        assert not any(op.name == "mul" for op in g.ops)
+    with pytest.raises(ValueError):
+        lstm.set_dropout(1.0)
+
+
+# -- autobatching ----------------------------------------------------------------------------------
+def _binary_tree(tree, words, builder):
+    if isinstance(tree, int):
+        return builder.leaf(words[tree])
+    return builder.node([_binary_tree(t, words, builder) for t in tree])
+
+
+def _childsum_tree(tree, words, builder):
+    word, children = tree
+    return builder.node([_childsum_tree(t, words, builder) for t in children], x=words[word])
+
+
+BINARY_TREES = [((0, 1), 2), (0, (1, (2, 3))), 1, ((0, 1), (2, 3))]
+CHILDSUM_TREES = [(0, [(1, []), (2, [(3, [])])]), (2, []), (1, [(0, []), (2, []), (3, [])])]
+
+
+def _minibatch_model(seed):
+    pc = collection(seed)
+    models = {
+        "lstm": LSTMBuilder(2, 3, 4, pc), "gru": GRUBuilder(2, 3, 4, pc),
+        "rnn": SimpleRNNBuilder(1, 3, 4, pc), "birnn": BiRNNBuilder(2, 3, 4, pc),
+        "binary": TreeLSTMBuilder(3, 4, pc, kind="binary"),
+        "childsum": TreeLSTMBuilder(3, 4, pc, kind="childsum"),
+        "chars": CharacterEncoder(pc, 5, 3, 4), "mlp": MLP(pc, [4, 5, 2], dropout=0.2),
+    }
+    for name in ("lstm", "gru", "rnn", "birnn", "chars"):
+        models[name].set_dropout(0.25)
+    return pc, models
+
+
+def _minibatch_loss(models, rng):
+    words = [dn.inputs(w) for w in rng.normal(size=(4, 3))]
+    outputs = []
+    for length in (3, 1, 5, 2):
+        seq = [dn.inputs(x) for x in rng.normal(size=(length, 3))]
+        for name in ("lstm", "gru", "rnn", "birnn"):
+            outputs.extend(models[name].transduce(seq))
+    for tree in BINARY_TREES:
+        outputs.append(_binary_tree(tree, words, models["binary"]).h())
+    for tree in CHILDSUM_TREES:
+        outputs.append(_childsum_tree(tree, words, models["childsum"]).c())
+    for word in ([1, 2], [4], [0, 3, 3]):
+        outputs.append(models["mlp"](models["chars"](word)))
+    return weighted_sum(outputs, rng)
+
+
+def test_autobatched_equals_unbatched_on_a_mixed_minibatch():
+    results = []
+    for autobatch in (False, True):
+        pc, models = _minibatch_model(seed=3)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=11) as g:
+            loss = _minibatch_loss(models, np.random.default_rng(14))
+            loss.backward()
+            results.append((loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
+                            g.stats()))
+    (loss_off, grads_off, stats_off), (loss_on, grads_on, stats_on) = results
+    assert stats_on["forward_batches"] < stats_off["forward_batches"] / 3
+    np.testing.assert_allclose(loss_on, loss_off, rtol=1e-10)
+    for on, off in zip(grads_on, grads_off):
+        assert np.any(off != 0.0)
+        np.testing.assert_allclose(on, off, rtol=1e-10, atol=1e-14)
+
+
+def test_lstm_steps_batch_across_sequences():
+    lengths = range(3, 11)
+    counts = {}
+    for autobatch in (False, True):
+        lstm = LSTMBuilder(1, 4, 5, collection())
+        rng = np.random.default_rng(15)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            outputs = [lstm.transduce([dn.inputs(x) for x in rng.normal(size=(n, 4))])[-1]
+                       for n in lengths]
+            dn.esum([dn.sum_elems(o) for o in outputs]).forward()
+            steps = sum(b.op.name == "lstm_step" for b in g.engine.batches if b is not None)
+            counts[autobatch] = (steps, g.stats())
+    assert counts[False][0] == sum(lengths)
+    steps, stats = counts[True]
+    assert steps <= max(lengths) + 1
+    assert stats["forward_batches"] < counts[False][1]["forward_batches"] / 4
+    assert stats["mean_batch_size"] > 4
