@@ -363,14 +363,22 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
     """Build a node of op `name` over expressions (or parameters, or constants) xs."""
     g = None
     for x in xs:
-        if type(x) is not Expression or (g is not None and x.g is not g):
+        if type(x) is Expression:
+            g = x.g
             break
-        g = x.g
-    else:
-        if g is not None and g.alive:
-            return g.add(TABLE[name], tuple([x.i for x in xs]), attrs, battrs)
-    g = _graph_of(xs)
-    return g.add(TABLE[name], tuple([as_node(g, x) for x in xs]), attrs, battrs)
+    if g is None:
+        g = current_graph()
+    elif not g.alive:
+        g._check_alive()
+    nodes = g.param_nodes
+    ids = []
+    for x in xs:
+        if type(x) is Expression and x.g is g:
+            ids.append(x.i)
+        else:
+            n = nodes.get(id(x))
+            ids.append(as_node(g, x) if n is None else n)
+    return g.add(TABLE[name], tuple(ids), attrs, battrs)
 
 
 def unary(name: str, x: Any) -> Expression:

@@ -45,7 +45,7 @@ class Parameter:
     # -- graph side ------------------------------------------------------------------------------
     def to_expression(self, g: "graph.Graph | None" = None) -> "graph.Expression":
         """This parameter's node in graph g (the current graph by default)."""
-        return (g or graph.current_graph()).parameter(self)
+        return (g if g is not None else graph.current_graph()).parameter(self)
 
     def expr(self) -> "graph.Expression":
         return self.to_expression()
@@ -168,7 +168,7 @@ class LookupParameter(Parameter):
         self._dense_used = False
 
     def to_expression(self, g: "graph.Graph | None" = None) -> "graph.Expression":
-        return (g or graph.current_graph()).parameter(self)
+        return (g if g is not None else graph.current_graph()).parameter(self)
 
 
 def lookup(table: LookupParameter, index: int) -> "graph.Expression":
