@@ -30,7 +30,7 @@ class Batch:
         self.nodes = nodes
         self.xs = xs
         self.plans = plans
-        self.attrs = attrs
+        self.attrs = attrs  # static and batched attributes, and the residual if the op keeps one
         self.mask = mask
 
 
@@ -266,6 +266,8 @@ class Engine:
                 attrs[name] = np.array([battrs[n][j] for n in nodes])
         start = time.perf_counter()
         out = op.forward(*xs, **attrs)
+        if op.residual:
+            out, attrs["residual"] = out
         self.times["forward_numpy"] += time.perf_counter() - start
         b = len(bufs)
         bufs.append(out)

@@ -51,6 +51,8 @@ def jvp(expr: Expression, tangents: Mapping[Any, Any]) -> np.ndarray | float:
         attrs = dict(g.attrs[n])
         for j, name in enumerate(op.batched_attrs):
             attrs[name] = np.array([g.battrs[n][j]])
+        if op.residual:
+            attrs["residual"] = op.forward(*xs, **attrs)[1]
         tan[n] = op.jvp(ts, value(n)[None], *xs, **attrs)
     out = tan.get(expr.i)
     result = np.zeros(expr.shape, g.dtype) if out is None else out[0]

@@ -100,6 +100,16 @@ def case_inputs(op: Op, case: Case, batch: int, rng: np.random.Generator
     return xs, attrs
 
 
+def run_forward(op: Op, xs: list[np.ndarray], attrs: dict) -> tuple[np.ndarray, dict]:
+    """Forward of an op; returns the output and the attrs its derivatives take (with the
+    residual, for ops that keep one)."""
+    out = op.forward(*xs, **attrs)
+    if op.residual:
+        out, residual = out
+        attrs = dict(attrs, residual=residual)
+    return out, attrs
+
+
 def check_rule(op: Op, case: Case, batch: int = 3, seed: int = 0, eps: float = 1e-6,
                rtol: float = 1e-5, atol: float = 1e-7) -> None:
     """Check op's shape rule, VJP and JVP on batched float64 inputs against central differences.
@@ -110,12 +120,12 @@ def check_rule(op: Op, case: Case, batch: int = 3, seed: int = 0, eps: float = 1
     rng = np.random.default_rng(seed)
     xs, attrs = case_inputs(op, case, batch, rng)
     static = {k: v for k, v in attrs.items() if k not in op.batched_attrs}
-    out = op.forward(*xs, **attrs)
+    out, dattrs = run_forward(op, xs, attrs)
     want_shape = (batch,) + tuple(op.shape(*case.shapes, **static))
     if out.shape != want_shape:
         raise GradcheckError(f"{op.name}: forward gave {out.shape}, shape rule says {want_shape}")
     g = rng.normal(size=out.shape)
-    cts = op.vjp(g, out, *xs, **attrs)
+    cts = op.vjp(g, out, *xs, **dattrs)
     if len(cts) != len(xs):
         raise GradcheckError(f"{op.name}: vjp returned {len(cts)} cotangents for {len(xs)} inputs")
     for k, x in enumerate(xs):
@@ -124,7 +134,7 @@ def check_rule(op: Op, case: Case, batch: int = 3, seed: int = 0, eps: float = 1
             plus, minus = [v.copy() for v in xs], [v.copy() for v in xs]
             plus[k].flat[j] += eps
             minus[k].flat[j] -= eps
-            diff = op.forward(*plus, **attrs) - op.forward(*minus, **attrs)
+            diff = run_forward(op, plus, attrs)[0] - run_forward(op, minus, attrs)[0]
             numeric.flat[j] = np.sum(g * diff) / (2 * eps)
         ct = cts[k]
         if isinstance(ct, SparseRows):
@@ -133,15 +143,15 @@ def check_rule(op: Op, case: Case, batch: int = 3, seed: int = 0, eps: float = 1
             ct = np.zeros_like(x)
         _close(f"{op.name} vjp, argument {k}", ct, op.grad_scale * numeric, rtol, atol)
     ts = [rng.normal(size=x.shape) for x in xs]
-    got = op.jvp(ts, out, *xs, **attrs)
+    got = op.jvp(ts, out, *xs, **dattrs)
     plus = [x + eps * t for x, t in zip(xs, ts)]
     minus = [x - eps * t for x, t in zip(xs, ts)]
-    numeric = (op.forward(*plus, **attrs) - op.forward(*minus, **attrs)) / (2 * eps)
+    numeric = (run_forward(op, plus, attrs)[0] - run_forward(op, minus, attrs)[0]) / (2 * eps)
     _close(f"{op.name} jvp", got, op.grad_scale * numeric, rtol, atol)
     for k in range(len(xs)):  # one tangent at a time exercises the None (zero tangent) paths
         only = [t if i == k else None for i, t in enumerate(ts)]
         plus = [x + eps * t if i == k else x for i, (x, t) in enumerate(zip(xs, ts))]
         minus = [x - eps * t if i == k else x for i, (x, t) in enumerate(zip(xs, ts))]
-        numeric = (op.forward(*plus, **attrs) - op.forward(*minus, **attrs)) / (2 * eps)
-        _close(f"{op.name} jvp, argument {k} alone", op.jvp(only, out, *xs, **attrs),
+        numeric = (run_forward(op, plus, attrs)[0] - run_forward(op, minus, attrs)[0]) / (2 * eps)
+        _close(f"{op.name} jvp, argument {k} alone", op.jvp(only, out, *xs, **dattrs),
                op.grad_scale * numeric, rtol, atol)

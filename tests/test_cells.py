@@ -6,9 +6,15 @@ import pytest
 
 import dynlp as dn
 from dynlp.graph import apply
+from dynlp.gradcheck import run_forward
 from dynlp.ops import TABLE
 
 X, H = 3, 4
+
+
+def fwd(name, *xs):
+    """An op's forward output (without the residual some ops keep)."""
+    return run_forward(TABLE[name], list(xs), {})[0]
 
 
 def sigmoid(z):
@@ -33,7 +39,7 @@ def lstm_reference(W, b, x, c, h):
 def test_lstm_step_matches_reference(rng):
     W, b = rng.normal(size=(4 * H, X + H)), rng.normal(size=4 * H)
     x, c, h = rng.normal(size=X), rng.normal(size=H), rng.normal(size=H)
-    out = TABLE["lstm_step"].forward(W, b, x[None], np.concatenate([c, h])[None])[0]
+    out = fwd("lstm_step", W, b, x[None], np.concatenate([c, h])[None])[0]
     c_new, h_new = lstm_reference(W, b, x, c, h)
     np.testing.assert_allclose(out[:H], c_new, rtol=1e-12)
     np.testing.assert_allclose(out[H:], h_new, rtol=1e-12)
@@ -76,11 +82,11 @@ def test_binary_treelstm_node_matches_reference(rng):
     c = i * u + f_left * cl + f_right * cr
     h = o * np.tanh(c)
     args = (x[None], np.concatenate([cl, hl])[None], np.concatenate([cr, hr])[None])
-    out = TABLE["treelstm_binary"].forward(W, b, *args)[0]
+    out = fwd("treelstm_binary", W, b, *args)[0]
     np.testing.assert_allclose(out, np.concatenate([c, h]), rtol=1e-12)
     # without a word: the same node with x = 0
-    nox = TABLE["treelstm_binary_nox"].forward(W, b, *args[1:])[0]
-    with_zero = TABLE["treelstm_binary"].forward(W, b, np.zeros((1, X)), *args[1:])[0]
+    nox = fwd("treelstm_binary_nox", W, b, *args[1:])[0]
+    with_zero = fwd("treelstm_binary", W, b, np.zeros((1, X)), *args[1:])[0]
     np.testing.assert_allclose(nox, with_zero, rtol=1e-12)
     assert not np.allclose(nox, out)
 
@@ -103,9 +109,9 @@ def test_childsum_treelstm_node_matches_reference(rng):
         c = c + sigmoid(Wx[rows(3)] @ x + U[rows(3)] @ h_k + b[rows(3)]) * c_k
     h = o * np.tanh(c)
     states = [np.concatenate(pair)[None] for pair in children]
-    out = TABLE["treelstm_childsum"].forward(W, b, x[None], *states)[0]
+    out = fwd("treelstm_childsum", W, b, x[None], *states)[0]
     np.testing.assert_allclose(out, np.concatenate([c, h]), rtol=1e-12)
-    leaf = TABLE["treelstm_childsum"].forward(W, b, x[None])[0]
+    leaf = fwd("treelstm_childsum", W, b, x[None])[0]
     c_leaf = sigmoid(Wx[rows(0)] @ x + b[rows(0)]) * np.tanh(Wx[rows(2)] @ x + b[rows(2)])
     np.testing.assert_allclose(leaf[:H], c_leaf, rtol=1e-12)
 
@@ -118,7 +124,7 @@ def test_gru_step_matches_reference(rng):
     r = sigmoid(Wx[H:2 * H] @ x + Wh[H:2 * H] @ h + b[H:2 * H])
     u = np.tanh(Wx[2 * H:] @ x + Wh[2 * H:] @ (r * h) + b[2 * H:])
     want = (1.0 - z) * h + z * u
-    out = TABLE["gru_step"].forward(W, b, x[None], h[None])[0]
+    out = fwd("gru_step", W, b, x[None], h[None])[0]
     np.testing.assert_allclose(out, want, rtol=1e-12)
     # the recurrent mask acts inside the gates; the carried h stays unmasked
     mask = np.array([2.0, 0.0, 2.0, 0.0])
@@ -126,21 +132,21 @@ def test_gru_step_matches_reference(rng):
     z = sigmoid(Wx[:H] @ x + Wh[:H] @ hm + b[:H])
     r = sigmoid(Wx[H:2 * H] @ x + Wh[H:2 * H] @ hm + b[H:2 * H])
     u = np.tanh(Wx[2 * H:] @ x + Wh[2 * H:] @ (r * hm) + b[2 * H:])
-    out = TABLE["gru_step"].forward(W, b, x[None], h[None], mask[None])[0]
+    out = fwd("gru_step", W, b, x[None], h[None], mask[None])[0]
     np.testing.assert_allclose(out, (1.0 - z) * h + z * u, rtol=1e-12)
 
 
 def test_rnn_step_matches_reference(rng):
     W, b = rng.normal(size=(H, X + H)), rng.normal(size=H)
     x, h = rng.normal(size=X), rng.normal(size=H)
-    out = TABLE["rnn_step"].forward(W, b, x[None], h[None])[0]
+    out = fwd("rnn_step", W, b, x[None], h[None])[0]
     np.testing.assert_allclose(out, np.tanh(W[:, :X] @ x + W[:, X:] @ h + b), rtol=1e-12)
 
 
 def test_float32_stays_float32(rng):
     W = rng.normal(size=(4 * H, X + H)).astype(np.float32)
     b = np.zeros(4 * H, np.float32)
-    out = TABLE["lstm_step"].forward(W, b, np.ones((2, X), np.float32),
+    out = fwd("lstm_step", W, b, np.ones((2, X), np.float32),
                                      np.ones((2, 2 * H), np.float32))
     assert out.dtype == np.float32
 

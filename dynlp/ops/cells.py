@@ -54,7 +54,9 @@ def _nary_parts(W, b, x, states):
 
 
 def _nary_forward(W, b, x, states):
-    hidden, _, sig, u = _nary_parts(W, b, x, states)
+    """The new state, and the residual (hidden, a, sig, u) that the VJP and JVP reuse."""
+    parts = _nary_parts(W, b, x, states)
+    hidden, _, sig, u = parts
     c = sig[:, :hidden] * u
     for k, s in enumerate(states, 1):
         c += sig[:, k * hidden:(k + 1) * hidden] * s[:, :hidden]
@@ -62,11 +64,11 @@ def _nary_forward(W, b, x, states):
     out[:, :hidden] = c
     np.tanh(c, out=out[:, hidden:])
     out[:, hidden:] *= sig[:, -hidden:]
-    return out
+    return out, parts
 
 
-def _nary_vjp(g, out, W, b, x, states):
-    hidden, a, sig, u = _nary_parts(W, b, x, states)
+def _nary_vjp(g, out, W, b, x, states, residual):
+    hidden, a, sig, u = residual
     tc = np.tanh(out[:, :hidden])
     gh = g[:, hidden:]
     # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2)
@@ -90,8 +92,8 @@ def _nary_vjp(g, out, W, b, x, states):
     return cts
 
 
-def _nary_jvp(ts, out, W, b, x, states):
-    hidden, a, sig, u = _nary_parts(W, b, x, states)
+def _nary_jvp(ts, out, W, b, x, states, residual):
+    hidden, a, sig, u = residual
     tW, tb = ts[0], ts[1]
     tstates = ts[len(ts) - len(states):]
     batch = a.shape[0]
@@ -127,9 +129,9 @@ def _lstm_shape(W, b, x, s):
 
 
 define("lstm_step", shape=_lstm_shape, batch=(SHARED, SHARED, STACK, STACK), cost=4,
-       forward=lambda W, b, x, s: _nary_forward(W, b, x, [s]),
-       vjp=lambda g, out, W, b, x, s: _nary_vjp(g, out, W, b, x, [s]),
-       jvp=lambda ts, out, W, b, x, s: _nary_jvp(ts, out, W, b, x, [s]),
+       residual=True, forward=lambda W, b, x, s: _nary_forward(W, b, x, [s]),
+       vjp=lambda g, out, W, b, x, s, residual: _nary_vjp(g, out, W, b, x, [s], residual),
+       jvp=lambda ts, out, W, b, x, s, residual: _nary_jvp(ts, out, W, b, x, [s], residual),
        cases=[Case([(8, 5), (8,), (3,), (4,)]), Case([(4, 2), (4,), (1,), (2,)])],
        doc="one LSTM step: W (4H, X+H) with gate rows [i; f; o; g], b (4H,), x (X,), "
            "s = [c; h] (2H,) -> [c'; h'] (2H,)")
@@ -143,10 +145,12 @@ def _binary_shape(W, b, x, left, right):
 
 
 define("treelstm_binary", shape=_binary_shape, batch=(SHARED, SHARED, STACK, STACK, STACK),
-       cost=4,
+       cost=4, residual=True,
        forward=lambda W, b, x, sl, sr: _nary_forward(W, b, x, [sl, sr]),
-       vjp=lambda g, out, W, b, x, sl, sr: _nary_vjp(g, out, W, b, x, [sl, sr]),
-       jvp=lambda ts, out, W, b, x, sl, sr: _nary_jvp(ts, out, W, b, x, [sl, sr]),
+       vjp=lambda g, out, W, b, x, sl, sr, residual: _nary_vjp(g, out, W, b, x, [sl, sr],
+                                                               residual),
+       jvp=lambda ts, out, W, b, x, sl, sr, residual: _nary_jvp(ts, out, W, b, x, [sl, sr],
+                                                                residual),
        cases=[Case([(10, 7), (10,), (3,), (4,), (4,)])],
        doc="binary Tree-LSTM node (Tai et al. 2015), one forget gate per child: W (5H, X+2H) "
            "with gate rows [i; f_left; f_right; o; u] over [x; h_left; h_right], b (5H,), "
@@ -165,8 +169,8 @@ def _nox_columns(W, left):
     return W[:, W.shape[1] - left.shape[1]:]
 
 
-def _nox_vjp(g, out, W, b, left, right):
-    gW, gb, gl, gr = _nary_vjp(g, out, _nox_columns(W, left), b, None, [left, right])
+def _nox_vjp(g, out, W, b, left, right, residual):
+    gW, gb, gl, gr = _nary_vjp(g, out, _nox_columns(W, left), b, None, [left, right], residual)
     if gW.shape == W.shape:
         return gW, gb, gl, gr
     full = np.zeros_like(W)
@@ -174,12 +178,14 @@ def _nox_vjp(g, out, W, b, left, right):
     return full, gb, gl, gr
 
 
-def _nox_jvp(ts, out, W, b, left, right):
+def _nox_jvp(ts, out, W, b, left, right, residual):
     tW = ts[0] if ts[0] is None else _nox_columns(ts[0], left)
-    return _nary_jvp([tW] + list(ts[1:]), out, _nox_columns(W, left), b, None, [left, right])
+    return _nary_jvp([tW] + list(ts[1:]), out, _nox_columns(W, left), b, None, [left, right],
+                     residual)
 
 
 define("treelstm_binary_nox", shape=_nox_shape, batch=(SHARED, SHARED, STACK, STACK), cost=4,
+       residual=True,
        forward=lambda W, b, sl, sr: _nary_forward(_nox_columns(W, sl), b, None, [sl, sr]),
        vjp=_nox_vjp, jvp=_nox_jvp,
        cases=[Case([(10, 7), (10,), (4,), (4,)]), Case([(5, 2), (5,), (2,), (2,)])],

@@ -58,12 +58,14 @@ class Op:
     batched_attrs: attributes that differ per example and are stacked, not part of the signature.
     domain: where test inputs are drawn: real, positive, nonzero, unit (0.1..0.9).
     grad_scale: the factor between the rules and the numerical derivative (stop or flip gradient).
+    residual: forward returns (out, residual), and vjp and jvp receive `residual=` keyword: what
+    forward computed on the way (gates, concatenated inputs) that the derivatives reuse.
     """
 
     def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
                  jvp: Callable, batch: Any = STACK, batched_attrs: Sequence[str] = (),
                  domain: str = "real", cases: Sequence[Case] = (), grad_scale: float = 1.0,
-                 cost: int = 1, doc: str = "") -> None:
+                 cost: int = 1, residual: bool = False, doc: str = "") -> None:
         self.name = name
         self.shape = shape
         self.forward = forward
@@ -75,6 +77,7 @@ class Op:
         self.cases = list(cases)
         self.grad_scale = grad_scale
         self.cost = cost
+        self.residual = residual
         self.doc = doc
         self._masks: dict[int, tuple[str, ...] | None] = {}
 
