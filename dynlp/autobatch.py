@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .graph import GraphError
-from .ops import SHARED, SparseRows
+from .ops import SHARED, OuterProduct, SparseRows
 
 STRATEGIES = ("agenda", "depth", "late")
 DEFAULT_STRATEGY = "late"
@@ -290,6 +290,7 @@ class Engine:
         seed[row[loss]] = 1.0
         grads[bid[loss]] = seed
         sparse: dict[int, list[SparseRows]] = {}
+        products: dict[int, list[OuterProduct]] = {}
         numpy_time = 0.0
 
         def grad_of(b: int) -> np.ndarray:
@@ -313,7 +314,12 @@ class Engine:
                     continue
                 plan = batch.plans[k]
                 if batch.mask[k] == SHARED:
-                    if isinstance(ct, SparseRows):
+                    if type(ct) is OuterProduct:
+                        if batches[bid[plan]] is None:  # a leaf: multiply once, at the end
+                            products.setdefault(plan, []).append(ct)
+                        else:
+                            grad_of(bid[plan])[row[plan]] += ct.dense()
+                    elif isinstance(ct, SparseRows):
                         if plan in g.node_params:
                             sparse.setdefault(plan, []).append(ct)
                         else:
@@ -343,6 +349,15 @@ class Engine:
                         end = pos + len(bufs[pb])
                         grad_of(pb)[...] += big[pos:end]
                         pos = end
+        t0 = time.perf_counter()
+        for node, chunks in products.items():
+            if len(chunks) == 1:
+                dense = chunks[0].dense()
+            else:
+                dense = (np.concatenate([c.left for c in chunks]).T
+                         @ np.concatenate([c.right for c in chunks]))
+            grad_of(bid[node])[row[node]] += dense
+        numpy_time += time.perf_counter() - t0
         self.grads = grads
         for node, param in g.node_params.items():
             dense = grads[bid[node]]

@@ -5,7 +5,7 @@ sequences. LSTM-like states are laid out as [c; h]. Imports only the op-table co
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, define, zeros_like_tangents
+from .core import SHARED, STACK, Case, OuterProduct, define, zeros_like_tangents
 
 
 def _sigmoid(z):
@@ -81,7 +81,7 @@ def _nary_vjp(g, out, W, b, x, states, residual):
     gpre = np.concatenate([gsig * sig * (1.0 - sig), gc * sig[:, :hidden] * (1.0 - u * u)],
                           axis=1)
     ga = gpre @ W
-    cts = [gpre.T @ a, gpre.sum(axis=0)]
+    cts = [OuterProduct(gpre, a), gpre.sum(axis=0)]
     width = 0
     if x is not None:
         width = x.shape[1]
@@ -171,6 +171,7 @@ def _nox_columns(W, left):
 
 def _nox_vjp(g, out, W, b, left, right, residual):
     gW, gb, gl, gr = _nary_vjp(g, out, _nox_columns(W, left), b, None, [left, right], residual)
+    gW = gW.dense()
     if gW.shape == W.shape:
         return gW, gb, gl, gr
     full = np.zeros_like(W)
@@ -382,7 +383,7 @@ def _rnn_vjp(g, out, W, b, x, h):
     a = np.concatenate([x, h], axis=1)
     gpre = g * (1.0 - out * out)
     ga = gpre @ W
-    return gpre.T @ a, gpre.sum(axis=0), ga[:, :x.shape[1]], ga[:, x.shape[1]:]
+    return OuterProduct(gpre, a), gpre.sum(axis=0), ga[:, :x.shape[1]], ga[:, x.shape[1]:]
 
 
 def _rnn_jvp(ts, out, W, b, x, h):

@@ -32,6 +32,23 @@ class SparseRows:
         return out
 
 
+class OuterProduct:
+    """A cotangent for a shared matrix given as left.T @ right, (B, m) and (B, n) -> (m, n).
+
+    The engine gathers these for each weight over the whole backward pass and multiplies once:
+    one large product instead of one per batch.
+    """
+
+    __slots__ = ("left", "right")
+
+    def __init__(self, left: np.ndarray, right: np.ndarray) -> None:
+        self.left = left
+        self.right = right
+
+    def dense(self, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        return self.left.T @ self.right
+
+
 class Case:
     """One gradient-check configuration: per-example argument shapes, static and batched attrs.
 

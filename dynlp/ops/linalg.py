@@ -4,7 +4,7 @@ transpose, outer, sums, extrema, logsumexp, norms. Imports only the op-table cor
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, bilinear, define, linear
+from .core import SHARED, STACK, Case, OuterProduct, bilinear, define, linear
 
 
 def _matmul_shape(a, b):
@@ -25,7 +25,7 @@ def _mm(a, b):
 def _mm_grads(g, a, b):
     """Cotangents of _mm: (summed over the batch for a, batched for b)."""
     if b.ndim == 2:
-        return g.T @ b, g @ a
+        return OuterProduct(g, b), g @ a
     return np.tensordot(g, b, axes=([0, 2], [0, 2])), np.matmul(a.T, g)
 
 

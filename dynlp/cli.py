@@ -1,0 +1,282 @@
+"""The `dynlp` command: an explicit table of subcommands and of recipes (the only place that knows
+the recipes). `train`, `evaluate` and `predict` run through dynlp.train; `data`, `trace` and
+`bench` hand their arguments on. Every expected failure is one `dynlp: error: ...` line on stderr
+and exit status 2 (130 after Ctrl-C), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import dynlp as dn
+
+from .autobatch import STRATEGIES
+from .data import CoNLLUError, DataError, TreeError, fetch
+from .train import (COMMON_DEFAULTS, TrainingError, TrainingInterrupted, load_model, model_path,
+                    train)
+from .trainers import TRAINERS
+
+# recipe name -> module; imported on first use so that `dynlp data list` starts fast
+RECIPES = {"tagger": "recipes.tagger", "treelstm": "recipes.treelstm", "parser": "recipes.parser"}
+BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_autobatch.py"
+# parsed train options that are not run settings
+NOT_CONFIG = ("out", "resume", "mirror")
+
+USAGE = f"""usage: dynlp COMMAND ...
+
+Dynamic neural networks for NLP with automatic operation batching, on numpy.
+
+commands:
+  train RECIPE      train a model under --out DIR (recipes: {", ".join(RECIPES)})
+  evaluate RECIPE   score a trained model on a file: --model DIR --input FILE
+  predict RECIPE    label a file with a trained model: --model DIR --input FILE --output FILE
+  data              list and fetch the known datasets (dynlp data list | fetch NAME)
+  trace             forward, tangent and adjoint traces of a small formula (for teaching)
+  bench             the autobatching benchmark (scripts/bench_autobatch.py)
+
+'dynlp COMMAND RECIPE --help' documents every option with its default.
+"""
+
+
+class UsageError(Exception):
+    """The command line asks for something that does not exist or does not fit together."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one-line UsageErrors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def load_recipe(name: str) -> ModuleType:
+    """The recipe module called `name`; UsageError for an unknown or absent recipe."""
+    module = RECIPES.get(name)
+    if module is None:
+        raise UsageError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"the {name} recipe ({module}) is not installed")
+    return importlib.import_module(module)
+
+
+def _existing_file(path: str, what: str) -> str:
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such {what} file")
+    return path
+
+
+# -------------------------------------------------------------------------------------------------
+# train
+
+
+def train_parser(recipe: ModuleType) -> argparse.ArgumentParser:
+    """The parser of `dynlp train RECIPE`: data, common training flags and the recipe's flags."""
+    defaults = {**COMMON_DEFAULTS, **recipe.DEFAULTS}
+    parser = _Parser(prog=f"dynlp train {recipe.NAME}",
+                     description=f"Train the {recipe.NAME} recipe. Writes log.jsonl, "
+                     "checkpoint.npz, model.npz (best on dev) and metrics.json under --out.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default=None,
+                      help=f"a registered dataset (see 'dynlp data list'); without --train: "
+                      f"{recipe.DEFAULT_DATASET}")
+    data.add_argument("--train", metavar="FILE", help="training file instead of --dataset")
+    data.add_argument("--dev", metavar="FILE", help="development file (with --train)")
+    data.add_argument("--test", metavar="FILE", help="test file (with --train; optional)")
+    data.add_argument("--mirror", metavar="DIR",
+                      help="local folder to copy the dataset from ($DYNLP_DATA_MIRROR)")
+    data.add_argument("--limit", type=int, default=defaults["limit"], metavar="N",
+                      help="train on the first N training examples only")
+    data.add_argument("--dev-limit", type=int, default=defaults["dev_limit"], metavar="N",
+                      help="evaluate on the first N dev examples during training (the final "
+                      "scores use all of them)")
+    run = parser.add_argument_group("training")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
+    run.add_argument("--epochs", type=int, default=defaults["epochs"])
+    run.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                     help="examples per update")
+    run.add_argument("--optimizer", choices=sorted(TRAINERS), default=defaults["optimizer"])
+    run.add_argument("--learning-rate", type=float, default=defaults["learning_rate"])
+    run.add_argument("--seed", type=int, default=defaults["seed"],
+                     help="seeds initialization, shuffling, dropout: same seed, same numbers")
+    run.add_argument("--autobatch", action=argparse.BooleanOptionalAction,
+                     default=defaults["autobatch"], help="batch equal operations automatically")
+    run.add_argument("--autobatch-strategy", choices=STRATEGIES,
+                     default=defaults["autobatch_strategy"], help="scheduling of the batches")
+    run.add_argument("--patience", type=int, default=defaults["patience"],
+                     help="stop after this many epochs without improvement on dev")
+    run.add_argument("--eval-every", type=int, default=defaults["eval_every"], metavar="EPOCHS",
+                     help="evaluate on dev every this many epochs (and after the last)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from DIR/checkpoint.npz (use the same settings; --epochs "
+                     "and --patience may grow)")
+    recipe.add_arguments(parser.add_argument_group(f"{recipe.NAME} model"))
+    return parser
+
+
+def _training_files(args: argparse.Namespace, recipe: ModuleType) -> dict[str, str | None]:
+    if args.train or args.dev or args.test:
+        if args.dataset:
+            raise UsageError("give either --dataset or --train/--dev/--test, not both")
+        if not (args.train and args.dev):
+            raise UsageError("--train and --dev go together (--test is optional)")
+        return {"train": args.train, "dev": args.dev, "test": args.test}
+    name = args.dataset or recipe.DEFAULT_DATASET
+    return {split: str(path) for split, path in fetch(name, mirror=args.mirror).items()}
+
+
+def _read(recipe: ModuleType, path: str | None) -> list | None:
+    return None if path is None else recipe.read_examples(_existing_file(path, "input"))
+
+
+def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
+    args = train_parser(recipe).parse_args(argv)
+    files = _training_files(args, recipe)
+    parsed = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    config = {**COMMON_DEFAULTS, **recipe.DEFAULTS, **parsed}
+    examples = {split: _read(recipe, path) for split, path in files.items()}
+    metrics = train(recipe, config, args.out, examples["train"] or [], examples["dev"] or [],
+                    examples.get("test"), resume=args.resume)
+    print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
+                      "best_epoch": metrics["best_epoch"]}, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------
+# evaluate and predict
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="a training output folder (or its model.npz)")
+    parser.add_argument("--input", required=True, metavar="FILE", help="examples to read")
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per graph")
+
+
+def _load(recipe: ModuleType, args: argparse.Namespace) -> tuple[Any, list]:
+    model = load_model(recipe, model_path(args.model))
+    examples = recipe.read_examples(_existing_file(args.input, "input"))
+    if not examples:
+        raise UsageError(f"{args.input}: no examples")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return model, examples
+
+
+def command_evaluate(recipe: ModuleType, argv: Sequence[str]) -> int:
+    parser = _Parser(prog=f"dynlp evaluate {recipe.NAME}",
+                     description="Score a trained model on a labelled file; print the metrics.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _model_arguments(parser)
+    parser.add_argument("--output-metrics", metavar="FILE", help="also write them as JSON here")
+    args = parser.parse_args(argv)
+    model, examples = _load(recipe, args)
+    metrics = model.evaluate(examples, batch_size=args.batch_size)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.output_metrics:
+        Path(args.output_metrics).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def command_predict(recipe: ModuleType, argv: Sequence[str]) -> int:
+    parser = _Parser(prog=f"dynlp predict {recipe.NAME}",
+                     description="Label a file with a trained model.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _model_arguments(parser)
+    parser.add_argument("--output", required=True, metavar="FILE", help="where to write")
+    parser.add_argument("--autobatch", action=argparse.BooleanOptionalAction, default=True,
+                        help="batch equal operations automatically")
+    args = parser.parse_args(argv)
+    model, examples = _load(recipe, args)
+    predictions = model.predict(examples, batch_size=args.batch_size, autobatch=args.autobatch)
+    model.write_predictions(examples, predictions, args.output)
+    return 0
+
+
+RECIPE_COMMANDS = {"train": command_train, "evaluate": command_evaluate,
+                   "predict": command_predict}
+
+
+# -------------------------------------------------------------------------------------------------
+# data, trace, bench
+
+
+def command_data(argv: Sequence[str]) -> int:
+    from .data.registry import cli_data
+    return cli_data(list(argv))
+
+
+def command_trace(argv: Sequence[str]) -> int:
+    if importlib.util.find_spec("dynlp.trace") is None:
+        raise UsageError("the trace command is not part of this installation")
+    return importlib.import_module("dynlp.trace").cli_trace(list(argv))
+
+
+def command_bench(argv: Sequence[str]) -> int:
+    if not BENCH_SCRIPT.is_file():
+        raise UsageError(f"the benchmark script {BENCH_SCRIPT} is not there (it comes with a "
+                         "source checkout of dynlp)")
+    return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
+
+
+OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench}
+
+
+# -------------------------------------------------------------------------------------------------
+
+
+def _recipe_command(command: str, argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: dynlp {command} RECIPE [options]\n\nrecipes: {', '.join(RECIPES)}\n"
+              f"'dynlp {command} RECIPE --help' lists the options.")
+        return 0 if argv else 2
+    return RECIPE_COMMANDS[command](load_recipe(argv[0]), argv[1:])
+
+
+def _message(error: BaseException) -> str:
+    """The error as one line."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `dynlp` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(USAGE, end="")
+            return 0 if argv else 2
+        command, rest = argv[0], argv[1:]
+        if command == "--version":
+            print(f"dynlp {dn.__version__}")
+            return 0
+        if command in RECIPE_COMMANDS:
+            return _recipe_command(command, rest)
+        if command in OTHER_COMMANDS:
+            return OTHER_COMMANDS[command](rest)
+        raise UsageError(f"unknown command {command!r} (choose from "
+                         f"{', '.join([*RECIPE_COMMANDS, *OTHER_COMMANDS])})")
+    except SystemExit as request:  # --help and friends
+        return request.code if isinstance(request.code, int) else 0
+    except TrainingInterrupted as stop:
+        print(f"dynlp: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("dynlp: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, TrainingError, dn.ModelFileError, CoNLLUError, TreeError, DataError,
+            OSError) as error:
+        print(f"dynlp: error: {_message(error)}", file=sys.stderr)
+        return 2
