@@ -415,6 +415,8 @@ def _build(node: Node, leaves: Mapping[str, Expression], exprs: dict[Node, Expre
         out = _power(xs[0], xs[1], node, text)
     elif node.op in _BINARY:
         x, y = xs
+        if node.op == "/" and not isinstance(y, Expression) and y == 0:
+            raise FormulaError("division by a constant zero", text, node.offset)
         if not isinstance(x, Expression) and not isinstance(y, Expression):
             x = fn.scalar(x)
         out = _arithmetic(node.op, x, y)
@@ -567,7 +569,11 @@ class _Tracer:
 
     def __init__(self, formula: Formula, number: Callable[[Node], float]) -> None:
         self.formula = formula
-        self.number = number
+        self._number = number
+
+    def number(self, node: Node) -> np.float64:
+        # numpy scalars, so that a partial outside its domain is nan or inf, not an exception
+        return np.float64(self._number(node))
 
     def ref(self, node: Node) -> str:
         return f"v_{self.formula.index(node)}"
@@ -587,6 +593,10 @@ class _Tracer:
 
     def partials(self, node: Node) -> list[tuple[int, str, float]]:
         """(argument position, d node / d argument as text, its value) per varying argument."""
+        with np.errstate(all="ignore"):
+            return self._partials(node)
+
+    def _partials(self, node: Node) -> list[tuple[int, str, float]]:
         out_text, out = self.ref(node), self.number(node)
         name, number = self.operand, self.number
         if node.op == "neg":
@@ -786,8 +796,7 @@ def format_trace(trace: Trace, precision: int = 3) -> str:
              *_format_rows(trace.tangent, precision), "",
              "Reverse adjoint trace", *_format_rows(trace.adjoint, precision)]
     if not all(math.isfinite(r.value) for r in trace.forward + trace.tangent + trace.adjoint):
-        lines += ["", ("note: some values are not finite: an operation left its domain "
-                       "(a logarithm or square root of a negative number, a division by zero)")]
+        lines += ["", "note: some values are not finite: an operation left its domain"]
     return "\n".join(lines) + "\n"
 
 
