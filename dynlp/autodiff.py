@@ -21,6 +21,9 @@ def jvp(expr: Expression, tangents: Mapping[Any, Any]) -> np.ndarray | float:
     seeds: dict[int, np.ndarray] = {}
     for key, t in tangents.items():
         node = as_node(g, key)
+        if g.args[node]:
+            raise ValueError(f"jvp: tangents seed inputs and parameters, not computed "
+                             f"expressions ({g.ops[node].name})")
         t = np.asarray(t, dtype=g.dtype)
         if t.shape != g.shapes[node]:
             raise ValueError(f"jvp: tangent of shape {t.shape} for an expression of shape "

@@ -403,7 +403,8 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
             return _const_op("add_const", x, -c)
         if kind == "mul":
             return _const_op("mul_const", x, c)
-        return _const_op("mul_const", x, 1.0 / c)
+        with np.errstate(divide="ignore"):
+            return _const_op("mul_const", x, float(np.divide(1.0, c)))  # x / 0 -> inf, as numpy
     if _is_const(x):
         c = float(x)
         if kind == "add":
