@@ -12,16 +12,23 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import dynlp as dn
 
 from .autobatch import STRATEGIES
 from .data import CoNLLUError, DataError, TreeError, fetch
-from .train import (COMMON_DEFAULTS, TrainingError, TrainingInterrupted, load_model, model_path,
-                    train)
+from .train import (
+    COMMON_DEFAULTS,
+    TrainingError,
+    TrainingInterrupted,
+    load_model,
+    model_path,
+    train,
+)
 from .trainers import TRAINERS
 
 # recipe name -> module; imported on first use so that `dynlp data list` starts fast

@@ -7,7 +7,8 @@ part of a relation (`nsubj:pass` counts as `nsubj`). Must not import recipes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _flatten(items: Sequence[Any]) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -337,7 +338,8 @@ def _read(path: str | os.PathLike) -> tuple[dict, Any]:
     try:
         arrays = np.load(path, allow_pickle=False)
         header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError,
+            zipfile.BadZipFile) as err:
         raise ModelFileError(f"{path}: not a dynlp model file ({err})") from None
     if header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a dynlp model file")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -64,7 +65,10 @@ def load_model(recipe: ModuleType, path: str | os.PathLike) -> Any:
     Raises dn.ModelFileError for a missing or damaged file, or one made by another recipe.
     """
     path = model_path(path)
-    meta = dn.read_metadata(path)
+    try:
+        meta = dn.read_metadata(path)
+    except (EOFError, zipfile.BadZipFile) as err:  # not (yet) caught by dynlp.params
+        raise dn.ModelFileError(f"{path}: not a dynlp model file ({err})") from None
     made_by = meta.get("recipe") if isinstance(meta, dict) else None
     if made_by != recipe.NAME:
         raise dn.ModelFileError(f"{path}: a model of the {made_by!r} recipe, not of "
@@ -74,7 +78,10 @@ def load_model(recipe: ModuleType, path: str | os.PathLike) -> Any:
         model = recipe.Model.from_metadata(pc, meta)
     except (KeyError, TypeError, ValueError) as err:
         raise dn.ModelFileError(f"{path}: the model description is damaged ({err})") from None
-    pc.populate(path)
+    try:
+        pc.populate(path)
+    except (EOFError, zipfile.BadZipFile) as err:
+        raise dn.ModelFileError(f"{path}: the model file is damaged ({err})") from None
     return model
 
 
@@ -84,7 +91,7 @@ def load_model(recipe: ModuleType, path: str | os.PathLike) -> Any:
 
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     """JSON skeleton of value; arrays (and numpy scalars) go to `arrays` under fresh keys."""
-    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+    if isinstance(value, (np.ndarray, np.generic)):
         key = f"a{len(arrays)}"
         arrays[key] = np.asarray(value)
         return {"__array__" if isinstance(value, np.ndarray) else "__scalar__": key}
@@ -135,15 +142,17 @@ def save_checkpoint(path: str | os.PathLike, pc: dn.ParameterCollection, trainer
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, Any]:
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, arrays) of a checkpoint; TrainingError when it is missing or damaged."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"{path}: no checkpoint to resume from")
     try:
-        arrays = np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
         header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError,
+            zipfile.BadZipFile) as err:
         raise TrainingError(f"{path}: not a dynlp checkpoint ({err})") from None
     if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{path}: not a dynlp checkpoint of version {CHECKPOINT_VERSION}")
@@ -361,7 +370,7 @@ def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
         "recipe": recipe.NAME, "main_metric": recipe.MAIN_METRIC, "dev": dev, "test": test,
         "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
-        "config": config, "seed": int(config["seed"]), "version": dn.__version__,
+        "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
         "git_commit": git_commit(),
     }
     _write_json(out / METRICS_FILE, metrics)

@@ -1,0 +1,6 @@
+"""Recipes: thin models over the library (tagger, Tree-LSTM sentiment, shift-reduce parser).
+
+Each module follows the recipe interface (NAME, MAIN_METRIC, DEFAULT_DATASET, DEFAULTS,
+add_arguments, read_examples, Model); the shared loop in dynlp/train.py trains them and
+dynlp/cli.py lists them. Recipes never import each other.
+"""

@@ -1,0 +1,166 @@
+"""Part-of-speech tagging (UPOS from CoNLL-U) in the style of Plank, Søgaard and Goldberg (2016):
+each word is its embedding (with word dropout to UNK) joined to a character BiLSTM encoding, a
+stacked BiLSTM reads the sentence and an MLP scores the tags of every word. A recipe over dynlp's
+library; it must not import other recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dynlp as dn
+from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
+from dynlp.metrics import accuracy
+from dynlp.nn import MLP, BiRNNBuilder, CharacterEncoder, Embedding, LSTMBuilder
+
+NAME = "tagger"
+MAIN_METRIC = "upos_accuracy"
+DEFAULT_DATASET = "ud-english-ewt"
+DEFAULTS: dict[str, Any] = {
+    # model
+    "word_dim": 100, "char_dim": 32, "char_hidden": 64, "max_word_chars": 30,
+    "lstm_layers": 2, "lstm_dim": 256, "mlp_dim": 128,
+    "dropout": 0.33, "recurrent_dropout": 0.0, "word_dropout": 0.25, "min_count": 1,
+    # training
+    "epochs": 20, "batch_size": 32, "optimizer": "adam", "learning_rate": 1e-3, "patience": 5,
+    "seed": 1,
+}
+
+_HELP = {
+    "word_dim": "word embedding size",
+    "char_dim": "character embedding size",
+    "char_hidden": "character BiLSTM output size (half per direction)",
+    "max_word_chars": "longer words are read as their first and last halves of this many "
+                      "characters",
+    "lstm_layers": "levels of the sentence BiLSTM",
+    "lstm_dim": "sentence BiLSTM output size per level (half per direction)",
+    "mlp_dim": "hidden size of the tag scorer",
+    "dropout": "dropout on the BiLSTM inputs and the scorer's hidden layer",
+    "recurrent_dropout": "variational dropout on the BiLSTM's recurrent state",
+    "word_dropout": "alpha of word dropout: a word of count c becomes UNK with probability "
+                    "alpha / (alpha + c)",
+    "min_count": "words seen fewer times in training are UNK",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags (`--word-dim` ...), with their defaults from DEFAULTS."""
+    for key, text in _HELP.items():
+        default = DEFAULTS[key]
+        parser.add_argument("--" + key.replace("_", "-"), type=type(default), default=default,
+                            help=text)
+
+
+def read_examples(path: str | Path) -> list[Sentence]:
+    """The sentences of a CoNLL-U file (dynlp.data.CoNLLUError names file and line)."""
+    return read_conllu(path)
+
+
+def _clip(form: str, limit: int) -> str:
+    if len(form) <= limit:
+        return form
+    half = limit // 2
+    return form[:half] + form[len(form) - (limit - half):]
+
+
+class Model:
+    """The tagger's parameters and computation; `loss` for training, `predict` for tagging."""
+
+    def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:
+        self.config = dict(config)
+        self.vocabs = vocabs
+        c = {**DEFAULTS, **config}
+        self.words, self.chars, self.tags = vocabs["words"], vocabs["chars"], vocabs["tags"]
+        self.word_embedding = Embedding(pc, len(self.words), c["word_dim"], name="words")
+        self.char_encoder = CharacterEncoder(pc, len(self.chars), c["char_dim"],
+                                             c["char_hidden"], name="chars")
+        self.bilstm = BiRNNBuilder(c["lstm_layers"], c["word_dim"] + c["char_hidden"],
+                                   c["lstm_dim"], pc, LSTMBuilder, name="bilstm")
+        self.bilstm.set_dropout(c["dropout"], c["recurrent_dropout"])
+        self.scorer = MLP(pc, [c["lstm_dim"], c["mlp_dim"], len(self.tags)], activation="tanh",
+                          dropout=c["dropout"], name="scorer")
+        self.dropout = c["dropout"]
+        self.word_dropout = c["word_dropout"]
+        self.max_word_chars = c["max_word_chars"]
+        # character encodings built in the current graph, one per word form
+        self._char_graph: dn.Graph | None = None
+        self._char_cache: dict[str, dn.Expression] = {}
+
+    @staticmethod
+    def build_vocabs(train_examples: list[Sentence], config: dict) -> dict[str, Vocab]:
+        forms = [s.forms for s in train_examples]
+        return {
+            "words": Vocab.build(forms, min_count=int(config["min_count"])),
+            "chars": Vocab.characters(form for sentence in forms for form in sentence),
+            "tags": Vocab.build((s.upos for s in train_examples), specials=()),
+        }
+
+    def _encode_chars(self, g: dn.Graph, form: str) -> dn.Expression:
+        if self._char_graph is not g:
+            self._char_graph, self._char_cache = g, {}
+        encoding = self._char_cache.get(form)
+        if encoding is None:
+            chars = self.chars.indices(_clip(form, self.max_word_chars))
+            encoding = self._char_cache[form] = self.char_encoder(chars)
+        return encoding
+
+    def _scores(self, sentence: Sentence, rng: np.random.Generator | None) -> list[dn.Expression]:
+        """Tag scores (tags,) of every word; rng given: training (word dropout, dropout)."""
+        g = dn.current_graph()
+        inputs = []
+        for form in sentence.forms:
+            if rng is None:
+                index = self.words.index(form)
+            else:
+                index = self.words.index_with_dropout(form, rng, self.word_dropout)
+            inputs.append(dn.concatenate([self.word_embedding(index),
+                                          self._encode_chars(g, form)]))
+        states = self.bilstm.transduce(inputs)
+        if rng is not None and self.dropout > 0.0:
+            states = [dn.dropout(h, self.dropout) for h in states]
+        return [self.scorer(h) for h in states]
+
+    def loss(self, example: Sentence, rng: np.random.Generator) -> dn.Expression:
+        """Summed cross-entropy of the gold UPOS tags of one sentence."""
+        scores = self._scores(example, rng)
+        return dn.esum([dn.pick_neg_log_softmax(s, self.tags.index(tag))
+                        for s, tag in zip(scores, example.upos)])
+
+    def predict(self, examples: list[Sentence], batch_size: int = 64,
+                autobatch: bool | str = True) -> list[list[str]]:
+        """UPOS tags of every sentence; sentences of similar length share a graph."""
+        order = sorted(range(len(examples)), key=lambda k: len(examples[k]))
+        result: list[list[str]] = [[] for _ in examples]
+        tags = self.tags.tokens
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            with dn.Graph(autobatch=autobatch, training=False) as g:
+                scores = [self._scores(examples[k], None) for k in chunk]
+                g.forward([s for sentence in scores for s in sentence])
+                for k, sentence in zip(chunk, scores):
+                    result[k] = [tags[int(np.argmax(s.npvalue()))] for s in sentence]
+        return result
+
+    def evaluate(self, examples: list[Sentence], batch_size: int = 64) -> dict:
+        """{"upos_accuracy": percent of words tagged right, "words": how many}."""
+        predicted = self.predict(examples, batch_size)
+        gold = [s.upos for s in examples]
+        return {MAIN_METRIC: accuracy(gold, predicted), "words": sum(len(s) for s in gold)}
+
+    def write_predictions(self, examples: list[Sentence], predictions: list[list[str]],
+                          path: str | Path) -> None:
+        """The input sentences with the UPOS column replaced, everything else kept."""
+        write_conllu([s.with_columns(upos=tags) for s, tags in zip(examples, predictions)], path)
+
+    def metadata(self) -> dict:
+        return {"recipe": NAME, "config": self.config,
+                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
+
+    @classmethod
+    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Model:
+        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
+        return cls(pc, meta["config"], vocabs)
