@@ -2,7 +2,8 @@
 
 A `Graph` records nodes in creation order (already a topological order) in flat lists; each node
 gets its shape (checked here, errors name the op and the shapes), batching signature and depth
-when it is built. Evaluation is delegated to the graph's engine. Must not import autobatch or params.
+when it is built. Evaluation is delegated to the graph's engine.
+Must not import autobatch or params.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def main() -> None:
     nodes = rows["dynlp autobatch"]["nodes"]
     print(f"chain of {nodes} nodes, dim {args.dim}, median of {args.repeats} runs "
           "(microseconds per node)")
-    print(f"{'':20} {'build':>8} {'forward':>8} {'backward':>9} {'fwd/numpy':>10} {'bwd/numpy':>10}")
+    print(f"{'':20} {'build':>8} {'forward':>8} {'backward':>9} {'fwd/numpy':>10} "
+          f"{'bwd/numpy':>10}")
     base = rows["bare numpy"]
     for label, r in rows.items():
         us = {k: 1e6 * v / nodes for k, v in r.items() if k != "nodes"}

@@ -167,7 +167,7 @@ def test_dropout_masks_do_not_depend_on_batching():
 
 
 def test_dead_graph_is_a_clear_error():
-    with dn.Graph() as g:
+    with dn.Graph():
         x = dn.inputs(np.ones(3))
     with pytest.raises(dn.GraphError, match="ended"):
         x.value()
