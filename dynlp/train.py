@@ -336,7 +336,10 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
             rng = step_rng(seed, epoch, step)
             graph_seed = int(rng.integers(2**63 - 1))
             with dn.Graph(autobatch=strategy, seed=graph_seed):
-                total = dn.esum([model.loss(example, rng) for example in batch])
+                if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
+                    total = model.batch_loss(batch, rng)
+                else:
+                    total = dn.esum([model.loss(example, rng) for example in batch])
                 value = total.scalar_value()
                 total.backward()
             trainer.update()
