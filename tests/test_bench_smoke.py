@@ -1,0 +1,142 @@
+"""Smoke tests of scripts/bench_autobatch.py (and scripts/torch_peers.py when torch imports): every
+workload trains one step at a tiny size with autobatching on and off, so the benchmark cannot rot.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_autobatch.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_autobatch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data(bench):
+    return bench.load_data(bench.WORKLOADS, None, np.random.default_rng(0), tiny=True)
+
+
+@pytest.mark.parametrize("name", ["tagger", "treelstm", "parser", "tagger-paper",
+                                  "treelstm-paper"])
+def test_workload_trains_one_step_batched_and_not(bench, data, name):
+    workload = bench.make_workload(name, data, None, tiny=True)
+    batch = workload.examples[:3]
+    model = workload.dynlp
+    losses, nodes = {}, {}
+    for strategy in ("off", "late", "agenda", "depth"):
+        before = [p.as_array().copy() for p in model.pc.parameters()]
+        total = model.batch_loss_value(batch, bench.STRATEGIES[strategy])
+        nodes[strategy] = model.step(batch, bench.STRATEGIES[strategy])
+        losses[strategy] = total
+        after = [p.as_array() for p in model.pc.parameters()]
+        assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "no update"
+    assert all(math.isfinite(v) and v > 0 for v in losses.values())
+    # the same graph whichever way it is scheduled
+    assert len(set(nodes.values())) == 1 and nodes["off"] > 10 * len(batch)
+
+
+def test_static_oracle_rebuilds_projective_trees(bench):
+    rng = np.random.default_rng(3)
+    labels = 4
+    for n in (1, 2, 7, 20):
+        heads = bench.random_projective_heads(n, rng)
+        relations = rng.integers(0, labels, n).tolist()
+        derivation = bench.static_oracle(heads, relations, labels)
+        assert derivation is not None and len(derivation.actions) == 2 * n
+        # replay: the arcs the actions make are the gold tree
+        stack, front, got, got_labels = [], 1, [None] * n, [None] * n
+        for action, (s0, s1, _, b0), legal in zip(derivation.actions, derivation.features,
+                                                  derivation.legal):
+            assert s0 == (stack[-1] if stack else -1) and b0 == (front if front <= n else 0)
+            if action == 0:
+                assert legal & 1
+                stack.append(front)
+                front += 1
+                continue
+            kind_left = action <= labels
+            assert legal & (2 if kind_left else 4)
+            word = stack.pop()
+            got[word - 1] = b0 if kind_left else s1
+            got_labels[word - 1] = (action - 1) % labels
+        assert got == heads and got_labels == relations
+
+
+def test_static_oracle_rejects_crossing_arcs(bench):
+    # 1 -> 3 and 2 -> 4 cross
+    assert bench.static_oracle([3, 4, 0, 3], [0, 0, 0, 0], 1) is None
+
+
+def test_measure_times_every_variant_and_memory(bench, data):
+    workload = bench.make_workload("tagger-paper", data, None, tiny=True)
+    rows = bench.measure(workload, [1, 2], ["off", "late"], steps=1, repeats=2, sentences=0,
+                         memory=True, rng=np.random.default_rng(1), log=lambda m: None)
+    assert sorted((r.batch_size, r.variant) for r in rows) == [
+        (1, "late"), (1, "off"), (2, "late"), (2, "off")]
+    for r in rows:
+        assert len(r.rates) == 2 and r.rate > 0 and r.node_rate > 0 and r.cpu_rate > 0
+        assert r.nodes_per_sentence > 0 and r.peak_mb is not None and r.peak_mb > 0
+
+
+def test_report_shows_ratios_references_and_targets(bench, data):
+    workload = bench.make_workload("tagger-paper", data, None, tiny=True)
+    workload.peers = {"torch padded nn.LSTM": None}
+    rows = [bench.Row(64, "off", [90.0, 100.0, 110.0], [200.0]),
+            bench.Row(64, "late", [1000.0, 900.0, 1100.0], [1000.0]),
+            bench.Row(64, "torch padded nn.LSTM", [500.0], [250.0])]
+    text = "\n".join(bench.report(workload, rows, ["off", "late"]))
+    assert "late vs off 10.0x wall (target >= 10x: met), 5.0x cpu" in text
+    assert "dynlp / torch padded nn.LSTM (same run): late 2.00x wall, 4.00x cpu" in text
+    assert "reference, measured elsewhere (not this run): DyNet 2.1 autobatch: 2083" in text
+    assert "late 1000 sent/s wall, 1000 per cpu-s (goal ~2000: missed)" in text
+
+
+def test_main_runs_end_to_end(bench, capsys, tmp_path):
+    out = tmp_path / "results.json"
+    assert bench.main(["--tiny", "--quick", "--no-torch", "--workloads", "treelstm,parser",
+                       "--batch-sizes", "2", "--steps", "1", "--json", str(out),
+                       "--blas-threads", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "== treelstm" in printed and "== parser" in printed
+    assert '"sentences_per_second"' in out.read_text()
+
+
+def test_main_sets_blas_threads_in_a_new_process(bench, capfd, monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert bench.main(["--tiny", "--quick", "--no-torch", "--workloads", "tagger-paper",
+                       "--batch-sizes", "1", "--steps", "1", "--strategies", "off,late"]) == 0
+    printed = capfd.readouterr().out
+    assert "OPENBLAS_NUM_THREADS 1 when it loaded" in printed and "== tagger-paper" in printed
+
+
+def test_bad_arguments_exit_with_usage_error(bench):
+    with pytest.raises(SystemExit):
+        bench.main(["--workloads", "nonsense"])
+    with pytest.raises(SystemExit):
+        bench.main(["--batch-sizes", "0"])
+
+
+def test_torch_peers_train_one_step(bench, data):
+    pytest.importorskip("torch")
+    peers = bench.load_torch_peers()
+    peers.setup(0, threads=1)  # the benchmark's two threads crawl on a busy test machine
+    for name in ("tagger", "treelstm", "parser"):
+        workload = bench.make_workload(name, data, peers, tiny=True)
+        assert workload.peers
+        for label, peer in workload.peers.items():
+            before = [p.detach().clone() for p in peer.parameters()]
+            peer.step(workload.examples[:3])
+            changed = [not bool((a == b).all()) for a, b in zip(before, peer.parameters())]
+            assert any(changed), label
