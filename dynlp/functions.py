@@ -17,7 +17,8 @@ __all__ = [
     "softplus", "rectify", "relu", "elu", "selu", "cmult", "cdiv", "power", "maximum",
     "minimum", "bmax", "bmin", "matmul", "affine_transform", "transpose", "dot_product", "outer",
     "sum_elems", "mean_elems", "sum_dim", "mean_dim", "max_dim", "min_dim", "logsumexp", "esum",
-    "average", "l2_norm", "squared_norm", "concatenate", "concatenate_cols", "reshape", "pick",
+    "average", "l2_norm", "squared_norm", "concatenate", "concatenate_cols",
+    "concatenate_ranges", "reshape", "pick",
     "pick_range", "select_rows", "select_cols", "nobackprop", "flip_gradient", "softmax",
     "log_softmax", "pick_neg_log_softmax", "hinge", "binary_log_loss", "squared_distance",
     "huber_distance", "dropout", "noise",
@@ -148,9 +149,12 @@ bmin = minimum
 
 
 # -- linear algebra -------------------------------------------------------------------------------
-def affine_transform(xs: Sequence[Any]) -> Expression:
-    """[b, W1, x1, W2, x2, ...] -> b + W1 @ x1 + W2 @ x2 + ... in one node."""
-    return apply("affine_transform", *xs)
+def affine_transform(xs: Sequence[Any], activation: str | None = None) -> Expression:
+    """[b, W1, x1, W2, x2, ...] -> b + W1 @ x1 + W2 @ x2 + ... in one node; `activation`
+    ("tanh", "rectify", "logistic") is applied in the same node."""
+    if activation is None:
+        return apply("affine_transform", *xs)
+    return apply("affine_transform", *xs, attrs=(("activation", activation),))
 
 
 def transpose(x: Any) -> Expression:
@@ -227,6 +231,11 @@ def concatenate(xs: Sequence[Any]) -> Expression:
     if len(xs) == 1 and isinstance(xs[0], Expression):
         return xs[0]
     return apply("concatenate", *xs)
+
+
+def concatenate_ranges(xs: Sequence[Any], start: int, end: int) -> Expression:
+    """x1[start:end], x2[start:end], ... concatenated, in one node."""
+    return apply("concatenate_ranges", *xs, attrs=(("start", int(start)), ("end", int(end))))
 
 
 def concatenate_cols(xs: Sequence[Any]) -> Expression:

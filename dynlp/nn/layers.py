@@ -36,6 +36,9 @@ class MLP:
                              f"{sorted(ACTIVATIONS)}")
         self.dims = [int(d) for d in dims]
         self.activation = ACTIVATIONS[activation]
+        # activations the affine node applies itself: one node per hidden layer instead of two
+        self.fused = {"tanh": "tanh", "relu": "rectify", "rectify": "rectify",
+                      "sigmoid": "logistic", "logistic": "logistic"}.get(activation)
         self.dropout = check_rate(dropout)
         self.pc = unique_subcollection(pc, name)
         self.layers: list[tuple[Parameter, Parameter]] = []
@@ -46,11 +49,14 @@ class MLP:
     def __call__(self, x: Any) -> Expression:
         last = len(self.layers) - 1
         for k, (W, b) in enumerate(self.layers):
-            x = F.affine_transform([b, W, x])
-            if k < last:
-                x = self.activation(x)
-                if self.dropout > 0.0:
-                    x = F.dropout(x, self.dropout)
+            if k < last and self.fused is not None:
+                x = F.affine_transform([b, W, x], activation=self.fused)
+            else:
+                x = F.affine_transform([b, W, x])
+                if k < last:
+                    x = self.activation(x)
+            if k < last and self.dropout > 0.0:
+                x = F.dropout(x, self.dropout)
         return x
 
     def set_dropout(self, rate: float) -> None:

@@ -177,6 +177,10 @@ class RecurrentBuilder:
     def _hidden(self, state: Expression) -> Expression:
         return state
 
+    def hidden_range(self) -> tuple[int, int] | None:
+        """Where h sits in a single-layer fused state, when it is only part of it."""
+        return None
+
     def _cell(self, state: Expression) -> Expression:
         raise NotImplementedError
 
@@ -263,6 +267,9 @@ class LSTMBuilder(RecurrentBuilder):
     def _hidden(self, state):
         return F.pick_range(state, self.hidden_dim, 2 * self.hidden_dim)
 
+    def hidden_range(self):
+        return (self.hidden_dim, 2 * self.hidden_dim) if len(self.params) == 1 else None
+
     def _cell(self, state):
         return F.pick_range(state, 0, self.hidden_dim)
 
@@ -346,9 +353,15 @@ class BiRNNBuilder:
         """xs: (input_dim,) each -> a list of (output_dim,) expressions."""
         xs = list(xs)
         for forward, backward in self.builder_layers:
-            ahead = forward.initial_state().transduce(xs)
-            behind = backward.initial_state().transduce(xs[::-1])[::-1]
-            xs = [F.concatenate([a, b]) for a, b in zip(ahead, behind)]
+            ahead = forward.initial_state().add_inputs(xs)
+            behind = backward.initial_state().add_inputs(xs[::-1])[::-1]
+            span = forward.hidden_range()
+            if span is not None and span == backward.hidden_range():
+                # h from both fused states in one node, not two slices and a concatenation
+                xs = [F.concatenate_ranges([a.states[-1], b.states[-1]], *span)
+                      for a, b in zip(ahead, behind)]
+            else:
+                xs = [F.concatenate([a.output(), b.output()]) for a, b in zip(ahead, behind)]
         return xs
 
     def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:

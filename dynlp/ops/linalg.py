@@ -57,7 +57,9 @@ def _affine_mask(nargs):
     return (SHARED,) + (SHARED, STACK) * ((nargs - 1) // 2)
 
 
-def _affine_shape(b, *rest):
+def _affine_shape(b, *rest, activation=None):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
     if len(rest) % 2 or not rest:
         raise ValueError("arguments must be b, W1, x1, W2, x2, ...")
     out = None
@@ -71,14 +73,30 @@ def _affine_shape(b, *rest):
     return out
 
 
-def _affine_forward(b, *rest):
+def _sigmoid(z):
+    return 0.5 + 0.5 * np.tanh(0.5 * z)
+
+
+# activation applied to the affine result: f(z), and f'(z) written through out = f(z)
+ACTIVATIONS = {
+    None: (None, None),
+    "tanh": (np.tanh, lambda out: 1.0 - out * out),
+    "rectify": (lambda z: np.maximum(z, 0.0), lambda out: (out > 0).astype(out.dtype)),
+    "logistic": (_sigmoid, lambda out: out * (1.0 - out)),
+}
+
+
+def _affine_forward(b, *rest, activation=None):
     out = None
     for w, x in zip(rest[::2], rest[1::2]):
         out = _mm(w, x) if out is None else out + _mm(w, x)
-    return out + b.reshape(b.shape + (1,) * (out.ndim - 1 - b.ndim))
+    out = out + b.reshape(b.shape + (1,) * (out.ndim - 1 - b.ndim))
+    return out if activation is None else ACTIVATIONS[activation][0](out)
 
 
-def _affine_vjp(g, out, b, *rest):
+def _affine_vjp(g, out, b, *rest, activation=None):
+    if activation is not None:
+        g = g * ACTIVATIONS[activation][1](out)
     gb = g.sum(axis=0)
     gb = gb.sum(axis=tuple(range(b.ndim, gb.ndim))) if gb.ndim > b.ndim else gb
     cts = [gb]
@@ -87,7 +105,7 @@ def _affine_vjp(g, out, b, *rest):
     return cts
 
 
-def _affine_jvp(ts, out, b, *rest):
+def _affine_jvp(ts, out, b, *rest, activation=None):
     result = np.zeros_like(out)
     if ts[0] is not None:
         result = result + ts[0].reshape(ts[0].shape + (1,) * (out.ndim - 1 - ts[0].ndim))
@@ -97,14 +115,17 @@ def _affine_jvp(ts, out, b, *rest):
             result = result + _mm(tw, x)
         if tx is not None:
             result = result + _mm(w, tx)
-    return result
+    return result if activation is None else result * ACTIVATIONS[activation][1](out)
 
 
 define("affine_transform", shape=_affine_shape, batch=_affine_mask, cost=4,
        forward=_affine_forward, vjp=_affine_vjp, jvp=_affine_jvp,
        cases=[Case([(3,), (3, 4), (4,)]), Case([(3,), (3, 4), (4,), (3, 2), (2,)]),
-              Case([(3,), (3, 4), (4, 2)])],
-       doc="b + W1 @ x1 + W2 @ x2 + ... with b and the W shared")
+              Case([(3,), (3, 4), (4, 2)]), Case([(3,), (3, 4), (4,)], {"activation": "tanh"}),
+              Case([(3,), (3, 4), (4,)], {"activation": "logistic"}),
+              Case([(3,), (3, 4), (4, 2)], {"activation": "tanh"})],
+       doc="f(b + W1 @ x1 + W2 @ x2 + ...) with b and the W shared; f is the identity or an "
+           "activation (tanh, rectify, logistic) fused into the same node")
 
 
 def _transpose_shape(x):

@@ -35,6 +35,30 @@ linear("concatenate", shape=_concat_shape,
        doc="rows: (d1,), (d2,) -> (d1 + d2,)")
 
 
+def _ranges_shape(*shapes, start, end):
+    if not shapes or any(len(s) != 1 or s != shapes[0] for s in shapes):
+        raise ValueError("expects vectors of one size")
+    if not 0 <= start < end <= shapes[0][0]:
+        raise ValueError(f"range {start}:{end} out of bounds")
+    return ((end - start) * len(shapes),)
+
+
+def _ranges_vjp(g, out, *xs, start, end):
+    width = end - start
+    cts = []
+    for k, x in enumerate(xs):
+        gx = np.zeros_like(x)
+        gx[:, start:end] = g[:, k * width:(k + 1) * width]
+        cts.append(gx)
+    return cts
+
+
+linear("concatenate_ranges", shape=_ranges_shape,
+       forward=lambda *xs, start, end: np.concatenate([x[:, start:end] for x in xs], axis=1),
+       vjp=_ranges_vjp, cases=[Case([(4,), (4,)], {"start": 2, "end": 4})],
+       doc="x1[start:end], x2[start:end], ... concatenated: the h halves of two [c; h] states")
+
+
 def _cols(x):
     return x[:, :, None] if x.ndim == 2 else x
 
