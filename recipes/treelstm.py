@@ -1,0 +1,185 @@
+"""Sentiment classification with a binary constituency Tree-LSTM (Tai, Socher and Manning, 2015).
+
+Owns the Tree-LSTM sentiment model: a 5-way softmax at every node of an SST tree, trained on the
+loss summed over all nodes. Must not import other recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dynlp as dn
+from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
+from dynlp.metrics import accuracy
+from dynlp.nn import Embedding
+
+NAME = "treelstm"
+MAIN_METRIC = "root_fine"
+DEFAULT_DATASET = "sst"
+LABELS = 5
+DEFAULTS: dict[str, Any] = {
+    "embedding_dim": 100,
+    "hidden_dim": 150,
+    "embedding_dropout": 0.5,
+    "dropout": 0.5,
+    "word_dropout": 0.25,
+    "lowercase": True,
+    "epochs": 20,
+    "batch_size": 25,
+    "optimizer": "adagrad",
+    "learning_rate": 0.05,
+    "patience": 5,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model sizes, dropout rates and word normalization."""
+    d = DEFAULTS
+    parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"],
+                        help="word embedding size (default %(default)s)")
+    parser.add_argument("--hidden-dim", type=int, default=d["hidden_dim"],
+                        help="Tree-LSTM memory size (default %(default)s)")
+    parser.add_argument("--embedding-dropout", type=float, default=d["embedding_dropout"],
+                        help="dropout on word embeddings (default %(default)s)")
+    parser.add_argument("--dropout", type=float, default=d["dropout"],
+                        help="dropout on node states before the classifier "
+                             "(default %(default)s)")
+    parser.add_argument("--word-dropout", type=float, default=d["word_dropout"],
+                        help="word dropout alpha: a word seen c times becomes UNK with "
+                             "probability alpha / (alpha + c) (default %(default)s)")
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction,
+                        default=d["lowercase"],
+                        help="lowercase words before the vocabulary lookup "
+                             "(default %(default)s)")
+
+
+def read_examples(path: str | Path) -> list[Tree]:
+    """SST trees, one per line (raises dynlp.data.TreeError naming file, line and column)."""
+    return read_trees(path)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    z = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class Model:
+    """Embeddings -> binary Tree-LSTM -> affine + softmax over 5 labels at every node.
+
+    Leaves read their word's embedding; inner nodes combine their two children (no input).
+    Predictions are fine labels 0-4 for every node; the binary view of a root compares
+    p(0) + p(1) against p(3) + p(4), i.e. the total probability of negative against positive.
+    """
+
+    def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:
+        self.config = {**DEFAULTS, **config}
+        self.vocabs = vocabs
+        c = self.config
+        self.embed = Embedding(pc, len(vocabs["word"]), c["embedding_dim"])
+        self.tree_lstm = dn.TreeLSTMBuilder(c["embedding_dim"], c["hidden_dim"], pc,
+                                            kind="binary")
+        self.weight = pc.add_parameters((LABELS, c["hidden_dim"]), name="output_weight")
+        self.bias = pc.add_parameters((LABELS,), init="zeros", name="output_bias")
+
+    @staticmethod
+    def build_vocabs(train_examples: list, config: dict) -> dict:
+        lower = {**DEFAULTS, **config}["lowercase"]
+        return {"word": Vocab.build([w.lower() if lower else w for w in tree.words()]
+                                    for tree in train_examples)}
+
+    def _word(self, word: str) -> str:
+        return word.lower() if self.config["lowercase"] else word
+
+    def _node_scores(self, tree: Tree, rng: np.random.Generator | None) -> list[dn.Expression]:
+        """Label scores (5,) of every node, in post-order; with rng, word dropout applies."""
+        vocab = self.vocabs["word"]
+        c = self.config
+        states: dict[int, Any] = {}
+        scores = []
+        weight, bias = dn.parameter(self.weight), dn.parameter(self.bias)
+        for node in tree.nodes():
+            if node.is_leaf:
+                word = self._word(node.word)
+                if rng is not None and c["word_dropout"] > 0:
+                    index = vocab.index_with_dropout(word, rng, c["word_dropout"])
+                else:
+                    index = vocab.index(word)
+                x = dn.dropout(self.embed(index), c["embedding_dropout"])
+                state = self.tree_lstm.leaf(x)
+            else:
+                state = self.tree_lstm.node([states[id(child)] for child in node.children])
+            states[id(node)] = state
+            h = dn.dropout(state.h(), c["dropout"])
+            scores.append(dn.affine_transform([bias, weight, h]))
+        return scores
+
+    def loss(self, example: Tree, rng: np.random.Generator) -> dn.Expression:
+        """Cross-entropy summed over all nodes of one tree."""
+        scores = self._node_scores(example, rng)
+        return dn.esum([dn.pick_neg_log_softmax(s, fine_label(node))
+                        for s, node in zip(scores, example.nodes())])
+
+    def node_probabilities(self, trees: list[Tree], batch_size: int = 64,
+                           autobatch: bool | str = True) -> list[np.ndarray]:
+        """Label distributions (nodes, 5) per tree, nodes in post-order (root last).
+
+        Many trees share one evaluation graph: one forward call per `batch_size` trees."""
+        result = []
+        for start in range(0, len(trees), batch_size):
+            batch = trees[start:start + batch_size]
+            with dn.Graph(autobatch=autobatch, training=False) as g:
+                per_tree = [self._node_scores(tree, None) for tree in batch]
+                g.forward([s for scores in per_tree for s in scores])
+                for scores in per_tree:
+                    result.append(_softmax(np.stack([s.npvalue() for s in scores])))
+        return result
+
+    def predict(self, examples: list[Tree], batch_size: int = 64,
+                autobatch: bool | str = True) -> list[list[int]]:
+        """Fine labels 0-4 of every node of each tree, in post-order (the root's is last)."""
+        probabilities = self.node_probabilities(examples, batch_size, autobatch)
+        return [p.argmax(axis=1).tolist() for p in probabilities]
+
+    def evaluate(self, examples: list[Tree], batch_size: int = 64) -> dict:
+        """root_fine: 5-class root accuracy; root_binary: positive vs negative root accuracy
+        over non-neutral gold roots (p(0)+p(1) vs p(3)+p(4)); all_fine: 5-class accuracy over
+        every node. Percentages."""
+        probabilities = self.node_probabilities(examples, batch_size)
+        gold_roots = [fine_label(tree) for tree in examples]
+        root_predictions = [int(p[-1].argmax()) for p in probabilities]
+        gold_binary, predicted_binary = [], []
+        for tree, p in zip(examples, probabilities):
+            gold = binary_label(tree)
+            if gold is not None:
+                gold_binary.append(gold)
+                predicted_binary.append(int(p[-1, 3:].sum() > p[-1, :2].sum()))
+        gold_nodes = [fine_label(node) for tree in examples for node in tree.nodes()]
+        node_predictions = [int(label) for p in probabilities for label in p.argmax(axis=1)]
+        return {"root_fine": accuracy(gold_roots, root_predictions),
+                "root_binary": accuracy(gold_binary, predicted_binary),
+                "all_fine": accuracy(gold_nodes, node_predictions)}
+
+    def write_predictions(self, examples: list[Tree], predictions: list, path) -> None:
+        """Each tree again, one per line, with its predicted label at every node."""
+        write_trees([_relabel(tree, labels) for tree, labels in zip(examples, predictions)], path)
+
+    def metadata(self) -> dict:
+        return {"recipe": NAME, "config": self.config,
+                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
+
+    @classmethod
+    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Model:
+        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
+        return cls(pc, meta["config"], vocabs)
+
+
+def _relabel(tree: Tree, labels: list[int]) -> Tree:
+    """A copy of tree whose nodes (in post-order) carry the given labels."""
+    copies: dict[int, Tree] = {}
+    for node, label in zip(tree.nodes(), labels):
+        copies[id(node)] = Tree(str(label), [copies[id(c)] for c in node.children], node.word)
+    return copies[id(tree)]
