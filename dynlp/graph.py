@@ -128,7 +128,17 @@ class Graph:
             info = self._describe(key)
         shape, shared, sig = info
         if shared is not None:
-            sig = self._intern((sig,) + tuple([args[p] for p in shared]))
+            if len(shared) == 2:
+                skey = (sig, args[shared[0]], args[shared[1]])
+            elif len(shared) == 1:
+                skey = (sig, args[shared[0]])
+            else:
+                skey = (sig,) + tuple([args[p] for p in shared])
+            sig_ids = self._sig_ids
+            shared_sig = sig_ids.get(skey)
+            if shared_sig is None:
+                shared_sig = sig_ids[skey] = len(sig_ids)
+            sig = shared_sig
         self.ops.append(op)
         self.args.append(args)
         self.attrs.append(attrs)
