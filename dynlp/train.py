@@ -183,14 +183,21 @@ def restore_checkpoint(header: dict, arrays: Any, pc: dn.ParameterCollection,
 
 
 def git_commit() -> str | None:
-    """`git rev-parse HEAD` of the source tree holding dynlp, or None when there is none."""
+    """`git rev-parse HEAD` of the source tree holding dynlp, with "-dirty" when tracked files
+    differ from it, or None when there is no git tree."""
+    where = Path(__file__).resolve().parent
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                              text=True, timeout=10, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=where, capture_output=True, text=True, timeout=10,
+                               check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
+    if done.returncode != 0 or not commit:
+        return None
+    return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -279,6 +286,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
         state = restore_checkpoint(header, arrays, pc, trainer)
     else:
         state = _fresh_state()
+        state["git_commit"] = git_commit()  # the code that trains, not the code at the end
         log_path.write_text("", encoding="utf-8")
         checkpoint_path.unlink(missing_ok=True)  # a stale one would resume another run
     metadata = model.metadata()
@@ -374,7 +382,7 @@ def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
         "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
         "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
-        "git_commit": git_commit(),
+        "git_commit": state.get("git_commit"),
     }
     _write_json(out / METRICS_FILE, metrics)
     return metrics
