@@ -151,7 +151,7 @@ def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
     config = {**COMMON_DEFAULTS, **recipe.DEFAULTS, **parsed}
     examples = {split: _read(recipe, path) for split, path in files.items()}
     metrics = train(recipe, config, args.out, examples["train"] or [], examples["dev"] or [],
-                    examples.get("test"), resume=args.resume)
+                    examples.get("test"), resume=args.resume, loader=load_any_model)
     print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
                       "best_epoch": metrics["best_epoch"]}, indent=2))
     return 0
@@ -168,8 +168,15 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="examples per graph")
 
 
+def load_any_model(directory: str) -> Any:
+    """The model saved in a run folder, of whichever recipe made it (for models that use other
+    models, such as the parser's --tagger-model)."""
+    path = model_path(directory)
+    return load_model(load_recipe(dn.read_metadata(path).get("recipe", "")), path, load_any_model)
+
+
 def _load(recipe: ModuleType, args: argparse.Namespace) -> tuple[Any, list]:
-    model = load_model(recipe, model_path(args.model))
+    model = load_model(recipe, model_path(args.model), load_any_model)
     examples = recipe.read_examples(_existing_file(args.input, "input"))
     if not examples:
         raise UsageError(f"{args.input}: no examples")

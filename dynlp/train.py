@@ -14,7 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -59,9 +59,12 @@ def model_path(path: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
-def load_model(recipe: ModuleType, path: str | os.PathLike) -> Any:
+def load_model(recipe: ModuleType, path: str | os.PathLike,
+               loader: Callable[[str], Any] | None = None) -> Any:
     """Rebuild a recipe's model from a saved model file (or run folder) and load its values.
 
+    loader (model folder -> model) is handed to models that use other models (the parser's
+    `--tagger-model`) through their optional `attach_models` hook.
     Raises dn.ModelFileError for a missing or damaged file, or one made by another recipe.
     """
     path = model_path(path)
@@ -82,7 +85,13 @@ def load_model(recipe: ModuleType, path: str | os.PathLike) -> Any:
         pc.populate(path)
     except (EOFError, zipfile.BadZipFile) as err:
         raise dn.ModelFileError(f"{path}: the model file is damaged ({err})") from None
+    _attach(model, loader)
     return model
+
+
+def _attach(model: Any, loader: Callable[[str], Any] | None) -> None:
+    if loader is not None and hasattr(model, "attach_models"):
+        model.attach_models(loader)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -245,7 +254,7 @@ def _fresh_state() -> dict:
 
 def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_examples: list,
           dev_examples: list, test_examples: list | None = None, resume: bool = False,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, loader: Callable[[str], Any] | None = None) -> dict:
     """Train `recipe.Model` under `out` and return the final metrics (also in metrics.json).
 
     config: every setting (COMMON_DEFAULTS keys and the recipe's DEFAULTS keys, plus anything
@@ -253,7 +262,8 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     per epoch), `out/checkpoint.npz` (after every epoch), `out/model.npz` (best on dev) and
     `out/metrics.json` (dev and test scores of the best model). resume: continue from the
     checkpoint; the result equals that of an uninterrupted run. progress: tqdm bar (None: only
-    on a terminal). Raises TrainingError, or TrainingInterrupted on Ctrl-C.
+    on a terminal). loader: see `load_model`. Raises TrainingError, or TrainingInterrupted on
+    Ctrl-C.
     """
     _check(config)
     out = Path(out)
@@ -281,6 +291,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     else:
         vocabs = recipe.Model.build_vocabs(train_examples, config)
         model = recipe.Model(pc, config, vocabs)
+    _attach(model, loader)
     trainer = make_trainer(config["optimizer"], pc, learning_rate=float(config["learning_rate"]))
     if resume:
         state = restore_checkpoint(header, arrays, pc, trainer)
@@ -327,7 +338,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
                  "with --resume to continue") if done > 0 else "no epoch finished, no checkpoint"
         raise TrainingInterrupted(f"interrupted during epoch {done + 1}: {where}") from None
 
-    return _finish(recipe, config, out, dev_examples, test_examples, state)
+    return _finish(recipe, config, out, dev_examples, test_examples, state, loader)
 
 
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
@@ -370,9 +381,10 @@ def _report(recipe: ModuleType, record: dict, state: dict) -> None:
 
 
 def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
-            test_examples: list | None, state: dict) -> dict:
+            test_examples: list | None, state: dict,
+            loader: Callable[[str], Any] | None = None) -> dict:
     """Evaluate the best model on the full dev and test sets; write and return metrics.json."""
-    model = load_model(recipe, out / MODEL_FILE)
+    model = load_model(recipe, out / MODEL_FILE, loader)
     size = int(config["batch_size"])
     dev = model.evaluate(dev_examples, batch_size=size)
     test = model.evaluate(test_examples, batch_size=size) if test_examples else None

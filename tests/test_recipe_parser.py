@@ -177,6 +177,22 @@ def test_tagger_hook(tmp_path):
     plain.attach_models(lambda path: pytest.fail("no tagger is configured"))
 
 
+def test_real_tagger_through_the_hook(tmp_path):
+    """The tagger recipe's saved model plugs into the hook (a test may import both recipes;
+    the recipes themselves never import each other)."""
+    from dynlp.train import load_model
+    from recipes import tagger
+
+    tagger_dir = tmp_path / "tagger"
+    assert main(["train", "tagger", "--train", str(TRAIN), "--dev", str(DEV), "--out",
+                 str(tagger_dir), "--epochs", "1"]) == 0
+    model, train = make_model({"tagger_model": str(tagger_dir)})
+    model.attach_models(lambda directory: load_model(tagger, directory))
+    expected = load_model(tagger, tagger_dir).predict(train[:4])
+    predictions = model.predict(train[:4])
+    assert [upos for _, _, upos in predictions] == [list(tags) for tags in expected]
+
+
 def test_train_save_reload_evaluate_predict(tmp_path):
     out = tmp_path / "run"
     argv = ["train", "parser", "--train", str(TRAIN), "--dev", str(DEV), "--test", str(TEST),
@@ -209,3 +225,18 @@ def test_train_save_reload_evaluate_predict(tmp_path):
     predictions = model.predict(test, batch_size=64, autobatch=False)
     assert [p[0] for p in predictions] == [s.heads for s in reread]
     assert [p[1] for p in predictions] == [s.deprels for s in reread]
+
+
+def test_tagger_model_through_the_command_line(tmp_path):
+    """`--tagger-model DIR`: the CLI hands its model loader to the parser, in training,
+    evaluation and prediction."""
+    tagger_dir, parser_dir = tmp_path / "tagger", tmp_path / "parser"
+    assert main(["train", "tagger", "--train", str(TRAIN), "--dev", str(DEV), "--out",
+                 str(tagger_dir), "--epochs", "1"]) == 0
+    assert main(["train", "parser", "--train", str(TRAIN), "--dev", str(DEV), "--out",
+                 str(parser_dir), "--epochs", "1", "--tagger-model", str(tagger_dir)]) == 0
+    assert main(["evaluate", "parser", "--model", str(parser_dir), "--input", str(TEST)]) == 0
+    output = tmp_path / "parsed.conllu"
+    assert main(["predict", "parser", "--model", str(parser_dir), "--input", str(TEST),
+                 "--output", str(output)]) == 0
+    assert len(read_conllu(output)) == len(read_conllu(TEST))
