@@ -1,9 +1,11 @@
 """Training throughput of dynlp with autobatching off, by depth, by agenda and late, on a BiLSTM
-tagger, a binary Tree-LSTM and an arc-hybrid parser, beside eager PyTorch (when torch imports) and
-reference figures of DyNet, all on real EWT sentences and SST trees when they are available.
+tagger, a binary Tree-LSTM and an arc-hybrid parser, beside eager PyTorch (when torch imports),
+DyNet 2.1 on the paper workloads (when dynet imports; scripts/dynet_peers.py, one child process
+per variant) and reference figures, all on real EWT sentences and SST trees when available.
 
     python scripts/bench_autobatch.py [--quick] [--workloads tagger,treelstm,...]
         [--batch-sizes 1,16,64] [--steps N] [--repeats R] [--data DIR] [--json PATH]
+        [--no-torch] [--no-dynet]
 
 Every figure is TRAINING sentences per second: build the graph of a minibatch, forward, backward
 and one Adam update (sparse on embeddings). The variants run interleaved, `--repeats` times, and
@@ -60,6 +62,8 @@ REFERENCES = {
 TARGET_SPEEDUPS = {"tagger": 10.0, "tagger-paper": 10.0, "treelstm": 7.0,
                    "treelstm-paper": 7.0, "parser": 4.0}
 TARGET_RATES = {"tagger-paper": 2000.0, "treelstm-paper": 1000.0}
+# dynlp late (or agenda) should train at least as fast as DyNet with autobatching, same run
+DYNET_GOAL = 1.0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -423,8 +427,10 @@ def _sizes(tiny: bool, **full: int) -> dict[str, int]:
     return {k: (min(v, 8) if tiny else v) for k, v in full.items()}
 
 
-def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False) -> Workload:
-    """One of WORKLOADS over the loaded data (and its torch peers when torch_peers is given)."""
+def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False,
+                  dynet_peers: Any = None, seed: int = 0) -> Workload:
+    """One of WORKLOADS over the loaded data (and its torch peers when torch_peers is given, its
+    DyNet peers, child processes to close, when dynet_peers is given and it is a paper one)."""
     if name in ("tagger", "tagger-paper"):
         d: TaggedData = data["sentences"]
         if name == "tagger":
@@ -439,6 +445,8 @@ def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False) -
             peers = {"torch per-sentence": torch_peers.Tagger(d.words, d.tags, padded=False, **s),
                      "torch padded nn.LSTM": torch_peers.Tagger(d.words, d.tags, padded=True,
                                                                 **s)}
+        if dynet_peers is not None and name == "tagger-paper":
+            peers.update(dynet_peers.make_peers(name, d.words, d.tags, seed, tiny))
         return Workload(name, f"BiLSTM tagger: {what}, softmax loss per word; {d.source}",
                         d.sentences, model, peers, lambda x: len(x[0]))
     if name in ("treelstm", "treelstm-paper"):
@@ -451,6 +459,8 @@ def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False) -
         peers = {}
         if torch_peers is not None:
             peers = {"torch per-tree": torch_peers.TreeLSTM(t.words, **s)}
+        if dynet_peers is not None and name == "treelstm-paper":
+            peers.update(dynet_peers.make_peers(name, t.words, 0, seed, tiny))
         return Workload(name, f"binary Tree-LSTM: embeddings {s['word_dim']}, hidden "
                         f"{s['hidden']}, softmax loss over 5 labels at every node; {t.source}",
                         t.trees, model, peers, lambda x: len(x[0]))
@@ -523,6 +533,8 @@ def run_variant(workload: Workload, variant: str, batches: list[list]
     on the given minibatches with one variant."""
     peer = workload.peers.get(variant)
     gc.collect()
+    if hasattr(peer, "timed_run"):  # a child process (DyNet): it times itself
+        return peer.timed_run(batches)
     nodes = 0
     cpu = time.process_time()
     start = time.perf_counter()
@@ -633,6 +645,19 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
                      f"{_ratio(by[b, s].cpu_rate, theirs.cpu_rate)} cpu" for s in ours]
             if parts:
                 lines.append(f"  batch {b}: dynlp / {peer} (same run): {'; '.join(parts)}")
+    dynet_on = by.get((max(batch_sizes), "DyNet autobatch"))
+    dynet_off = by.get((max(batch_sizes), "DyNet off, 1 per graph"))
+    if dynet_on is not None and dynet_off is not None:
+        lines.append(f"  batch {dynet_on.batch_size}: DyNet autobatch vs DyNet off (1 per graph) "
+                     f"{_ratio(dynet_on.rate, dynet_off.rate)} wall, "
+                     f"{_ratio(dynet_on.cpu_rate, dynet_off.cpu_rate)} cpu")
+        for s in ours:
+            r = by[dynet_on.batch_size, s]
+            met = r.rate >= DYNET_GOAL * dynet_on.rate
+            lines.append(f"  batch {dynet_on.batch_size}: {s} / DyNet autobatch "
+                         f"{_ratio(r.rate, dynet_on.rate)} wall, "
+                         f"{_ratio(r.cpu_rate, dynet_on.cpu_rate)} cpu "
+                         f"(goal >= {DYNET_GOAL:g}x: {'met' if met else 'missed'})")
     for label, value in REFERENCES.get(workload.name, ()):
         lines.append(f"  reference, measured elsewhere (not this run): {label}: {value} sent/s")
     big = max(batch_sizes)
@@ -666,6 +691,15 @@ def load_torch_peers() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_dynet_peers() -> Any:
+    """scripts/dynet_peers.py when `import dynet` works in a child process, else None."""
+    spec = importlib.util.spec_from_file_location("dynet_peers", SCRIPTS / "dynet_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module if module.dynet_imports() else None
 
 
 def source_version() -> str:
@@ -727,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and sst/ (default %(default)s); generated data when they are missing")
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the PyTorch peers when torch imports (default on)")
+    parser.add_argument("--dynet", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run DyNet 2.1 on the paper workloads, autobatch on and off, "
+                             "each in a child process, when dynet imports (default on)")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="OPENBLAS_NUM_THREADS for numpy, set by re-running this script "
                              "(default %(default)s, as DyNet's CPU default; 0 keeps the "
@@ -761,6 +798,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch_peers.setup(args.seed, args.torch_threads)
     torch_text = (f"torch {torch_peers.version()} ({args.torch_threads} threads)"
                   if torch_peers else "torch not run")
+    dynet_peers = (load_dynet_peers() if args.dynet and any(n.endswith("-paper")
+                                                            for n in args.workloads) else None)
+    torch_text += ", DyNet 2.1 run" if dynet_peers else ", DyNet not run"
     per_run = f"{args.steps} steps" if args.steps else f"{sentences} sentences"
     print(f"dynlp {dn.__version__} ({source_version()}), numpy {np.__version__} "
           f"(OPENBLAS_NUM_THREADS {BLAS_THREADS_AT_LOAD} when it loaded), "
@@ -771,10 +811,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data loaded in {time.perf_counter() - start:.1f}s", flush=True)
     results = {}
     for name in args.workloads:
-        workload = make_workload(name, data, torch_peers, args.tiny)
-        rows = measure(workload, args.batch_sizes, args.strategies, args.steps, repeats,
-                       sentences, memory, rng, log=lambda m: print(m, file=sys.stderr,
-                                                                   flush=True))
+        workload = make_workload(name, data, torch_peers, args.tiny, dynet_peers, args.seed)
+        try:
+            rows = measure(workload, args.batch_sizes, args.strategies, args.steps, repeats,
+                           sentences, memory, rng, log=lambda m: print(m, file=sys.stderr,
+                                                                       flush=True))
+        finally:
+            for peer in workload.peers.values():
+                if hasattr(peer, "close"):
+                    peer.close()
         print("\n".join(report(workload, rows, args.strategies)), flush=True)
         results[name] = {"description": workload.description,
                          "rows": [{"batch_size": r.batch_size, "variant": r.variant,

@@ -71,7 +71,7 @@ def main() -> None:
                       ("bare numpy", lambda: bare_numpy(args.nodes, args.dim))):
         runs = [fn() for _ in range(args.repeats)]
         rows[label] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    nodes = rows["dynlp autobatch"]["nodes"]
+    nodes = int(rows["dynlp autobatch"]["nodes"])  # the median of equal counts is a float
     print(f"chain of {nodes} nodes, dim {args.dim}, median of {args.repeats} runs "
           "(microseconds per node)")
     print(f"{'':20} {'build':>8} {'forward':>8} {'backward':>9} {'fwd/numpy':>10} "

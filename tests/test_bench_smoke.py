@@ -140,3 +140,44 @@ def test_torch_peers_train_one_step(bench, data):
             peer.step(workload.examples[:3])
             changed = [not bool((a == b).all()) for a, b in zip(before, peer.parameters())]
             assert any(changed), label
+
+
+def test_dynet_part_skipped_when_dynet_does_not_import(bench, capfd, monkeypatch, tmp_path):
+    # a `dynet` module that fails to import shadows the installed one in every child process
+    (tmp_path / "dynet.py").write_text("raise ImportError('no dynet here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert bench.load_dynet_peers() is None
+    assert bench.main(["--tiny", "--quick", "--no-torch", "--workloads", "treelstm-paper",
+                       "--batch-sizes", "2", "--steps", "1", "--strategies", "off,late",
+                       "--blas-threads", "0"]) == 0
+    printed = capfd.readouterr().out
+    assert "DyNet not run" in printed and "== treelstm-paper" in printed
+    assert "DyNet autobatch " not in printed.split("== treelstm-paper")[1].replace(
+        "reference, measured elsewhere (not this run): DyNet 2.1 autobatch", "")
+
+
+def test_report_compares_with_dynet(bench, data):
+    workload = bench.make_workload("treelstm-paper", data, None, tiny=True)
+    workload.peers = {"DyNet autobatch": None, "DyNet off, 1 per graph": None}
+    rows = [bench.Row(64, "off", [100.0], [100.0]), bench.Row(64, "late", [1200.0], [900.0]),
+            bench.Row(64, "DyNet autobatch", [1000.0], [1000.0]),
+            bench.Row(64, "DyNet off, 1 per graph", [400.0], [500.0])]
+    text = "\n".join(bench.report(workload, rows, ["off", "late"]))
+    assert "DyNet autobatch vs DyNet off (1 per graph) 2.50x wall, 2.00x cpu" in text
+    assert "late / DyNet autobatch 1.20x wall, 0.90x cpu (goal >= 1x: met)" in text
+
+
+def test_dynet_peers_train_in_child_processes(bench, data):
+    dynet_peers = bench.load_dynet_peers()
+    if dynet_peers is None:
+        pytest.skip("dynet does not import")
+    workload = bench.make_workload("tagger-paper", data, None, True, dynet_peers, seed=0)
+    try:
+        labels = [label for label in workload.peers if label.startswith("DyNet")]
+        assert labels == ["DyNet autobatch", "DyNet off, 1 per graph"]
+        for label in labels:
+            seconds, cpu, nodes = bench.run_variant(workload, label, [workload.examples[:3]] * 2)
+            assert seconds > 0 and cpu > 0 and nodes == 0
+    finally:
+        for peer in workload.peers.values():
+            peer.close()
