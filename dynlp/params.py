@@ -297,13 +297,7 @@ class ParameterCollection:
                             "dtype": str(p.value.dtype)} for p in params],
             "metadata": metadata or {},
         }
-        arrays = {f"p{i}": p.value for i, p in enumerate(params)}
-        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        write_npz(path, header, {f"p{i}": p.value for i, p in enumerate(params)})
 
     def populate(self, path: str | os.PathLike) -> dict:
         """Load values saved by `save` into this collection of the same structure.
@@ -329,6 +323,18 @@ class ParameterCollection:
                                      "in the model")
             p.value[...] = arrays[f"p{i}"]
         return header["metadata"]
+
+
+def write_npz(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays plus a JSON header (stored as bytes, so loading never unpickles), written to a
+    temporary name and moved into place: a crash leaves the old file or the new one."""
+    arrays = dict(arrays, header=np.frombuffer(json.dumps(header).encode("utf-8"),
+                                               dtype=np.uint8))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
 
 
 def _read(path: str | os.PathLike) -> tuple[dict, Any]:

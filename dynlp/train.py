@@ -23,6 +23,7 @@ import dynlp as dn
 
 from .autobatch import DEFAULT_STRATEGY
 from .data import batches
+from .params import write_npz
 from .trainers import make_trainer
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -143,12 +144,7 @@ def save_checkpoint(path: str | os.PathLike, pc: dn.ParameterCollection, trainer
         "state": _encode(state, arrays),
         "config": config, "model": model_metadata,
     }
-    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    write_npz(path, header, arrays)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
