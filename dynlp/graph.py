@@ -120,6 +120,14 @@ class Graph:
             a, b = args
             key = (op, (shapes[a], shapes[b]), attrs)
             d = depth[a] if depth[a] > depth[b] else depth[b]
+        elif len(args) == 3:
+            a, b, c = args
+            key = (op, (shapes[a], shapes[b], shapes[c]), attrs)
+            d = max(depth[a], depth[b], depth[c])
+        elif len(args) == 4:
+            a, b, c, e = args
+            key = (op, (shapes[a], shapes[b], shapes[c], shapes[e]), attrs)
+            d = max(depth[a], depth[b], depth[c], depth[e])
         else:
             key = (op, tuple([shapes[a] for a in args]), attrs)
             d = max([depth[a] for a in args])
