@@ -22,7 +22,7 @@ from tqdm import tqdm
 import dynlp as dn
 
 from .autobatch import DEFAULT_STRATEGY
-from .data import batches
+from .data import Vocab, batches
 from .params import write_npz
 from .trainers import make_trainer
 
@@ -58,6 +58,24 @@ def model_path(path: str | os.PathLike) -> Path:
     """A run folder means its `model.npz`; a file path is taken as it is."""
     path = Path(path)
     return path / MODEL_FILE if path.is_dir() else path
+
+
+class RecipeModel:
+    """Saving and rebuilding shared by the recipes' models, which are built from a config and a
+    dict of `Vocab`s: `Model(pc, config, vocabs)`. Subclasses set `recipe` to their NAME."""
+
+    recipe = ""
+    config: dict
+    vocabs: dict
+
+    def metadata(self) -> dict:
+        return {"recipe": self.recipe, "config": self.config,
+                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
+
+    @classmethod
+    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Any:
+        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
+        return cls(pc, meta["config"], vocabs)  # type: ignore[call-arg]
 
 
 def load_model(recipe: ModuleType, path: str | os.PathLike,

@@ -18,6 +18,7 @@ import dynlp as dn
 from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
 from dynlp.metrics import attachment_scores
 from dynlp.nn import Embedding
+from dynlp.train import RecipeModel
 
 NAME = "parser"
 MAIN_METRIC = "las"
@@ -237,7 +238,7 @@ def read_examples(path: str | Path) -> list[Sentence]:
     return list(read_conllu(path))
 
 
-class Model:
+class Model(RecipeModel):
     """Word and UPOS embeddings -> BiLSTM -> MLP over [s0; s1; s2; b0] -> 1 + 2L transitions.
 
     Features: the BiLSTM vectors of the top three stack words and the first buffer item, with a
@@ -252,6 +253,8 @@ class Model:
     advance in lockstep: one batched forward per step. Decoding is greedy among legal
     transitions, in lockstep too.
     """
+
+    recipe = NAME
 
     def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:
         self.config = {**DEFAULTS, **config}
@@ -391,13 +394,3 @@ class Model:
         column (DEPS included) is kept from the input."""
         write_conllu([s.with_columns(head=heads, deprel=rels, upos=tags)
                       for s, (heads, rels, tags) in zip(examples, predictions)], path)
-
-    # -- persistence -----------------------------------------------------------------------------
-    def metadata(self) -> dict:
-        return {"recipe": NAME, "config": self.config,
-                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
-
-    @classmethod
-    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Model:
-        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
-        return cls(pc, meta["config"], vocabs)

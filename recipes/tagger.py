@@ -16,6 +16,7 @@ import dynlp as dn
 from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
 from dynlp.metrics import accuracy
 from dynlp.nn import MLP, BiRNNBuilder, CharacterEncoder, Embedding, LSTMBuilder
+from dynlp.train import RecipeModel
 
 NAME = "tagger"
 MAIN_METRIC = "upos_accuracy"
@@ -67,8 +68,10 @@ def _clip(form: str, limit: int) -> str:
     return form[:half] + form[len(form) - (limit - half):]
 
 
-class Model:
+class Model(RecipeModel):
     """The tagger's parameters and computation; `loss` for training, `predict` for tagging."""
+
+    recipe = NAME
 
     def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:
         self.config = dict(config)
@@ -155,12 +158,3 @@ class Model:
                           path: str | Path) -> None:
         """The input sentences with the UPOS column replaced, everything else kept."""
         write_conllu([s.with_columns(upos=tags) for s, tags in zip(examples, predictions)], path)
-
-    def metadata(self) -> dict:
-        return {"recipe": NAME, "config": self.config,
-                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
-
-    @classmethod
-    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Model:
-        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
-        return cls(pc, meta["config"], vocabs)

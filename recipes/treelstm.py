@@ -16,6 +16,7 @@ import dynlp as dn
 from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
 from dynlp.metrics import accuracy
 from dynlp.nn import Embedding
+from dynlp.train import RecipeModel
 
 NAME = "treelstm"
 MAIN_METRIC = "root_fine"
@@ -67,13 +68,15 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-class Model:
+class Model(RecipeModel):
     """Embeddings -> binary Tree-LSTM -> affine + softmax over 5 labels at every node.
 
     Leaves read their word's embedding; inner nodes combine their two children (no input).
     Predictions are fine labels 0-4 for every node; the binary view of a root compares
     p(0) + p(1) against p(3) + p(4), i.e. the total probability of negative against positive.
     """
+
+    recipe = NAME
 
     def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:
         self.config = {**DEFAULTS, **config}
@@ -166,15 +169,6 @@ class Model:
     def write_predictions(self, examples: list[Tree], predictions: list, path) -> None:
         """Each tree again, one per line, with its predicted label at every node."""
         write_trees([_relabel(tree, labels) for tree, labels in zip(examples, predictions)], path)
-
-    def metadata(self) -> dict:
-        return {"recipe": NAME, "config": self.config,
-                "vocabs": {name: vocab.to_dict() for name, vocab in self.vocabs.items()}}
-
-    @classmethod
-    def from_metadata(cls, pc: dn.ParameterCollection, meta: dict) -> Model:
-        vocabs = {name: Vocab.from_dict(d) for name, d in meta["vocabs"].items()}
-        return cls(pc, meta["config"], vocabs)
 
 
 def _relabel(tree: Tree, labels: list[int]) -> Tree:
