@@ -290,7 +290,7 @@ class Engine:
         seed[row[loss]] = 1.0
         grads[bid[loss]] = seed
         sparse: dict[int, list[SparseRows]] = {}
-        products: dict[int, list[OuterProduct]] = {}
+        products: dict[tuple[int, int, int], list[OuterProduct]] = {}  # (node, start, width)
         numpy_time = 0.0
 
         def grad_of(b: int) -> np.ndarray:
@@ -316,9 +316,15 @@ class Engine:
                 if batch.mask[k] == SHARED:
                     if type(ct) is OuterProduct:
                         if batches[bid[plan]] is None:  # a leaf: multiply once, at the end
-                            products.setdefault(plan, []).append(ct)
+                            key = (plan, ct.start, ct.right.shape[1])
+                            chunks = products.get(key)
+                            if chunks is None:
+                                products[key] = [ct]
+                            else:
+                                chunks.append(ct)
                         else:
-                            grad_of(bid[plan])[row[plan]] += ct.dense()
+                            gw = grad_of(bid[plan])[row[plan]]
+                            gw[:, ct.start:ct.start + ct.right.shape[1]] += ct.left.T @ ct.right
                     elif isinstance(ct, SparseRows):
                         if plan in g.node_params:
                             sparse.setdefault(plan, []).append(ct)
@@ -350,13 +356,17 @@ class Engine:
                         grad_of(pb)[...] += big[pos:end]
                         pos = end
         t0 = time.perf_counter()
-        for node, chunks in products.items():
+        for (node, start, width), chunks in products.items():
             if len(chunks) == 1:
-                dense = chunks[0].dense()
+                dense = chunks[0].left.T @ chunks[0].right
             else:
                 dense = (np.concatenate([c.left for c in chunks]).T
                          @ np.concatenate([c.right for c in chunks]))
-            grad_of(bid[node])[row[node]] += dense
+            gw = grad_of(bid[node])[row[node]]
+            if start == 0 and width == gw.shape[1]:
+                gw += dense
+            else:
+                gw[:, start:start + width] += dense
         numpy_time += time.perf_counter() - t0
         self.grads = grads
         for node, param in g.node_params.items():

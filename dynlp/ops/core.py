@@ -35,18 +35,26 @@ class SparseRows:
 class OuterProduct:
     """A cotangent for a shared matrix given as left.T @ right, (B, m) and (B, n) -> (m, n).
 
-    The engine gathers these for each weight over the whole backward pass and multiplies once:
-    one large product instead of one per batch.
+    `start` places the product in columns [start, start + n) of a wider matrix (zero
+    elsewhere): a rule that reads only some columns of a weight says so without building the
+    rest. The engine gathers these for each weight and column range over the whole backward
+    pass and multiplies once: one large product instead of one per batch.
     """
 
-    __slots__ = ("left", "right")
+    __slots__ = ("left", "right", "start")
 
-    def __init__(self, left: np.ndarray, right: np.ndarray) -> None:
+    def __init__(self, left: np.ndarray, right: np.ndarray, start: int = 0) -> None:
         self.left = left
         self.right = right
+        self.start = start
 
     def dense(self, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        return self.left.T @ self.right
+        product = self.left.T @ self.right
+        if shape is None or product.shape == tuple(shape):
+            return product
+        full = np.zeros(shape, product.dtype)
+        full[:, self.start:self.start + product.shape[1]] = product
+        return full
 
 
 class Case:
