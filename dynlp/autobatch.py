@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .graph import GraphError
-from .ops import SHARED, OuterProduct, SparseRows
+from .ops import SHARED, STACK, OuterProduct, SparseRows
 
 STRATEGIES = ("agenda", "depth", "late")
 DEFAULT_STRATEGY = "late"
@@ -23,15 +23,16 @@ DEFAULT_STRATEGY = "late"
 class Batch:
     """One executed group: the op, its nodes, gathered inputs and how they were gathered."""
 
-    __slots__ = ("op", "nodes", "xs", "plans", "attrs", "mask")
+    __slots__ = ("op", "nodes", "xs", "plans", "attrs", "mask", "vjp")
 
-    def __init__(self, op, nodes, xs, plans, attrs, mask) -> None:
+    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp) -> None:
         self.op = op
         self.nodes = nodes
         self.xs = xs
         self.plans = plans
         self.attrs = attrs  # static and batched attributes, and the residual if the op keeps one
         self.mask = mask
+        self.vjp = vjp  # vjp(g, out, *xs, **attrs) -> one cotangent per entry of xs
 
 
 class Engine:
@@ -243,6 +244,9 @@ class Engine:
         g = self.g
         n0 = nodes[0]
         op = g.ops[n0]
+        if op.ragged is not None:
+            self._run_ragged(op, nodes)
+            return
         node_args = g.args[n0]
         mask = op.mask(len(node_args)) or ("stack",) * len(node_args)
         bid, row, bufs = g.bid, g.row, self.bufs
@@ -271,7 +275,29 @@ class Engine:
         self.times["forward_numpy"] += time.perf_counter() - start
         b = len(bufs)
         bufs.append(out)
-        self.batches.append(Batch(op, nodes, xs, plans, attrs, mask))
+        self.batches.append(Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
+        for r, n in enumerate(nodes):
+            bid[n] = b
+            row[n] = r
+        self.counts["forward_batches"] += 1
+        self.counts["forward_nodes"] += len(nodes)
+
+    def _run_ragged(self, op: Any, nodes: list[int]) -> None:
+        """All the arguments of all the nodes in one gather, and one call of the ragged rules."""
+        g = self.g
+        all_args = g.args
+        x, plan = self._gather([a for n in nodes for a in all_args[n]])
+        attrs = dict(g.attrs[nodes[0]])
+        attrs["counts"] = np.array([len(all_args[n]) for n in nodes])
+        forward, vjp, _ = op.ragged
+        start = time.perf_counter()
+        out = forward(x, **attrs)
+        self.times["forward_numpy"] += time.perf_counter() - start
+        b = len(self.bufs)
+        self.bufs.append(out)
+        self.batches.append(Batch(op, nodes, [x], [plan], attrs, (STACK,),
+                                  lambda g, out, x, **a: (vjp(g, out, x, **a),)))
+        bid, row = g.bid, g.row
         for r, n in enumerate(nodes):
             bid[n] = b
             row[n] = r
@@ -306,7 +332,7 @@ class Engine:
             if gout is None or batch is None:
                 continue
             t0 = time.perf_counter()
-            cts = batch.op.vjp(gout, bufs[b], *batch.xs, **batch.attrs)
+            cts = batch.vjp(gout, bufs[b], *batch.xs, **batch.attrs)
             numpy_time += time.perf_counter() - t0
             self.counts["backward_batches"] += 1
             for k, ct in enumerate(cts):
@@ -356,17 +382,17 @@ class Engine:
                         grad_of(pb)[...] += big[pos:end]
                         pos = end
         t0 = time.perf_counter()
-        for (node, start, width), chunks in products.items():
+        for (node, col, width), chunks in products.items():
             if len(chunks) == 1:
                 dense = chunks[0].left.T @ chunks[0].right
             else:
                 dense = (np.concatenate([c.left for c in chunks]).T
                          @ np.concatenate([c.right for c in chunks]))
             gw = grad_of(bid[node])[row[node]]
-            if start == 0 and width == gw.shape[1]:
+            if col == 0 and width == gw.shape[1]:
                 gw += dense
             else:
-                gw[:, start:start + width] += dense
+                gw[:, col:col + width] += dense
         numpy_time += time.perf_counter() - t0
         self.grads = grads
         for node, param in g.node_params.items():

@@ -171,7 +171,9 @@ class Graph:
             # unbatchable: never cached, so that every node gets a signature of its own
             return (shape, None, self._intern(("unbatchable", len(self._sig_ids))))
         shared = tuple(k for k, m in enumerate(mask) if m == SHARED) or None
-        info = self._info[key] = (shape, shared, self._intern(key))
+        # a ragged op batches nodes of any number of arguments: its signature leaves out how many
+        sig = self._intern((op, "ragged", shapes[0], attrs) if op.ragged else key)
+        info = self._info[key] = (shape, shared, sig)
         return info
 
     def _intern(self, key: Any) -> int:

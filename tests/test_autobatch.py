@@ -141,6 +141,36 @@ def test_sequences_batch_by_time_step():
     assert stats["mean_batch_size"] > 4
 
 
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_ragged_sums_of_every_length_run_as_one_batch(shape):
+    """esum nodes of 1..6 arguments: one batch for all of them, values and gradients as
+    unbatched; the arguments come from two buffers, in shuffled order."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(21,) + shape)
+    order = rng.permutation(21)
+
+    def run(autobatch):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            xs = [dn.inputs(v) for v in values]
+            ys = [dn.tanh(x) if i % 3 else dn.logistic(x) for i, x in enumerate(xs)]
+            sums, pos = [], 0
+            for n in range(1, 7):
+                sums.append(dn.esum([ys[k] for k in order[pos:pos + n]]) * 2.0)
+                pos += n
+            loss = dn.sum_elems(dn.esum(sums)) if shape else dn.esum(sums)
+            loss.backward()
+            batches = g.engine.counts["forward_batches"]
+            return loss.scalar_value(), [x.gradient() for x in xs], batches
+
+    want, want_grads, _ = run(False)
+    got, got_grads, batches = run(True)
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    # leaves aside: tanh, logistic, the six sums, mul_const, the total (and sum_elems)
+    assert batches == 5 + (1 if shape else 0)
+
+
 def test_intermediate_values_never_recompute():
     m = RandomModel()
     with dn.Graph(dtype=np.float64) as g:

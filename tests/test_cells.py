@@ -91,6 +91,72 @@ def test_binary_treelstm_node_matches_reference(rng):
     assert not np.allclose(nox, out)
 
 
+def _binary_weights(rng):
+    return rng.normal(size=(5 * H, X + 2 * H)), rng.normal(size=5 * H)
+
+
+def test_binary_treelstm_leaf_equals_node_over_zero_children(rng):
+    W, b = _binary_weights(rng)
+    x = rng.normal(size=(3, X))
+    zero = np.zeros((3, 2 * H))
+    leaf, leaf_attrs = run_forward(TABLE["treelstm_binary_leaf"], [W, b, x], {})
+    node, node_attrs = run_forward(TABLE["treelstm_binary"], [W, b, x, zero, zero], {})
+    np.testing.assert_allclose(leaf, node, rtol=1e-13, atol=1e-15)
+    g = rng.normal(size=leaf.shape)
+    leaf_cts = TABLE["treelstm_binary_leaf"].vjp(g, leaf, W, b, x, **leaf_attrs)
+    node_cts = TABLE["treelstm_binary"].vjp(g, node, W, b, x, zero, zero, **node_attrs)
+    assert leaf_cts[0].start == 0 and leaf_cts[0].right.shape[1] == X
+    gW = leaf_cts[0].dense(W.shape)
+    assert not gW[H:3 * H].any() and not gW[:, X:].any()
+    np.testing.assert_allclose(gW, node_cts[0].dense(W.shape), rtol=1e-12, atol=1e-14)
+    for got, want in zip(leaf_cts[1:], node_cts[1:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    ts = [rng.normal(size=W.shape), rng.normal(size=b.shape), rng.normal(size=x.shape)]
+    np.testing.assert_allclose(
+        TABLE["treelstm_binary_leaf"].jvp(ts, leaf, W, b, x, **leaf_attrs),
+        TABLE["treelstm_binary"].jvp(ts + [None, None], node, W, b, x, zero, zero,
+                                     **node_attrs), rtol=1e-12, atol=1e-14)
+
+
+def test_binary_treelstm_nox_defers_its_weight_gradient(rng):
+    W, b = _binary_weights(rng)
+    states = [rng.normal(size=(2, 2 * H)) for _ in range(2)]
+    out, attrs = run_forward(TABLE["treelstm_binary_nox"], [W, b, *states], {})
+    gW = TABLE["treelstm_binary_nox"].vjp(np.ones_like(out), out, W, b, *states, **attrs)[0]
+    assert gW.start == X and gW.right.shape[1] == 2 * H
+    assert not gW.dense(W.shape)[:, :X].any() and gW.dense(W.shape)[:, X:].any()
+
+
+@pytest.mark.parametrize("autobatch", [False, True])
+def test_binary_treelstm_leaf_through_graph(rng, autobatch):
+    W, b = _binary_weights(rng)
+    words = rng.normal(size=(4, X))
+    weights = rng.normal(size=(4, 2 * H))
+
+    def run(leaf):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            We, be = g.leaf(W), g.leaf(b)
+            xs = [g.leaf(w) for w in words]
+            zero = dn.zeros(2 * H)
+            outs = [apply("treelstm_binary_leaf", We, be, x) if leaf
+                    else apply("treelstm_binary", We, be, x, zero, zero) for x in xs]
+            # the leaves feed one internal node, so gradients also flow through the leaf outputs
+            top = apply("treelstm_binary_nox", We, be, outs[0], outs[1])
+            loss = dn.esum([dn.dot_product(o, dn.inputs(w))
+                            for o, w in zip(outs[2:] + [top], weights)])
+            loss.backward()
+            names = {op.name for op in g.ops}
+            return (loss.scalar_value(), [e.gradient() for e in [We, be] + xs], names)
+
+    loss_leaf, grads_leaf, names = run(leaf=True)
+    loss_node, grads_node, _ = run(leaf=False)
+    assert "treelstm_binary" not in names
+    np.testing.assert_allclose(loss_leaf, loss_node, rtol=1e-12)
+    for got, want in zip(grads_leaf, grads_node):
+        assert np.any(want != 0.0)
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-14)
+
+
 def test_childsum_treelstm_node_matches_reference(rng):
     W, b = rng.normal(size=(4 * H, X + H)), rng.normal(size=4 * H)
     x = rng.normal(size=X)
@@ -160,3 +226,8 @@ def test_shape_errors_name_the_cell():
             apply("lstm_step", W, b, dn.zeros(X), dn.zeros(2 * H + 1))
         with pytest.raises(dn.ShapeError, match="treelstm_childsum"):
             apply("treelstm_childsum", W, b, dn.zeros(X), dn.zeros(2 * H), dn.zeros(2 * H + 2))
+        W5, b5 = dn.zeros((5 * H, X + 2 * H)), dn.zeros(5 * H)
+        with pytest.raises(dn.ShapeError, match=r"treelstm_binary_leaf.*W must be \(20, 12\)"):
+            apply("treelstm_binary_leaf", W5, b5, dn.zeros(X + 1))
+        with pytest.raises(dn.ShapeError, match="5H"):
+            apply("treelstm_binary_leaf", W, b, dn.zeros(X))

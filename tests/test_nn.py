@@ -101,6 +101,22 @@ def test_treelstm_gradients(kind):
                                  np.random.default_rng(7)))
 
 
+def test_binary_treelstm_leaves_use_the_leaf_op():
+    from dynlp.graph import apply
+
+    tree = TreeLSTMBuilder(3, 4, collection())
+    words = np.random.default_rng(9).normal(size=(2, 3))
+    with dn.Graph(dtype=np.float64) as g:
+        xs = [dn.inputs(w) for w in words]
+        root = tree.node([tree.leaf(xs[0]), tree.node((), xs[1])])
+        names = [op.name for op in g.ops]
+        zero = dn.zeros(8)
+        leaves = [apply("treelstm_binary", tree.W, tree.b, x, zero, zero) for x in xs]
+        want = apply("treelstm_binary_nox", tree.W, tree.b, *leaves)
+        np.testing.assert_allclose(root.state.npvalue(), want.npvalue(), rtol=1e-12)
+    assert names.count("treelstm_binary_leaf") == 2 and "treelstm_binary" not in names
+
+
 def test_mlp_embedding_and_character_encoder_gradients():
     pc = collection()
     mlp = MLP(pc, [3, 4, 2])

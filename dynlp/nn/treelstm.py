@@ -41,9 +41,10 @@ class TreeState:
 
 class TreeLSTMBuilder:
     """kind="binary": W (5H, X+2H) with gate rows [i; f_left; f_right; o; u] over
-    [x; h_left; h_right]; a leaf is a node with zero children, an internal node without a word
-    uses the h columns of W only. kind="childsum": W (4H, X+H) with gate rows [i; o; u; f], any
-    number of children (a node without a word reads x = 0). Forget-gate biases start at 1.
+    [x; h_left; h_right]; a leaf (a word, no children) is the node over two zero children and
+    reads only the x columns, an internal node without a word only the h columns of W.
+    kind="childsum": W (4H, X+H) with gate rows [i; o; u; f], any number of children (a node
+    without a word reads x = 0). Forget-gate biases start at 1.
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, pc: ParameterCollection,
@@ -88,6 +89,9 @@ class TreeLSTMBuilder:
             return TreeState(apply("treelstm_childsum", self.W, self.b, x, *states),
                              self.hidden_dim)
         if not states:
+            if x is not None:
+                return TreeState(apply("treelstm_binary_leaf", self.W, self.b, x),
+                                 self.hidden_dim)
             zero = self._zeros(g, 2 * self.hidden_dim)
             states = [zero, zero]
         if len(states) != 2:

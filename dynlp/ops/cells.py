@@ -171,12 +171,7 @@ def _nox_columns(W, left):
 
 def _nox_vjp(g, out, W, b, left, right, residual):
     gW, gb, gl, gr = _nary_vjp(g, out, _nox_columns(W, left), b, None, [left, right], residual)
-    gW = gW.dense()
-    if gW.shape == W.shape:
-        return gW, gb, gl, gr
-    full = np.zeros_like(W)
-    full[:, W.shape[1] - left.shape[1]:] = gW
-    return full, gb, gl, gr
+    return OuterProduct(gW.left, gW.right, start=W.shape[1] - left.shape[1]), gb, gl, gr
 
 
 def _nox_jvp(ts, out, W, b, left, right, residual):
@@ -192,6 +187,82 @@ define("treelstm_binary_nox", shape=_nox_shape, batch=(SHARED, SHARED, STACK, ST
        cases=[Case([(10, 7), (10,), (4,), (4,)]), Case([(5, 2), (5,), (2,), (2,)])],
        doc="binary Tree-LSTM node without a word (x = 0): the W of treelstm_binary, whose "
            "x columns are unused")
+
+
+# A binary Tree-LSTM leaf: a word and two zero children. The forget gates multiply zero cells and
+# the h columns of W read zeros, so only rows i (0:H) and o, u (3H:5H) over the x columns are
+# computed, each block as a matmul with a view of W (no copy): c = i * u, h = o * tanh(c).
+
+
+def _leaf_shape(W, b, x):
+    _check_vector("x", x)
+    if len(W) != 2 or not W[0] or W[0] % 5:
+        raise ValueError("W must be (5H, X+2H) with H > 0")
+    hidden = W[0] // 5
+    _check_weights(W, b, 5 * hidden, x[0] + 2 * hidden)
+    return (2 * hidden,)
+
+
+def _leaf_blocks(W, width):
+    """The x columns of gate rows i and of gate rows [o; u]."""
+    hidden = W.shape[0] // 5
+    return W[:hidden, :width], W[3 * hidden:, :width]
+
+
+def _leaf_forward(W, b, x):
+    """[c; h], and the residual (i, o, u, tanh(c)) that the VJP and JVP reuse."""
+    hidden = W.shape[0] // 5
+    W_i, W_ou = _leaf_blocks(W, x.shape[1])
+    pre_i = x @ W_i.T
+    pre_i += b[:hidden]
+    pre_ou = x @ W_ou.T
+    pre_ou += b[3 * hidden:]
+    i = _sigmoid(pre_i)
+    o = _sigmoid(pre_ou[:, :hidden])
+    u = np.tanh(pre_ou[:, hidden:])
+    out = np.empty((x.shape[0], 2 * hidden), dtype=i.dtype)
+    np.multiply(i, u, out=out[:, :hidden])
+    tc = np.tanh(out[:, :hidden])
+    np.multiply(o, tc, out=out[:, hidden:])
+    return out, (i, o, u, tc)
+
+
+def _leaf_vjp(g, out, W, b, x, residual):
+    i, o, u, tc = residual
+    hidden = i.shape[1]
+    gh = g[:, hidden:]
+    gc = g[:, :hidden] + gh * o * (1.0 - tc * tc)
+    # the rows of f_left and f_right stay zero: their gates multiply zero cells
+    gpre = np.zeros((x.shape[0], 5 * hidden), dtype=gc.dtype)
+    gpre[:, :hidden] = gc * u * i * (1.0 - i)
+    gpre[:, 3 * hidden:4 * hidden] = gh * tc * o * (1.0 - o)
+    gpre[:, 4 * hidden:] = gc * i * (1.0 - u * u)
+    W_i, W_ou = _leaf_blocks(W, x.shape[1])
+    gx = gpre[:, :hidden] @ W_i + gpre[:, 3 * hidden:] @ W_ou
+    return OuterProduct(gpre, x, start=0), gpre.sum(axis=0), gx
+
+
+def _leaf_jvp(ts, out, W, b, x, residual):
+    tW, tb, tx = zeros_like_tangents(ts, (W, b, x))
+    i, o, u, tc = residual
+    hidden = i.shape[1]
+    W_i, W_ou = _leaf_blocks(W, x.shape[1])
+    tW_i, tW_ou = _leaf_blocks(tW, x.shape[1])
+    tpre_i = tx @ W_i.T + x @ tW_i.T + tb[:hidden]
+    tpre_ou = tx @ W_ou.T + x @ tW_ou.T + tb[3 * hidden:]
+    ti = tpre_i * i * (1.0 - i)
+    to = tpre_ou[:, :hidden] * o * (1.0 - o)
+    tu = tpre_ou[:, hidden:] * (1.0 - u * u)
+    t_cell = ti * u + i * tu
+    return np.concatenate([t_cell, to * tc + o * (1.0 - tc * tc) * t_cell], axis=1)
+
+
+define("treelstm_binary_leaf", shape=_leaf_shape, batch=(SHARED, SHARED, STACK), cost=4,
+       residual=True, forward=_leaf_forward, vjp=_leaf_vjp, jvp=_leaf_jvp,
+       cases=[Case([(10, 7), (10,), (3,)]), Case([(5, 3), (5,), (1,)])],
+       doc="binary Tree-LSTM leaf: treelstm_binary with a word x (X,) and two zero children, "
+           "reading only the x columns and gate rows i, o, u of W (5H, X+2H); b (5H,) "
+           "-> [c; h] (2H,)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ class Op:
     grad_scale: the factor between the rules and the numerical derivative (stop or flip gradient).
     residual: forward returns (out, residual), and vjp and jvp receive `residual=` keyword: what
     forward computed on the way (gates, concatenated inputs) that the derivatives reuse.
+    ragged: set by `ragged()`: (forward, vjp, jvp) over all arguments of a batch as one flat
+    array, so that nodes of any number of arguments batch together.
     """
 
     def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
@@ -104,6 +106,7 @@ class Op:
         self.cost = cost
         self.residual = residual
         self.doc = doc
+        self.ragged: tuple[Callable, Callable, Callable] | None = None
         self._masks: dict[int, tuple[str, ...] | None] = {}
 
     def mask(self, nargs: int) -> tuple[str, ...] | None:
@@ -205,6 +208,38 @@ def linear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw
         return forward(*zeros_like_tangents(ts, xs), **a)
 
     return define(name, shape=shape, forward=forward, vjp=vjp, jvp=jvp, **kw)
+
+
+def ragged(name: str, *, shape: Callable, forward: Callable, vjp: Callable, jvp: Callable,
+           **kw: Any) -> Op:
+    """An op over any number of arguments of one shape (a sum, a mean): its rules see the
+    arguments of all the examples of a batch as one flat array x (total, ...), example after
+    example, with `counts` (B,) arguments per example, so that the engine runs nodes of every
+    arity in one call. forward(x, counts) -> (B, ...); vjp(g, out, x, counts) -> the cotangent
+    of x (total, ...); jvp(t, out, x, counts) -> (B, ...) for a tangent t of x. The op's usual
+    rules (a fixed number of arguments, each stacked) are made from these.
+    """
+
+    def flat(xs):
+        x = np.stack(xs, axis=1)
+        return x.reshape((-1,) + x.shape[2:]), np.full(len(x), len(xs))
+
+    def fixed_forward(*xs, **a):
+        return forward(*flat(xs), **a)
+
+    def fixed_vjp(g, out, *xs, **a):
+        x, counts = flat(xs)
+        ct = vjp(g, out, x, counts, **a).reshape((len(counts), len(xs)) + x.shape[1:])
+        return tuple(ct[:, k] for k in range(len(xs)))
+
+    def fixed_jvp(ts, out, *xs, **a):
+        x, counts = flat(xs)
+        return jvp(flat(zeros_like_tangents(ts, xs))[0], out, x, counts, **a)
+
+    op = define(name, shape=shape, forward=fixed_forward, vjp=fixed_vjp, jvp=fixed_jvp,
+                batch=STACK, **kw)
+    op.ragged = (forward, vjp, jvp)
+    return op
 
 
 def bilinear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw: Any) -> Op:

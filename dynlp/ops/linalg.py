@@ -4,7 +4,7 @@ transpose, outer, sums, extrema, logsumexp, norms. Imports only the op-table cor
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, OuterProduct, bilinear, define, linear
+from .core import SHARED, STACK, Case, OuterProduct, bilinear, define, linear, ragged
 
 
 def _matmul_shape(a, b):
@@ -240,15 +240,18 @@ def _esum_shape(*shapes):
     return shapes[0]
 
 
-def _esum(*xs):
-    out = xs[0].copy() if len(xs) > 1 else xs[0] + 0
-    for x in xs[1:]:
-        out += x
-    return out
+def _segment_sum(x, counts):
+    # the sum of each example's arguments: rows [start_k, start_k + counts_k) of x
+    starts = np.zeros(len(counts), dtype=np.intp)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return np.add.reduceat(x, starts, axis=0)
 
 
-linear("esum", shape=_esum_shape, forward=_esum, vjp=lambda g, out, *xs: (g,) * len(xs),
-       cases=[Case([(3,), (3,), (3,)]), Case([()] * 2)], doc="sum of a list of expressions")
+ragged("esum", shape=_esum_shape, forward=_segment_sum,
+       vjp=lambda g, out, x, counts: np.repeat(g, counts, axis=0),
+       jvp=lambda t, out, x, counts: _segment_sum(t, counts),
+       cases=[Case([(3,), (3,), (3,)]), Case([()] * 2), Case([(2, 3)])],
+       doc="sum of a list of expressions of one shape; nodes of any length batch together")
 
 define("l2_norm", shape=lambda x: (), cases=[Case([(3,)]), Case([(2, 3)])],
        forward=lambda x: np.sqrt(np.square(x).reshape(x.shape[0], -1).sum(axis=1)),
