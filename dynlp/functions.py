@@ -9,7 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .graph import Expression, apply, arith, current_graph, matmul, pick, unary
+from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
+
+_PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
 
 __all__ = [
     "inputs", "scalar", "zeros", "ones", "parameter", "lookup", "neg", "exp", "log", "sqrt",
@@ -300,7 +303,10 @@ def _label(name: str, x: Expression, index: int) -> int:
 
 def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
     """-log softmax(x)[index] -> (); the cross-entropy of one label."""
-    return apply("pick_neg_log_softmax", x, battrs=(_label("pick_neg_log_softmax", x, index),))
+    label = _label("pick_neg_log_softmax", x, index)
+    if type(x) is Expression:
+        return x._live().add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), (label,))
+    return apply("pick_neg_log_softmax", x, battrs=(label,))
 
 
 def hinge(x: Expression, index: int, margin: float = 1.0) -> Expression:

@@ -216,6 +216,11 @@ class Graph:
         self.node_params[e.i] = param
         return e
 
+    def param_node(self, param: Any) -> int:
+        """The node index of `parameter(param)`, for builders that call `add` directly."""
+        node = self.param_nodes.get(id(param))
+        return self.parameter(param).i if node is None else node
+
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""
         return (self.rng.random(shape) >= p).astype(self.dtype) / self.dtype.type(1.0 - p)

@@ -11,9 +11,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression
+from ..graph import Expression, current_graph
+from ..ops import TABLE
 from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
+
+_AFFINE = TABLE["affine_transform"]
+_LOOKUP = TABLE["lookup"]
 
 ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
     "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
@@ -40,6 +44,8 @@ class MLP:
         self.fused = {"tanh": "tanh", "relu": "rectify", "rectify": "rectify",
                       "sigmoid": "logistic", "logistic": "logistic"}.get(activation)
         self.dropout = check_rate(dropout)
+        hidden_attrs = (("activation", self.fused),) if self.fused is not None else ()
+        self._attrs = [hidden_attrs] * (len(self.dims) - 2) + [()]
         self.pc = unique_subcollection(pc, name)
         self.layers: list[tuple[Parameter, Parameter]] = []
         for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
@@ -47,6 +53,14 @@ class MLP:
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
 
     def __call__(self, x: Any) -> Expression:
+        if type(x) is Expression and self.dropout == 0.0 and (
+                self.fused is not None or len(self.layers) == 1):
+            # every layer is one affine node: build them straight into the graph
+            g = x._live()
+            add, node = g.add, x.i
+            for (W, b), attrs in zip(self.layers, self._attrs):
+                node = add(_AFFINE, (g.param_node(b), g.param_node(W), node), attrs).i
+            return Expression(g, node)
         last = len(self.layers) - 1
         for k, (W, b) in enumerate(self.layers):
             if k < last and self.fused is not None:
@@ -80,7 +94,12 @@ class Embedding:
         return self.table.shape[1]
 
     def __call__(self, index: int) -> Expression:
-        return F.lookup(self.table, index)
+        g = current_graph()
+        index = int(index)
+        if not 0 <= index < self.table.shape[0]:
+            raise IndexError(f"lookup: index {index} out of range for {self.table.name} "
+                             f"{self.table.shape}")
+        return g.add(_LOOKUP, (g.param_node(self.table),), (), (index,))
 
 
 class CharacterEncoder:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import functions as F
 from ..graph import Expression, Graph, apply, current_graph
+from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 
 
@@ -114,10 +115,72 @@ class RNNState:
 
     def add_inputs(self, xs: Iterable[Any]) -> list["RNNState"]:
         """The states after each of xs, in order."""
+        xs = list(xs)
+        steps = self._fast_steps(xs)
+        if steps is not None:
+            b, out, prev = self.builder, [], self
+            for layer_states, hs in steps:
+                state = RNNState(b, layer_states, self.masks, False, prev)
+                state._h = hs
+                out.append(state)
+                prev = state
+            return out
         out, state = [], self
         for x in xs:
             state = state.add_input(x)
             out.append(state)
+        return out
+
+    def _fast_steps(self, xs: list[Any], top_only: bool = False) -> list | None:
+        """add_input over xs with one `Graph.add` per step and layer, when nothing is dropped
+        out: per step, (the layers' states, the lower layers' h and None) or, with top_only,
+        the top layer's state node alone. None when the general path must run."""
+        b = self.builder
+        if b.step_op is None or not xs or any(m != (None, None) for m in self.masks):
+            return None
+        g = None
+        for x in xs:
+            if type(x) is not Expression:
+                return None
+            if g is None:
+                g = x._live()
+            elif x.g is not g:
+                return None
+        if any(s.g is not g for s in self.states):
+            return None
+        shapes = g.shapes
+        want = (b.input_dim,)
+        for x in xs:
+            if shapes[x.i] != want:
+                raise ValueError(f"{type(b).__name__}.add_input: input of shape "
+                                 f"{shapes[x.i]}, expected {want}")
+        add, op = g.add, TABLE[b.step_op]
+        weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
+        if len(weights) == 1 and top_only:
+            W, bias = weights[0]
+            state = self.states[0].i
+            out = []
+            for x in xs:
+                state = add(op, (W, bias, x.i, state)).i
+                out.append(state)
+            return out
+        states = list(self.states)
+        last = len(states) - 1
+        out = []
+        for x in xs:
+            node = x.i
+            layer_states, hs = [], []
+            for layer, (W, bias) in enumerate(weights):
+                state = add(op, (W, bias, node, states[layer].i))
+                states[layer] = state
+                layer_states.append(state)
+                if layer < last:
+                    h = b._hidden(state)
+                    hs.append(h)
+                    node = h.i
+                else:
+                    hs.append(None)
+            out.append(layer_states[-1].i if top_only else (layer_states, hs))
         return out
 
     def transduce(self, xs: Iterable[Any]) -> list[Expression]:
@@ -147,6 +210,7 @@ class RecurrentBuilder:
 
     default_name = "rnn"
     has_cell = False
+    step_op: str | None = None  # the op of one step, (W, b, x, state) -> state, when it is one
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
                  name: str | None = None) -> None:
@@ -248,6 +312,7 @@ class LSTMBuilder(RecurrentBuilder):
     """
 
     default_name = "lstm"
+    step_op = "lstm_step"
     has_cell = True
     state_factor = 2
 
@@ -299,6 +364,7 @@ class GRUBuilder(RecurrentBuilder):
     """
 
     default_name = "gru"
+    step_op = "gru_step"
 
     def _make_layer(self, pc, width):
         hidden = self.hidden_dim
@@ -316,6 +382,7 @@ class SimpleRNNBuilder(RecurrentBuilder):
     """Elman RNN: h' = tanh(W [x; h] + b), one `rnn_step` node per step and layer."""
 
     default_name = "simple_rnn"
+    step_op = "rnn_step"
 
     def _make_layer(self, pc, width):
         hidden = self.hidden_dim
@@ -353,9 +420,19 @@ class BiRNNBuilder:
         """xs: (input_dim,) each -> a list of (output_dim,) expressions."""
         xs = list(xs)
         for forward, backward in self.builder_layers:
+            span = forward.hidden_range()
+            if span is not None and span == backward.hidden_range():
+                ahead_nodes = forward.initial_state()._fast_steps(xs, top_only=True)
+                behind_nodes = backward.initial_state()._fast_steps(xs[::-1], top_only=True)
+                if ahead_nodes is not None and behind_nodes is not None:
+                    # h from both fused states in one node per position, straight into the graph
+                    g = xs[0].g
+                    add, op = g.add, TABLE["concatenate_ranges"]
+                    attrs = (("start", span[0]), ("end", span[1]))
+                    xs = [add(op, (a, c), attrs) for a, c in zip(ahead_nodes, behind_nodes[::-1])]
+                    continue
             ahead = forward.initial_state().add_inputs(xs)
             behind = backward.initial_state().add_inputs(xs[::-1])[::-1]
-            span = forward.hidden_range()
             if span is not None and span == backward.hidden_range():
                 # h from both fused states in one node, not two slices and a concatenation
                 xs = [F.concatenate_ranges([a.states[-1], b.states[-1]], *span)
