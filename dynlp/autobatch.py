@@ -18,6 +18,9 @@ from .ops import SHARED, STACK, OuterProduct, SparseRows
 
 STRATEGIES = ("agenda", "depth", "late")
 DEFAULT_STRATEGY = "late"
+# A computed node's place is one int, (batch << _SHIFT) | row: -1 pending, -2 being scheduled.
+_SHIFT = 32
+_ROW = (1 << _SHIFT) - 1
 
 
 class Batch:
@@ -55,31 +58,35 @@ class Engine:
 
     # -- leaves ----------------------------------------------------------------------------------
     def leaf(self, node: int, value: np.ndarray) -> None:
-        b = len(self.bufs)
+        self.g.loc[node] = len(self.bufs) << _SHIFT
         self.bufs.append(value[None])
         self.batches.append(None)
-        self.g.bid[node] = b
-        self.g.row[node] = 0
 
     def value(self, node: int) -> np.ndarray:
-        if self.g.bid[node] < 0:
+        loc = self.g.loc
+        if loc[node] < 0:
             self.forward([node])
-        return self.bufs[self.g.bid[node]][self.g.row[node]]
+        return self.bufs[loc[node] >> _SHIFT][loc[node] & _ROW]
 
     # -- scheduling ------------------------------------------------------------------------------
     def _pending(self, targets: list[int]) -> list[int]:
-        """The uncomputed ancestors of targets (and targets), in creation order."""
-        bid, args = self.g.bid, self.g.args
-        stack = [t for t in targets if bid[t] < 0]
-        seen = set(stack)
+        """The uncomputed ancestors of targets (and targets), in creation order; they are marked
+        -2 (being scheduled) until they run."""
+        loc, args = self.g.loc, self.g.args
+        stack = []
+        for t in targets:
+            if loc[t] == -1:
+                loc[t] = -2
+                stack.append(t)
         out = []
+        pop, push, emit = stack.pop, stack.append, out.append
         while stack:
-            n = stack.pop()
-            out.append(n)
+            n = pop()
+            emit(n)
             for a in args[n]:
-                if bid[a] < 0 and a not in seen:
-                    seen.add(a)
-                    stack.append(a)
+                if loc[a] == -1:
+                    loc[a] = -2
+                    push(a)
         out.sort()
         return out
 
@@ -98,16 +105,23 @@ class Engine:
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
         pending = self._pending(targets)
-        if self.strategy is None:
-            run = self._run
+        try:
+            if self.strategy is None:
+                run = self._run
+                for n in pending:
+                    run([n])
+            elif self.strategy == "late":
+                self._late(pending)
+            elif self.strategy == "depth":
+                self._by_depth(pending)
+            elif pending:
+                self._agenda(pending)
+        except BaseException:
+            loc = self.g.loc
             for n in pending:
-                run([n])
-        elif self.strategy == "late":
-            self._late(pending)
-        elif self.strategy == "depth":
-            self._by_depth(pending)
-        elif pending:
-            self._agenda(pending)
+                if loc[n] == -2:
+                    loc[n] = -1
+            raise
         total = time.perf_counter() - start
         self.times["forward_total"] += total
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
@@ -120,20 +134,22 @@ class Engine:
         target); its level is -height, or the first level when all its inputs are computed
         already. Nodes of one level never depend on each other.
         """
+        if not pending:
+            return
         g = self.g
-        bid, args, sigs = g.bid, g.args, g.sigs
-        height: dict[int, int] = {}
-        groups: dict[tuple[int, int], list[int]] = {}
-        first = 1 << 30
+        loc, args, sigs = g.loc, g.args, g.sigs
+        height = [0] * (pending[-1] + 1)
+        groups: dict[int, list[int]] = {}  # level << _SHIFT | signature -> nodes
+        first = -(1 << 30) << _SHIFT
         for n in reversed(pending):
-            h = height.get(n, 0) + 1
+            h = height[n] + 1
             ready = True
             for a in args[n]:
-                if bid[a] < 0:
+                if loc[a] < 0:
                     ready = False
-                    if height.get(a, 0) < h:
+                    if height[a] < h:
                         height[a] = h
-            key = (-first if ready else -h, sigs[n])
+            key = (first if ready else -h << _SHIFT) + sigs[n]
             group = groups.get(key)
             if group is None:
                 groups[key] = [n]
@@ -162,14 +178,14 @@ class Engine:
         """DyNet's agenda: run the ready signature group of lowest mean depth, until nothing is
         pending (unbatchable nodes first)."""
         g = self.g
-        bid, args, sigs, ops = g.bid, g.args, g.sigs, g.ops
+        loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
         deps: dict[int, int] = {}
         consumers: dict[int, list[int]] = {}
         roots = []
         for n in pending:
             count = 0
             for a in args[n]:
-                if bid[a] < 0:
+                if loc[a] < 0:
                     count += 1
                     c = consumers.get(a)
                     if c is None:
@@ -213,32 +229,36 @@ class Engine:
     # -- execution -------------------------------------------------------------------------------
     def _gather(self, nodes: list[int]) -> tuple[np.ndarray, tuple]:
         """Stack the values of nodes along a new leading axis, without copying when possible."""
-        bid, row, bufs = self.g.bid, self.g.row, self.bufs
-        a0 = nodes[0]
-        b0, r0 = bid[a0], row[a0]
+        loc, bufs = self.g.loc, self.bufs
         count = len(nodes)
         if count == 1:
-            return bufs[b0][r0:r0 + 1], ("slice", b0, r0)
-        bs = [bid[a] for a in nodes]
-        rs = [row[a] for a in nodes]
-        if bs.count(b0) == count:
+            here = loc[nodes[0]]
+            b, r = here >> _SHIFT, here & _ROW
+            return bufs[b][r:r + 1], ("slice", b, r)
+        places = [loc[a] for a in nodes]
+        lo, hi = min(places), max(places)
+        b0 = lo >> _SHIFT
+        if hi >> _SHIFT == b0:
             buf = bufs[b0]
-            if rs[-1] - r0 == count - 1 and rs == list(range(r0, r0 + count)):
+            r0 = lo & _ROW
+            if hi - lo == count - 1 and places[0] == lo and places == list(range(lo, hi + 1)):
                 return buf[r0:r0 + count], ("slice", b0, r0)
-            if rs.count(r0) == count:
+            if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
-            idx = np.array(rs)
-            return buf[idx], ("rows", b0, idx, len(set(rs)) == count)
+            idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
+            return buf[idx], ("rows", b0, idx, len(set(places)) == count)
         # several source batches: one copy of them all, then one fancy index
-        sources = list(dict.fromkeys(bs))
-        offsets, total = {}, 0
-        for b in sources:
-            offsets[b] = total
-            total += len(bufs[b])
-        idx = np.array([offsets[b] + r for b, r in zip(bs, rs)])
+        where = np.array(places, dtype=np.int64)
+        batch_of = where >> _SHIFT
+        found = np.unique(batch_of)
+        sources = found.tolist()
+        sizes = [len(bufs[b]) for b in sources]
+        offsets = np.zeros(len(sources), dtype=np.int64)
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        idx = offsets[np.searchsorted(found, batch_of)] + (where & _ROW)
         big = np.concatenate([bufs[b] for b in sources])
-        unique = len(set(idx.tolist())) == count
-        return big[idx], ("mixed", sources, idx, unique, total)
+        unique = len(set(places)) == count
+        return big[idx], ("mixed", sources, idx, unique, sum(sizes))
 
     def _run(self, nodes: list[int]) -> None:
         g = self.g
@@ -249,14 +269,14 @@ class Engine:
             return
         node_args = g.args[n0]
         mask = op.mask(len(node_args)) or ("stack",) * len(node_args)
-        bid, row, bufs = g.bid, g.row, self.bufs
+        loc, bufs = g.loc, self.bufs
         xs = []
         plans = []
         all_args = g.args
         for k, m in enumerate(mask):
             if m == SHARED:
                 a = node_args[k]
-                xs.append(bufs[bid[a]][row[a]])
+                xs.append(bufs[loc[a] >> _SHIFT][loc[a] & _ROW])
                 plans.append(a)
             else:
                 x, plan = self._gather([all_args[n][k] for n in nodes])
@@ -276,9 +296,10 @@ class Engine:
         b = len(bufs)
         bufs.append(out)
         self.batches.append(Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
-        for r, n in enumerate(nodes):
-            bid[n] = b
-            row[n] = r
+        here = b << _SHIFT
+        for n in nodes:
+            loc[n] = here
+            here += 1
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += len(nodes)
 
@@ -297,10 +318,10 @@ class Engine:
         self.bufs.append(out)
         self.batches.append(Batch(op, nodes, [x], [plan], attrs, (STACK,),
                                   lambda g, out, x, **a: (vjp(g, out, x, **a),)))
-        bid, row = g.bid, g.row
-        for r, n in enumerate(nodes):
-            bid[n] = b
-            row[n] = r
+        loc, here = g.loc, b << _SHIFT
+        for n in nodes:
+            loc[n] = here
+            here += 1
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += len(nodes)
 
@@ -310,11 +331,12 @@ class Engine:
         self.forward([loss])
         start = time.perf_counter()
         g = self.g
-        bid, row, bufs, batches = g.bid, g.row, self.bufs, self.batches
+        loc, bufs, batches = g.loc, self.bufs, self.batches
         grads: list[np.ndarray | None] = [None] * len(bufs)
-        seed = np.zeros_like(bufs[bid[loss]])
-        seed[row[loss]] = 1.0
-        grads[bid[loss]] = seed
+        last = loc[loss] >> _SHIFT
+        seed = np.zeros_like(bufs[last])
+        seed[loc[loss] & _ROW] = 1.0
+        grads[last] = seed
         sparse: dict[int, list[SparseRows]] = {}
         products: dict[tuple[int, int, int], list[OuterProduct]] = {}  # (node, start, width)
         numpy_time = 0.0
@@ -326,7 +348,7 @@ class Engine:
                 t = grads[b] = np.zeros(buf.shape, buf.dtype)
             return t
 
-        for b in range(bid[loss], -1, -1):
+        for b in range(last, -1, -1):
             gout = grads[b]
             batch = batches[b]
             if gout is None or batch is None:
@@ -340,8 +362,9 @@ class Engine:
                     continue
                 plan = batch.plans[k]
                 if batch.mask[k] == SHARED:
+                    pb, pr = loc[plan] >> _SHIFT, loc[plan] & _ROW
                     if type(ct) is OuterProduct:
-                        if batches[bid[plan]] is None:  # a leaf: multiply once, at the end
+                        if batches[pb] is None:  # a leaf: multiply once, at the end
                             key = (plan, ct.start, ct.right.shape[1])
                             chunks = products.get(key)
                             if chunks is None:
@@ -349,15 +372,15 @@ class Engine:
                             else:
                                 chunks.append(ct)
                         else:
-                            gw = grad_of(bid[plan])[row[plan]]
+                            gw = grad_of(pb)[pr]
                             gw[:, ct.start:ct.start + ct.right.shape[1]] += ct.left.T @ ct.right
                     elif isinstance(ct, SparseRows):
                         if plan in g.node_params:
                             sparse.setdefault(plan, []).append(ct)
                         else:
-                            np.add.at(grad_of(bid[plan])[row[plan]], ct.indices, ct.values)
+                            np.add.at(grad_of(pb)[pr], ct.indices, ct.values)
                     else:
-                        grad_of(bid[plan])[row[plan]] += ct
+                        grad_of(pb)[pr] += ct
                     continue
                 kind = plan[0]
                 if kind == "slice":
@@ -388,7 +411,7 @@ class Engine:
             else:
                 dense = (np.concatenate([c.left for c in chunks]).T
                          @ np.concatenate([c.right for c in chunks]))
-            gw = grad_of(bid[node])[row[node]]
+            gw = grad_of(loc[node] >> _SHIFT)[loc[node] & _ROW]
             if col == 0 and width == gw.shape[1]:
                 gw += dense
             else:
@@ -396,7 +419,7 @@ class Engine:
         numpy_time += time.perf_counter() - t0
         self.grads = grads
         for node, param in g.node_params.items():
-            dense = grads[bid[node]]
+            dense = grads[loc[node] >> _SHIFT]
             if dense is not None:
                 param.accumulate_grad(dense[0])
             chunks = sparse.get(node)
@@ -411,11 +434,12 @@ class Engine:
     def gradient(self, node: int) -> np.ndarray:
         if self.grads is None:
             raise GraphError("gradient() needs backward() first")
-        b = self.g.bid[node]
+        here = self.g.loc[node]
+        b = here >> _SHIFT
         t = self.grads[b] if 0 <= b < len(self.grads) else None
         if t is None:
             return np.zeros(self.g.shapes[node], self.g.dtype)
-        return t[self.g.row[node]]
+        return t[here & _ROW]
 
     def stats(self) -> dict:
         c, t = self.counts, self.times

@@ -69,8 +69,8 @@ class Graph:
         self.shapes: list[tuple[int, ...]] = []
         self.sigs: list[int] = []
         self.depth: list[int] = []
-        self.bid: list[int] = []   # engine state: batch holding the node's value, -1 pending
-        self.row: list[int] = []   # and the node's row in that batch
+        # engine state: where the node's value is, (batch << 32) | row; -1 pending
+        self.loc: list[int] = []
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
         self._info: dict[tuple, tuple] = {}
@@ -154,8 +154,7 @@ class Graph:
         shapes.append(shape)
         self.sigs.append(sig)
         depth.append(d + 1)
-        self.bid.append(-1)
-        self.row.append(-1)
+        self.loc.append(-1)
         return Expression(self, len(self.ops) - 1)
 
     def _describe(self, key: tuple) -> tuple:
@@ -197,8 +196,7 @@ class Graph:
         self.shapes.append(value.shape)
         self.sigs.append(self._intern(("leaf", i)))
         self.depth.append(0)
-        self.bid.append(-1)
-        self.row.append(-1)
+        self.loc.append(-1)
         self.engine.leaf(i, value)
         return Expression(self, i)
 
