@@ -161,8 +161,22 @@ class Engine:
             nodes.reverse()
             run(nodes)
 
+    def _depths(self, pending: list[int]) -> dict[int, int]:
+        """Each pending node's depth: the longest path to it from a computed node."""
+        args = self.g.args
+        depth: dict[int, int] = {}
+        get = depth.get
+        for n in pending:
+            d = 0
+            for a in args[n]:
+                da = get(a, 0)
+                if da > d:
+                    d = da
+            depth[n] = d + 1
+        return depth
+
     def _by_depth(self, pending: list[int]) -> None:
-        depth, sigs = self.g.depth, self.g.sigs
+        depth, sigs = self._depths(pending), self.g.sigs
         groups: dict[tuple[int, int], list[int]] = {}
         for n in pending:
             key = (depth[n], sigs[n])
@@ -196,7 +210,7 @@ class Engine:
                 deps[n] = count
             else:
                 roots.append(n)
-        prio = g.depth
+        prio = self._depths(pending)
         ready: dict[int, list[int]] = {}
         total: dict[int, float] = {}
 
@@ -348,6 +362,28 @@ class Engine:
                 t = grads[b] = np.zeros(buf.shape, buf.dtype)
             return t
 
+        def to_shared(plan: int, ct: Any) -> None:
+            """Deliver the cotangent of a shared argument, node `plan`."""
+            pb, pr = loc[plan] >> _SHIFT, loc[plan] & _ROW
+            if type(ct) is OuterProduct:
+                if batches[pb] is None:  # a leaf: multiply once, at the end
+                    key = (plan, ct.start, ct.right.shape[1])
+                    chunks = products.get(key)
+                    if chunks is None:
+                        products[key] = [ct]
+                    else:
+                        chunks.append(ct)
+                else:
+                    gw = grad_of(pb)[pr]
+                    gw[:, ct.start:ct.start + ct.right.shape[1]] += ct.left.T @ ct.right
+            elif isinstance(ct, SparseRows):
+                if plan in g.node_params:
+                    sparse.setdefault(plan, []).append(ct)
+                else:
+                    np.add.at(grad_of(pb)[pr], ct.indices, ct.values)
+            else:
+                grad_of(pb)[pr] += ct
+
         for b in range(last, -1, -1):
             gout = grads[b]
             batch = batches[b]
@@ -362,25 +398,7 @@ class Engine:
                     continue
                 plan = batch.plans[k]
                 if batch.mask[k] == SHARED:
-                    pb, pr = loc[plan] >> _SHIFT, loc[plan] & _ROW
-                    if type(ct) is OuterProduct:
-                        if batches[pb] is None:  # a leaf: multiply once, at the end
-                            key = (plan, ct.start, ct.right.shape[1])
-                            chunks = products.get(key)
-                            if chunks is None:
-                                products[key] = [ct]
-                            else:
-                                chunks.append(ct)
-                        else:
-                            gw = grad_of(pb)[pr]
-                            gw[:, ct.start:ct.start + ct.right.shape[1]] += ct.left.T @ ct.right
-                    elif isinstance(ct, SparseRows):
-                        if plan in g.node_params:
-                            sparse.setdefault(plan, []).append(ct)
-                        else:
-                            np.add.at(grad_of(pb)[pr], ct.indices, ct.values)
-                    else:
-                        grad_of(pb)[pr] += ct
+                    to_shared(plan, ct)
                     continue
                 kind = plan[0]
                 if kind == "slice":

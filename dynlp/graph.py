@@ -1,7 +1,7 @@
 """Graphs and expressions: lazy, append-only per-example computation graphs.
 
 A `Graph` records nodes in creation order (already a topological order) in flat lists; each node
-gets its shape (checked here, errors name the op and the shapes), batching signature and depth
+gets its shape (checked here, errors name the op and the shapes) and batching signature
 when it is built. Evaluation is delegated to the graph's engine.
 Must not import autobatch or params.
 """
@@ -68,9 +68,11 @@ class Graph:
         self.battrs: list[tuple | None] = []
         self.shapes: list[tuple[int, ...]] = []
         self.sigs: list[int] = []
-        self.depth: list[int] = []
         # engine state: where the node's value is, (batch << 32) | row; -1 pending
         self.loc: list[int] = []
+        self._push_op, self._push_args = self.ops.append, self.args.append
+        self._push_attrs, self._push_battrs = self.attrs.append, self.battrs.append
+        self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
         self._info: dict[tuple, tuple] = {}
@@ -111,26 +113,21 @@ class Graph:
     def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
             battrs: tuple | None = None) -> "Expression":
         """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
-        shapes, depth = self.shapes, self.depth
-        if len(args) == 1:
-            a = args[0]
-            key = (op, (shapes[a],), attrs)
-            d = depth[a]
-        elif len(args) == 2:
+        shapes = self.shapes
+        count = len(args)
+        if count == 1:
+            key = (op, (shapes[args[0]],), attrs)
+        elif count == 2:
             a, b = args
             key = (op, (shapes[a], shapes[b]), attrs)
-            d = depth[a] if depth[a] > depth[b] else depth[b]
-        elif len(args) == 3:
+        elif count == 4:
+            a, b, c, d = args
+            key = (op, (shapes[a], shapes[b], shapes[c], shapes[d]), attrs)
+        elif count == 3:
             a, b, c = args
             key = (op, (shapes[a], shapes[b], shapes[c]), attrs)
-            d = max(depth[a], depth[b], depth[c])
-        elif len(args) == 4:
-            a, b, c, e = args
-            key = (op, (shapes[a], shapes[b], shapes[c], shapes[e]), attrs)
-            d = max(depth[a], depth[b], depth[c], depth[e])
         else:
             key = (op, tuple([shapes[a] for a in args]), attrs)
-            d = max([depth[a] for a in args])
         info = self._info.get(key)
         if info is None:
             info = self._describe(key)
@@ -142,20 +139,19 @@ class Graph:
                 skey = (sig, args[shared[0]])
             else:
                 skey = (sig,) + tuple([args[p] for p in shared])
-            sig_ids = self._sig_ids
-            shared_sig = sig_ids.get(skey)
+            shared_sig = self._sig_ids.get(skey)
             if shared_sig is None:
-                shared_sig = sig_ids[skey] = len(sig_ids)
+                shared_sig = self._sig_ids[skey] = len(self._sig_ids)
             sig = shared_sig
-        self.ops.append(op)
-        self.args.append(args)
-        self.attrs.append(attrs)
-        self.battrs.append(battrs)
+        node = len(shapes)
+        self._push_op(op)
+        self._push_args(args)
+        self._push_attrs(attrs)
+        self._push_battrs(battrs)
         shapes.append(shape)
-        self.sigs.append(sig)
-        depth.append(d + 1)
-        self.loc.append(-1)
-        return Expression(self, len(self.ops) - 1)
+        self._push_sig(sig)
+        self._push_loc(-1)
+        return Expression(self, node)
 
     def _describe(self, key: tuple) -> tuple:
         op, shapes, attrs = key
@@ -195,7 +191,6 @@ class Graph:
         self.battrs.append(None)
         self.shapes.append(value.shape)
         self.sigs.append(self._intern(("leaf", i)))
-        self.depth.append(0)
         self.loc.append(-1)
         self.engine.leaf(i, value)
         return Expression(self, i)

@@ -323,7 +323,8 @@ class DynlpModel:
 
 
 class Tagger(DynlpModel):
-    """Embeddings -> BiLSTM (hidden per direction) -> MLP -> a softmax loss at every word."""
+    """Embeddings -> BiLSTM (hidden per direction) -> MLP -> a softmax loss at every word (the
+    MLP and its loss one node per word: `MLP.pick_neg_log_softmax`)."""
 
     def __init__(self, words: int, tags: int, word_dim: int, layers: int, hidden: int,
                  mlp_dim: int, seed: int = 1) -> None:
@@ -337,30 +338,28 @@ class Tagger(DynlpModel):
         embed = self.embed
         states = self.bilstm.transduce([embed(w) for w in words])
         mlp = self.mlp
-        return dn.esum([dn.pick_neg_log_softmax(mlp(h), t) for h, t in zip(states, tags)])
+        return dn.esum([mlp.pick_neg_log_softmax(h, t) for h, t in zip(states, tags)])
 
 
 class TreeTagger(DynlpModel):
-    """Embeddings -> binary Tree-LSTM -> affine -> a softmax loss over 5 labels at every node."""
+    """Embeddings -> binary Tree-LSTM -> affine -> a softmax loss over 5 labels at every node (the
+    affine layer and its loss one node: `MLP.pick_neg_log_softmax`)."""
 
     def __init__(self, words: int, word_dim: int, hidden: int, seed: int = 1) -> None:
         super().__init__(seed)
         self.embed = Embedding(self.pc, words, word_dim)
         self.cell = TreeLSTMBuilder(word_dim, hidden, self.pc, kind="binary")
-        self.weight = self.pc.add_parameters((5, hidden), name="output_weight")
-        self.bias = self.pc.add_parameters((5,), init="zeros", name="output_bias")
+        self.output = MLP(self.pc, [hidden, 5], name="output")
 
     def loss(self, example):
         word_ids, left, right, labels = example
-        weight, bias = dn.parameter(self.weight), dn.parameter(self.bias)
-        cell, embed = self.cell, self.embed
+        cell, embed, output = self.cell, self.embed, self.output
         states = []
         losses = []
         for word, a, b, label in zip(word_ids, left, right, labels):
             state = cell.leaf(embed(word)) if word >= 0 else cell.node([states[a], states[b]])
             states.append(state)
-            losses.append(dn.pick_neg_log_softmax(dn.affine_transform([bias, weight, state.h()]),
-                                                  label))
+            losses.append(output.pick_neg_log_softmax(state.h(), label))
         return dn.esum(losses)
 
 

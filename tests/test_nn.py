@@ -244,6 +244,83 @@ def test_mlp_layers_and_dropout():
         MLP(pc, [2, 2], activation="swish")
 
 
+MLP_HEADS = [([4, 3], "tanh"), ([4, 5, 3], "tanh"), ([4, 6, 5, 3], "relu"),
+             ([4, 5, 3], "logistic")]
+
+
+def _mlp_losses(dims, activation, fused, autobatch=True, dropout=0.0, training=True):
+    """Losses of four examples of different labels through a fresh MLP: (value, gradients of
+    the inputs and of every parameter, op names of the graph)."""
+    pc = collection(seed=5)
+    mlp = MLP(pc, dims, activation=activation, dropout=dropout)
+    rng = np.random.default_rng(6)
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=2, training=training) as g:
+        xs = [dn.inputs(rng.normal(size=dims[0])) for _ in range(4)]
+        labels = [0, 2, 1, 2]
+        if fused:
+            losses = [mlp.pick_neg_log_softmax(x, y) for x, y in zip(xs, labels)]
+        else:
+            losses = [dn.pick_neg_log_softmax(mlp(x), y) for x, y in zip(xs, labels)]
+        loss = dn.esum([w * item for w, item in zip([1.0, 0.5, 2.0, -1.5], losses)])
+        loss.backward()
+        grads = [x.gradient() for x in xs] + [p.grad_as_array() for p in pc.parameters()]
+        return loss.scalar_value(), grads, [op.name for op in g.ops]
+
+
+@pytest.mark.parametrize("dims,activation", MLP_HEADS)
+def test_mlp_pick_neg_log_softmax_is_one_node_with_the_chain_value_and_gradients(dims,
+                                                                                activation):
+    want, want_grads, _ = _mlp_losses(dims, activation, fused=False)
+    got, got_grads, names = _mlp_losses(dims, activation, fused=True)
+    assert names.count("mlp_pick_neg_log_softmax") == 4
+    assert "affine_transform" not in names and "pick_neg_log_softmax" not in names
+    assert got == pytest.approx(want, rel=1e-13)
+    assert len(got_grads) == 4 + 2 * (len(dims) - 1)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    unbatched, unbatched_grads, _ = _mlp_losses(dims, activation, fused=True, autobatch=False)
+    assert unbatched == pytest.approx(want, rel=1e-13)
+    for a, b in zip(unbatched_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_mlp_pick_neg_log_softmax_parameter_gradients():
+    pc = collection(seed=7)
+    mlp = MLP(pc, [3, 4, 4, 3], activation="tanh")
+    x = np.random.default_rng(3).normal(size=3)
+    check_parameter_gradients(pc, lambda: mlp.pick_neg_log_softmax(dn.inputs(x), 1))
+
+
+def test_mlp_pick_neg_log_softmax_falls_back_to_the_chain():
+    dims = [4, 5, 3]
+    for activation, dropout in (("tanh", 0.5), ("elu", 0.0)):
+        want, want_grads, _ = _mlp_losses(dims, activation, False, dropout=dropout)
+        got, got_grads, names = _mlp_losses(dims, activation, True, dropout=dropout)
+        assert "mlp_pick_neg_log_softmax" not in names and "pick_neg_log_softmax" in names
+        assert ("dropout" in names) == (dropout > 0.0)
+        assert got == pytest.approx(want, rel=1e-13)
+        for a, b in zip(got_grads, want_grads):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    # dropout is the identity outside training: one node again
+    want, _, _ = _mlp_losses(dims, "tanh", False, dropout=0.5, training=False)
+    got, _, names = _mlp_losses(dims, "tanh", True, dropout=0.5, training=False)
+    assert names.count("mlp_pick_neg_log_softmax") == 4
+    assert got == pytest.approx(want, rel=1e-13)
+
+
+def test_mlp_pick_neg_log_softmax_label_out_of_range():
+    mlp = MLP(collection(), [2, 4, 3])
+    with dn.Graph():
+        x = dn.inputs(np.ones(2))
+        for label in (3, -1):
+            with pytest.raises(IndexError, match=r"pick_neg_log_softmax: label -?\d out of range "
+                                                  r"for scores of shape \(3,\)"):
+                mlp.pick_neg_log_softmax(x, label)
+        with pytest.raises(dn.ShapeError, match="mlp_pick_neg_log_softmax"):
+            mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 0)
+
+
 # -- dropout ---------------------------------------------------------------------------------------
 def test_input_dropout_mask_is_shared_across_time_and_not_across_sequences():
     lstm = LSTMBuilder(1, 16, 3, collection())

@@ -1,5 +1,6 @@
-"""Feed-forward building blocks: `MLP` (one affine node per layer), `Embedding` (a lookup table with
-sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
+"""Feed-forward building blocks: `MLP` (one affine node per layer, or one node for the layers and
+their cross-entropy), `Embedding` (a lookup table with sparse gradients) and `CharacterEncoder`
+(a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
 """
@@ -27,8 +28,11 @@ ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
 
 class MLP:
     """dims = [input, hidden ..., output]: affine layers with `activation` between them and
-    dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,).
+    dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,);
+    `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores.
     """
+
+    _LOSS = TABLE["mlp_pick_neg_log_softmax"]
 
     def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
                  dropout: float = 0.0, name: str = "mlp") -> None:
@@ -46,6 +50,7 @@ class MLP:
         self.dropout = check_rate(dropout)
         hidden_attrs = (("activation", self.fused),) if self.fused is not None else ()
         self._attrs = [hidden_attrs] * (len(self.dims) - 2) + [()]
+        self._loss_attrs = hidden_attrs if len(self.dims) > 2 else ()
         self.pc = unique_subcollection(pc, name)
         self.layers: list[tuple[Parameter, Parameter]] = []
         for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
@@ -72,6 +77,28 @@ class MLP:
             if k < last and self.dropout > 0.0:
                 x = F.dropout(x, self.dropout)
         return x
+
+    def pick_neg_log_softmax(self, x: Any, label: int) -> Expression:
+        """-log softmax(mlp(x))[label] -> (): the layers and the loss as one graph node, with
+        the value and gradients of `F.pick_neg_log_softmax(mlp(x), label)`. Dropout while
+        training, or an activation the node does not fuse (elu, selu, softplus), builds that
+        chain of nodes instead.
+        """
+        label = int(label)
+        classes = self.dims[-1]
+        if not 0 <= label < classes:
+            raise IndexError(f"pick_neg_log_softmax: label {label} out of range for scores of "
+                             f"shape {(classes,)}")
+        if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
+            g = x._live()
+            if self.dropout == 0.0 or not g.training:
+                param_node = g.param_node
+                args = [x.i]
+                for W, b in self.layers:
+                    args.append(param_node(W))
+                    args.append(param_node(b))
+                return g.add(self._LOSS, tuple(args), self._loss_attrs, (label,))
+        return F.pick_neg_log_softmax(self(x), label)
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)

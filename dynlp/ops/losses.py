@@ -1,11 +1,13 @@
-"""Probabilities and losses: softmax, log_softmax, pick_neg_log_softmax, hinge, binary_log_loss,
-squared_distance, huber_distance. Softmaxes normalize along per-example axis 0 (columns of a
-matrix, as DyNet). Imports only the op-table core.
+"""Probabilities and losses: softmax, log_softmax, pick_neg_log_softmax and its fused classifier
+head mlp_pick_neg_log_softmax, hinge, binary_log_loss, squared_distance, huber_distance.
+Softmaxes normalize along per-example axis 0 (columns of a matrix, as DyNet). Imports only the
+op-table core and the activation table of linalg.
 """
 
 import numpy as np
 
-from .core import Case, define
+from .core import SHARED, STACK, Case, OuterProduct, define
+from .linalg import ACTIVATIONS
 
 
 def _softmax(x):
@@ -61,6 +63,100 @@ def _pnls_jvp(ts, out, x, index):
 define("pick_neg_log_softmax", shape=_vector, batched_attrs=("index",),
        forward=_pnls_forward, vjp=_pnls_vjp, jvp=_pnls_jvp, cases=[_label_case(5)],
        doc="-log softmax(x)[index]: the cross-entropy loss of one label")
+
+
+# ---------------------------------------------------------------------------------------------
+# A classifier head in one node: x -> a_1 = f(W_1 x + b_1) -> ... -> z = W_k a_{k-1} + b_k,
+# out = -log softmax(z)[label]. The same arithmetic as affine_transform (activation fused)
+# per layer followed by pick_neg_log_softmax, so the values agree to the last bit.
+
+
+def _mlp_mask(nargs):
+    return (STACK,) + (SHARED,) * (nargs - 1)
+
+
+def _mlp_shape(x, *layers, activation=None):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    if not layers or len(layers) % 2:
+        raise ValueError("arguments must be x, W1, b1, W2, b2, ... with at least one layer")
+    if len(x) != 1:
+        raise ValueError("x must be a vector")
+    size = x[0]
+    for k, (w, b) in enumerate(zip(layers[::2], layers[1::2]), 1):
+        if len(w) != 2 or w[1] != size:
+            raise ValueError(f"W{k} must be a matrix (out, {size}), got {w}")
+        if b != (w[0],):
+            raise ValueError(f"b{k} must be ({w[0]},) to match W{k} {w}, got {b}")
+        size = w[0]
+    return ()
+
+
+def _mlp_forward(x, *layers, label, activation=None):
+    """The loss, and the residual (inputs of every layer, softmax of the scores)."""
+    f = ACTIVATIONS[activation][0]
+    inputs = [x]
+    last = len(layers) // 2 - 1
+    for k in range(last + 1):
+        z = inputs[-1] @ layers[2 * k].T + layers[2 * k + 1]
+        if k < last:
+            inputs.append(z if f is None else f(z))
+    m = z.max(axis=1)
+    e = np.exp(z - m[:, None])
+    total = e.sum(axis=1)
+    out = m + np.log(total) - z[np.arange(z.shape[0]), label]
+    return out, (inputs, e / total[:, None])
+
+
+def _mlp_vjp(g, out, x, *layers, label, residual, activation=None):
+    inputs, p = residual
+    df = ACTIVATIONS[activation][1]
+    # d out / d z = softmax(z) - onehot(label)
+    gz = p * g[:, None]
+    rows = np.arange(p.shape[0])
+    gz[rows, label] -= g
+    cts = [None] * (len(layers) + 1)
+    for k in range(len(layers) // 2 - 1, -1, -1):
+        a = inputs[k]
+        cts[2 * k + 1] = OuterProduct(gz, a)
+        cts[2 * k + 2] = gz.sum(axis=0)
+        ga = gz @ layers[2 * k]
+        gz = ga if k == 0 or df is None else ga * df(a)
+    cts[0] = gz
+    return cts
+
+
+def _mlp_jvp(ts, out, x, *layers, label, residual, activation=None):
+    inputs, p = residual
+    df = ACTIVATIONS[activation][1]
+    t = ts[0]
+    last = len(layers) // 2 - 1
+    for k in range(last + 1):
+        w, tw, tb = layers[2 * k], ts[2 * k + 1], ts[2 * k + 2]
+        tz = np.zeros((p.shape[0], w.shape[0]), p.dtype) if t is None else t @ w.T
+        if tw is not None:
+            tz += inputs[k] @ tw.T
+        if tb is not None:
+            tz += tb
+        t = tz if k == last or df is None else tz * df(inputs[k + 1])
+    return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
+
+
+def _mlp_case(sizes, activation=None):
+    shapes = [(sizes[0],)]
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        shapes += [(fan_out, fan_in), (fan_out,)]
+    return Case(shapes, {"activation": activation} if activation else {},
+                {"label": lambda rng: int(rng.integers(sizes[-1]))})
+
+
+define("mlp_pick_neg_log_softmax", shape=_mlp_shape, batch=_mlp_mask, batched_attrs=("label",),
+       cost=4, residual=True, forward=_mlp_forward, vjp=_mlp_vjp, jvp=_mlp_jvp,
+       cases=[_mlp_case([4, 5]), _mlp_case([4, 6, 3], "tanh"),
+              _mlp_case([3, 5, 4, 3], "rectify"), _mlp_case([3, 4, 2], "logistic")],
+       doc="-log softmax(W_k a_{k-1} + b_k)[label] with a_0 = x, a_j = f(W_j a_{j-1} + b_j): "
+           "x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an activation "
+           "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy")
 
 
 def _hinge_active(x, index, margin):
