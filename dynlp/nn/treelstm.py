@@ -11,10 +11,14 @@ import numpy as np
 
 from .. import functions as F
 from ..graph import Expression, apply
+from ..ops import TABLE
 from ..params import ParameterCollection
 from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
 
 KINDS = ("binary", "childsum")
+_LEAF = TABLE["treelstm_binary_leaf"]
+_NOX = TABLE["treelstm_binary_nox"]
+_PICK_RANGE = TABLE["pick_range"]
 
 
 class TreeState:
@@ -30,7 +34,10 @@ class TreeState:
 
     def h(self) -> Expression:
         if self._h is None:
-            self._h = F.pick_range(self.state, self.hidden_dim, 2 * self.hidden_dim)
+            hidden = self.hidden_dim
+            state = self.state
+            self._h = state._live().add(_PICK_RANGE, (state.i,), (
+                ("start", hidden), ("end", 2 * hidden), ("dim", 0)))
         return self._h
 
     def c(self) -> Expression:
@@ -75,10 +82,23 @@ class TreeLSTMBuilder:
 
     def leaf(self, x: Any) -> TreeState:
         """A node with a word x (input_dim,) and no children."""
+        if self.kind == "binary" and type(x) is Expression:
+            g = x._live()
+            self._check_input(x)
+            return TreeState(g.add(_LEAF, (g.param_node(self.W), g.param_node(self.b), x.i)),
+                             self.hidden_dim)
         return self.node((), x)
 
     def node(self, children: Sequence[Any], x: Any = None) -> TreeState:
         """A node over child states (TreeState or [c; h] expressions) and an optional word x."""
+        if self.kind == "binary" and len(children) == 2 and x is None:
+            left, right = children
+            left, right = getattr(left, "state", left), getattr(right, "state", right)
+            if type(left) is Expression and type(right) is Expression and left.g is right.g:
+                # the common internal node: straight into the graph
+                g = left._live()
+                return TreeState(g.add(_NOX, (g.param_node(self.W), g.param_node(self.b),
+                                              left.i, right.i)), self.hidden_dim)
         states = [getattr(child, "state", child) for child in children]
         if x is not None:
             self._check_input(x)
