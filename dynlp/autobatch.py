@@ -9,7 +9,7 @@ Graphs". Must not import params or trainers.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -52,6 +52,8 @@ class Engine:
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
+        self.low = 0    # no node below this one is pending
+        self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
         self.times = {"schedule": 0.0, "forward_numpy": 0.0, "backward_total": 0.0,
                       "backward_numpy": 0.0, "forward_total": 0.0}
@@ -104,14 +106,26 @@ class Engine:
     def forward(self, targets: list[int]) -> None:
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
-        pending = self._pending(targets)
+        loc = self.g.loc
+        low, size = self.low, len(loc)
+        while low < size and loc[low] >= 0:
+            low += 1
+        self.low = low
+        fresh, self.built = size - self.built, size
+        if self.strategy == "late" and targets and max(targets) - low <= 2 * fresh:
+            # most of what might be pending was built since the last forward (one forward of
+            # a whole minibatch): sweep that range instead of searching the graph
+            self._late(range(max(targets), low - 1, -1), targets)
+            pending = []
+        else:
+            pending = self._pending(targets)
         try:
             if self.strategy is None:
                 run = self._run
                 for n in pending:
                     run([n])
             elif self.strategy == "late":
-                self._late(pending)
+                self._late(reversed(pending), targets)
             elif self.strategy == "depth":
                 self._by_depth(pending)
             elif pending:
@@ -126,29 +140,34 @@ class Engine:
         self.times["forward_total"] += total
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
 
-    def _late(self, pending: list[int]) -> None:
+    def _late(self, candidates: Iterable[int], targets: list[int]) -> None:
         """Run each node as late as its consumers allow, and nodes ready now (lookups, inputs to
         the first steps) at once: group by (level, signature) and run the levels in order.
 
-        One reverse pass over the pending nodes gives each its height (the longest path to a
-        target); its level is -height, or the first level when all its inputs are computed
-        already. Nodes of one level never depend on each other.
+        One pass over the candidates, newest first (a range that holds every pending ancestor
+        of the targets, or those ancestors), gives each needed node its height (1 + the longest
+        path to a target); its level is -height, or the first level when all its inputs are
+        computed already. Nodes of one level never depend on each other.
         """
-        if not pending:
-            return
         g = self.g
         loc, args, sigs = g.loc, g.args, g.sigs
-        height = [0] * (pending[-1] + 1)
+        height = [0] * (max(targets) + 1 if targets else 0)  # 0: not needed now
+        for t in targets:
+            if loc[t] < 0:
+                height[t] = 1
         groups: dict[int, list[int]] = {}  # level << _SHIFT | signature -> nodes
         first = -(1 << 30) << _SHIFT
-        for n in reversed(pending):
-            h = height[n] + 1
+        for n in candidates:
+            h = height[n]
+            if not h:
+                continue
+            up = h + 1
             ready = True
             for a in args[n]:
                 if loc[a] < 0:
                     ready = False
-                    if height[a] < h:
-                        height[a] = h
+                    if height[a] < up:
+                        height[a] = up
             key = (first if ready else -h << _SHIFT) + sigs[n]
             group = groups.get(key)
             if group is None:
