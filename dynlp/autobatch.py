@@ -280,18 +280,21 @@ class Engine:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
             return buf[idx], ("rows", b0, idx, len(set(places)) == count)
-        # several source batches: one copy of them all, then one fancy index
+        # several source batches: when the nodes are a few rows of large batches (a parser's
+        # features), the rows one by one; else one copy of the batches, then one fancy index
         where = np.array(places, dtype=np.int64)
         batch_of = where >> _SHIFT
         found = np.unique(batch_of)
         sources = found.tolist()
         sizes = [len(bufs[b]) for b in sources]
+        unique = len(set(places)) == count
+        plan = ("multi", sources, where, unique)
+        if count * 4 < sum(sizes):
+            return np.stack([bufs[p >> _SHIFT][p & _ROW] for p in places]), plan
         offsets = np.zeros(len(sources), dtype=np.int64)
         np.cumsum(sizes[:-1], out=offsets[1:])
         idx = offsets[np.searchsorted(found, batch_of)] + (where & _ROW)
-        big = np.concatenate([bufs[b] for b in sources])
-        unique = len(set(places)) == count
-        return big[idx], ("mixed", sources, idx, unique, sum(sizes))
+        return np.concatenate([bufs[b] for b in sources])[idx], plan
 
     def _run(self, nodes: list[int]) -> None:
         g = self.g
@@ -367,19 +370,23 @@ class Engine:
         loc, bufs, batches = g.loc, self.bufs, self.batches
         grads: list[np.ndarray | None] = [None] * len(bufs)
         last = loc[loss] >> _SHIFT
-        seed = np.zeros_like(bufs[last])
-        seed[loc[loss] & _ROW] = 1.0
-        grads[last] = seed
         sparse: dict[int, list[SparseRows]] = {}
         products: dict[tuple[int, int, int], list[OuterProduct]] = {}  # (node, start, width)
         numpy_time = 0.0
+        # The batches that multi-source gathers read get their gradients as views into one
+        # zeroed array per row shape (an arena), so that such a gather's cotangent is one
+        # scatter into the arena. `hit`: the batches that received a gradient.
+        arenas, offsets, hit = self._arenas(grads, last)
 
         def grad_of(b: int) -> np.ndarray:
             t = grads[b]
             if t is None:
                 buf = bufs[b]
                 t = grads[b] = np.zeros(buf.shape, buf.dtype)
+            hit.add(b)
             return t
+
+        grad_of(last)[loc[loss] & _ROW] = 1.0
 
         def to_shared(plan: int, ct: Any) -> None:
             """Deliver the cotangent of a shared argument, node `plan`."""
@@ -406,7 +413,7 @@ class Engine:
         for b in range(last, -1, -1):
             gout = grads[b]
             batch = batches[b]
-            if gout is None or batch is None:
+            if batch is None or b not in hit:
                 continue
             t0 = time.perf_counter()
             cts = batch.vjp(gout, bufs[b], *batch.xs, **batch.attrs)
@@ -430,17 +437,14 @@ class Engine:
                     else:
                         np.add.at(grad_of(plan[1]), plan[2], ct)
                 else:
-                    _, sources, idx, unique, total = plan
-                    big = np.zeros((total,) + ct.shape[1:], ct.dtype)
+                    _, sources, where, unique = plan
+                    arena, starts = arenas[offsets[sources[0]][0]]
+                    rows = starts[where >> _SHIFT] + (where & _ROW)
                     if unique:
-                        big[idx] = ct
+                        arena[rows] += ct
                     else:
-                        np.add.at(big, idx, ct)
-                    pos = 0
-                    for pb in sources:
-                        end = pos + len(bufs[pb])
-                        grad_of(pb)[...] += big[pos:end]
-                        pos = end
+                        np.add.at(arena, rows, ct)
+                    hit.update(sources)
         t0 = time.perf_counter()
         for (node, col, width), chunks in products.items():
             if len(chunks) == 1:
@@ -467,6 +471,36 @@ class Engine:
                 param.accumulate_sparse(idx, vals)
         self.times["backward_total"] += time.perf_counter() - start
         self.times["backward_numpy"] += numpy_time
+
+    def _arenas(self, grads: list, last: int) -> tuple[list, dict, set]:
+        """Arenas for the sources of multi-source gathers up to batch `last`: a list of
+        (array, row offset of each batch by batch index), the arena and offset of each such
+        batch, and an empty set (for the batches hit). Fills `grads` with the views."""
+        bufs = self.bufs
+        sources: set[int] = set()
+        for batch in self.batches[:last + 1]:
+            if batch is not None:
+                for plan in batch.plans:
+                    if type(plan) is tuple and plan[0] == "multi":
+                        sources.update(plan[1])
+        kinds: dict[tuple, list[int]] = {}
+        for b in sorted(sources):
+            buf = bufs[b]
+            kinds.setdefault((buf.shape[1:], buf.dtype.str), []).append(b)
+        arenas, offsets = [], {}
+        for (shape, dtype), members in kinds.items():
+            starts = np.zeros(len(bufs), dtype=np.int64)
+            total = 0
+            for b in members:
+                starts[b] = total
+                offsets[b] = (len(arenas), total)
+                total += len(bufs[b])
+            arena = np.zeros((total,) + shape, dtype)
+            for b in members:
+                start = offsets[b][1]
+                grads[b] = arena[start:start + len(bufs[b])]
+            arenas.append((arena, starts))
+        return arenas, offsets, set()
 
     def gradient(self, node: int) -> np.ndarray:
         if self.grads is None:

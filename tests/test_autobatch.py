@@ -210,3 +210,30 @@ def test_dead_graph_is_a_clear_error():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="autobatch"):
         dn.Graph(autobatch="fastest")
+
+
+@pytest.mark.parametrize("mode", MODES[1:])
+def test_gradients_reach_batches_read_by_unused_gathers(mode):
+    """A batch read by a many-source gather of a value that the loss does not use (evaluated
+    for a decision, as a parser does), and by the loss through other gathers, still passes its
+    gradient back; so does a loss whose own batch is such a source."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(6, 4))
+
+    def run(autobatch):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            xs = [dn.inputs(v) for v in values]
+            a = [dn.tanh(x) for x in xs[:3]]
+            b = [dn.logistic(x) for x in xs[3:]]
+            g.forward(a + b)
+            side = [dn.rectify(a[0]), dn.rectify(b[1])]  # one gather from two batches
+            g.forward(side)
+            total = dn.sum_elems(a[1] * 2.0)  # reads the tanh batch through a slice only
+            total.backward()
+            return total.scalar_value(), [x.gradient() for x in xs]
+
+    want, want_grads = run(False)
+    got, got_grads = run(mode)
+    assert got == pytest.approx(want, rel=1e-12)
+    for x, y in zip(got_grads, want_grads):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
