@@ -244,6 +244,73 @@ def test_mlp_layers_and_dropout():
         MLP(pc, [2, 2], activation="swish")
 
 
+MLP_BODIES = [([4, 5, 3], "tanh", "tanh"), ([4, 6, 5, 3], "relu", "rectify"),
+              ([3, 5, 4, 2], "sigmoid", "logistic")]
+
+
+def _mlp_scores(dims, activation, fused, one_node, autobatch):
+    """Scores of five examples through a fresh MLP, `mlp(x)` or the chain of affine nodes built
+    by hand: (scores, gradients of a weighted sum of them for the inputs and every parameter,
+    op names of the graph)."""
+    pc = collection(seed=9)
+    mlp = MLP(pc, dims, activation=activation)
+    rng = np.random.default_rng(4)
+    for p in pc.parameters():  # nonzero biases too, so that no layer is its weights alone
+        p.value[...] = rng.normal(size=p.shape)
+    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        xs = [dn.inputs(rng.normal(size=dims[0])) for _ in range(5)]
+        if one_node:
+            scores = [mlp(x) for x in xs]
+        else:
+            scores = []
+            for h in xs:
+                for k, (W, b) in enumerate(mlp.layers):
+                    hidden = k < len(mlp.layers) - 1
+                    h = dn.affine_transform([b, W, h], activation=fused if hidden else None)
+                scores.append(h)
+        weighted_sum(scores, rng).backward()
+        grads = [x.gradient() for x in xs] + [p.grad_as_array() for p in pc.parameters()]
+        return [s.npvalue() for s in scores], grads, [op.name for op in g.ops]
+
+
+@pytest.mark.parametrize("autobatch", [True, False])
+@pytest.mark.parametrize("dims,activation,fused", MLP_BODIES)
+def test_mlp_is_one_node_with_the_chain_value_and_gradients(dims, activation, fused, autobatch):
+    want, want_grads, chain_names = _mlp_scores(dims, activation, fused, False, autobatch)
+    got, got_grads, names = _mlp_scores(dims, activation, fused, True, autobatch)
+    assert chain_names.count("affine_transform") == 5 * (len(dims) - 1)
+    assert names.count("mlp") == 5 and "affine_transform" not in names
+    for a, b in zip(got, want):
+        assert a.shape == (dims[-1],)
+        np.testing.assert_array_equal(a, b)
+    assert len(got_grads) == 5 + 2 * (len(dims) - 1)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_mlp_node_count_dropout_and_unfused_activations():
+    pc = collection()
+    x = np.random.default_rng(2).normal(size=3)
+    for dims, nodes in (([3, 2], ["affine_transform"]), ([3, 4, 2], ["mlp"]),
+                        ([3, 4, 5, 2], ["mlp"])):
+        mlp = MLP(pc, dims, dropout=0.5)
+        with dn.Graph(dtype=np.float64, training=False) as g:
+            h = dn.inputs(x)
+            mlp(h)  # the parameter nodes, once
+            start = len(g)
+            out = mlp(h)
+            assert [op.name for op in g.ops[start:]] == nodes and out.shape == (2,)
+        with dn.Graph(dtype=np.float64, seed=0) as g:  # dropout while training: the chain
+            mlp(dn.inputs(x))
+            assert "mlp" not in [op.name for op in g.ops]
+            assert sum(op.name == "dropout" for op in g.ops) == len(dims) - 2
+    with dn.Graph(dtype=np.float64) as g:
+        MLP(pc, [3, 4, 2], activation="elu")(dn.inputs(x))
+        assert [op.name for op in g.ops].count("affine_transform") == 2
+        assert "mlp" not in [op.name for op in g.ops]
+
+
 MLP_HEADS = [([4, 3], "tanh"), ([4, 5, 3], "tanh"), ([4, 6, 5, 3], "relu"),
              ([4, 5, 3], "logistic")]
 

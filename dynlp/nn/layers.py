@@ -1,6 +1,6 @@
-"""Feed-forward building blocks: `MLP` (one affine node per layer, or one node for the layers and
-their cross-entropy), `Embedding` (a lookup table with sparse gradients) and `CharacterEncoder`
-(a character BiLSTM word encoder, Plank et al. 2016).
+"""Feed-forward building blocks: `MLP` (one node for all its layers, or for the layers and their
+cross-entropy; one node per layer with dropout while training), `Embedding` (a lookup table with
+sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
 """
@@ -29,9 +29,12 @@ ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
 class MLP:
     """dims = [input, hidden ..., output]: affine layers with `activation` between them and
     dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,);
-    `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores.
+    `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores. Without
+    dropout (or outside training) and with an activation the ops fuse (tanh, rectify, logistic),
+    each is one graph node: `mlp`, or `mlp_pick_neg_log_softmax`.
     """
 
+    _SCORES = TABLE["mlp"]
     _LOSS = TABLE["mlp_pick_neg_log_softmax"]
 
     def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
@@ -48,9 +51,9 @@ class MLP:
         self.fused = {"tanh": "tanh", "relu": "rectify", "rectify": "rectify",
                       "sigmoid": "logistic", "logistic": "logistic"}.get(activation)
         self.dropout = check_rate(dropout)
-        hidden_attrs = (("activation", self.fused),) if self.fused is not None else ()
-        self._attrs = [hidden_attrs] * (len(self.dims) - 2) + [()]
-        self._loss_attrs = hidden_attrs if len(self.dims) > 2 else ()
+        # the static attributes of the one-node ops: a single layer has no hidden activation
+        self._node_attrs = (("activation", self.fused),) if (
+            self.fused is not None and len(self.dims) > 2) else ()
         self.pc = unique_subcollection(pc, name)
         self.layers: list[tuple[Parameter, Parameter]] = []
         for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
@@ -58,14 +61,13 @@ class MLP:
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
 
     def __call__(self, x: Any) -> Expression:
-        if type(x) is Expression and self.dropout == 0.0 and (
-                self.fused is not None or len(self.layers) == 1):
-            # every layer is one affine node: build them straight into the graph
+        if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
-            add, node = g.add, x.i
-            for (W, b), attrs in zip(self.layers, self._attrs):
-                node = add(_AFFINE, (g.param_node(b), g.param_node(W), node), attrs).i
-            return Expression(g, node)
+            if self.dropout == 0.0 or not g.training:
+                if len(self.layers) == 1:
+                    W, b = self.layers[0]
+                    return g.add(_AFFINE, (g.param_node(b), g.param_node(W), x.i))
+                return g.add(self._SCORES, self._node_args(g, x), self._node_attrs)
         last = len(self.layers) - 1
         for k, (W, b) in enumerate(self.layers):
             if k < last and self.fused is not None:
@@ -92,13 +94,18 @@ class MLP:
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
             if self.dropout == 0.0 or not g.training:
-                param_node = g.param_node
-                args = [x.i]
-                for W, b in self.layers:
-                    args.append(param_node(W))
-                    args.append(param_node(b))
-                return g.add(self._LOSS, tuple(args), self._loss_attrs, (label,))
+                return g.add(self._LOSS, self._node_args(g, x), self._node_attrs, (label,))
         return F.pick_neg_log_softmax(self(x), label)
+
+    def _node_args(self, g: Any, x: Expression) -> tuple[int, ...]:
+        """(x, W1, b1, ..., Wk, bk) as node indices of graph g: the arguments of the ops that
+        are a whole MLP."""
+        param_node = g.param_node
+        args = [x.i]
+        for W, b in self.layers:
+            args.append(param_node(W))
+            args.append(param_node(b))
+        return tuple(args)
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)

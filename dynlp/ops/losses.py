@@ -1,5 +1,6 @@
-"""Probabilities and losses: softmax, log_softmax, pick_neg_log_softmax and its fused classifier
-head mlp_pick_neg_log_softmax, hinge, binary_log_loss, squared_distance, huber_distance.
+"""Probabilities and losses: softmax, log_softmax, pick_neg_log_softmax, hinge, binary_log_loss,
+squared_distance, huber_distance; and whole MLPs as one node: `mlp` (the scores) and its fused
+classifier head `mlp_pick_neg_log_softmax`, which share one layer loop.
 Softmaxes normalize along per-example axis 0 (columns of a matrix, as DyNet). Imports only the
 op-table core and the activation table of linalg.
 """
@@ -66,16 +67,18 @@ define("pick_neg_log_softmax", shape=_vector, batched_attrs=("index",),
 
 
 # ---------------------------------------------------------------------------------------------
-# A classifier head in one node: x -> a_1 = f(W_1 x + b_1) -> ... -> z = W_k a_{k-1} + b_k,
-# out = -log softmax(z)[label]. The same arithmetic as affine_transform (activation fused)
-# per layer followed by pick_neg_log_softmax, so the values agree to the last bit.
+# An MLP in one node, alone (`mlp`) or with its cross-entropy (`mlp_pick_neg_log_softmax`):
+# x -> a_1 = f(W_1 x + b_1) -> ... -> z = W_k a_{k-1} + b_k. Each layer is the arithmetic of
+# affine_transform with the activation fused, so the values agree with that chain of nodes to the
+# last bit. Both ops share the layer loop below; the residual is the input of every layer.
 
 
 def _mlp_mask(nargs):
     return (STACK,) + (SHARED,) * (nargs - 1)
 
 
-def _mlp_shape(x, *layers, activation=None):
+def _layer_sizes(x, layers, activation):
+    """Check the shapes of x and the (W, b) pairs; the size of the scores."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}")
     if not layers or len(layers) % 2:
@@ -89,11 +92,11 @@ def _mlp_shape(x, *layers, activation=None):
         if b != (w[0],):
             raise ValueError(f"b{k} must be ({w[0]},) to match W{k} {w}, got {b}")
         size = w[0]
-    return ()
+    return size
 
 
-def _mlp_forward(x, *layers, label, activation=None):
-    """The loss, and the residual (inputs of every layer, softmax of the scores)."""
+def _layers_forward(x, layers, activation):
+    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}]."""
     f = ACTIVATIONS[activation][0]
     inputs = [x]
     last = len(layers) // 2 - 1
@@ -101,20 +104,12 @@ def _mlp_forward(x, *layers, label, activation=None):
         z = inputs[-1] @ layers[2 * k].T + layers[2 * k + 1]
         if k < last:
             inputs.append(z if f is None else f(z))
-    m = z.max(axis=1)
-    e = np.exp(z - m[:, None])
-    total = e.sum(axis=1)
-    out = m + np.log(total) - z[np.arange(z.shape[0]), label]
-    return out, (inputs, e / total[:, None])
+    return z, inputs
 
 
-def _mlp_vjp(g, out, x, *layers, label, residual, activation=None):
-    inputs, p = residual
+def _layers_vjp(gz, inputs, layers, activation):
+    """Cotangents of x, W1, b1, ..., Wk, bk from the cotangent gz (B, out_k) of the scores."""
     df = ACTIVATIONS[activation][1]
-    # d out / d z = softmax(z) - onehot(label)
-    gz = p * g[:, None]
-    rows = np.arange(p.shape[0])
-    gz[rows, label] -= g
     cts = [None] * (len(layers) + 1)
     for k in range(len(layers) // 2 - 1, -1, -1):
         a = inputs[k]
@@ -126,34 +121,91 @@ def _mlp_vjp(g, out, x, *layers, label, residual, activation=None):
     return cts
 
 
-def _mlp_jvp(ts, out, x, *layers, label, residual, activation=None):
-    inputs, p = residual
+def _layers_jvp(ts, inputs, layers, activation):
+    """The tangent of the scores (B, out_k) from the tangents ts of x, W1, b1, ... (None: 0)."""
     df = ACTIVATIONS[activation][1]
+    x = inputs[0]
     t = ts[0]
     last = len(layers) // 2 - 1
     for k in range(last + 1):
         w, tw, tb = layers[2 * k], ts[2 * k + 1], ts[2 * k + 2]
-        tz = np.zeros((p.shape[0], w.shape[0]), p.dtype) if t is None else t @ w.T
+        tz = np.zeros((x.shape[0], w.shape[0]), x.dtype) if t is None else t @ w.T
         if tw is not None:
             tz += inputs[k] @ tw.T
         if tb is not None:
             tz += tb
         t = tz if k == last or df is None else tz * df(inputs[k + 1])
-    return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
+    return t
 
 
-def _mlp_case(sizes, activation=None):
+def _mlp_case(sizes, activation=None, labeled=False):
     shapes = [(sizes[0],)]
     for fan_in, fan_out in zip(sizes, sizes[1:]):
         shapes += [(fan_out, fan_in), (fan_out,)]
-    return Case(shapes, {"activation": activation} if activation else {},
-                {"label": lambda rng: int(rng.integers(sizes[-1]))})
+    batched = {"label": lambda rng: int(rng.integers(sizes[-1]))} if labeled else {}
+    return Case(shapes, {"activation": activation} if activation else {}, batched)
 
 
-define("mlp_pick_neg_log_softmax", shape=_mlp_shape, batch=_mlp_mask, batched_attrs=("label",),
-       cost=4, residual=True, forward=_mlp_forward, vjp=_mlp_vjp, jvp=_mlp_jvp,
-       cases=[_mlp_case([4, 5]), _mlp_case([4, 6, 3], "tanh"),
-              _mlp_case([3, 5, 4, 3], "rectify"), _mlp_case([3, 4, 2], "logistic")],
+def _mlp_cases(labeled):
+    return [_mlp_case([4, 5], labeled=labeled), _mlp_case([4, 6, 3], "tanh", labeled),
+            _mlp_case([3, 5, 4, 3], "rectify", labeled), _mlp_case([3, 4, 2], "logistic", labeled)]
+
+
+def _mlp_shape(x, *layers, activation=None):
+    return (_layer_sizes(x, layers, activation),)
+
+
+def _mlp_forward(x, *layers, activation=None):
+    return _layers_forward(x, layers, activation)
+
+
+def _mlp_vjp(g, out, x, *layers, residual, activation=None):
+    return _layers_vjp(g, residual, layers, activation)
+
+
+def _mlp_jvp(ts, out, x, *layers, residual, activation=None):
+    return _layers_jvp(ts, residual, layers, activation)
+
+
+define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=_mlp_forward,
+       vjp=_mlp_vjp, jvp=_mlp_jvp, cases=_mlp_cases(labeled=False) + [_mlp_case([3, 4], "tanh")],
+       doc="W_k a_{k-1} + b_k with a_0 = x, a_j = f(W_j a_{j-1} + b_j): the scores of an MLP "
+           "in one node; x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an "
+           "activation (tanh, rectify, logistic) or None, not applied to the last layer")
+
+
+def _mlp_loss_shape(x, *layers, activation=None):
+    _layer_sizes(x, layers, activation)
+    return ()
+
+
+def _mlp_loss_forward(x, *layers, label, activation=None):
+    """The loss, and the residual (inputs of every layer, softmax of the scores)."""
+    z, inputs = _layers_forward(x, layers, activation)
+    m = z.max(axis=1)
+    e = np.exp(z - m[:, None])
+    total = e.sum(axis=1)
+    out = m + np.log(total) - z[np.arange(z.shape[0]), label]
+    return out, (inputs, e / total[:, None])
+
+
+def _mlp_loss_vjp(g, out, x, *layers, label, residual, activation=None):
+    inputs, p = residual
+    # d out / d z = softmax(z) - onehot(label)
+    gz = p * g[:, None]
+    gz[np.arange(p.shape[0]), label] -= g
+    return _layers_vjp(gz, inputs, layers, activation)
+
+
+def _mlp_loss_jvp(ts, out, x, *layers, label, residual, activation=None):
+    inputs, p = residual
+    t = _layers_jvp(ts, inputs, layers, activation)
+    return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
+
+
+define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
+       batched_attrs=("label",), cost=4, residual=True, forward=_mlp_loss_forward,
+       vjp=_mlp_loss_vjp, jvp=_mlp_loss_jvp, cases=_mlp_cases(labeled=True),
        doc="-log softmax(W_k a_{k-1} + b_k)[label] with a_0 = x, a_j = f(W_j a_{j-1} + b_j): "
            "x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an activation "
            "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy")
