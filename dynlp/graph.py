@@ -75,6 +75,7 @@ class Graph:
         self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
+        self._memo: dict[int, tuple[int, ...]] = {}  # id(builder) -> its parameters' nodes
         self._info: dict[tuple, tuple] = {}
         self._sig_ids: dict[Any, int] = {}
         self._previous: Graph | None = None
@@ -213,6 +214,14 @@ class Graph:
         """The node index of `parameter(param)`, for builders that call `add` directly."""
         node = self.param_nodes.get(id(param))
         return self.parameter(param).i if node is None else node
+
+    def param_nodes_of(self, owner: Any, params: Sequence[Any]) -> tuple[int, ...]:
+        """The node indices of `params`, a sequence that is fixed for `owner` (a builder),
+        looked up once per graph."""
+        nodes = self._memo.get(id(owner))
+        if nodes is None:
+            nodes = self._memo[id(owner)] = tuple([self.param_node(p) for p in params])
+        return nodes
 
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""

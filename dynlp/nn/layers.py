@@ -59,6 +59,7 @@ class MLP:
         for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
             self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
+        self._params = tuple(p for layer in self.layers for p in layer)
 
     def __call__(self, x: Any) -> Expression:
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
@@ -100,12 +101,7 @@ class MLP:
     def _node_args(self, g: Any, x: Expression) -> tuple[int, ...]:
         """(x, W1, b1, ..., Wk, bk) as node indices of graph g: the arguments of the ops that
         are a whole MLP."""
-        param_node = g.param_node
-        args = [x.i]
-        for W, b in self.layers:
-            args.append(param_node(W))
-            args.append(param_node(b))
-        return tuple(args)
+        return (x.i,) + g.param_nodes_of(self, self._params)
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)

@@ -72,6 +72,7 @@ class TreeLSTMBuilder:
             columns = self.input_dim + hidden
         self.W = self.pc.add_parameters((len(bias), columns), name="W")
         self.b = self.pc.add_parameters((len(bias),), init=bias, name="b")
+        self._params = (self.W, self.b)
         self._zeros = ZeroLeaves()
 
     def _check_input(self, x: Any) -> None:
@@ -85,8 +86,8 @@ class TreeLSTMBuilder:
         if self.kind == "binary" and type(x) is Expression:
             g = x._live()
             self._check_input(x)
-            return TreeState(g.add(_LEAF, (g.param_node(self.W), g.param_node(self.b), x.i)),
-                             self.hidden_dim)
+            W, b = g.param_nodes_of(self, self._params)
+            return TreeState(g.add(_LEAF, (W, b, x.i)), self.hidden_dim)
         return self.node((), x)
 
     def node(self, children: Sequence[Any], x: Any = None) -> TreeState:
@@ -97,8 +98,8 @@ class TreeLSTMBuilder:
             if type(left) is Expression and type(right) is Expression and left.g is right.g:
                 # the common internal node: straight into the graph
                 g = left._live()
-                return TreeState(g.add(_NOX, (g.param_node(self.W), g.param_node(self.b),
-                                              left.i, right.i)), self.hidden_dim)
+                W, b = g.param_nodes_of(self, self._params)
+                return TreeState(g.add(_NOX, (W, b, left.i, right.i)), self.hidden_dim)
         states = [getattr(child, "state", child) for child in children]
         if x is not None:
             self._check_input(x)
