@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import functions as F
 from ..graph import Expression, apply
 from ..ops import TABLE
 from ..params import ParameterCollection
@@ -21,28 +20,34 @@ _NOX = TABLE["treelstm_binary_nox"]
 _PICK_RANGE = TABLE["pick_range"]
 
 
+def _halves(hidden: int) -> tuple[tuple, tuple]:
+    """The pick_range attributes of h and of c in a state [c; h] (2H,)."""
+    return ((("start", hidden), ("end", 2 * hidden), ("dim", 0)),
+            (("start", 0), ("end", hidden), ("dim", 0)))
+
+
 class TreeState:
     """A tree node's fused state [c; h] (2H,); `h()` and `c()` slice it once, when asked."""
 
-    __slots__ = ("state", "hidden_dim", "_h", "_c")
+    __slots__ = ("state", "hidden_dim", "_halves", "_h", "_c")
 
-    def __init__(self, state: Expression, hidden_dim: int) -> None:
+    def __init__(self, state: Expression, hidden_dim: int, halves: tuple | None = None) -> None:
         self.state = state
         self.hidden_dim = hidden_dim
+        self._halves = halves or _halves(hidden_dim)
         self._h: Expression | None = None
         self._c: Expression | None = None
 
     def h(self) -> Expression:
         if self._h is None:
-            hidden = self.hidden_dim
             state = self.state
-            self._h = state._live().add(_PICK_RANGE, (state.i,), (
-                ("start", hidden), ("end", 2 * hidden), ("dim", 0)))
+            self._h = state._live().add(_PICK_RANGE, (state.i,), self._halves[0])
         return self._h
 
     def c(self) -> Expression:
         if self._c is None:
-            self._c = F.pick_range(self.state, 0, self.hidden_dim)
+            state = self.state
+            self._c = state._live().add(_PICK_RANGE, (state.i,), self._halves[1])
         return self._c
 
 
@@ -73,6 +78,7 @@ class TreeLSTMBuilder:
         self.W = self.pc.add_parameters((len(bias), columns), name="W")
         self.b = self.pc.add_parameters((len(bias),), init=bias, name="b")
         self._params = (self.W, self.b)
+        self._halves = _halves(hidden)
         self._zeros = ZeroLeaves()
 
     def _check_input(self, x: Any) -> None:
@@ -87,7 +93,7 @@ class TreeLSTMBuilder:
             g = x._live()
             self._check_input(x)
             W, b = g.param_nodes_of(self, self._params)
-            return TreeState(g.add(_LEAF, (W, b, x.i)), self.hidden_dim)
+            return TreeState(g.add(_LEAF, (W, b, x.i)), self.hidden_dim, self._halves)
         return self.node((), x)
 
     def node(self, children: Sequence[Any], x: Any = None) -> TreeState:
@@ -99,7 +105,8 @@ class TreeLSTMBuilder:
                 # the common internal node: straight into the graph
                 g = left._live()
                 W, b = g.param_nodes_of(self, self._params)
-                return TreeState(g.add(_NOX, (W, b, left.i, right.i)), self.hidden_dim)
+                return TreeState(g.add(_NOX, (W, b, left.i, right.i)), self.hidden_dim,
+                                 self._halves)
         states = [getattr(child, "state", child) for child in children]
         if x is not None:
             self._check_input(x)
