@@ -1,6 +1,6 @@
 """Tree-LSTM builders (Tai, Socher and Manning, 2015): binary N-ary and child-sum, one fused op
 node per tree node, so that autobatching groups the nodes of many trees. Builds on dynlp's graph,
-functions and params; must not import dynlp.data or recipes.
+op table and params; must not import dynlp.data or recipes.
 """
 
 from __future__ import annotations
