@@ -209,7 +209,8 @@ class Engine:
 
     def _agenda(self, pending: list[int]) -> None:
         """DyNet's agenda: run the ready signature group of lowest mean depth, until nothing is
-        pending (unbatchable nodes first)."""
+        pending; unbatchable nodes first, and cheap groups (op cost 1) before costly ones (matrix
+        products), so that these wait and grow."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
         deps: dict[int, int] = {}
@@ -236,7 +237,8 @@ class Engine:
         def make_ready(n: int) -> None:
             s = sigs[n]
             group = ready.get(s)
-            p = prio[n] if ops[n].batch is not None else -1e9
+            op = ops[n]
+            p = -1e9 if op.batch is None else prio[n] + (1e6 if op.cost > 1 else 0.0)
             if group is None:
                 ready[s] = [n]
                 total[s] = p

@@ -83,6 +83,8 @@ class Op:
     batched_attrs: attributes that differ per example and are stacked, not part of the signature.
     domain: where test inputs are drawn: real, positive, nonzero, unit (0.1..0.9).
     grad_scale: the factor between the rules and the numerical derivative (stop or flip gradient).
+    cost: the rough price of a call, 1 for elementwise and structural ops, more for matrix
+    products; the agenda strategy runs cheap groups first so that costly ones wait and grow.
     residual: forward returns (out, residual), and vjp and jvp receive `residual=` keyword: what
     forward computed on the way (gates, concatenated inputs) that the derivatives reuse.
     ragged: set by `ragged()`: (forward, vjp, jvp) over all arguments of a batch as one flat
