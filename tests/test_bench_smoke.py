@@ -181,3 +181,18 @@ def test_dynet_peers_train_in_child_processes(bench, data):
     finally:
         for peer in workload.peers.values():
             peer.close()
+
+
+def test_profile_step_splits_a_step_into_phases(bench, capsys):
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT.parent / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--workload", "treelstm-paper", "--tiny", "--batch", "3",
+                        "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    for phase in module.PHASES:
+        assert phase in out
+    assert "examples per CPU second" in out
+    # the ops are unwrapped again afterwards
+    from dynlp.ops import TABLE
+    assert TABLE["lstm_step"].forward.__name__ != "wrapper"
