@@ -262,15 +262,15 @@ class Engine:
                         make_ready(c)
 
     # -- execution -------------------------------------------------------------------------------
-    def _gather(self, nodes: list[int]) -> tuple[np.ndarray, tuple]:
-        """Stack the values of nodes along a new leading axis, without copying when possible."""
-        loc, bufs = self.g.loc, self.bufs
-        count = len(nodes)
+    def _gather(self, places: list[int]) -> tuple[np.ndarray, tuple]:
+        """Stack the values of nodes, given by their places, along a new leading axis, without
+        copying when possible."""
+        bufs = self.bufs
+        count = len(places)
         if count == 1:
-            here = loc[nodes[0]]
+            here = places[0]
             b, r = here >> _SHIFT, here & _ROW
             return bufs[b][r:r + 1], ("slice", b, r)
-        places = [loc[a] for a in nodes]
         lo, hi = min(places), max(places)
         b0 = lo >> _SHIFT
         if hi >> _SHIFT == b0:
@@ -317,7 +317,7 @@ class Engine:
                 xs.append(bufs[loc[a] >> _SHIFT][loc[a] & _ROW])
                 plans.append(a)
             else:
-                x, plan = self._gather([all_args[n][k] for n in nodes])
+                x, plan = self._gather([loc[all_args[n][k]] for n in nodes])
                 xs.append(x)
                 plans.append(plan)
         static = g.attrs[n0]
@@ -345,7 +345,8 @@ class Engine:
         """All the arguments of all the nodes in one gather, and one call of the ragged rules."""
         g = self.g
         all_args = g.args
-        x, plan = self._gather([a for n in nodes for a in all_args[n]])
+        loc = g.loc
+        x, plan = self._gather([loc[a] for n in nodes for a in all_args[n]])
         attrs = dict(g.attrs[nodes[0]])
         attrs["counts"] = np.array([len(all_args[n]) for n in nodes])
         forward, vjp, _ = op.ragged
@@ -356,7 +357,7 @@ class Engine:
         self.bufs.append(out)
         self.batches.append(Batch(op, nodes, [x], [plan], attrs, (STACK,),
                                   lambda g, out, x, **a: (vjp(g, out, x, **a),)))
-        loc, here = g.loc, b << _SHIFT
+        here = b << _SHIFT
         for n in nodes:
             loc[n] = here
             here += 1
