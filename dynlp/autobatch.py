@@ -9,6 +9,7 @@ Graphs". Must not import params or trainers.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from typing import Any, Iterable
 
 import numpy as np
@@ -155,7 +156,7 @@ class Engine:
         for t in targets:
             if loc[t] < 0:
                 height[t] = 1
-        groups: dict[int, list[int]] = {}  # level << _SHIFT | signature -> nodes
+        groups: defaultdict[int, list[int]] = defaultdict(list)  # level << 32 | sig -> nodes
         first = -(1 << 30) << _SHIFT
         for n in candidates:
             h = height[n]
@@ -168,12 +169,7 @@ class Engine:
                     ready = False
                     if height[a] < up:
                         height[a] = up
-            key = (first if ready else -h << _SHIFT) + sigs[n]
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [n]
-            else:
-                group.append(n)
+            groups[(first if ready else -h << _SHIFT) + sigs[n]].append(n)
         run = self._run
         for key in sorted(groups):
             nodes = groups[key]
