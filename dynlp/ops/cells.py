@@ -232,41 +232,64 @@ def _leaf_blocks(W, width):
 
 
 def _leaf_forward(W, b, x):
-    """[c; h], and the residual (i, o, u, tanh(c)) that the VJP and JVP reuse."""
+    """[c; h], and the residual (i, o, u, tanh(c)), each H x B (gate-major, as the n-ary
+    cells), that the VJP and JVP reuse."""
     hidden = W.shape[0] // 5
     W_i, W_ou = _leaf_blocks(W, x.shape[1])
-    pre_i = x @ W_i.T
-    pre_i += b[:hidden]
-    pre_ou = x @ W_ou.T
-    pre_ou += b[3 * hidden:]
-    i = _sigmoid(pre_i)
-    o = _sigmoid(pre_ou[:, :hidden])
-    u = np.tanh(pre_ou[:, hidden:])
-    out = np.empty((x.shape[0], 2 * hidden), dtype=i.dtype)
-    np.multiply(i, u, out=out[:, :hidden])
-    tc = np.tanh(out[:, :hidden])
-    np.multiply(o, tc, out=out[:, hidden:])
+    i = W_i @ x.T
+    i += b[:hidden, None]
+    ou = W_ou @ x.T
+    ou += b[3 * hidden:, None]
+    i *= 0.5  # sigmoid(z) = (1 + tanh(z / 2)) / 2
+    np.tanh(i, out=i)
+    i *= 0.5
+    i += 0.5
+    o, u = ou[:hidden], ou[hidden:]
+    o *= 0.5
+    np.tanh(o, out=o)
+    o *= 0.5
+    o += 0.5
+    np.tanh(u, out=u)
+    c = i * u
+    tc = np.tanh(c)
+    out = np.empty((x.shape[0], 2 * hidden), dtype=c.dtype)
+    out[:, :hidden] = c.T
+    np.multiply(o, tc, out=out[:, hidden:].T)
     return out, (i, o, u, tc)
 
 
 def _leaf_vjp(g, out, W, b, x, residual):
     i, o, u, tc = residual
-    hidden = i.shape[1]
-    gh = g[:, hidden:]
-    gc = g[:, :hidden] + gh * o * (1.0 - tc * tc)
+    hidden = i.shape[0]
+    gh = g[:, hidden:].T
+    gc = tc * tc
+    np.subtract(1.0, gc, out=gc)
+    gc *= o
+    gc *= gh
+    gc += g[:, :hidden].T
     # the rows of f_left and f_right stay zero: their gates multiply zero cells
-    gpre = np.zeros((x.shape[0], 5 * hidden), dtype=gc.dtype)
-    gpre[:, :hidden] = gc * u * i * (1.0 - i)
-    gpre[:, 3 * hidden:4 * hidden] = gh * tc * o * (1.0 - o)
-    gpre[:, 4 * hidden:] = gc * i * (1.0 - u * u)
+    gpre = np.zeros((5 * hidden, x.shape[0]), dtype=gc.dtype)
+    gi, go, gu = gpre[:hidden], gpre[3 * hidden:4 * hidden], gpre[4 * hidden:]
+    np.multiply(gc, u, out=gi)
+    gi *= i
+    gi *= 1.0 - i
+    np.multiply(gh, tc, out=go)
+    go *= o
+    go *= 1.0 - o
+    np.multiply(u, u, out=gu)
+    np.subtract(1.0, gu, out=gu)
+    gu *= gc
+    gu *= i
     W_i, W_ou = _leaf_blocks(W, x.shape[1])
-    gx = gpre[:, :hidden] @ W_i + gpre[:, 3 * hidden:] @ W_ou
-    return OuterProduct(gpre, x, start=0), gpre.sum(axis=0), gx
+    gx = gi.T @ W_i
+    gx += gpre[3 * hidden:].T @ W_ou
+    return (OuterProduct(gpre.T, x, start=0), gpre @ np.ones(x.shape[0], dtype=gpre.dtype),
+            gx)
 
 
 def _leaf_jvp(ts, out, W, b, x, residual):
     tW, tb, tx = zeros_like_tangents(ts, (W, b, x))
-    i, o, u, tc = residual
+    i, o, u, tc = (r.T for r in residual)
     hidden = i.shape[1]
     W_i, W_ou = _leaf_blocks(W, x.shape[1])
     tW_i, tW_ou = _leaf_blocks(tW, x.shape[1])
