@@ -522,3 +522,58 @@ def test_lstm_steps_batch_across_sequences():
     assert steps <= max(lengths) + 1
     assert stats["forward_batches"] < counts[False][1]["forward_batches"] / 4
     assert stats["mean_batch_size"] > 4
+
+
+@pytest.mark.parametrize("builder_class", [dn.LSTMBuilder, dn.GRUBuilder, dn.SimpleRNNBuilder])
+@pytest.mark.parametrize("rates", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.4), (0.3, 0.4)])
+def test_transduce_builds_what_add_input_builds(builder_class, rates):
+    """The direct path of add_inputs (dropout masks included) gives the nodes, values and
+    gradients of add_input called step by step."""
+    pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+    rnn = builder_class(2, 3, 4, pc)
+    rnn.set_dropout(*rates)
+    xs = np.random.default_rng(5).normal(size=(5, 3))
+
+    def run(direct):
+        with dn.Graph(dtype=np.float64, seed=9) as g:
+            inputs = [dn.inputs(x) for x in xs]
+            state = rnn.initial_state()
+            if direct:
+                states = state.add_inputs(inputs)
+            else:
+                states = []
+                for x in inputs:
+                    state = state.add_input(x)
+                    states.append(state)
+            loss = dn.esum([dn.sum_elems(dn.tanh(s.output())) for s in states])
+            loss.backward()
+            # the same nodes in the same order (parameters may enter the graph earlier)
+            ops = [op.name for op in g.ops if op.name != "parameter"]
+            return (len(g), ops, loss.scalar_value(),
+                    [p.grad_as_array().copy() for p in pc.parameters()])
+
+    n1, ops1, v1, g1 = run(True)
+    for p in pc.parameters():
+        p.clear_grad()
+    n2, ops2, v2, g2 = run(False)
+    assert (n1, ops1) == (n2, ops2)
+    assert v1 == pytest.approx(v2, rel=1e-14)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_birnn_draws_its_dropout_masks_once_on_either_path():
+    """Arrays as inputs take the general path, expressions the direct one: the same masks
+    (one draw per direction and sequence), so the same outputs."""
+    pc = dn.ParameterCollection(seed=2, dtype=np.float64)
+    birnn = BiRNNBuilder(2, 3, 8, pc, LSTMBuilder)
+    birnn.set_dropout(0.5, 0.5)
+    xs = np.random.default_rng(1).normal(size=(4, 3))
+
+    def outputs(as_expressions):
+        with dn.Graph(dtype=np.float64, seed=3):
+            inputs = [dn.inputs(x) for x in xs] if as_expressions else list(xs)
+            return [h.npvalue() for h in birnn.transduce(inputs)]
+
+    for a, b in zip(outputs(True), outputs(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-14)

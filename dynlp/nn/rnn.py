@@ -132,11 +132,11 @@ class RNNState:
         return out
 
     def _fast_steps(self, xs: list[Any], top_only: bool = False) -> list | None:
-        """add_input over xs with one `Graph.add` per step and layer, when nothing is dropped
-        out: per step, (the layers' states, the lower layers' h and None) or, with top_only,
-        the top layer's state node alone. None when the general path must run."""
+        """add_input over xs with `Graph.add` straight (the same nodes, dropout masks included):
+        per step, (the layers' states, the lower layers' h and None) or, with top_only, the top
+        layer's state node alone. None when the general path must run."""
         b = self.builder
-        if b.step_op is None or not xs or any(m != (None, None) for m in self.masks):
+        if b.step_op is None or not xs:
             return None
         g = None
         for x in xs:
@@ -156,6 +156,9 @@ class RNNState:
                                  f"{shapes[x.i]}, expected {want}")
         add, op = g.add, TABLE[b.step_op]
         weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
+        masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
+        if any(m != (None, None) for m in masks):
+            return self._fast_masked_steps(xs, top_only, g, op, weights, masks)
         if len(weights) == 1 and top_only:
             W, bias = weights[0]
             state = self.states[0].i
@@ -180,6 +183,44 @@ class RNNState:
                     node = h.i
                 else:
                     hs.append(None)
+            out.append(layer_states[-1].i if top_only else (layer_states, hs))
+        return out
+
+    def _fast_masked_steps(self, xs: list[Expression], top_only: bool, g: Graph, op: Any,
+                           weights: list[tuple[int, int]], masks: list[tuple]) -> list:
+        """`_fast_steps` with dropout: each layer's input times its mask, and the carried state
+        times the recurrent mask (or the mask as the step's last argument, for cells that mask
+        inside their gates), except on the first step from zero states; as `add_input`."""
+        b = self.builder
+        add, mul = g.add, TABLE["mul"]
+        states = list(self.states)
+        last = len(states) - 1
+        zero = self.zero
+        out = []
+        for x in xs:
+            node = x.i
+            layer_states, hs = [], []
+            for layer, (W, bias) in enumerate(weights):
+                input_mask, recurrent_mask = masks[layer]
+                if input_mask is not None:
+                    node = add(mul, (node, input_mask)).i
+                state = states[layer].i
+                if recurrent_mask is None or zero:
+                    args: tuple[int, ...] = (W, bias, node, state)
+                elif b.mask_in_step:
+                    args = (W, bias, node, state, recurrent_mask)
+                else:
+                    args = (W, bias, node, add(mul, (state, recurrent_mask)).i)
+                new = add(op, args)
+                states[layer] = new
+                layer_states.append(new)
+                if layer < last:
+                    h = b._hidden(new)
+                    hs.append(h)
+                    node = h.i
+                else:
+                    hs.append(None)
+            zero = False
             out.append(layer_states[-1].i if top_only else (layer_states, hs))
         return out
 
@@ -211,6 +252,7 @@ class RecurrentBuilder:
     default_name = "rnn"
     has_cell = False
     step_op: str | None = None  # the op of one step, (W, b, x, state) -> state, when it is one
+    mask_in_step = False  # the recurrent dropout mask is the step op's last argument
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
                  name: str | None = None) -> None:
@@ -365,6 +407,7 @@ class GRUBuilder(RecurrentBuilder):
 
     default_name = "gru"
     step_op = "gru_step"
+    mask_in_step = True
 
     def _make_layer(self, pc, width):
         hidden = self.hidden_dim
@@ -420,10 +463,12 @@ class BiRNNBuilder:
         """xs: (input_dim,) each -> a list of (output_dim,) expressions."""
         xs = list(xs)
         for forward, backward in self.builder_layers:
+            # one draw of each direction's dropout masks, whichever path builds the steps
+            start_ahead, start_behind = forward.initial_state(), backward.initial_state()
             span = forward.hidden_range()
             if span is not None and span == backward.hidden_range():
-                ahead_nodes = forward.initial_state()._fast_steps(xs, top_only=True)
-                behind_nodes = backward.initial_state()._fast_steps(xs[::-1], top_only=True)
+                ahead_nodes = start_ahead._fast_steps(xs, top_only=True)
+                behind_nodes = start_behind._fast_steps(xs[::-1], top_only=True)
                 if ahead_nodes is not None and behind_nodes is not None:
                     # h from both fused states in one node per position, straight into the graph
                     g = xs[0].g
@@ -431,8 +476,8 @@ class BiRNNBuilder:
                     attrs = (("start", span[0]), ("end", span[1]))
                     xs = [add(op, (a, c), attrs) for a, c in zip(ahead_nodes, behind_nodes[::-1])]
                     continue
-            ahead = forward.initial_state().add_inputs(xs)
-            behind = backward.initial_state().add_inputs(xs[::-1])[::-1]
+            ahead = start_ahead.add_inputs(xs)
+            behind = start_behind.add_inputs(xs[::-1])[::-1]
             if span is not None and span == backward.hidden_range():
                 # h from both fused states in one node, not two slices and a concatenation
                 xs = [F.concatenate_ranges([a.states[-1], b.states[-1]], *span)
