@@ -154,6 +154,43 @@ class Graph:
         self._push_loc(-1)
         return Expression(self, node)
 
+    def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int], state: int
+                  ) -> list[int]:
+        """Nodes op(*shared, x, previous) for each x of xs in turn, `previous` starting at
+        `state` and then the node before: a recurrent sequence in one call. The nodes are those
+        `add` makes one by one; when the nodes' argument shapes repeat (the usual case), the
+        shape check and signature are looked up once."""
+        out: list[int] = []
+        if not xs:
+            return out
+        add, shapes = self.add, self.shapes
+        first = add(op, shared + (xs[0], state)).i
+        out.append(first)
+        shape, sig = shapes[first], self.sigs[first]
+        if shape != shapes[state]:  # the state changes shape: no repeating pattern
+            for x in xs[1:]:
+                out.append(add(op, shared + (x, out[-1])).i)
+            return out
+        x_shape = shapes[xs[0]]
+        push_op, push_args, push_attrs = self._push_op, self._push_args, self._push_attrs
+        push_battrs, push_shape = self._push_battrs, shapes.append
+        push_sig, push_loc = self._push_sig, self._push_loc
+        node = first
+        for x in xs[1:]:
+            if shapes[x] != x_shape:  # another input shape: check it the long way
+                node = add(op, shared + (x, node)).i
+            else:
+                push_op(op)
+                push_args(shared + (x, node))
+                push_attrs(())
+                push_battrs(None)
+                push_shape(shape)
+                push_sig(sig)
+                push_loc(-1)
+                node = len(shapes) - 1
+            out.append(node)
+        return out
+
     def _describe(self, key: tuple) -> tuple:
         op, shapes, attrs = key
         try:

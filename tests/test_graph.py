@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import dynlp as dn
+from dynlp.graph import Expression
+from dynlp.ops import TABLE
 
 
 def test_issue_walkthrough():
@@ -145,3 +147,33 @@ def test_stats_report_batches():
         stats = g.stats()
     assert stats["forward_batches"] <= 5 and stats["mean_batch_size"] > 2
     assert {"seconds_scheduling", "seconds_forward_numpy", "nodes"} <= set(stats)
+
+
+def test_add_chain_makes_the_nodes_add_makes():
+    op = TABLE["lstm_step"]
+    pc = dn.ParameterCollection(seed=1)
+    W, b = pc.add_parameters((8, 5)), pc.add_parameters((8,))
+    xs = np.random.default_rng(0).normal(size=(4, 3))
+
+    def build(chain):
+        with dn.Graph() as g:
+            inputs = [dn.inputs(x).i for x in xs]
+            state = g.leaf(np.zeros(4)).i
+            shared = (g.param_node(W), g.param_node(b))
+            if chain:
+                nodes = g.add_chain(op, shared, inputs, state)
+            else:
+                nodes = []
+                for x in inputs:
+                    state = g.add(op, shared + (x, state)).i
+                    nodes.append(state)
+            value = dn.esum([dn.sum_elems(Expression(g, n)) for n in nodes]).scalar_value()
+            return nodes, [g.args[n] for n in nodes], [g.sigs[n] for n in nodes], value
+
+    assert build(True) == build(False)
+    with dn.Graph() as g:
+        shared = (g.param_node(W), g.param_node(b))
+        state = g.leaf(np.zeros(4)).i
+        bad = [dn.inputs(np.zeros(3)).i, dn.inputs(np.zeros(2)).i]
+        with pytest.raises(dn.ShapeError, match="lstm_step"):
+            g.add_chain(op, shared, bad, state)

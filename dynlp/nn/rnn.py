@@ -160,13 +160,7 @@ class RNNState:
         if any(m != (None, None) for m in masks):
             return self._fast_masked_steps(xs, top_only, g, op, weights, masks)
         if len(weights) == 1 and top_only:
-            W, bias = weights[0]
-            state = self.states[0].i
-            out = []
-            for x in xs:
-                state = add(op, (W, bias, x.i, state)).i
-                out.append(state)
-            return out
+            return g.add_chain(op, weights[0], [x.i for x in xs], self.states[0].i)
         states = list(self.states)
         last = len(states) - 1
         out = []
