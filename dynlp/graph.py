@@ -175,9 +175,10 @@ class Graph:
         push_op, push_args, push_attrs = self._push_op, self._push_args, self._push_attrs
         push_battrs, push_shape = self._push_battrs, shapes.append
         push_sig, push_loc = self._push_sig, self._push_loc
-        node = first
+        node, repeating = first, True
         for x in xs[1:]:
-            if shapes[x] != x_shape:  # another input shape: check it the long way
+            repeating = repeating and shapes[x] == x_shape
+            if not repeating:  # another input shape: this and the rest the long way
                 node = add(op, shared + (x, node)).i
             else:
                 push_op(op)
