@@ -154,39 +154,21 @@ class RNNState:
             if shapes[x.i] != want:
                 raise ValueError(f"{type(b).__name__}.add_input: input of shape "
                                  f"{shapes[x.i]}, expected {want}")
-        add, op = g.add, TABLE[b.step_op]
         weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
         masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
-        if any(m != (None, None) for m in masks):
-            return self._fast_masked_steps(xs, top_only, g, op, weights, masks)
-        if len(weights) == 1 and top_only:
-            return g.add_chain(op, weights[0], [x.i for x in xs], self.states[0].i)
-        states = list(self.states)
-        last = len(states) - 1
-        out = []
-        for x in xs:
-            node = x.i
-            layer_states, hs = [], []
-            for layer, (W, bias) in enumerate(weights):
-                state = add(op, (W, bias, node, states[layer].i))
-                states[layer] = state
-                layer_states.append(state)
-                if layer < last:
-                    h = b._hidden(state)
-                    hs.append(h)
-                    node = h.i
-                else:
-                    hs.append(None)
-            out.append(layer_states[-1].i if top_only else (layer_states, hs))
-        return out
+        if len(weights) == 1 and top_only and masks[0] == (None, None):
+            return g.add_chain(TABLE[b.step_op], weights[0], [x.i for x in xs],
+                               self.states[0].i)
+        return self._layered_steps(xs, top_only, g, weights, masks)
 
-    def _fast_masked_steps(self, xs: list[Expression], top_only: bool, g: Graph, op: Any,
-                           weights: list[tuple[int, int]], masks: list[tuple]) -> list:
-        """`_fast_steps` with dropout: each layer's input times its mask, and the carried state
-        times the recurrent mask (or the mask as the step's last argument, for cells that mask
-        inside their gates), except on the first step from zero states; as `add_input`."""
+    def _layered_steps(self, xs: list[Expression], top_only: bool, g: Graph,
+                       weights: list[tuple[int, int]], masks: list[tuple]) -> list:
+        """`_fast_steps` layer by layer, with dropout as `add_input` applies it: each layer's
+        input times its mask, and the carried state times the recurrent mask (or the mask as
+        the step's last argument, for cells that mask inside their gates), except on the first
+        step from zero states."""
         b = self.builder
-        add, mul = g.add, TABLE["mul"]
+        add, mul, op = g.add, TABLE["mul"], TABLE[b.step_op]
         states = list(self.states)
         last = len(states) - 1
         zero = self.zero
