@@ -327,15 +327,18 @@ class Engine:
         if op.residual:
             out, attrs["residual"] = out
         self.times["forward_numpy"] += time.perf_counter() - start
-        b = len(bufs)
-        bufs.append(out)
-        self.batches.append(Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
-        here = b << _SHIFT
-        for n in nodes:
+        self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
+
+    def _store(self, out: np.ndarray, batch: Batch) -> None:
+        """Keep a batch and its output; its nodes' values are the output's rows, in order."""
+        loc, here = self.g.loc, len(self.bufs) << _SHIFT
+        self.bufs.append(out)
+        self.batches.append(batch)
+        for n in batch.nodes:
             loc[n] = here
             here += 1
         self.counts["forward_batches"] += 1
-        self.counts["forward_nodes"] += len(nodes)
+        self.counts["forward_nodes"] += len(batch.nodes)
 
     def _run_ragged(self, op: Any, nodes: list[int]) -> None:
         """All the arguments of all the nodes in one gather, and one call of the ragged rules."""
@@ -349,16 +352,8 @@ class Engine:
         start = time.perf_counter()
         out = forward(x, **attrs)
         self.times["forward_numpy"] += time.perf_counter() - start
-        b = len(self.bufs)
-        self.bufs.append(out)
-        self.batches.append(Batch(op, nodes, [x], [plan], attrs, (STACK,),
-                                  lambda g, out, x, **a: (vjp(g, out, x, **a),)))
-        here = b << _SHIFT
-        for n in nodes:
-            loc[n] = here
-            here += 1
-        self.counts["forward_batches"] += 1
-        self.counts["forward_nodes"] += len(nodes)
+        self._store(out, Batch(op, nodes, [x], [plan], attrs, (STACK,),
+                               lambda g, out, x, **a: (vjp(g, out, x, **a),)))
 
     # -- reverse mode ----------------------------------------------------------------------------
     def backward(self, loss: int) -> None:

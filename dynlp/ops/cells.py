@@ -13,6 +13,14 @@ def _sigmoid(z):
     return 0.5 + 0.5 * np.tanh(0.5 * z)
 
 
+def _sigmoid_in_place(z):
+    """z <- sigmoid(z), by the same identity, for a contiguous block of gates."""
+    z *= 0.5
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5
+
+
 def _check_vector(name, shape, size=None):
     if len(shape) != 1:
         raise ValueError(f"{name} must be a vector")
@@ -59,11 +67,7 @@ def _nary_forward(W, b, x, states):
     pre += b[:, None]
     split = pre.shape[0] - hidden
     sig, u = pre[:split], pre[split:]
-    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one tanh for all the sigmoid gates at once
-    sig *= 0.5
-    np.tanh(sig, out=sig)
-    sig *= 0.5
-    sig += 0.5
+    _sigmoid_in_place(sig)
     np.tanh(u, out=u)
     c = sig[:hidden] * u
     for k, s in enumerate(states, 1):
@@ -240,15 +244,9 @@ def _leaf_forward(W, b, x):
     i += b[:hidden, None]
     ou = W_ou @ x.T
     ou += b[3 * hidden:, None]
-    i *= 0.5  # sigmoid(z) = (1 + tanh(z / 2)) / 2
-    np.tanh(i, out=i)
-    i *= 0.5
-    i += 0.5
     o, u = ou[:hidden], ou[hidden:]
-    o *= 0.5
-    np.tanh(o, out=o)
-    o *= 0.5
-    o += 0.5
+    _sigmoid_in_place(i)
+    _sigmoid_in_place(o)
     np.tanh(u, out=u)
     c = i * u
     tc = np.tanh(c)
