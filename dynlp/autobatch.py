@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .graph import GraphError
-from .ops import SHARED, STACK, OuterProduct, SparseRows
+from .ops import SHARED, STACK, OuterProduct, Parts, SparseRows
 
 STRATEGIES = ("agenda", "depth", "late")
 DEFAULT_STRATEGY = "late"
@@ -365,7 +365,8 @@ class Engine:
         grads: list[np.ndarray | None] = [None] * len(bufs)
         last = loc[loss] >> _SHIFT
         sparse: dict[int, list[SparseRows]] = {}
-        products: dict[tuple[int, int, int], list[OuterProduct]] = {}  # (node, start, width)
+        # (node, first row, first column, shape of the block) -> products
+        products: dict[tuple, list[OuterProduct]] = {}
         numpy_time = 0.0
         # The batches that multi-source gathers read get their gradients as views into one
         # zeroed array per row shape (an arena), so that such a gather's cotangent is one
@@ -387,15 +388,19 @@ class Engine:
             pb, pr = loc[plan] >> _SHIFT, loc[plan] & _ROW
             if type(ct) is OuterProduct:
                 if batches[pb] is None:  # a leaf: multiply once, at the end
-                    key = (plan, ct.start, ct.right.shape[1])
+                    key = (plan, ct.row, ct.start, ct.left.shape[1], ct.right.shape[1])
                     chunks = products.get(key)
                     if chunks is None:
                         products[key] = [ct]
                     else:
                         chunks.append(ct)
                 else:
-                    gw = grad_of(pb)[pr]
-                    gw[:, ct.start:ct.start + ct.right.shape[1]] += ct.left.T @ ct.right
+                    block = ct.left.T @ ct.right
+                    grad_of(pb)[pr][ct.row:ct.row + block.shape[0],
+                                    ct.start:ct.start + block.shape[1]] += block
+            elif type(ct) is Parts:
+                for part in ct.parts:
+                    to_shared(plan, part)
             elif isinstance(ct, SparseRows):
                 if plan in g.node_params:
                     sparse.setdefault(plan, []).append(ct)
@@ -440,17 +445,17 @@ class Engine:
                         np.add.at(arena, rows, ct)
                     hit.update(sources)
         t0 = time.perf_counter()
-        for (node, col, width), chunks in products.items():
+        for (node, row, col, height, width), chunks in products.items():
             if len(chunks) == 1:
                 dense = chunks[0].left.T @ chunks[0].right
             else:
                 dense = (np.concatenate([c.left for c in chunks]).T
                          @ np.concatenate([c.right for c in chunks]))
             gw = grad_of(loc[node] >> _SHIFT)[loc[node] & _ROW]
-            if col == 0 and width == gw.shape[1]:
+            if dense.shape == gw.shape:
                 gw += dense
             else:
-                gw[:, col:col + width] += dense
+                gw[row:row + height, col:col + width] += dense
         numpy_time += time.perf_counter() - t0
         self.grads = grads
         for node, param in g.node_params.items():

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .graph import Expression, Graph
-from .ops import SHARED, Case, Op, OuterProduct, SparseRows
+from .ops import SHARED, Case, Op, OuterProduct, Parts, SparseRows
 
 
 class GradcheckError(AssertionError):
@@ -137,7 +137,7 @@ def check_rule(op: Op, case: Case, batch: int = 3, seed: int = 0, eps: float = 1
             diff = run_forward(op, plus, attrs)[0] - run_forward(op, minus, attrs)[0]
             numeric.flat[j] = np.sum(g * diff) / (2 * eps)
         ct = cts[k]
-        if isinstance(ct, (SparseRows, OuterProduct)):
+        if isinstance(ct, (SparseRows, OuterProduct, Parts)):
             ct = ct.dense(x.shape)
         if ct is None:
             ct = np.zeros_like(x)

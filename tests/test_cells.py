@@ -105,7 +105,9 @@ def test_binary_treelstm_leaf_equals_node_over_zero_children(rng):
     g = rng.normal(size=leaf.shape)
     leaf_cts = TABLE["treelstm_binary_leaf"].vjp(g, leaf, W, b, x, **leaf_attrs)
     node_cts = TABLE["treelstm_binary"].vjp(g, node, W, b, x, zero, zero, **node_attrs)
-    assert leaf_cts[0].start == 0 and leaf_cts[0].right.shape[1] == X
+    # two deferred blocks over the x columns: rows i, and rows [o; u] (the f rows are zero)
+    blocks = [(p.row, p.start, p.left.shape[1], p.right.shape[1]) for p in leaf_cts[0].parts]
+    assert blocks == [(0, 0, H, X), (3 * H, 0, 2 * H, X)]
     gW = leaf_cts[0].dense(W.shape)
     assert not gW[H:3 * H].any() and not gW[:, X:].any()
     np.testing.assert_allclose(gW, node_cts[0].dense(W.shape), rtol=1e-12, atol=1e-14)

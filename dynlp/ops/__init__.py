@@ -4,7 +4,8 @@
 """
 
 from . import cells, elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
-from .core import SHARED, STACK, TABLE, Case, Op, OuterProduct, SparseRows
+from .core import SHARED, STACK, TABLE, Case, Op, OuterProduct, Parts, SparseRows
 from .structure import LEAVES
 
-__all__ = ["TABLE", "Op", "Case", "OuterProduct", "SparseRows", "STACK", "SHARED", "LEAVES"]
+__all__ = ["TABLE", "Op", "Case", "OuterProduct", "Parts", "SparseRows", "STACK", "SHARED",
+           "LEAVES"]

@@ -5,7 +5,7 @@ sequences. LSTM-like states are laid out as [c; h]. Imports only the op-table co
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, OuterProduct, define, zeros_like_tangents
+from .core import SHARED, STACK, Case, OuterProduct, Parts, define, zeros_like_tangents
 
 
 def _sigmoid(z):
@@ -281,8 +281,9 @@ def _leaf_vjp(g, out, W, b, x, residual):
     W_i, W_ou = _leaf_blocks(W, x.shape[1])
     gx = gi.T @ W_i
     gx += gpre[3 * hidden:].T @ W_ou
-    return (OuterProduct(gpre.T, x, start=0), gpre @ np.ones(x.shape[0], dtype=gpre.dtype),
-            gx)
+    # W's cotangent in two blocks, rows i and rows [o; u] over the x columns: the f rows are 0
+    gW = Parts(OuterProduct(gi.T, x), OuterProduct(gpre[3 * hidden:].T, x, row=3 * hidden))
+    return gW, gpre @ np.ones(x.shape[0], dtype=gpre.dtype), gx
 
 
 def _leaf_jvp(ts, out, W, b, x, residual):

@@ -35,26 +35,40 @@ class SparseRows:
 class OuterProduct:
     """A cotangent for a shared matrix given as left.T @ right, (B, m) and (B, n) -> (m, n).
 
-    `start` places the product in columns [start, start + n) of a wider matrix (zero
-    elsewhere): a rule that reads only some columns of a weight says so without building the
-    rest. The engine gathers these for each weight and column range over the whole backward
-    pass and multiplies once: one large product instead of one per batch.
+    `row` and `start` place the product in rows [row, row + m) and columns [start, start + n)
+    of a larger matrix (zero elsewhere): a rule that reads only part of a weight says so
+    without building the rest. The engine gathers these for each weight and block over the
+    whole backward pass and multiplies once: one large product instead of one per batch.
     """
 
-    __slots__ = ("left", "right", "start")
+    __slots__ = ("left", "right", "start", "row")
 
-    def __init__(self, left: np.ndarray, right: np.ndarray, start: int = 0) -> None:
+    def __init__(self, left: np.ndarray, right: np.ndarray, start: int = 0, row: int = 0) -> None:
         self.left = left
         self.right = right
         self.start = start
+        self.row = row
 
     def dense(self, shape: tuple[int, ...] | None = None) -> np.ndarray:
         product = self.left.T @ self.right
         if shape is None or product.shape == tuple(shape):
             return product
         full = np.zeros(shape, product.dtype)
-        full[:, self.start:self.start + product.shape[1]] = product
+        full[self.row:self.row + product.shape[0],
+             self.start:self.start + product.shape[1]] = product
         return full
+
+
+class Parts:
+    """A cotangent that is the sum of several (OuterProduct blocks of one weight, say)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def dense(self, shape: tuple[int, ...]) -> np.ndarray:
+        return sum(part.dense(shape) for part in self.parts)
 
 
 class Case:
