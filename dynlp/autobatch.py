@@ -288,7 +288,8 @@ class Engine:
         unique = len(set(places)) == count
         plan = ("multi", sources, where, unique)
         if count * 4 < sum(sizes):
-            return np.stack([bufs[p >> _SHIFT][p & _ROW] for p in places]), plan
+            rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
+            return np.array(rows, dtype=bufs[sources[0]].dtype), plan
         offsets = np.zeros(len(sources), dtype=np.int64)
         np.cumsum(sizes[:-1], out=offsets[1:])
         idx = offsets[np.searchsorted(found, batch_of)] + (where & _ROW)
