@@ -1,7 +1,8 @@
 """The autobatching engine: schedules a graph's pending nodes into batches of equal signature and
 runs each batch as one call of its op's own rules, forward and (in reverse) backward.
 
-Knows no op by name: it reads the batching mask and batched attributes of the op table.
+Knows no op by name: it reads the batching mask, batched attributes, ragged rules and cost of
+the op table.
 After Neubig, Goldberg and Dyer (2017), "On-the-fly Operation Batching in Dynamic Computation
 Graphs". Must not import params or trainers.
 """
