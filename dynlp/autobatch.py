@@ -400,9 +400,6 @@ class Engine:
                     block = ct.left.T @ ct.right
                     grad_of(pb)[pr][ct.row:ct.row + block.shape[0],
                                     ct.start:ct.start + block.shape[1]] += block
-            elif type(ct) is Parts:
-                for part in ct.parts:
-                    to_shared(plan, part)
             elif isinstance(ct, SparseRows):
                 if plan in g.node_params:
                     sparse.setdefault(plan, []).append(ct)
@@ -425,7 +422,10 @@ class Engine:
                     continue
                 plan = batch.plans[k]
                 if batch.mask[k] == SHARED:
-                    to_shared(plan, ct)
+                    # (a loop here, not recursion in to_shared: a closure that calls itself is
+                    # a reference cycle, which would keep every gradient alive until the GC)
+                    for part in ct.parts if type(ct) is Parts else (ct,):
+                        to_shared(plan, part)
                     continue
                 kind = plan[0]
                 if kind == "slice":

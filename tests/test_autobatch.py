@@ -237,3 +237,26 @@ def test_gradients_reach_batches_read_by_unused_gathers(mode):
     assert got == pytest.approx(want, rel=1e-12)
     for x, y in zip(got_grads, want_grads):
         np.testing.assert_allclose(x, y, rtol=1e-12)
+
+
+def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
+    """Values and gradients go when the graph's block ends, by reference counting alone: no
+    reference cycle keeps them (the collector is off for the whole test)."""
+    import gc
+    import weakref
+    pc = dn.ParameterCollection(seed=1)
+    cell = dn.TreeLSTMBuilder(3, 4, pc)
+    head = dn.MLP(pc, [4, 5, 2])
+    gc.disable()
+    try:
+        with dn.Graph() as g:
+            left, right = cell.leaf(dn.inputs(np.ones(3))), cell.leaf(dn.inputs(np.zeros(3)))
+            root = cell.node([left, right])
+            loss = dn.esum([head.pick_neg_log_softmax(s.h(), 1) for s in (left, right, root)])
+            loss.backward()
+            arrays = [a for a in g.engine.bufs + g.engine.grads if a is not None]
+            refs = [weakref.ref(a) for a in arrays]
+            del arrays, left, right, root, loss
+        assert refs and all(r() is None for r in refs)
+    finally:
+        gc.enable()
