@@ -155,10 +155,8 @@ class CharacterEncoder:
             raise ValueError("CharacterEncoder: a word needs at least one character")
         chars = [self.embedding(c) for c in indices]
         ahead, behind = self.forward.initial_state(), self.backward.initial_state()
-        for x in chars:
-            ahead = ahead.add_input(x)
-        for x in reversed(chars):
-            behind = behind.add_input(x)
+        ahead = ahead.add_inputs(chars)[-1]
+        behind = behind.add_inputs(chars[::-1])[-1]
         return F.concatenate([ahead.output(), behind.output()])
 
     def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression, Graph, apply, current_graph
+from ..graph import Expression, Graph, as_node, current_graph
 from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 
@@ -94,93 +94,56 @@ class RNNState:
 
     def add_input(self, x: Any) -> "RNNState":
         """Feed x (input_dim,) through every layer; returns the next state."""
-        b = self.builder
-        shape = getattr(x, "shape", None)
-        if shape is not None and tuple(shape) != (b.input_dim,):
-            raise ValueError(f"{type(b).__name__}.add_input: input of shape {tuple(shape)}, "
-                             f"expected ({b.input_dim},)")
-        states: list[Expression] = []
-        hs: list[Expression | None] = []
-        inp = x
-        for layer, (state, (input_mask, recurrent_mask)) in enumerate(zip(self.states,
-                                                                         self.masks)):
-            if input_mask is not None:
-                inp = F.cmult(inp, input_mask)
-            states.append(b._step(layer, inp, state, None if self.zero else recurrent_mask))
-            inp = b._hidden(states[-1]) if layer + 1 < len(self.states) else None
-            hs.append(inp)
-        new = RNNState(b, states, self.masks, False, self)
-        new._h = hs
-        return new
+        return self.add_inputs([x])[0]
 
     def add_inputs(self, xs: Iterable[Any]) -> list["RNNState"]:
         """The states after each of xs, in order."""
-        xs = list(xs)
-        steps = self._fast_steps(xs)
-        if steps is not None:
-            b, out, prev = self.builder, [], self
-            for layer_states, hs in steps:
-                state = RNNState(b, layer_states, self.masks, False, prev)
-                state._h = hs
-                out.append(state)
-                prev = state
-            return out
-        out, state = [], self
-        for x in xs:
-            state = state.add_input(x)
+        b, out, prev = self.builder, [], self
+        for layer_states, hs in self._steps(list(xs)):
+            state = RNNState(b, layer_states, self.masks, False, prev)
+            state._h = hs
             out.append(state)
+            prev = state
         return out
 
-    def _fast_steps(self, xs: list[Any], top_only: bool = False) -> list | None:
-        """add_input over xs with `Graph.add` straight (the same nodes, dropout masks included):
+    def _steps(self, xs: list[Any], top_only: bool = False) -> list:
+        """Add the steps over xs (expressions, or arrays that become constants) to the graph:
         per step, (the layers' states, the lower layers' h and None) or, with top_only, the top
-        layer's state node alone. None when the general path must run."""
+        layer's state node alone."""
+        if not xs:
+            return []
         b = self.builder
-        if b.step_op is None or not xs:
-            return None
-        g = None
-        for x in xs:
-            if type(x) is not Expression:
-                return None
-            if g is None:
-                g = x._live()
-            elif x.g is not g:
-                return None
-        if any(s.g is not g for s in self.states):
-            return None
-        shapes = g.shapes
+        g = graph_of(list(self.states) + xs)
+        nodes = [as_node(g, x) for x in xs]
         want = (b.input_dim,)
-        for x in xs:
-            if shapes[x.i] != want:
+        for node in nodes:
+            if g.shapes[node] != want:
                 raise ValueError(f"{type(b).__name__}.add_input: input of shape "
-                                 f"{shapes[x.i]}, expected {want}")
+                                 f"{g.shapes[node]}, expected {want}")
+        states = [as_node(g, s) for s in self.states]
         weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
         masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
         if len(weights) == 1 and top_only and masks[0] == (None, None):
-            return g.add_chain(TABLE[b.step_op], weights[0], [x.i for x in xs],
-                               self.states[0].i)
-        return self._layered_steps(xs, top_only, g, weights, masks)
+            return g.add_chain(TABLE[b.step_op], weights[0], nodes, states[0])
+        return self._layered_steps(nodes, states, top_only, g, weights, masks)
 
-    def _layered_steps(self, xs: list[Expression], top_only: bool, g: Graph,
+    def _layered_steps(self, nodes: list[int], states: list[int], top_only: bool, g: Graph,
                        weights: list[tuple[int, int]], masks: list[tuple]) -> list:
-        """`_fast_steps` layer by layer, with dropout as `add_input` applies it: each layer's
-        input times its mask, and the carried state times the recurrent mask (or the mask as
-        the step's last argument, for cells that mask inside their gates), except on the first
-        step from zero states."""
+        """`_steps` layer by layer, with dropout: each layer's input times its mask, and the
+        carried state times the recurrent mask (or the mask as the step's last argument, for
+        cells that mask inside their gates), except on the first step from zero states."""
         b = self.builder
         add, mul, op = g.add, TABLE["mul"], TABLE[b.step_op]
-        states = list(self.states)
         last = len(states) - 1
         zero = self.zero
         out = []
-        for x in xs:
-            node = x.i
+        for node in nodes:
             layer_states, hs = [], []
             for layer, (W, bias) in enumerate(weights):
                 input_mask, recurrent_mask = masks[layer]
                 if input_mask is not None:
                     node = add(mul, (node, input_mask)).i
-                state = states[layer].i
+                state = states[layer]
                 if recurrent_mask is None or zero:
                     args: tuple[int, ...] = (W, bias, node, state)
                 elif b.mask_in_step:
@@ -188,7 +151,7 @@ class RNNState:
                 else:
                     args = (W, bias, node, add(mul, (state, recurrent_mask)).i)
                 new = add(op, args)
-                states[layer] = new
+                states[layer] = new.i
                 layer_states.append(new)
                 if layer < last:
                     h = b._hidden(new)
@@ -227,7 +190,7 @@ class RecurrentBuilder:
 
     default_name = "rnn"
     has_cell = False
-    step_op: str | None = None  # the op of one step, (W, b, x, state) -> state, when it is one
+    step_op = ""  # the op of one step, (W, b, x, state) -> state
     mask_in_step = False  # the recurrent dropout mask is the step op's last argument
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
@@ -250,10 +213,6 @@ class RecurrentBuilder:
     state_factor = 1  # the fused state holds this many vectors of hidden_dim
 
     def _make_layer(self, pc: ParameterCollection, width: int) -> tuple[Parameter, Parameter]:
-        raise NotImplementedError
-
-    def _step(self, layer: int, x: Any, state: Expression, mask: Expression | None
-              ) -> Expression:
         raise NotImplementedError
 
     def _hidden(self, state: Expression) -> Expression:
@@ -341,12 +300,6 @@ class LSTMBuilder(RecurrentBuilder):
         return (pc.add_parameters((4 * hidden, width + hidden), name="W"),
                 pc.add_parameters((4 * hidden,), init=bias, name="b"))
 
-    def _step(self, layer, x, state, mask):
-        W, b = self.params[layer]
-        if mask is not None:
-            state = F.cmult(state, mask)
-        return apply("lstm_step", W, b, x, state)
-
     def _hidden(self, state):
         return F.pick_range(state, self.hidden_dim, 2 * self.hidden_dim)
 
@@ -390,12 +343,6 @@ class GRUBuilder(RecurrentBuilder):
         return (pc.add_parameters((3 * hidden, width + hidden), name="W"),
                 pc.add_parameters((3 * hidden,), init="zeros", name="b"))
 
-    def _step(self, layer, x, state, mask):
-        W, b = self.params[layer]
-        if mask is None:
-            return apply("gru_step", W, b, x, state)
-        return apply("gru_step", W, b, x, state, mask)
-
 
 class SimpleRNNBuilder(RecurrentBuilder):
     """Elman RNN: h' = tanh(W [x; h] + b), one `rnn_step` node per step and layer."""
@@ -408,11 +355,6 @@ class SimpleRNNBuilder(RecurrentBuilder):
         return (pc.add_parameters((hidden, width + hidden), name="W"),
                 pc.add_parameters((hidden,), init="zeros", name="b"))
 
-    def _step(self, layer, x, state, mask):
-        W, b = self.params[layer]
-        if mask is not None:
-            state = F.cmult(state, mask)
-        return apply("rnn_step", W, b, x, state)
 
 
 class BiRNNBuilder:
@@ -442,24 +384,20 @@ class BiRNNBuilder:
             # one draw of each direction's dropout masks, whichever path builds the steps
             start_ahead, start_behind = forward.initial_state(), backward.initial_state()
             span = forward.hidden_range()
-            if span is not None and span == backward.hidden_range():
-                ahead_nodes = start_ahead._fast_steps(xs, top_only=True)
-                behind_nodes = start_behind._fast_steps(xs[::-1], top_only=True)
-                if ahead_nodes is not None and behind_nodes is not None:
-                    # h from both fused states in one node per position, straight into the graph
-                    g = xs[0].g
-                    add, op = g.add, TABLE["concatenate_ranges"]
-                    attrs = (("start", span[0]), ("end", span[1]))
-                    xs = [add(op, (a, c), attrs) for a, c in zip(ahead_nodes, behind_nodes[::-1])]
-                    continue
-            ahead = start_ahead.add_inputs(xs)
-            behind = start_behind.add_inputs(xs[::-1])[::-1]
-            if span is not None and span == backward.hidden_range():
-                # h from both fused states in one node, not two slices and a concatenation
-                xs = [F.concatenate_ranges([a.states[-1], b.states[-1]], *span)
-                      for a, b in zip(ahead, behind)]
+            if xs and span is not None and span == backward.hidden_range():
+                # h from both fused states in one node per position, not two slices and a
+                # concatenation
+                ahead = start_ahead._steps(xs, top_only=True)
+                behind = start_behind._steps(xs[::-1], top_only=True)[::-1]
+                g = graph_of(xs)
+                add, op = g.add, TABLE["concatenate_ranges"]
+                attrs = (("start", span[0]), ("end", span[1]))
+                xs = [add(op, (a, c), attrs) for a, c in zip(ahead, behind)]
             else:
-                xs = [F.concatenate([a.output(), b.output()]) for a, b in zip(ahead, behind)]
+                ahead_states = start_ahead.add_inputs(xs)
+                behind_states = start_behind.add_inputs(xs[::-1])[::-1]
+                xs = [F.concatenate([a.output(), c.output()])
+                      for a, c in zip(ahead_states, behind_states)]
         return xs
 
     def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:
