@@ -6,6 +6,7 @@ the recipe interface); this module must not import recipes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +59,23 @@ def model_path(path: str | os.PathLike) -> Path:
     """A run folder means its `model.npz`; a file path is taken as it is."""
     path = Path(path)
     return path / MODEL_FILE if path.is_dir() else path
+
+
+def add_model_arguments(parser: Any, defaults: dict[str, Any], helps: dict[str, str],
+                        choices: dict[str, Sequence[str]] | None = None) -> None:
+    """A recipe's model flags: one per entry of `helps`, `--word-dim` for the key `word_dim`,
+    with its default from `defaults` and of that default's type. A boolean default gives
+    `--x/--no-x`, a None default a string flag; `choices` lists the allowed values of a key."""
+    choices = choices or {}
+    for key, text in helps.items():
+        default = defaults[key]
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=text)
+        else:
+            parser.add_argument(flag, type=None if default is None else type(default),
+                                default=default, choices=choices.get(key), help=text)
 
 
 class RecipeModel:

@@ -18,7 +18,7 @@ import dynlp as dn
 from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
 from dynlp.metrics import attachment_scores
 from dynlp.nn import Embedding
-from dynlp.train import RecipeModel
+from dynlp.train import RecipeModel, add_model_arguments
 
 NAME = "parser"
 MAIN_METRIC = "las"
@@ -205,32 +205,26 @@ def is_projective(heads: list[int]) -> bool:
 
 
 # -- the recipe ------------------------------------------------------------------------------------
+_HELP = {
+    "word_dim": "word embedding size (default %(default)s)",
+    "pos_dim": "UPOS embedding size (default %(default)s)",
+    "lstm_layers": "BiLSTM layers (default %(default)s)",
+    "lstm_dim": "BiLSTM output size, both directions together (default %(default)s)",
+    "mlp_dim": "hidden size of the transition MLP (default %(default)s)",
+    "activation": "MLP hidden activation (default %(default)s)",
+    "dropout": "dropout in the BiLSTM and the MLP (default %(default)s)",
+    "word_dropout": "word dropout alpha: a word seen c times becomes UNK with probability "
+                    "alpha / (alpha + c) (default %(default)s)",
+    "exploration": "probability of following a wrong predicted transition during training "
+                   "(dynamic-oracle exploration; default %(default)s)",
+    "tagger_model": "a trained tagger model directory: tag UPOS with it before parsing "
+                    "(default: gold UPOS from the input file)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model sizes, dropout, exploration and the optional tagger model for UPOS."""
-    d = DEFAULTS
-    parser.add_argument("--word-dim", type=int, default=d["word_dim"],
-                        help="word embedding size (default %(default)s)")
-    parser.add_argument("--pos-dim", type=int, default=d["pos_dim"],
-                        help="UPOS embedding size (default %(default)s)")
-    parser.add_argument("--lstm-layers", type=int, default=d["lstm_layers"],
-                        help="BiLSTM layers (default %(default)s)")
-    parser.add_argument("--lstm-dim", type=int, default=d["lstm_dim"],
-                        help="BiLSTM output size, both directions together (default %(default)s)")
-    parser.add_argument("--mlp-dim", type=int, default=d["mlp_dim"],
-                        help="hidden size of the transition MLP (default %(default)s)")
-    parser.add_argument("--activation", choices=("tanh", "relu"), default=d["activation"],
-                        help="MLP hidden activation (default %(default)s)")
-    parser.add_argument("--dropout", type=float, default=d["dropout"],
-                        help="dropout in the BiLSTM and the MLP (default %(default)s)")
-    parser.add_argument("--word-dropout", type=float, default=d["word_dropout"],
-                        help="word dropout alpha: a word seen c times becomes UNK with "
-                             "probability alpha / (alpha + c) (default %(default)s)")
-    parser.add_argument("--exploration", type=float, default=d["exploration"],
-                        help="probability of following a wrong predicted transition during "
-                             "training (dynamic-oracle exploration; default %(default)s)")
-    parser.add_argument("--tagger-model", default=d["tagger_model"],
-                        help="a trained tagger model directory: tag UPOS with it before parsing "
-                             "(default: gold UPOS from the input file)")
+    add_model_arguments(parser, DEFAULTS, _HELP, {"activation": ("tanh", "relu")})
 
 
 def read_examples(path: str | Path) -> list[Sentence]:

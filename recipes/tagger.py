@@ -16,7 +16,7 @@ import dynlp as dn
 from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
 from dynlp.metrics import accuracy
 from dynlp.nn import MLP, BiRNNBuilder, CharacterEncoder, Embedding, LSTMBuilder
-from dynlp.train import RecipeModel
+from dynlp.train import RecipeModel, add_model_arguments
 
 NAME = "tagger"
 MAIN_METRIC = "upos_accuracy"
@@ -50,10 +50,7 @@ _HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags (`--word-dim` ...), with their defaults from DEFAULTS."""
-    for key, text in _HELP.items():
-        default = DEFAULTS[key]
-        parser.add_argument("--" + key.replace("_", "-"), type=type(default), default=default,
-                            help=text)
+    add_model_arguments(parser, DEFAULTS, _HELP)
 
 
 def read_examples(path: str | Path) -> list[Sentence]:

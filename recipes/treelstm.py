@@ -16,7 +16,7 @@ import dynlp as dn
 from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
 from dynlp.metrics import accuracy
 from dynlp.nn import Embedding
-from dynlp.train import RecipeModel
+from dynlp.train import RecipeModel, add_model_arguments
 
 NAME = "treelstm"
 MAIN_METRIC = "root_fine"
@@ -37,25 +37,20 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_HELP = {
+    "embedding_dim": "word embedding size (default %(default)s)",
+    "hidden_dim": "Tree-LSTM memory size (default %(default)s)",
+    "embedding_dropout": "dropout on word embeddings (default %(default)s)",
+    "dropout": "dropout on node states before the classifier (default %(default)s)",
+    "word_dropout": "word dropout alpha: a word seen c times becomes UNK with probability "
+                    "alpha / (alpha + c) (default %(default)s)",
+    "lowercase": "lowercase words before the vocabulary lookup (default %(default)s)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model sizes, dropout rates and word normalization."""
-    d = DEFAULTS
-    parser.add_argument("--embedding-dim", type=int, default=d["embedding_dim"],
-                        help="word embedding size (default %(default)s)")
-    parser.add_argument("--hidden-dim", type=int, default=d["hidden_dim"],
-                        help="Tree-LSTM memory size (default %(default)s)")
-    parser.add_argument("--embedding-dropout", type=float, default=d["embedding_dropout"],
-                        help="dropout on word embeddings (default %(default)s)")
-    parser.add_argument("--dropout", type=float, default=d["dropout"],
-                        help="dropout on node states before the classifier "
-                             "(default %(default)s)")
-    parser.add_argument("--word-dropout", type=float, default=d["word_dropout"],
-                        help="word dropout alpha: a word seen c times becomes UNK with "
-                             "probability alpha / (alpha + c) (default %(default)s)")
-    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction,
-                        default=d["lowercase"],
-                        help="lowercase words before the vocabulary lookup "
-                             "(default %(default)s)")
+    add_model_arguments(parser, DEFAULTS, _HELP)
 
 
 def read_examples(path: str | Path) -> list[Tree]:
