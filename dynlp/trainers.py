@@ -247,6 +247,15 @@ class MomentumSGDTrainer(Trainer):
         w += v
 
 
+def _scaled_step(w: np.ndarray, g: np.ndarray, s: np.ndarray, eps: float, lr: float) -> None:
+    """w -= lr * g / sqrt(s + eps), in place, with one temporary (Adagrad and RMSProp)."""
+    d = s + eps
+    np.sqrt(d, out=d)
+    np.divide(g, d, out=d)
+    d *= lr
+    w -= d
+
+
 class AdagradTrainer(Trainer):
     """s += g^2; w -= lr * g / sqrt(s + eps) (DyNet's form)."""
 
@@ -261,11 +270,7 @@ class AdagradTrainer(Trainer):
     def _rule(self, w: np.ndarray, g: np.ndarray, state: list[np.ndarray]) -> None:
         (s,) = state
         s += np.square(g)
-        d = s + self.eps
-        np.sqrt(d, out=d)
-        np.divide(g, d, out=d)
-        d *= self.learning_rate
-        w -= d
+        _scaled_step(w, g, s, self.eps, self.learning_rate)
 
 
 class AdadeltaTrainer(Trainer):
@@ -313,11 +318,7 @@ class RMSPropTrainer(Trainer):
         (s,) = state
         s *= self.rho
         s += (1.0 - self.rho) * np.square(g)
-        d = s + self.eps
-        np.sqrt(d, out=d)
-        np.divide(g, d, out=d)
-        d *= self.learning_rate
-        w -= d
+        _scaled_step(w, g, s, self.eps, self.learning_rate)
 
 
 class AdamTrainer(Trainer):
