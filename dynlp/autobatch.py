@@ -25,6 +25,14 @@ _SHIFT = 32
 _ROW = (1 << _SHIFT) - 1
 
 
+def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """target[rows] += values, rows possibly repeated (checked here, in C, only in backward)."""
+    if len(np.unique(rows)) == len(rows):
+        target[rows] += values
+    else:
+        np.add.at(target, rows, values)
+
+
 class Batch:
     """One executed group: the op, its nodes, gathered inputs and how they were gathered."""
 
@@ -278,7 +286,7 @@ class Engine:
             if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
-            return buf[idx], ("rows", b0, idx, len(set(places)) == count)
+            return buf[idx], ("rows", b0, idx)
         # several source batches: when the nodes are a few rows of large batches (a parser's
         # features), the rows one by one; else one copy of the batches, then one fancy index
         where = np.array(places, dtype=np.int64)
@@ -286,8 +294,7 @@ class Engine:
         found = np.unique(batch_of)
         sources = found.tolist()
         sizes = [len(bufs[b]) for b in sources]
-        unique = len(set(places)) == count
-        plan = ("multi", sources, where, unique)
+        plan = ("multi", sources, where)
         if count * 4 < sum(sizes):
             rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
             return np.array(rows, dtype=bufs[sources[0]].dtype), plan
@@ -433,18 +440,11 @@ class Engine:
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
-                    if plan[3]:
-                        grad_of(plan[1])[plan[2]] += ct
-                    else:
-                        np.add.at(grad_of(plan[1]), plan[2], ct)
+                    _scatter_add(grad_of(plan[1]), plan[2], ct)
                 else:
-                    _, sources, where, unique = plan
+                    _, sources, where = plan
                     arena, starts = arenas[offsets[sources[0]][0]]
-                    rows = starts[where >> _SHIFT] + (where & _ROW)
-                    if unique:
-                        arena[rows] += ct
-                    else:
-                        np.add.at(arena, rows, ct)
+                    _scatter_add(arena, starts[where >> _SHIFT] + (where & _ROW), ct)
                     hit.update(sources)
         t0 = time.perf_counter()
         for (node, row, col, height, width), chunks in products.items():
