@@ -175,11 +175,13 @@ class LookupParameter(Parameter):
 def lookup(table: LookupParameter, index: int) -> "graph.Expression":
     """Row `index` of a lookup table, (dim,); its gradient touches only that row."""
     g = graph.current_graph()
-    node = g.parameter(table).i
     index = int(index)
     if not 0 <= index < table.shape[0]:
         raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
-    return g.add(graph.TABLE["lookup"], (node,), (), (index,))
+    return g.add(_LOOKUP, (g.param_node(table),), (), (index,))
+
+
+_LOOKUP = graph.TABLE["lookup"]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -12,13 +12,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression, current_graph
+from ..graph import Expression
 from ..ops import TABLE
 from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
 
 _AFFINE = TABLE["affine_transform"]
-_LOOKUP = TABLE["lookup"]
 
 ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
     "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
@@ -124,12 +123,7 @@ class Embedding:
         return self.table.shape[1]
 
     def __call__(self, index: int) -> Expression:
-        g = current_graph()
-        index = int(index)
-        if not 0 <= index < self.table.shape[0]:
-            raise IndexError(f"lookup: index {index} out of range for {self.table.name} "
-                             f"{self.table.shape}")
-        return g.add(_LOOKUP, (g.param_node(self.table),), (), (index,))
+        return F.lookup(self.table, index)
 
 
 class CharacterEncoder:
