@@ -305,7 +305,8 @@ def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
     """-log softmax(x)[index] -> (); the cross-entropy of one label."""
     label = _label("pick_neg_log_softmax", x, index)
     if type(x) is Expression:
-        return x._live().add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), (label,))
+        g = x._live()
+        return g.add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), g.single(label))
     return apply("pick_neg_log_softmax", x, battrs=(label,))
 
 

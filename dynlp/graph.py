@@ -19,6 +19,7 @@ _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
 _MATMUL = TABLE["matmul"]
 _BATCHED_MATMUL = TABLE["batched_matmul"]
+_PICK_RANGE = TABLE["pick_range"]
 
 
 class ShapeError(ValueError):
@@ -77,6 +78,7 @@ class Graph:
         self.node_params: dict[int, Any] = {}   # node -> parameter
         self._memo: dict[int, tuple[int, ...]] = {}  # id(builder) -> its parameters' nodes
         self._info: dict[tuple, tuple] = {}
+        self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
         self._previous: Graph | None = None
         self.engine = self.engine_class(self, autobatch)
@@ -209,6 +211,15 @@ class Graph:
         sig = self._intern((op, "ragged", shapes[0], attrs) if op.ragged else key)
         info = self._info[key] = (shape, shared, sig)
         return info
+
+    def single(self, value: int) -> tuple[int]:
+        """`(value,)`, the batched attributes of a node with one integer (a lookup's row, a
+        loss's label), one tuple per value and graph: tuples made per node are what the garbage
+        collector walks after each graph, at about the cost of building the node."""
+        one = self._singles.get(value)
+        if one is None:
+            one = self._singles[value] = (value,)
+        return one
 
     def _intern(self, key: Any) -> int:
         sig = self._sig_ids.get(key)
@@ -399,6 +410,42 @@ class Expression:
     __hash__ = object.__hash__
 
 
+class Slice(Expression):
+    """x[start:end] of a vector node x, deferred: it becomes a `pick_range` node only when
+    something reads it as a node (`.i`: an op built on it, `value()`). A consumer that can read
+    the window in place (`MLP` and its fused loss) takes `source`, `start` and `end` instead, and
+    the slice never costs a node: the h half of a Tree-LSTM state that only the classifier
+    reads, say."""
+
+    __slots__ = ("source", "start", "end", "_node")
+
+    def __init__(self, g: Graph, source: int, start: int, end: int) -> None:
+        self.g = g
+        self.source = source
+        self.start = start
+        self.end = end
+        self._node = -1
+
+    @property
+    def i(self) -> int:  # type: ignore[override]
+        node = self._node
+        if node < 0:
+            attrs = (("start", self.start), ("end", self.end), ("dim", 0))
+            node = self._node = self._live().add(_PICK_RANGE, (self.source,), attrs).i
+        return node
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.end - self.start,)
+
+    def dim(self) -> tuple[int, ...]:
+        return (self.end - self.start,)
+
+    def __repr__(self) -> str:
+        return (f"Slice(node {self.source}[{self.start}:{self.end}], shape={self.shape}"
+                f"{'' if self._node < 0 else f', node={self._node}'})")
+
+
 def _graph_of(items: Sequence[Any]) -> Graph:
     for x in items:
         if isinstance(x, Expression):
@@ -429,7 +476,7 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
     """Build a node of op `name` over expressions (or parameters, or constants) xs."""
     g = None
     for x in xs:
-        if type(x) is Expression:
+        if isinstance(x, Expression):
             g = x.g
             break
     if g is None:
@@ -519,4 +566,4 @@ def pick(x: Expression, index: int, dim: int = 0) -> Expression:
         index += n
     if not 0 <= index < n:
         raise IndexError(f"pick: index {index} out of range for shape {x.shape} along dim {dim}")
-    return g.add(TABLE["pick"], (x.i,), (("dim", dim),), (index,))
+    return g.add(TABLE["pick"], (x.i,), (("dim", dim),), g.single(index))

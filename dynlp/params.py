@@ -178,7 +178,7 @@ def lookup(table: LookupParameter, index: int) -> "graph.Expression":
     index = int(index)
     if not 0 <= index < table.shape[0]:
         raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
-    return g.add(_LOOKUP, (g.param_node(table),), (), (index,))
+    return g.add(_LOOKUP, (g.param_node(table),), (), g.single(index))
 
 
 _LOOKUP = graph.TABLE["lookup"]

@@ -117,6 +117,116 @@ def test_binary_treelstm_leaves_use_the_leaf_op():
     assert names.count("treelstm_binary_leaf") == 2 and "treelstm_binary" not in names
 
 
+def _tree_losses(read, autobatch=True, dropout=0.0, training=True):
+    """A binary Tree-LSTM over embedding lookups with an MLP loss at every node, where read(state)
+    gives the classifier's input: (loss, gradients of every parameter, op names, stats)."""
+    pc = collection(seed=3)
+    embed = Embedding(pc, 7, 3)
+    tree = TreeLSTMBuilder(3, 4, pc)
+    mlp = MLP(pc, [4, 5, 3], dropout=dropout)
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=1, training=training) as g:
+        losses = []
+        for words in ([1, 4, 4], [6, 0]):
+            states = [tree.leaf(embed(w)) for w in words]
+            while len(states) > 1:
+                states = [tree.node([states[0], states[1]])] + states[2:]
+                losses.append(mlp.pick_neg_log_softmax(read(states[0]), len(losses) % 3))
+            losses.append(dn.sum_elems(mlp(read(states[0]))))
+        loss = dn.esum(losses)
+        loss.backward()
+        return (loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
+                [op.name for op in g.ops], g.stats())
+
+
+@pytest.mark.parametrize("autobatch", [True, False, "agenda"])
+def test_tree_state_h_is_read_in_place_by_the_mlp(autobatch):
+    def explicit(state):
+        return dn.pick_range(state.state, 4, 8)
+
+    want, want_grads, names, _ = _tree_losses(explicit, autobatch)
+    assert names.count("pick_range") == 5
+    got, got_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch)
+    assert "pick_range" not in names
+    assert names.count("mlp_pick_neg_log_softmax") == 3 and names.count("mlp") == 2
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    # dropout while training: the MLP is a chain that reads the slice node, made once per state
+    want, want_grads, _, _ = _tree_losses(explicit, autobatch, dropout=0.5)
+    got, got_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch, dropout=0.5)
+    assert names.count("pick_range") == 3 and "mlp" not in names  # 5 reads of 3 states
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_a_tree_state_h_slice_becomes_a_node_when_read_as_one():
+    tree = TreeLSTMBuilder(3, 4, collection())
+    mlp = MLP(collection(seed=1), [4, 2])
+    with dn.Graph(dtype=np.float64) as g:
+        state = tree.leaf(dn.inputs(np.arange(3.0)))
+        h = state.h()
+        assert h is state.h() and h.shape == (4,) and h.dim() == (4,)
+        before = len(g)
+        scores = mlp(h)
+        assert [op.name for op in g.ops[before:]][-1] == "mlp" and "pick_range" not in [
+            op.name for op in g.ops]
+        np.testing.assert_array_equal(h.npvalue(), state.state.npvalue()[4:])  # now a node
+        assert [op.name for op in g.ops].count("pick_range") == 1
+        doubled = h * 2.0
+        np.testing.assert_allclose(doubled.npvalue(), 2 * state.state.npvalue()[4:])
+        assert [op.name for op in g.ops].count("pick_range") == 1  # made once
+        np.testing.assert_array_equal(mlp(h).npvalue(), scores.npvalue())
+    with pytest.raises(dn.GraphError):
+        h.npvalue()
+
+
+@pytest.mark.parametrize("autobatch", [True, False, "depth"])
+def test_leaves_over_lookups_read_the_table_in_the_leaf_node(autobatch):
+    # a lookup read through another node (times 1) keeps the leaf and the lookup apart
+    want, want_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch)
+    assert names.count("treelstm_binary_leaf_lookup") == 5
+    assert "treelstm_binary_leaf" not in names and names.count("lookup") == 5
+
+    pc = collection(seed=3)
+    embed = Embedding(pc, 7, 3)
+    tree = TreeLSTMBuilder(3, 4, pc)
+    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        word = embed(2)
+        leaf = tree.leaf(word)
+        other = tree.leaf(embed(2) * 1.0)
+        assert [op.name for op in g.ops].count("treelstm_binary_leaf_lookup") == 1
+        np.testing.assert_array_equal(leaf.state.npvalue(), other.state.npvalue())
+        assert g.loc[word.i] == -1  # the fused leaf's lookup was not computed
+        np.testing.assert_array_equal(word.npvalue(), embed.table.value[2])  # but can be
+
+
+def test_fused_tree_leaves_have_the_unfused_value_and_gradients():
+    pc = collection(seed=3)
+    embed = Embedding(pc, 7, 3)
+    tree = TreeLSTMBuilder(3, 4, pc)
+
+    def losses(fused):
+        pc.clear_grads()
+        with dn.Graph(dtype=np.float64):
+            xs = [embed(w) if fused else embed(w) * 1.0 for w in (1, 4, 1)]
+            root = tree.node([tree.node([tree.leaf(xs[0]), tree.leaf(xs[1])]), tree.leaf(xs[2])])
+            loss = weighted_sum([root.state], np.random.default_rng(4))
+            loss.backward()
+            return loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()]
+
+    want, want_grads = losses(False)
+    got, got_grads = losses(True)
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    check_parameter_gradients(
+        pc, lambda: weighted_sum([tree.node([tree.leaf(embed(3)), tree.leaf(embed(5))]).state],
+                                 np.random.default_rng(5)))
+
+
 def test_mlp_embedding_and_character_encoder_gradients():
     pc = collection()
     mlp = MLP(pc, [3, 4, 2])

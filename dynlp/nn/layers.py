@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression
+from ..graph import Expression, Slice
 from ..ops import TABLE
 from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
@@ -59,8 +59,13 @@ class MLP:
             self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
         self._params = tuple(p for layer in self.layers for p in layer)
+        self._windows: dict[tuple[int, int], tuple] = {}
 
     def __call__(self, x: Any) -> Expression:
+        if type(x) is Slice:
+            if self._reads_in_place(x):
+                return x.g.add(self._SCORES, self._node_args(x.g, x), self._window_attrs(x))
+            x = Expression(x.g, x.i)
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
             if self.dropout == 0.0 or not g.training:
@@ -91,16 +96,40 @@ class MLP:
         if not 0 <= label < classes:
             raise IndexError(f"pick_neg_log_softmax: label {label} out of range for scores of "
                              f"shape {(classes,)}")
+        if type(x) is Slice:
+            if self._reads_in_place(x):
+                g = x.g
+                return g.add(self._LOSS, self._node_args(g, x), self._window_attrs(x),
+                             g.single(label))
+            x = Expression(x.g, x.i)
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
             if self.dropout == 0.0 or not g.training:
-                return g.add(self._LOSS, self._node_args(g, x), self._node_attrs, (label,))
+                return g.add(self._LOSS, self._node_args(g, x), self._node_attrs,
+                             g.single(label))
         return F.pick_neg_log_softmax(self(x), label)
 
     def _node_args(self, g: Any, x: Expression) -> tuple[int, ...]:
         """(x, W1, b1, ..., Wk, bk) as node indices of graph g: the arguments of the ops that
-        are a whole MLP."""
-        return (x.i,) + g.param_nodes_of(self, self._params)
+        are a whole MLP (for a deferred Slice, the vector it slices)."""
+        return ((x.source if type(x) is Slice else x.i,)
+                + g.param_nodes_of(self, self._params))
+
+    def _reads_in_place(self, x: Slice) -> bool:
+        """Whether one node reads the slice x where it lies, in its source vector: x is of the
+        input size, and there is no dropout or unfused activation."""
+        return (x.end - x.start == self.dims[0]
+                and (self.fused is not None or len(self.layers) == 1)
+                and (self.dropout == 0.0 or not x._live().training))
+
+    def _window_attrs(self, x: Slice) -> tuple:
+        """The static attributes of a node that reads x in place (one tuple per window, kept:
+        tuples made per node are what the garbage collector walks after each graph)."""
+        key = (x.start, x.end)
+        attrs = self._windows.get(key)
+        if attrs is None:
+            attrs = self._windows[key] = self._node_attrs + (("window", key),)
+        return attrs
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)

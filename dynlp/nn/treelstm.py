@@ -9,13 +9,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..graph import Expression, apply
+from ..graph import Expression, Slice, apply
 from ..ops import TABLE
 from ..params import ParameterCollection
 from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
 
 KINDS = ("binary", "childsum")
 _LEAF = TABLE["treelstm_binary_leaf"]
+_LEAF_LOOKUP = TABLE["treelstm_binary_leaf_lookup"]
+_LOOKUP = TABLE["lookup"]
 _NOX = TABLE["treelstm_binary_nox"]
 _PICK_RANGE = TABLE["pick_range"]
 
@@ -27,7 +29,9 @@ def _halves(hidden: int) -> tuple[tuple, tuple]:
 
 
 class TreeState:
-    """A tree node's fused state [c; h] (2H,); `h()` and `c()` slice it once, when asked."""
+    """A tree node's fused state [c; h] (2H,); `h()` and `c()` slice it once, when asked.
+    `h()` is a deferred `Slice`: a classifier (`MLP`) reads it in place, with no node of its
+    own; anything else that uses it adds the slice node then."""
 
     __slots__ = ("state", "hidden_dim", "_halves", "_h", "_c")
 
@@ -41,7 +45,7 @@ class TreeState:
     def h(self) -> Expression:
         if self._h is None:
             state = self.state
-            self._h = state._live().add(_PICK_RANGE, (state.i,), self._halves[0])
+            self._h = Slice(state._live(), state.i, self.hidden_dim, 2 * self.hidden_dim)
         return self._h
 
     def c(self) -> Expression:
@@ -88,12 +92,19 @@ class TreeLSTMBuilder:
                              f"({self.input_dim},)")
 
     def leaf(self, x: Any) -> TreeState:
-        """A node with a word x (input_dim,) and no children."""
+        """A node with a word x (input_dim,) and no children. When x is an embedding lookup,
+        the leaf node reads the table row itself (`treelstm_binary_leaf_lookup`): the lookup
+        node stays in the graph, computed only if something else reads it."""
         if self.kind == "binary" and type(x) is Expression:
             g = x._live()
             self._check_input(x)
             W, b = g.param_nodes_of(self, self._params)
-            return TreeState(g.add(_LEAF, (W, b, x.i)), self.hidden_dim, self._halves)
+            node = x.i
+            if g.ops[node] is _LOOKUP:
+                state = g.add(_LEAF_LOOKUP, (W, b, g.args[node][0]), (), g.battrs[node])
+            else:
+                state = g.add(_LEAF, (W, b, node))
+            return TreeState(state, self.hidden_dim, self._halves)
         return self.node((), x)
 
     def node(self, children: Sequence[Any], x: Any = None) -> TreeState:

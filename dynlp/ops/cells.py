@@ -5,7 +5,8 @@ sequences. LSTM-like states are laid out as [c; h]. Imports only the op-table co
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, OuterProduct, Parts, define, zeros_like_tangents
+from .core import (SHARED, STACK, Case, OuterProduct, Parts, SparseRows, define,
+                   zeros_like_tangents)
 
 
 def _sigmoid(z):
@@ -307,6 +308,44 @@ define("treelstm_binary_leaf", shape=_leaf_shape, batch=(SHARED, SHARED, STACK),
        doc="binary Tree-LSTM leaf: treelstm_binary with a word x (X,) and two zero children, "
            "reading only the x columns and gate rows i, o, u of W (5H, X+2H); b (5H,) "
            "-> [c; h] (2H,)")
+
+
+# The leaf with its word's lookup fused in: x = E[index], so that a leaf is one graph node, not a
+# lookup node and a leaf node. The residual keeps the gathered rows x beside the leaf's own, so
+# that the VJP and JVP do not gather them again.
+
+
+def _leaf_lookup_shape(W, b, E):
+    if len(E) != 2:
+        raise ValueError("E must be a matrix (V, X)")
+    return _leaf_shape(W, b, E[1:])
+
+
+def _leaf_lookup_forward(W, b, E, index):
+    x = E[index]
+    out, residual = _leaf_forward(W, b, x)
+    return out, (residual, x)
+
+
+def _leaf_lookup_vjp(g, out, W, b, E, index, residual):
+    leaf, x = residual
+    gW, gb, gx = _leaf_vjp(g, out, W, b, x, leaf)
+    return gW, gb, SparseRows(index, gx)
+
+
+def _leaf_lookup_jvp(ts, out, W, b, E, index, residual):
+    leaf, x = residual
+    tE = ts[2]
+    return _leaf_jvp([ts[0], ts[1], None if tE is None else tE[index]], out, W, b, x, leaf)
+
+
+define("treelstm_binary_leaf_lookup", shape=_leaf_lookup_shape, batch=(SHARED, SHARED, SHARED),
+       batched_attrs=("index",), cost=4, residual=True, forward=_leaf_lookup_forward,
+       vjp=_leaf_lookup_vjp, jvp=_leaf_lookup_jvp,
+       cases=[Case([(10, 7), (10,), (5, 3)], {}, {"index": lambda rng: int(rng.integers(5))}),
+              Case([(5, 3), (5,), (4, 1)], {}, {"index": lambda rng: int(rng.integers(4))})],
+       doc="treelstm_binary_leaf over row `index` of a table E (V, X), one node instead of a "
+           "lookup and a leaf: W (5H, X+2H), b (5H,) -> [c; h] (2H,); E's gradient is sparse")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,14 +71,16 @@ define("pick_neg_log_softmax", shape=_vector, batched_attrs=("index",),
 # x -> a_1 = f(W_1 x + b_1) -> ... -> z = W_k a_{k-1} + b_k. Each layer is the arithmetic of
 # affine_transform with the activation fused, so the values agree with that chain of nodes to the
 # last bit. Both ops share the layer loop below; the residual is the input of every layer.
+# `window=(start, end)` makes the first layer read x[start:end] of a longer vector in place (the
+# h half of a state [c; h]), so that the slice needs no node of its own.
 
 
 def _mlp_mask(nargs):
     return (STACK,) + (SHARED,) * (nargs - 1)
 
 
-def _layer_sizes(x, layers, activation):
-    """Check the shapes of x and the (W, b) pairs; the size of the scores."""
+def _layer_sizes(x, layers, activation, window=None):
+    """Check the shapes of x (or of its window) and the (W, b) pairs; the size of the scores."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}")
     if not layers or len(layers) % 2:
@@ -86,6 +88,11 @@ def _layer_sizes(x, layers, activation):
     if len(x) != 1:
         raise ValueError("x must be a vector")
     size = x[0]
+    if window is not None:
+        start, end = window
+        if not 0 <= start < end <= size:
+            raise ValueError(f"window {tuple(window)} out of range for x of size {size}")
+        size = end - start
     for k, (w, b) in enumerate(zip(layers[::2], layers[1::2]), 1):
         if len(w) != 2 or w[1] != size:
             raise ValueError(f"W{k} must be a matrix (out, {size}), got {w}")
@@ -95,10 +102,11 @@ def _layer_sizes(x, layers, activation):
     return size
 
 
-def _layers_forward(x, layers, activation):
-    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}]."""
+def _layers_forward(x, layers, activation, window=None):
+    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}] (x: its
+    window, a view)."""
     f = ACTIVATIONS[activation][0]
-    inputs = [x]
+    inputs = [x if window is None else x[:, window[0]:window[1]]]
     last = len(layers) // 2 - 1
     for k in range(last + 1):
         z = inputs[-1] @ layers[2 * k].T + layers[2 * k + 1]
@@ -107,7 +115,7 @@ def _layers_forward(x, layers, activation):
     return z, inputs
 
 
-def _layers_vjp(gz, inputs, layers, activation):
+def _layers_vjp(gz, inputs, layers, activation, x, window=None):
     """Cotangents of x, W1, b1, ..., Wk, bk from the cotangent gz (B, out_k) of the scores."""
     df = ACTIVATIONS[activation][1]
     cts = [None] * (len(layers) + 1)
@@ -117,15 +125,21 @@ def _layers_vjp(gz, inputs, layers, activation):
         cts[2 * k + 2] = gz.sum(axis=0)
         ga = gz @ layers[2 * k]
         gz = ga if k == 0 or df is None else ga * df(a)
-    cts[0] = gz
+    if window is None:
+        cts[0] = gz
+    else:
+        cts[0] = np.zeros(x.shape, gz.dtype)
+        cts[0][:, window[0]:window[1]] = gz
     return cts
 
 
-def _layers_jvp(ts, inputs, layers, activation):
+def _layers_jvp(ts, inputs, layers, activation, window=None):
     """The tangent of the scores (B, out_k) from the tangents ts of x, W1, b1, ... (None: 0)."""
     df = ACTIVATIONS[activation][1]
     x = inputs[0]
     t = ts[0]
+    if t is not None and window is not None:
+        t = t[:, window[0]:window[1]]
     last = len(layers) // 2 - 1
     for k in range(last + 1):
         w, tw, tb = layers[2 * k], ts[2 * k + 1], ts[2 * k + 2]
@@ -138,50 +152,57 @@ def _layers_jvp(ts, inputs, layers, activation):
     return t
 
 
-def _mlp_case(sizes, activation=None, labeled=False):
-    shapes = [(sizes[0],)]
+def _mlp_case(sizes, activation=None, labeled=False, window=None):
+    shapes = [(sizes[0],) if window is None else (window[2],)]
     for fan_in, fan_out in zip(sizes, sizes[1:]):
         shapes += [(fan_out, fan_in), (fan_out,)]
     batched = {"label": lambda rng: int(rng.integers(sizes[-1]))} if labeled else {}
-    return Case(shapes, {"activation": activation} if activation else {}, batched)
+    attrs = {"activation": activation} if activation else {}
+    if window is not None:
+        attrs["window"] = window[:2]
+    return Case(shapes, attrs, batched)
 
 
 def _mlp_cases(labeled):
     return [_mlp_case([4, 5], labeled=labeled), _mlp_case([4, 6, 3], "tanh", labeled),
-            _mlp_case([3, 5, 4, 3], "rectify", labeled), _mlp_case([3, 4, 2], "logistic", labeled)]
+            _mlp_case([3, 5, 4, 3], "rectify", labeled), _mlp_case([3, 4, 2], "logistic", labeled),
+            # the first layer reads x[2:5] of a vector of 7 (window: start, end, size of x)
+            _mlp_case([3, 4, 2], "tanh", labeled, window=(2, 5, 7)),
+            _mlp_case([2, 3], labeled=labeled, window=(0, 2, 4))]
 
 
-def _mlp_shape(x, *layers, activation=None):
-    return (_layer_sizes(x, layers, activation),)
+def _mlp_shape(x, *layers, activation=None, window=None):
+    return (_layer_sizes(x, layers, activation, window),)
 
 
-def _mlp_forward(x, *layers, activation=None):
-    return _layers_forward(x, layers, activation)
+def _mlp_forward(x, *layers, activation=None, window=None):
+    return _layers_forward(x, layers, activation, window)
 
 
-def _mlp_vjp(g, out, x, *layers, residual, activation=None):
-    return _layers_vjp(g, residual, layers, activation)
+def _mlp_vjp(g, out, x, *layers, residual, activation=None, window=None):
+    return _layers_vjp(g, residual, layers, activation, x, window)
 
 
-def _mlp_jvp(ts, out, x, *layers, residual, activation=None):
-    return _layers_jvp(ts, residual, layers, activation)
+def _mlp_jvp(ts, out, x, *layers, residual, activation=None, window=None):
+    return _layers_jvp(ts, residual, layers, activation, window)
 
 
 define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=_mlp_forward,
        vjp=_mlp_vjp, jvp=_mlp_jvp, cases=_mlp_cases(labeled=False) + [_mlp_case([3, 4], "tanh")],
        doc="W_k a_{k-1} + b_k with a_0 = x, a_j = f(W_j a_{j-1} + b_j): the scores of an MLP "
            "in one node; x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an "
-           "activation (tanh, rectify, logistic) or None, not applied to the last layer")
+           "activation (tanh, rectify, logistic) or None, not applied to the last layer; with "
+           "window=(start, end) the first layer reads x[start:end]")
 
 
-def _mlp_loss_shape(x, *layers, activation=None):
-    _layer_sizes(x, layers, activation)
+def _mlp_loss_shape(x, *layers, activation=None, window=None):
+    _layer_sizes(x, layers, activation, window)
     return ()
 
 
-def _mlp_loss_forward(x, *layers, label, activation=None):
+def _mlp_loss_forward(x, *layers, label, activation=None, window=None):
     """The loss, and the residual (inputs of every layer, softmax of the scores)."""
-    z, inputs = _layers_forward(x, layers, activation)
+    z, inputs = _layers_forward(x, layers, activation, window)
     m = z.max(axis=1)
     e = np.exp(z - m[:, None])
     total = e.sum(axis=1)
@@ -189,17 +210,17 @@ def _mlp_loss_forward(x, *layers, label, activation=None):
     return out, (inputs, e / total[:, None])
 
 
-def _mlp_loss_vjp(g, out, x, *layers, label, residual, activation=None):
+def _mlp_loss_vjp(g, out, x, *layers, label, residual, activation=None, window=None):
     inputs, p = residual
     # d out / d z = softmax(z) - onehot(label)
     gz = p * g[:, None]
     gz[np.arange(p.shape[0]), label] -= g
-    return _layers_vjp(gz, inputs, layers, activation)
+    return _layers_vjp(gz, inputs, layers, activation, x, window)
 
 
-def _mlp_loss_jvp(ts, out, x, *layers, label, residual, activation=None):
+def _mlp_loss_jvp(ts, out, x, *layers, label, residual, activation=None, window=None):
     inputs, p = residual
-    t = _layers_jvp(ts, inputs, layers, activation)
+    t = _layers_jvp(ts, inputs, layers, activation, window)
     return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
 
 
@@ -208,7 +229,8 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
        vjp=_mlp_loss_vjp, jvp=_mlp_loss_jvp, cases=_mlp_cases(labeled=True),
        doc="-log softmax(W_k a_{k-1} + b_k)[label] with a_0 = x, a_j = f(W_j a_{j-1} + b_j): "
            "x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an activation "
-           "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy")
+           "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy; with "
+           "window=(start, end) the first layer reads x[start:end]")
 
 
 def _hinge_active(x, index, margin):
