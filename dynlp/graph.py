@@ -20,6 +20,7 @@ _PARAMETER = TABLE["parameter"]
 _MATMUL = TABLE["matmul"]
 _BATCHED_MATMUL = TABLE["batched_matmul"]
 _PICK_RANGE = TABLE["pick_range"]
+_LOOKUP = TABLE["lookup"]
 
 
 class ShapeError(ValueError):
@@ -156,37 +157,57 @@ class Graph:
         self._push_loc(-1)
         return Expression(self, node)
 
-    def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int], state: int
-                  ) -> list[int]:
+    def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int] | None, state: int,
+                  battrs: Sequence[tuple] | None = None) -> list[int]:
         """Nodes op(*shared, x, previous) for each x of xs in turn, `previous` starting at
-        `state` and then the node before: a recurrent sequence in one call. The nodes are those
-        `add` makes one by one; when the nodes' argument shapes repeat (the usual case), the
-        shape check and signature are looked up once."""
+        `state` and then the node before: a recurrent sequence in one call. With xs None, nodes
+        op(*shared, previous) with batched attributes battrs[k] (a sequence over rows of a
+        table). The nodes are those `add` makes one by one; when the nodes' argument shapes
+        repeat (the usual case), the shape check and signature are looked up once."""
         out: list[int] = []
-        if not xs:
+        count = len(battrs) if xs is None else len(xs)
+        if not count:
             return out
         add, shapes = self.add, self.shapes
-        first = add(op, shared + (xs[0], state)).i
+
+        def step(k: int, previous: int) -> int:
+            args = shared + (previous,) if xs is None else shared + (xs[k], previous)
+            return add(op, args, (), None if battrs is None else battrs[k]).i
+
+        first = step(0, state)
         out.append(first)
         shape, sig = shapes[first], self.sigs[first]
         if shape != shapes[state]:  # the state changes shape: no repeating pattern
-            for x in xs[1:]:
-                out.append(add(op, shared + (x, out[-1])).i)
+            for k in range(1, count):
+                out.append(step(k, out[-1]))
             return out
-        x_shape = shapes[xs[0]]
         push_op, push_args, push_attrs = self._push_op, self._push_args, self._push_attrs
         push_battrs, push_shape = self._push_battrs, shapes.append
         push_sig, push_loc = self._push_sig, self._push_loc
-        node, repeating = first, True
-        for x in xs[1:]:
+        node = first
+        if xs is None:
+            for k in range(1, count):
+                push_op(op)
+                push_args(shared + (node,))
+                push_attrs(())
+                push_battrs(battrs[k])
+                push_shape(shape)
+                push_sig(sig)
+                push_loc(-1)
+                node = len(shapes) - 1
+                out.append(node)
+            return out
+        x_shape, repeating = shapes[xs[0]], True
+        for k in range(1, count):
+            x = xs[k]
             repeating = repeating and shapes[x] == x_shape
             if not repeating:  # another input shape: this and the rest the long way
-                node = add(op, shared + (x, node)).i
+                node = step(k, node)
             else:
                 push_op(op)
                 push_args(shared + (x, node))
                 push_attrs(())
-                push_battrs(None)
+                push_battrs(battrs[k] if battrs is not None else None)
                 push_shape(shape)
                 push_sig(sig)
                 push_loc(-1)
@@ -410,14 +431,41 @@ class Expression:
     __hash__ = object.__hash__
 
 
-class Slice(Expression):
-    """x[start:end] of a vector node x, deferred: it becomes a `pick_range` node only when
-    something reads it as a node (`.i`: an op built on it, `value()`). A consumer that can read
-    the window in place (`MLP` and its fused loss) takes `source`, `start` and `end` instead, and
-    the slice never costs a node: the h half of a Tree-LSTM state that only the classifier
-    reads, say."""
+class Deferred(Expression):
+    """An expression whose node is added to the graph only when something reads it as a node
+    (`.i`: an op built on it the usual way, `value()`), once. Consumers that know the kind can
+    read what it stands for in place and never make the node: each node costs graph building,
+    scheduling and backward work, and tuples the garbage collector walks."""
 
-    __slots__ = ("source", "start", "end", "_node")
+    __slots__ = ("_node",)
+
+    @property
+    def i(self) -> int:  # type: ignore[override]
+        node = self._node
+        if node < 0:
+            node = self._node = self._materialize()
+        return node
+
+    def _materialize(self) -> int:
+        raise NotImplementedError
+
+    def plain(self) -> Expression:
+        """The same value as an ordinary Expression (adding the node if it is not there)."""
+        return Expression(self.g, self.i)
+
+    def __repr__(self) -> str:
+        node = "" if self._node < 0 else f", node={self._node}"
+        return f"{type(self).__name__}({self._what()}, shape={self.shape}{node})"
+
+    def _what(self) -> str:
+        raise NotImplementedError
+
+
+class Slice(Deferred):
+    """x[start:end] of a vector node x, a `pick_range` node when made. `MLP` and its fused loss
+    read the window in place (the h half of a Tree-LSTM state that only the classifier reads)."""
+
+    __slots__ = ("source", "start", "end")
 
     def __init__(self, g: Graph, source: int, start: int, end: int) -> None:
         self.g = g
@@ -426,13 +474,9 @@ class Slice(Expression):
         self.end = end
         self._node = -1
 
-    @property
-    def i(self) -> int:  # type: ignore[override]
-        node = self._node
-        if node < 0:
-            attrs = (("start", self.start), ("end", self.end), ("dim", 0))
-            node = self._node = self._live().add(_PICK_RANGE, (self.source,), attrs).i
-        return node
+    def _materialize(self) -> int:
+        attrs = (("start", self.start), ("end", self.end), ("dim", 0))
+        return self._live().add(_PICK_RANGE, (self.source,), attrs).i
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -441,9 +485,35 @@ class Slice(Expression):
     def dim(self) -> tuple[int, ...]:
         return (self.end - self.start,)
 
-    def __repr__(self) -> str:
-        return (f"Slice(node {self.source}[{self.start}:{self.end}], shape={self.shape}"
-                f"{'' if self._node < 0 else f', node={self._node}'})")
+    def _what(self) -> str:
+        return f"node {self.source}[{self.start}:{self.end}]"
+
+
+class Row(Deferred):
+    """Row `index` of a lookup table (node `table`), a `lookup` node when made. The Tree-LSTM
+    leaf and the LSTM's first layer read the table row themselves, in one node with the cell."""
+
+    __slots__ = ("table", "index")
+
+    def __init__(self, g: Graph, table: int, index: int) -> None:
+        self.g = g
+        self.table = table
+        self.index = index
+        self._node = -1
+
+    def _materialize(self) -> int:
+        g = self._live()
+        return g.add(_LOOKUP, (self.table,), (), g.single(self.index)).i
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.g.shapes[self.table][1:]
+
+    def dim(self) -> tuple[int, ...]:
+        return self.g.shapes[self.table][1:]
+
+    def _what(self) -> str:
+        return f"row {self.index} of node {self.table}"
 
 
 def _graph_of(items: Sequence[Any]) -> Graph:

@@ -173,15 +173,13 @@ class LookupParameter(Parameter):
 
 
 def lookup(table: LookupParameter, index: int) -> "graph.Expression":
-    """Row `index` of a lookup table, (dim,); its gradient touches only that row."""
+    """Row `index` of a lookup table, (dim,); its gradient touches only that row. A deferred
+    `Row`: the cells that read rows themselves take it without a lookup node."""
     g = graph.current_graph()
     index = int(index)
     if not 0 <= index < table.shape[0]:
         raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
-    return g.add(_LOOKUP, (g.param_node(table),), (), g.single(index))
-
-
-_LOOKUP = graph.TABLE["lookup"]
+    return graph.Row(g, g.param_node(table), index)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_leaves_over_lookups_read_the_table_in_the_leaf_node(autobatch):
     # a lookup read through another node (times 1) keeps the leaf and the lookup apart
     want, want_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch)
     assert names.count("treelstm_binary_leaf_lookup") == 5
-    assert "treelstm_binary_leaf" not in names and names.count("lookup") == 5
+    assert "treelstm_binary_leaf" not in names and "lookup" not in names
 
     pc = collection(seed=3)
     embed = Embedding(pc, 7, 3)
@@ -196,10 +196,13 @@ def test_leaves_over_lookups_read_the_table_in_the_leaf_node(autobatch):
         word = embed(2)
         leaf = tree.leaf(word)
         other = tree.leaf(embed(2) * 1.0)
-        assert [op.name for op in g.ops].count("treelstm_binary_leaf_lookup") == 1
+        names = [op.name for op in g.ops]
+        assert names.count("treelstm_binary_leaf_lookup") == 1 and names.count("lookup") == 1
+        assert names.count("treelstm_binary_leaf") == 1
         np.testing.assert_array_equal(leaf.state.npvalue(), other.state.npvalue())
-        assert g.loc[word.i] == -1  # the fused leaf's lookup was not computed
-        np.testing.assert_array_equal(word.npvalue(), embed.table.value[2])  # but can be
+        # the fused leaf's row becomes a lookup node when read as a node, once
+        np.testing.assert_array_equal(word.npvalue(), embed.table.value[2])
+        assert word.i == word.i and [op.name for op in g.ops].count("lookup") == 2
 
 
 def test_fused_tree_leaves_have_the_unfused_value_and_gradients():
@@ -496,6 +499,59 @@ def test_mlp_pick_neg_log_softmax_label_out_of_range():
                 mlp.pick_neg_log_softmax(x, label)
         with pytest.raises(dn.ShapeError, match="mlp_pick_neg_log_softmax"):
             mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 0)
+
+
+def _tagged_losses(rows, autobatch=True, dropout=0.0, layers=1):
+    """A BiLSTM over embedding rows (or, rows=False, rows read through another node) with a loss
+    at every word, two sentences: (loss, parameter gradients, op names)."""
+    pc = collection(seed=4)
+    embed = Embedding(pc, 9, 3)
+    bilstm = BiRNNBuilder(layers, 3, 4, pc, LSTMBuilder)
+    bilstm.set_dropout(dropout)
+    mlp = MLP(pc, [4, 3])
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=3) as g:
+        losses = []
+        for words in ([1, 5, 5, 8], [0, 2]):
+            xs = [embed(w) if rows else embed(w) * 1.0 for w in words]
+            for k, h in enumerate(bilstm.transduce(xs)):
+                losses.append(mlp.pick_neg_log_softmax(h, (k + words[k]) % 3))
+        loss = dn.esum(losses)
+        loss.backward()
+        return (loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
+                [op.name for op in g.ops])
+
+
+@pytest.mark.parametrize("autobatch", [True, False, "agenda"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lstm_over_embedding_rows_reads_them_in_its_first_layer(autobatch, layers):
+    want, want_grads, names = _tagged_losses(False, autobatch, layers=layers)
+    assert names.count("lstm_step") == 12 * layers and names.count("lookup") == 6
+    got, got_grads, names = _tagged_losses(True, autobatch, layers=layers)
+    assert names.count("lstm_step_lookup") == 12 and "lookup" not in names
+    assert names.count("lstm_step") == 12 * (layers - 1)
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_lstm_over_rows_with_dropout_or_mixed_inputs_takes_the_lookup_nodes():
+    want, want_grads, _ = _tagged_losses(False, dropout=0.3)
+    got, got_grads, names = _tagged_losses(True, dropout=0.3)
+    assert "lstm_step_lookup" not in names and names.count("lookup") == 6
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    pc = collection()
+    embed, other = Embedding(pc, 5, 2), Embedding(pc, 5, 2, name="other")
+    lstm = LSTMBuilder(1, 2, 3, pc)
+    with dn.Graph(dtype=np.float64) as g:
+        lstm.transduce([embed(1), other(1)])  # rows of two tables
+        lstm.transduce([embed(1), dn.inputs(np.ones(2))])
+        names = [op.name for op in g.ops]
+        assert "lstm_step_lookup" not in names and names.count("lookup") == 3
+        with pytest.raises(ValueError, match="input of shape"):
+            LSTMBuilder(1, 3, 3, pc).transduce([embed(1)])
 
 
 # -- dropout ---------------------------------------------------------------------------------------

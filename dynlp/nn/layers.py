@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression, Slice
+from ..graph import Deferred, Expression, Slice
 from ..ops import TABLE
 from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
@@ -62,10 +62,10 @@ class MLP:
         self._windows: dict[tuple[int, int], tuple] = {}
 
     def __call__(self, x: Any) -> Expression:
-        if type(x) is Slice:
-            if self._reads_in_place(x):
+        if type(x) is not Expression and isinstance(x, Deferred):
+            if type(x) is Slice and self._reads_in_place(x):
                 return x.g.add(self._SCORES, self._node_args(x.g, x), self._window_attrs(x))
-            x = Expression(x.g, x.i)
+            x = x.plain()
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
             if self.dropout == 0.0 or not g.training:
@@ -96,12 +96,12 @@ class MLP:
         if not 0 <= label < classes:
             raise IndexError(f"pick_neg_log_softmax: label {label} out of range for scores of "
                              f"shape {(classes,)}")
-        if type(x) is Slice:
-            if self._reads_in_place(x):
+        if type(x) is not Expression and isinstance(x, Deferred):
+            if type(x) is Slice and self._reads_in_place(x):
                 g = x.g
                 return g.add(self._LOSS, self._node_args(g, x), self._window_attrs(x),
                              g.single(label))
-            x = Expression(x.g, x.i)
+            x = x.plain()
         if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
             g = x._live()
             if self.dropout == 0.0 or not g.training:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression, Graph, as_node, current_graph
+from ..graph import Expression, Graph, Row, as_node, current_graph
 from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 
@@ -54,6 +54,19 @@ class ZeroLeaves:
         if leaf is None:
             leaf = self.leaves[size] = g.leaf(np.zeros(size, g.dtype))
         return leaf
+
+
+def _table_of(xs: list[Any], g: Graph) -> int | None:
+    """The table node when every x is a deferred row of one table of graph g (see `Row`),
+    else None."""
+    first = xs[0]
+    if type(first) is not Row:
+        return None
+    table = first.table
+    for x in xs:
+        if type(x) is not Row or x.table != table or x.g is not g:
+            return None
+    return table
 
 
 def check_dims(**dims: int) -> None:
@@ -114,6 +127,16 @@ class RNNState:
             return []
         b = self.builder
         g = graph_of(list(self.states) + xs)
+        masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
+        if top_only and len(b.params) == 1 and masks[0] == (None, None) and b.lookup_step_op:
+            table = _table_of(xs, g)
+            if table is not None and g.shapes[table][1:] == (b.input_dim,):
+                # a sequence of embedding rows: the step reads its row itself, no lookup nodes
+                W, bias = b.params[0]
+                shared = (g.param_node(W), g.param_node(bias), table)
+                single = g.single
+                return g.add_chain(TABLE[b.lookup_step_op], shared, None,
+                                   as_node(g, self.states[0]), [single(x.index) for x in xs])
         nodes = [as_node(g, x) for x in xs]
         want = (b.input_dim,)
         for node in nodes:
@@ -122,7 +145,6 @@ class RNNState:
                                  f"{g.shapes[node]}, expected {want}")
         states = [as_node(g, s) for s in self.states]
         weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
-        masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
         if len(weights) == 1 and top_only and masks[0] == (None, None):
             return g.add_chain(TABLE[b.step_op], weights[0], nodes, states[0])
         return self._layered_steps(nodes, states, top_only, g, weights, masks)
@@ -191,6 +213,7 @@ class RecurrentBuilder:
     default_name = "rnn"
     has_cell = False
     step_op = ""  # the op of one step, (W, b, x, state) -> state
+    lookup_step_op = ""  # the same over row `index` of a table E, (W, b, E, state), if any
     mask_in_step = False  # the recurrent dropout mask is the step op's last argument
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
@@ -290,6 +313,7 @@ class LSTMBuilder(RecurrentBuilder):
 
     default_name = "lstm"
     step_op = "lstm_step"
+    lookup_step_op = "lstm_step_lookup"
     has_cell = True
     state_factor = 2
 

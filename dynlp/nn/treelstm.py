@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..graph import Expression, Slice, apply
+from ..graph import Deferred, Expression, Row, Slice, apply
 from ..ops import TABLE
 from ..params import ParameterCollection
 from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
@@ -17,7 +17,6 @@ from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
 KINDS = ("binary", "childsum")
 _LEAF = TABLE["treelstm_binary_leaf"]
 _LEAF_LOOKUP = TABLE["treelstm_binary_leaf_lookup"]
-_LOOKUP = TABLE["lookup"]
 _NOX = TABLE["treelstm_binary_nox"]
 _PICK_RANGE = TABLE["pick_range"]
 
@@ -92,19 +91,22 @@ class TreeLSTMBuilder:
                              f"({self.input_dim},)")
 
     def leaf(self, x: Any) -> TreeState:
-        """A node with a word x (input_dim,) and no children. When x is an embedding lookup,
-        the leaf node reads the table row itself (`treelstm_binary_leaf_lookup`): the lookup
-        node stays in the graph, computed only if something else reads it."""
-        if self.kind == "binary" and type(x) is Expression:
-            g = x._live()
-            self._check_input(x)
-            W, b = g.param_nodes_of(self, self._params)
-            node = x.i
-            if g.ops[node] is _LOOKUP:
-                state = g.add(_LEAF_LOOKUP, (W, b, g.args[node][0]), (), g.battrs[node])
-            else:
-                state = g.add(_LEAF, (W, b, node))
-            return TreeState(state, self.hidden_dim, self._halves)
+        """A node with a word x (input_dim,) and no children. When x is an embedding lookup
+        (a `Row`), the leaf node reads the table row itself (`treelstm_binary_leaf_lookup`),
+        with no lookup node."""
+        if self.kind == "binary":
+            kind = type(x)
+            if kind is Row:
+                g = x._live()
+                self._check_input(x)
+                W, b = g.param_nodes_of(self, self._params)
+                return TreeState(g.add(_LEAF_LOOKUP, (W, b, x.table), (), g.single(x.index)),
+                                 self.hidden_dim, self._halves)
+            if kind is Expression or isinstance(x, Deferred):
+                g = x._live()
+                self._check_input(x)
+                W, b = g.param_nodes_of(self, self._params)
+                return TreeState(g.add(_LEAF, (W, b, x.i)), self.hidden_dim, self._halves)
         return self.node((), x)
 
     def node(self, children: Sequence[Any], x: Any = None) -> TreeState:

@@ -164,6 +164,41 @@ define("lstm_step", shape=_lstm_shape, batch=(SHARED, SHARED, STACK, STACK), cos
            "s = [c; h] (2H,) -> [c'; h'] (2H,)")
 
 
+# The LSTM step with its input's lookup fused in, x = E[index]: the first layer over word
+# embeddings is one node per step, not a lookup node and a step node. The residual's a = [x; h]
+# holds x, so the derivatives do not gather the rows again.
+
+
+def _table_width(E):
+    if len(E) != 2:
+        raise ValueError("E must be a matrix (V, X)")
+    return E[1:]
+
+
+def _lstm_lookup_vjp(g, out, W, b, E, s, index, residual):
+    x = residual[1][:, :E.shape[1]]
+    gW, gb, gx, gs = _nary_vjp(g, out, W, b, x, [s], residual)
+    return gW, gb, SparseRows(index, gx), gs
+
+
+def _lstm_lookup_jvp(ts, out, W, b, E, s, index, residual):
+    x = residual[1][:, :E.shape[1]]
+    tE = ts[2]
+    return _nary_jvp([ts[0], ts[1], None if tE is None else tE[index], ts[3]], out, W, b, x,
+                     [s], residual)
+
+
+define("lstm_step_lookup", shape=lambda W, b, E, s: _lstm_shape(W, b, _table_width(E), s),
+       batch=(SHARED, SHARED, SHARED, STACK), batched_attrs=("index",), cost=4, residual=True,
+       forward=lambda W, b, E, s, index: _nary_forward(W, b, E[index], [s]),
+       vjp=_lstm_lookup_vjp, jvp=_lstm_lookup_jvp,
+       cases=[Case([(8, 5), (8,), (6, 3), (4,)], {}, {"index": lambda rng: int(rng.integers(6))}),
+              Case([(4, 2), (4,), (3, 1), (2,)], {}, {"index": lambda rng: int(rng.integers(3))})],
+       doc="lstm_step over row `index` of a table E (V, X), one node instead of a lookup and a "
+           "step: W (4H, X+H), b (4H,), s = [c; h] (2H,) -> [c'; h'] (2H,); E's gradient is "
+           "sparse")
+
+
 def _binary_shape(W, b, x, left, right):
     hidden = _check_states([left, right])
     _check_vector("x", x)
