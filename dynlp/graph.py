@@ -21,6 +21,7 @@ _MATMUL = TABLE["matmul"]
 _BATCHED_MATMUL = TABLE["batched_matmul"]
 _PICK_RANGE = TABLE["pick_range"]
 _LOOKUP = TABLE["lookup"]
+_CONCATENATE_RANGES = TABLE["concatenate_ranges"]
 
 
 class ShapeError(ValueError):
@@ -462,31 +463,38 @@ class Deferred(Expression):
 
 
 class Slice(Deferred):
-    """x[start:end] of a vector node x, a `pick_range` node when made. `MLP` and its fused loss
-    read the window in place (the h half of a Tree-LSTM state that only the classifier reads)."""
+    """x[start:end] of a vector node x (a `pick_range` node when made), or the concatenation
+    [x1[start:end]; x2[start:end]] of two (a `concatenate_ranges` node): `sources` and one
+    `windows` entry (start, end) per source. `MLP` and its fused loss read the windows in place:
+    the h half of a Tree-LSTM state, or the h halves of a BiLSTM's two directions, that only
+    the classifier reads."""
 
-    __slots__ = ("source", "start", "end")
+    __slots__ = ("sources", "windows", "width")
 
-    def __init__(self, g: Graph, source: int, start: int, end: int) -> None:
+    def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int) -> None:
         self.g = g
-        self.source = source
-        self.start = start
-        self.end = end
+        self.sources = sources
+        self.windows = ((start, end),) * len(sources)
+        self.width = (end - start) * len(sources)
         self._node = -1
 
     def _materialize(self) -> int:
-        attrs = (("start", self.start), ("end", self.end), ("dim", 0))
-        return self._live().add(_PICK_RANGE, (self.source,), attrs).i
+        start, end = self.windows[0]
+        if len(self.sources) == 1:
+            return self._live().add(_PICK_RANGE, self.sources,
+                                    (("start", start), ("end", end), ("dim", 0))).i
+        return self._live().add(_CONCATENATE_RANGES, self.sources,
+                                (("start", start), ("end", end))).i
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.end - self.start,)
+        return (self.width,)
 
     def dim(self) -> tuple[int, ...]:
-        return (self.end - self.start,)
+        return (self.width,)
 
     def _what(self) -> str:
-        return f"node {self.source}[{self.start}:{self.end}]"
+        return " ++ ".join(f"node {n}[{a}:{b}]" for n, (a, b) in zip(self.sources, self.windows))
 
 
 class Row(Deferred):
@@ -556,7 +564,8 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
     nodes = g.param_nodes
     ids = []
     for x in xs:
-        if type(x) is Expression and x.g is g:
+        kind = type(x)
+        if (kind is Expression or kind is Slice or kind is Row) and x.g is g:
             ids.append(x.i)
         else:
             n = nodes.get(id(x))

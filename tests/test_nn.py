@@ -324,6 +324,48 @@ def test_birnn_output_sizes_and_directions():
         BiRNNBuilder(1, 3, 5, pc)
 
 
+@pytest.mark.parametrize("autobatch", [True, False])
+def test_birnn_outputs_are_read_in_place_by_the_mlp(autobatch):
+    pc = collection(seed=8)
+    birnn = BiRNNBuilder(1, 3, 4, pc)
+    mlp = MLP(pc, [4, 5, 3])
+    rng = np.random.default_rng(12)
+    words = rng.normal(size=(3, 3))
+
+    def losses(in_place):
+        pc.clear_grads()
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            hs = birnn.transduce([dn.inputs(w) for w in words])
+            if not in_place:  # the values as ordinary nodes
+                hs = [dn.concatenate([dn.pick_range(h, 0, 2), dn.pick_range(h, 2, 4)])
+                      for h in hs]
+            loss = dn.esum([mlp.pick_neg_log_softmax(h, k) for k, h in enumerate(hs)]
+                           + [dn.sum_elems(mlp(hs[1]))])
+            loss.backward()
+            names = [op.name for op in g.ops]
+            return loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()], names
+
+    want, want_grads, names = losses(False)
+    assert names.count("concatenate_ranges") == 3
+    got, got_grads, names = losses(True)
+    assert "concatenate_ranges" not in names and names.count("mlp_pick_neg_log_softmax") == 3
+    assert got == pytest.approx(want, rel=1e-13)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    with dn.Graph(dtype=np.float64) as g:
+        xs = [dn.inputs(w) for w in words]
+        hs = birnn.transduce(xs)
+        forward = birnn.builder_layers[0][0].transduce(xs)
+        backward = birnn.builder_layers[0][1].transduce(xs[::-1])[::-1]
+        doubled = hs[0] * 2.0  # an ordinary op makes the node, once
+        assert hs[0].shape == (4,) and dn.esum([hs[0], hs[0]]).shape == (4,)
+        assert [op.name for op in g.ops].count("concatenate_ranges") == 1
+        np.testing.assert_allclose(
+            doubled.npvalue(),
+            2 * np.concatenate([forward[0].npvalue(), backward[0].npvalue()]), rtol=1e-13)
+
+
 def test_character_encoder_is_forward_and_backward_final_states():
     pc = collection()
     encoder = CharacterEncoder(pc, 7, 3, 4)

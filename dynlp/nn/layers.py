@@ -59,7 +59,7 @@ class MLP:
             self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
         self._params = tuple(p for layer in self.layers for p in layer)
-        self._windows: dict[tuple[int, int], tuple] = {}
+        self._windows: dict[tuple, tuple] = {}
 
     def __call__(self, x: Any) -> Expression:
         if type(x) is not Expression and isinstance(x, Deferred):
@@ -112,23 +112,23 @@ class MLP:
     def _node_args(self, g: Any, x: Expression) -> tuple[int, ...]:
         """(x, W1, b1, ..., Wk, bk) as node indices of graph g: the arguments of the ops that
         are a whole MLP (for a deferred Slice, the vector it slices)."""
-        return ((x.source if type(x) is Slice else x.i,)
+        return ((x.sources if type(x) is Slice else (x.i,))
                 + g.param_nodes_of(self, self._params))
 
     def _reads_in_place(self, x: Slice) -> bool:
-        """Whether one node reads the slice x where it lies, in its source vector: x is of the
+        """Whether one node reads the slice x where it lies, in its source vectors: x is of the
         input size, and there is no dropout or unfused activation."""
-        return (x.end - x.start == self.dims[0]
+        return (x.width == self.dims[0]
                 and (self.fused is not None or len(self.layers) == 1)
                 and (self.dropout == 0.0 or not x._live().training))
 
     def _window_attrs(self, x: Slice) -> tuple:
-        """The static attributes of a node that reads x in place (one tuple per window, kept:
+        """The static attributes of a node that reads x in place (one tuple per windows, kept:
         tuples made per node are what the garbage collector walks after each graph)."""
-        key = (x.start, x.end)
-        attrs = self._windows.get(key)
+        windows = x.windows
+        attrs = self._windows.get(windows)
         if attrs is None:
-            attrs = self._windows[key] = self._node_attrs + (("window", key),)
+            attrs = self._windows[windows] = self._node_attrs + (("windows", windows),)
         return attrs
 
     def set_dropout(self, rate: float) -> None:

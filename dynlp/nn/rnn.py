@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Expression, Graph, Row, as_node, current_graph
+from ..graph import Expression, Graph, Row, Slice, as_node, current_graph
 from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 
@@ -409,14 +409,15 @@ class BiRNNBuilder:
             start_ahead, start_behind = forward.initial_state(), backward.initial_state()
             span = forward.hidden_range()
             if xs and span is not None and span == backward.hidden_range():
-                # h from both fused states in one node per position, not two slices and a
-                # concatenation
+                # h from both fused states as one node per position (not two slices and a
+                # concatenation), made only when something other than an MLP reads it
                 ahead = start_ahead._steps(xs, top_only=True)
                 behind = start_behind._steps(xs[::-1], top_only=True)[::-1]
                 g = graph_of(xs)
-                add, op = g.add, TABLE["concatenate_ranges"]
-                attrs = (("start", span[0]), ("end", span[1]))
-                xs = [add(op, (a, c), attrs) for a, c in zip(ahead, behind)]
+                start, end = span
+                # deferred: a classifier reads both halves in place; anything else makes the
+                # concatenate_ranges node
+                xs = [Slice(g, (a, c), start, end) for a, c in zip(ahead, behind)]
             else:
                 ahead_states = start_ahead.add_inputs(xs)
                 behind_states = start_behind.add_inputs(xs[::-1])[::-1]

@@ -44,7 +44,7 @@ class TreeState:
     def h(self) -> Expression:
         if self._h is None:
             state = self.state
-            self._h = Slice(state._live(), state.i, self.hidden_dim, 2 * self.hidden_dim)
+            self._h = Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim)
         return self._h
 
     def c(self) -> Expression:

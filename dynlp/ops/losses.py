@@ -71,42 +71,87 @@ define("pick_neg_log_softmax", shape=_vector, batched_attrs=("index",),
 # x -> a_1 = f(W_1 x + b_1) -> ... -> z = W_k a_{k-1} + b_k. Each layer is the arithmetic of
 # affine_transform with the activation fused, so the values agree with that chain of nodes to the
 # last bit. Both ops share the layer loop below; the residual is the input of every layer.
-# `window=(start, end)` makes the first layer read x[start:end] of a longer vector in place (the
-# h half of a state [c; h]), so that the slice needs no node of its own.
+# The input x is one vector or the concatenation of two (the arguments x1, x2, W1, b1, ...: an
+# odd count is one input, an even count two), and `windows`, one (start, end) per input, reads
+# x1[start:end] (and x2[start:end]) in place: the h half of a state [c; h], or the h halves of
+# a BiLSTM's two directions, need no slicing or concatenation node of their own.
+
+
+def _input_count(nargs):
+    return 2 - nargs % 2
 
 
 def _mlp_mask(nargs):
-    return (STACK,) + (SHARED,) * (nargs - 1)
+    k = _input_count(nargs)
+    return (STACK,) * k + (SHARED,) * (nargs - k)
 
 
-def _layer_sizes(x, layers, activation, window=None):
-    """Check the shapes of x (or of its window) and the (W, b) pairs; the size of the scores."""
+def _layer_sizes(shapes, activation, windows=None):
+    """Check the shapes of the inputs (and windows) and of the (W, b) pairs; the size of the
+    scores."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}")
+    k = _input_count(len(shapes))
+    xs, layers = shapes[:k], shapes[k:]
     if not layers or len(layers) % 2:
-        raise ValueError("arguments must be x, W1, b1, W2, b2, ... with at least one layer")
-    if len(x) != 1:
+        raise ValueError("arguments must be x (or x1, x2), W1, b1, W2, b2, ... with at least "
+                         "one layer")
+    if any(len(x) != 1 for x in xs):
         raise ValueError("x must be a vector")
-    size = x[0]
-    if window is not None:
-        start, end = window
-        if not 0 <= start < end <= size:
-            raise ValueError(f"window {tuple(window)} out of range for x of size {size}")
-        size = end - start
-    for k, (w, b) in enumerate(zip(layers[::2], layers[1::2]), 1):
+    if windows is None:
+        windows = [(0, x[0]) for x in xs]
+    elif len(windows) != k:
+        raise ValueError(f"{len(windows)} windows for {k} input(s)")
+    size = 0
+    for (start, end), x in zip(windows, xs):
+        if not 0 <= start < end <= x[0]:
+            raise ValueError(f"window {(start, end)} out of range for x of size {x[0]}")
+        size += end - start
+    for n, (w, b) in enumerate(zip(layers[::2], layers[1::2]), 1):
         if len(w) != 2 or w[1] != size:
-            raise ValueError(f"W{k} must be a matrix (out, {size}), got {w}")
+            raise ValueError(f"W{n} must be a matrix (out, {size}), got {w}")
         if b != (w[0],):
-            raise ValueError(f"b{k} must be ({w[0]},) to match W{k} {w}, got {b}")
+            raise ValueError(f"b{n} must be ({w[0]},) to match W{n} {w}, got {b}")
         size = w[0]
     return size
 
 
-def _layers_forward(x, layers, activation, window=None):
-    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}] (x: its
-    window, a view)."""
+def _split(args):
+    k = _input_count(len(args))
+    return args[:k], args[k:]
+
+
+def _first_input(xs, windows):
+    """The first layer's input (B, X): x itself, its window (a view), or the windows of both
+    inputs concatenated."""
+    if windows is None:
+        return xs[0] if len(xs) == 1 else np.concatenate(xs, axis=1)
+    parts = [x[:, start:end] for x, (start, end) in zip(xs, windows)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _input_cotangents(ga, xs, windows):
+    """Each input's cotangent from that of the first layer's input (zero outside windows)."""
+    if windows is None and len(xs) == 1:
+        return [ga]
+    cts, at = [], 0
+    for k, x in enumerate(xs):
+        start, end = (0, x.shape[1]) if windows is None else windows[k]
+        width = end - start
+        if width == x.shape[1]:
+            cts.append(ga[:, at:at + width])
+        else:
+            ct = np.zeros(x.shape, ga.dtype)
+            ct[:, start:end] = ga[:, at:at + width]
+            cts.append(ct)
+        at += width
+    return cts
+
+
+def _layers_forward(x, layers, activation):
+    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}]."""
     f = ACTIVATIONS[activation][0]
-    inputs = [x if window is None else x[:, window[0]:window[1]]]
+    inputs = [x]
     last = len(layers) // 2 - 1
     for k in range(last + 1):
         z = inputs[-1] @ layers[2 * k].T + layers[2 * k + 1]
@@ -115,7 +160,7 @@ def _layers_forward(x, layers, activation, window=None):
     return z, inputs
 
 
-def _layers_vjp(gz, inputs, layers, activation, x, window=None):
+def _layers_vjp(gz, inputs, layers, activation):
     """Cotangents of x, W1, b1, ..., Wk, bk from the cotangent gz (B, out_k) of the scores."""
     df = ACTIVATIONS[activation][1]
     cts = [None] * (len(layers) + 1)
@@ -125,24 +170,18 @@ def _layers_vjp(gz, inputs, layers, activation, x, window=None):
         cts[2 * k + 2] = gz.sum(axis=0)
         ga = gz @ layers[2 * k]
         gz = ga if k == 0 or df is None else ga * df(a)
-    if window is None:
-        cts[0] = gz
-    else:
-        cts[0] = np.zeros(x.shape, gz.dtype)
-        cts[0][:, window[0]:window[1]] = gz
+    cts[0] = gz
     return cts
 
 
-def _layers_jvp(ts, inputs, layers, activation, window=None):
-    """The tangent of the scores (B, out_k) from the tangents ts of x, W1, b1, ... (None: 0)."""
+def _layers_jvp(t, inputs, layers, activation, ts):
+    """The tangent of the scores (B, out_k) from the tangent t of the first layer's input and
+    the tangents ts of W1, b1, ... (None: 0)."""
     df = ACTIVATIONS[activation][1]
     x = inputs[0]
-    t = ts[0]
-    if t is not None and window is not None:
-        t = t[:, window[0]:window[1]]
     last = len(layers) // 2 - 1
     for k in range(last + 1):
-        w, tw, tb = layers[2 * k], ts[2 * k + 1], ts[2 * k + 2]
+        w, tw, tb = layers[2 * k], ts[2 * k], ts[2 * k + 1]
         tz = np.zeros((x.shape[0], w.shape[0]), x.dtype) if t is None else t @ w.T
         if tw is not None:
             tz += inputs[k] @ tw.T
@@ -152,57 +191,81 @@ def _layers_jvp(ts, inputs, layers, activation, window=None):
     return t
 
 
-def _mlp_case(sizes, activation=None, labeled=False, window=None):
-    shapes = [(sizes[0],) if window is None else (window[2],)]
+def _mlp_vjp_all(gz, args, residual, activation, windows):
+    xs, layers = _split(args)
+    cts = _layers_vjp(gz, residual, layers, activation)
+    return _input_cotangents(cts[0], xs, windows) + cts[1:]
+
+
+def _mlp_jvp_all(ts, args, residual, activation, windows):
+    xs, layers = _split(args)
+    k = len(xs)
+    t = None
+    if any(tx is not None for tx in ts[:k]):
+        t = _first_input([np.zeros_like(x) if tx is None else tx for x, tx in zip(xs, ts)],
+                         windows)
+    return _layers_jvp(t, residual, layers, activation, ts[k:])
+
+
+def _mlp_case(sizes, activation=None, labeled=False, windows=None, inputs=None):
+    """sizes: [input, hidden ..., output]; `inputs` the sizes of two inputs, `windows` what the
+    first layer reads of each (their widths summing to sizes[0])."""
+    shapes = [(n,) for n in inputs] if inputs else [(sizes[0],)]
     for fan_in, fan_out in zip(sizes, sizes[1:]):
         shapes += [(fan_out, fan_in), (fan_out,)]
     batched = {"label": lambda rng: int(rng.integers(sizes[-1]))} if labeled else {}
     attrs = {"activation": activation} if activation else {}
-    if window is not None:
-        attrs["window"] = window[:2]
+    if windows is not None:
+        attrs["windows"] = windows
     return Case(shapes, attrs, batched)
 
 
 def _mlp_cases(labeled):
     return [_mlp_case([4, 5], labeled=labeled), _mlp_case([4, 6, 3], "tanh", labeled),
             _mlp_case([3, 5, 4, 3], "rectify", labeled), _mlp_case([3, 4, 2], "logistic", labeled),
-            # the first layer reads x[2:5] of a vector of 7 (window: start, end, size of x)
-            _mlp_case([3, 4, 2], "tanh", labeled, window=(2, 5, 7)),
-            _mlp_case([2, 3], labeled=labeled, window=(0, 2, 4))]
+            # the first layer reads x[2:5] of a vector of 7
+            _mlp_case([3, 4, 2], "tanh", labeled, windows=((2, 5),), inputs=(7,)),
+            _mlp_case([2, 3], labeled=labeled, windows=((0, 2),), inputs=(4,)),
+            # two inputs: x1[1:3] and x2[2:4] concatenated, or the whole of both
+            _mlp_case([4, 5, 3], "tanh", labeled, windows=((1, 3), (2, 4)), inputs=(4, 4)),
+            _mlp_case([5, 3], labeled=labeled, inputs=(2, 3))]
 
 
-def _mlp_shape(x, *layers, activation=None, window=None):
-    return (_layer_sizes(x, layers, activation, window),)
+def _mlp_shape(*shapes, activation=None, windows=None):
+    return (_layer_sizes(shapes, activation, windows),)
 
 
-def _mlp_forward(x, *layers, activation=None, window=None):
-    return _layers_forward(x, layers, activation, window)
+def _mlp_forward(*args, activation=None, windows=None):
+    xs, layers = _split(args)
+    return _layers_forward(_first_input(xs, windows), layers, activation)
 
 
-def _mlp_vjp(g, out, x, *layers, residual, activation=None, window=None):
-    return _layers_vjp(g, residual, layers, activation, x, window)
+def _mlp_vjp(g, out, *args, residual, activation=None, windows=None):
+    return _mlp_vjp_all(g, args, residual, activation, windows)
 
 
-def _mlp_jvp(ts, out, x, *layers, residual, activation=None, window=None):
-    return _layers_jvp(ts, residual, layers, activation, window)
+def _mlp_jvp(ts, out, *args, residual, activation=None, windows=None):
+    return _mlp_jvp_all(ts, args, residual, activation, windows)
 
 
 define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=_mlp_forward,
        vjp=_mlp_vjp, jvp=_mlp_jvp, cases=_mlp_cases(labeled=False) + [_mlp_case([3, 4], "tanh")],
        doc="W_k a_{k-1} + b_k with a_0 = x, a_j = f(W_j a_{j-1} + b_j): the scores of an MLP "
            "in one node; x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an "
-           "activation (tanh, rectify, logistic) or None, not applied to the last layer; with "
-           "window=(start, end) the first layer reads x[start:end]")
+           "activation (tanh, rectify, logistic) or None, not applied to the last layer. x may "
+           "be two arguments x1, x2, concatenated; windows=((start, end), ...), one per input, "
+           "makes the first layer read those slices of them")
 
 
-def _mlp_loss_shape(x, *layers, activation=None, window=None):
-    _layer_sizes(x, layers, activation, window)
+def _mlp_loss_shape(*shapes, activation=None, windows=None):
+    _layer_sizes(shapes, activation, windows)
     return ()
 
 
-def _mlp_loss_forward(x, *layers, label, activation=None, window=None):
+def _mlp_loss_forward(*args, label, activation=None, windows=None):
     """The loss, and the residual (inputs of every layer, softmax of the scores)."""
-    z, inputs = _layers_forward(x, layers, activation, window)
+    xs, layers = _split(args)
+    z, inputs = _layers_forward(_first_input(xs, windows), layers, activation)
     m = z.max(axis=1)
     e = np.exp(z - m[:, None])
     total = e.sum(axis=1)
@@ -210,17 +273,17 @@ def _mlp_loss_forward(x, *layers, label, activation=None, window=None):
     return out, (inputs, e / total[:, None])
 
 
-def _mlp_loss_vjp(g, out, x, *layers, label, residual, activation=None, window=None):
+def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
     # d out / d z = softmax(z) - onehot(label)
     gz = p * g[:, None]
     gz[np.arange(p.shape[0]), label] -= g
-    return _layers_vjp(gz, inputs, layers, activation, x, window)
+    return _mlp_vjp_all(gz, args, inputs, activation, windows)
 
 
-def _mlp_loss_jvp(ts, out, x, *layers, label, residual, activation=None, window=None):
+def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
-    t = _layers_jvp(ts, inputs, layers, activation, window)
+    t = _mlp_jvp_all(ts, args, inputs, activation, windows)
     return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
 
 
@@ -229,8 +292,8 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
        vjp=_mlp_loss_vjp, jvp=_mlp_loss_jvp, cases=_mlp_cases(labeled=True),
        doc="-log softmax(W_k a_{k-1} + b_k)[label] with a_0 = x, a_j = f(W_j a_{j-1} + b_j): "
            "x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an activation "
-           "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy; with "
-           "window=(start, end) the first layer reads x[start:end]")
+           "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy; x "
+           "and windows as in mlp")
 
 
 def _hinge_active(x, index, margin):
