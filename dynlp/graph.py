@@ -78,7 +78,9 @@ class Graph:
         self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
-        self._memo: dict[int, tuple[int, ...]] = {}  # id(builder) -> its parameters' nodes
+        # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
+        self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        self._templates: dict[tuple, tuple[Any, int]] = {}
         self._info: dict[tuple, tuple] = {}
         self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
@@ -289,10 +291,35 @@ class Graph:
     def param_nodes_of(self, owner: Any, params: Sequence[Any]) -> tuple[int, ...]:
         """The node indices of `params`, a sequence that is fixed for `owner` (a builder),
         looked up once per graph."""
-        nodes = self._memo.get(id(owner))
-        if nodes is None:
-            nodes = self._memo[id(owner)] = tuple([self.param_node(p) for p in params])
-        return nodes
+        memo = self._memo.get(id(owner))
+        if memo is None or memo[0] is not owner:  # (an id outlives its object: check both)
+            memo = self._memo[id(owner)] = (owner, tuple([self.param_node(p) for p in params]))
+        return memo[1]
+
+    def template(self, owner: Any, key: tuple) -> int | None:
+        """The node that `owner` (a builder) filed under `key` in this graph with
+        `set_template`, or None: a node to make the next ones like (`add_as`)."""
+        entry = self._templates.get((id(owner),) + key)
+        return entry[1] if entry is not None and entry[0] is owner else None
+
+    def set_template(self, owner: Any, key: tuple, node: int) -> None:
+        self._templates[(id(owner),) + key] = (owner, node)
+
+    def add_as(self, like: int, args: tuple[int, ...], battrs: tuple | None = None
+               ) -> "Expression":
+        """A node with the op, attributes, shape and signature of node `like`, over `args`: for
+        a builder that made `like` over arguments of the same shapes and the same shared
+        arguments (it answers for that), so that the shape check and the signature lookup of
+        `add` are done once per kind of node and graph."""
+        node = len(self.shapes)
+        self._push_op(self.ops[like])
+        self._push_args(args)
+        self._push_attrs(self.attrs[like])
+        self._push_battrs(battrs)
+        self.shapes.append(self.shapes[like])
+        self._push_sig(self.sigs[like])
+        self._push_loc(-1)
+        return Expression(self, node)
 
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""

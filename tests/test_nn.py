@@ -230,6 +230,24 @@ def test_fused_tree_leaves_have_the_unfused_value_and_gradients():
                                  np.random.default_rng(5)))
 
 
+def test_tree_nodes_after_the_first_are_made_like_it_and_still_checked():
+    pc = collection()
+    embed = Embedding(pc, 5, 3)
+    tree = TreeLSTMBuilder(3, 4, pc)
+    with dn.Graph(dtype=np.float64) as g:
+        leaves = [tree.leaf(embed(k)) for k in (1, 2, 1)]
+        inner = [tree.node([leaves[0], leaves[1]]), tree.node([leaves[1], leaves[2]])]
+        for group in ([s.state.i for s in leaves], [s.state.i for s in inner]):
+            assert len({(g.ops[n], g.args[n][:2], g.shapes[n], g.sigs[n]) for n in group}) == 1
+        assert [g.battrs[s.state.i] for s in leaves] == [(1,), (2,), (1,)]
+        with pytest.raises(dn.ShapeError, match="treelstm_binary_nox"):
+            tree.node([dn.inputs(np.ones(6)), dn.inputs(np.ones(6))])
+        with pytest.raises(ValueError, match="input of shape"):
+            tree.leaf(Embedding(pc, 5, 2, name="narrow")(1))
+        np.testing.assert_allclose(inner[0].state.npvalue(), tree.node(
+            [leaves[0].state * 1.0, leaves[1].state * 1.0]).state.npvalue(), rtol=1e-13)
+
+
 def test_mlp_embedding_and_character_encoder_gradients():
     pc = collection()
     mlp = MLP(pc, [3, 4, 2])
@@ -464,6 +482,30 @@ def test_mlp_node_count_dropout_and_unfused_activations():
         MLP(pc, [3, 4, 2], activation="elu")(dn.inputs(x))
         assert [op.name for op in g.ops].count("affine_transform") == 2
         assert "mlp" not in [op.name for op in g.ops]
+
+
+def test_mlp_nodes_after_the_first_are_made_like_it_and_still_checked():
+    pc = collection()
+    mlp = MLP(pc, [3, 4, 2])
+    other = MLP(pc, [3, 4, 2], name="other")
+    with dn.Graph(dtype=np.float64) as g:
+        xs = [dn.inputs(np.full(3, k)) for k in range(3)]
+        nodes = [mlp.pick_neg_log_softmax(x, 1).i for x in xs] + [mlp(x).i for x in xs]
+        theirs = other.pick_neg_log_softmax(xs[0], 1).i
+        for group in (nodes[:3], nodes[3:]):
+            assert len({(g.ops[n], g.attrs[n], g.shapes[n], g.sigs[n]) for n in group}) == 1
+        assert g.sigs[theirs] != g.sigs[nodes[0]]  # other weights: another signature
+        assert g.args[nodes[1]] == (xs[1].i,) + g.args[nodes[0]][1:]
+        with pytest.raises(dn.ShapeError, match="mlp_pick_neg_log_softmax"):
+            mlp.pick_neg_log_softmax(dn.inputs(np.ones(4)), 0)
+        with pytest.raises(dn.ShapeError, match="mlp"):
+            mlp(dn.inputs(np.ones((3, 1))))
+        want = [np.tanh(x.npvalue() @ mlp.layers[0][0].value.T + mlp.layers[0][1].value)
+                @ mlp.layers[1][0].value.T + mlp.layers[1][1].value for x in xs]
+        for node, w in zip(nodes[3:], want):
+            np.testing.assert_allclose(dn.Expression(g, node).npvalue(), w, rtol=1e-12)
+    with dn.Graph(dtype=np.float64) as g:  # a new graph starts afresh
+        assert mlp(dn.inputs(np.ones(3))).shape == (2,)
 
 
 MLP_HEADS = [([4, 3], "tanh"), ([4, 5, 3], "tanh"), ([4, 6, 5, 3], "relu"),

@@ -59,20 +59,21 @@ class MLP:
             self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
                                 self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
         self._params = tuple(p for layer in self.layers for p in layer)
-        self._windows: dict[tuple, tuple] = {}
+        # one node for the whole MLP: an activation the ops fuse, or a single (linear) layer
+        self._single_node = self.fused is not None or len(self.layers) == 1
 
     def __call__(self, x: Any) -> Expression:
-        if type(x) is not Expression and isinstance(x, Deferred):
-            if type(x) is Slice and self._reads_in_place(x):
-                return x.g.add(self._SCORES, self._node_args(x.g, x), self._window_attrs(x))
+        if len(self.layers) > 1 or type(x) is Slice:  # (one layer over a vector: affine below)
+            node = self._one_node(self._SCORES, x)
+            if node is not None:
+                return node
+        if isinstance(x, Deferred):
             x = x.plain()
-        if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
+        if type(x) is Expression and len(self.layers) == 1:
             g = x._live()
             if self.dropout == 0.0 or not g.training:
-                if len(self.layers) == 1:
-                    W, b = self.layers[0]
-                    return g.add(_AFFINE, (g.param_node(b), g.param_node(W), x.i))
-                return g.add(self._SCORES, self._node_args(g, x), self._node_attrs)
+                W, b = self.layers[0]
+                return g.add(_AFFINE, (g.param_node(b), g.param_node(W), x.i))
         last = len(self.layers) - 1
         for k, (W, b) in enumerate(self.layers):
             if k < last and self.fused is not None:
@@ -92,44 +93,46 @@ class MLP:
         chain of nodes instead.
         """
         label = int(label)
-        classes = self.dims[-1]
-        if not 0 <= label < classes:
+        if not 0 <= label < self.dims[-1]:
             raise IndexError(f"pick_neg_log_softmax: label {label} out of range for scores of "
-                             f"shape {(classes,)}")
-        if type(x) is not Expression and isinstance(x, Deferred):
-            if type(x) is Slice and self._reads_in_place(x):
-                g = x.g
-                return g.add(self._LOSS, self._node_args(g, x), self._window_attrs(x),
-                             g.single(label))
-            x = x.plain()
-        if type(x) is Expression and (self.fused is not None or len(self.layers) == 1):
-            g = x._live()
-            if self.dropout == 0.0 or not g.training:
-                return g.add(self._LOSS, self._node_args(g, x), self._node_attrs,
-                             g.single(label))
+                             f"shape {(self.dims[-1],)}")
+        node = self._one_node(self._LOSS, x, label)
+        if node is not None:
+            return node
         return F.pick_neg_log_softmax(self(x), label)
 
-    def _node_args(self, g: Any, x: Expression) -> tuple[int, ...]:
-        """(x, W1, b1, ..., Wk, bk) as node indices of graph g: the arguments of the ops that
-        are a whole MLP (for a deferred Slice, the vector it slices)."""
-        return ((x.sources if type(x) is Slice else (x.i,))
-                + g.param_nodes_of(self, self._params))
-
-    def _reads_in_place(self, x: Slice) -> bool:
-        """Whether one node reads the slice x where it lies, in its source vectors: x is of the
-        input size, and there is no dropout or unfused activation."""
-        return (x.width == self.dims[0]
-                and (self.fused is not None or len(self.layers) == 1)
-                and (self.dropout == 0.0 or not x._live().training))
-
-    def _window_attrs(self, x: Slice) -> tuple:
-        """The static attributes of a node that reads x in place (one tuple per windows, kept:
-        tuples made per node are what the garbage collector walks after each graph)."""
-        windows = x.windows
-        attrs = self._windows.get(windows)
-        if attrs is None:
-            attrs = self._windows[windows] = self._node_attrs + (("windows", windows),)
-        return attrs
+    def _one_node(self, op: Any, x: Any, label: int | None = None) -> Expression | None:
+        """The node of op (`mlp`, or `mlp_pick_neg_log_softmax` with label) over x and the
+        layers; None when x or the settings need the chain of nodes (dropout while training, an
+        unfused activation, x not an expression). A Slice of the input size is read in place,
+        through windows. The first such node of a graph goes through `add`, which checks the
+        shapes; the next ones with inputs of the same shapes are made like it (`add_as`)."""
+        kind = type(x)
+        if kind is Slice and x.width == self.dims[0]:
+            sources, windows = x.sources, x.windows
+        elif kind is Expression or isinstance(x, Deferred):
+            sources, windows = (x.i,), None
+        else:
+            return None
+        g = x.g
+        if not g.alive:
+            g._check_alive()
+        if not self._single_node or (self.dropout != 0.0 and g.training):
+            return None
+        shapes = g.shapes
+        key = (op, windows, shapes[sources[0]], shapes[sources[-1]])
+        battrs = None if label is None else g.single(label)
+        args = sources + g.param_nodes_of(self, self._params)
+        like = g.template(self, key)
+        if like is not None:
+            return g.add_as(like, args, battrs)
+        if windows is None:
+            attrs = self._node_attrs
+        else:
+            attrs = self._node_attrs + (("windows", windows),)
+        node = g.add(op, args, attrs, battrs)
+        g.set_template(self, key, node.i)
+        return node
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)

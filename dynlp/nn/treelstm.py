@@ -19,6 +19,7 @@ _LEAF = TABLE["treelstm_binary_leaf"]
 _LEAF_LOOKUP = TABLE["treelstm_binary_leaf_lookup"]
 _NOX = TABLE["treelstm_binary_nox"]
 _PICK_RANGE = TABLE["pick_range"]
+_NOX_KEY = (_NOX,)
 
 
 def _halves(hidden: int) -> tuple[tuple, tuple]:
@@ -82,6 +83,7 @@ class TreeLSTMBuilder:
         self.b = self.pc.add_parameters((len(bias),), init=bias, name="b")
         self._params = (self.W, self.b)
         self._halves = _halves(hidden)
+        self._state_shape = (2 * hidden,)
         self._zeros = ZeroLeaves()
 
     def _check_input(self, x: Any) -> None:
@@ -98,10 +100,15 @@ class TreeLSTMBuilder:
             kind = type(x)
             if kind is Row:
                 g = x._live()
+                like = g.template(self, (_LEAF_LOOKUP, x.table))
+                if like is not None:  # the same weights and table: the same arguments
+                    return TreeState(g.add_as(like, g.args[like], g.single(x.index)),
+                                     self.hidden_dim, self._halves)
                 self._check_input(x)
                 W, b = g.param_nodes_of(self, self._params)
-                return TreeState(g.add(_LEAF_LOOKUP, (W, b, x.table), (), g.single(x.index)),
-                                 self.hidden_dim, self._halves)
+                state = g.add(_LEAF_LOOKUP, (W, b, x.table), (), g.single(x.index))
+                g.set_template(self, (_LEAF_LOOKUP, x.table), state.i)
+                return TreeState(state, self.hidden_dim, self._halves)
             if kind is Expression or isinstance(x, Deferred):
                 g = x._live()
                 self._check_input(x)
@@ -115,11 +122,20 @@ class TreeLSTMBuilder:
             left, right = children
             left, right = getattr(left, "state", left), getattr(right, "state", right)
             if type(left) is Expression and type(right) is Expression and left.g is right.g:
-                # the common internal node: straight into the graph
+                # the common internal node: straight into the graph, made like the first one
+                # when the children are states of this builder's size
                 g = left._live()
+                l, r = left.i, right.i
+                like = g.template(self, _NOX_KEY)
+                shapes = g.shapes
+                if like is not None and shapes[l] == shapes[r] == self._state_shape:
+                    W, b, _, _ = g.args[like]
+                    return TreeState(g.add_as(like, (W, b, l, r)), self.hidden_dim, self._halves)
                 W, b = g.param_nodes_of(self, self._params)
-                return TreeState(g.add(_NOX, (W, b, left.i, right.i)), self.hidden_dim,
-                                 self._halves)
+                state = g.add(_NOX, (W, b, l, r))
+                if like is None and shapes[l] == shapes[r] == self._state_shape:
+                    g.set_template(self, _NOX_KEY, state.i)
+                return TreeState(state, self.hidden_dim, self._halves)
         states = [getattr(child, "state", child) for child in children]
         if x is not None:
             self._check_input(x)
