@@ -351,19 +351,32 @@ class Engine:
         self.counts["forward_nodes"] += len(batch.nodes)
 
     def _run_ragged(self, op: Any, nodes: list[int]) -> None:
-        """All the arguments of all the nodes in one gather, and one call of the ragged rules."""
+        """All the stacked arguments of all the nodes in one gather, and one call of the ragged
+        rules (with the shared leading arguments, if the op has any, and the batched
+        attributes flat)."""
         g = self.g
         all_args = g.args
-        loc = g.loc
-        x, plan = self._gather([loc[a] for n in nodes for a in all_args[n]])
+        loc, bufs = g.loc, self.bufs
+        k = op.ragged_shared
+        x, plan = self._gather([loc[a] for n in nodes for a in all_args[n][k:]])
         attrs = dict(g.attrs[nodes[0]])
-        attrs["counts"] = np.array([len(all_args[n]) for n in nodes])
+        attrs["counts"] = np.array([len(all_args[n]) - k for n in nodes])
+        if op.batched_attrs:
+            battrs = g.battrs
+            for j, name in enumerate(op.batched_attrs):
+                attrs[name] = np.array([v for n in nodes for v in battrs[n][j]])
         forward, vjp, _ = op.ragged
+        shared = all_args[nodes[0]][:k]
+        ws = [bufs[loc[a] >> _SHIFT][loc[a] & _ROW] for a in shared]
         start = time.perf_counter()
-        out = forward(x, **attrs)
+        out = forward(x, *ws, **attrs)
         self.times["forward_numpy"] += time.perf_counter() - start
-        self._store(out, Batch(op, nodes, [x], [plan], attrs, (STACK,),
-                               lambda g, out, x, **a: (vjp(g, out, x, **a),)))
+        if k:
+            self._store(out, Batch(op, nodes, [x] + ws, [plan] + list(shared), attrs,
+                                   (STACK,) + (SHARED,) * k, vjp))
+        else:
+            self._store(out, Batch(op, nodes, [x], [plan], attrs, (STACK,),
+                                   lambda g, out, x, **a: (vjp(g, out, x, **a),)))
 
     # -- reverse mode ----------------------------------------------------------------------------
     def backward(self, loss: int) -> None:

@@ -232,7 +232,8 @@ class Graph:
             return (shape, None, self._intern(("unbatchable", len(self._sig_ids))))
         shared = tuple(k for k, m in enumerate(mask) if m == SHARED) or None
         # a ragged op batches nodes of any number of arguments: its signature leaves out how many
-        sig = self._intern((op, "ragged", shapes[0], attrs) if op.ragged else key)
+        sig = self._intern((op, "ragged", shapes[:op.ragged_shared + 1], attrs) if op.ragged
+                           else key)
         info = self._info[key] = (shape, shared, sig)
         return info
 

@@ -248,6 +248,96 @@ def test_tree_nodes_after_the_first_are_made_like_it_and_still_checked():
             [leaves[0].state * 1.0, leaves[1].state * 1.0]).state.npvalue(), rtol=1e-13)
 
 
+def _summed_losses(fuse, autobatch=True, dims=(4, 5, 3), windows=False):
+    """Per-sentence sums of MLP losses over inputs (or halves of BiLSTM-like pairs, windows=True)
+    for three sentences of different lengths: (loss, gradients of inputs and parameters, op
+    names). fuse=False reads every term as a node first."""
+    pc = collection(seed=9)
+    mlp = MLP(pc, list(dims))
+    rng = np.random.default_rng(10)
+    width = 2 * dims[0] if windows else dims[0]
+    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        leaves, sums = [], []
+        for length in (3, 1, 4):
+            xs = [dn.inputs(rng.normal(size=width)) for _ in range(length)]
+            leaves += xs
+            if windows:  # the second half of x and of the next x (the last: of itself)
+                half = dims[0] // 2
+                hs = [dn.graph.Slice(g, (a.i, b.i), half, 2 * half)
+                      for a, b in zip(xs, xs[1:] + xs[-1:])]
+            else:
+                hs = xs
+            terms = [mlp.pick_neg_log_softmax(h, (k * 7 + length) % dims[-1])
+                     for k, h in enumerate(hs)]
+            if not fuse:
+                terms = [dn.Expression(g, t.i) for t in terms]
+            sums.append(dn.esum(terms))
+        loss = dn.esum([w * total for w, total in zip([1.0, -0.5, 2.0], sums)])
+        loss.backward()
+        grads = [x.gradient() for x in leaves] + [p.grad_as_array() for p in pc.parameters()]
+        return loss.scalar_value(), grads, [op.name for op in g.ops]
+
+
+@pytest.mark.parametrize("autobatch", [True, False, "agenda", "depth"])
+@pytest.mark.parametrize("dims,windows", [((4, 5, 3), False), ((4, 3), False),
+                                          ((4, 6, 5, 3), True)])
+def test_a_sum_of_mlp_losses_is_one_node_with_the_values_and_gradients_of_the_terms(
+        autobatch, dims, windows):
+    want, want_grads, names = _summed_losses(False, autobatch, dims, windows)
+    assert names.count("mlp_pick_neg_log_softmax") == 8
+    got, got_grads, names = _summed_losses(True, autobatch, dims, windows)
+    assert names.count(f"mlp_loss_sum_{len(dims) - 1}") == 3
+    assert "mlp_pick_neg_log_softmax" not in names and "pick_range" not in names
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_loss_terms_become_nodes_when_read_as_nodes():
+    pc = collection(seed=2)
+    mlp = MLP(pc, [3, 4, 2])
+    other = MLP(pc, [3, 2], name="other")
+    x = np.random.default_rng(3).normal(size=3)
+    with dn.Graph(dtype=np.float64) as g:
+        h = dn.inputs(x)
+        term = mlp.pick_neg_log_softmax(h, 1)
+        assert term.shape == () and "mlp_pick_neg_log_softmax" not in [op.name for op in g.ops]
+        z = mlp(h).npvalue()
+        want = np.log(np.exp(z).sum()) - z[1]
+        assert term.value() == pytest.approx(want, rel=1e-12)  # now a node
+        assert [op.name for op in g.ops].count("mlp_pick_neg_log_softmax") == 1
+        # a made term, terms of another MLP, or another kind of expression: a plain esum
+        mixed = [dn.esum([term, mlp.pick_neg_log_softmax(h, 0)]),
+                 dn.esum([mlp.pick_neg_log_softmax(h, 0), other.pick_neg_log_softmax(h, 1)]),
+                 dn.esum([mlp.pick_neg_log_softmax(h, 0), dn.sum_elems(h)])]
+        names = [op.name for op in g.ops]
+        assert names.count("esum") == 3 and not any(n.startswith("mlp_loss_sum") for n in names)
+        single = mlp.pick_neg_log_softmax(h, 1)
+        single.backward()  # a term is a loss of its own
+        assert single.scalar_value() == pytest.approx(want, rel=1e-12)
+        assert mixed[0].scalar_value() == pytest.approx(
+            want + np.log(np.exp(z).sum()) - z[0], rel=1e-12)
+        with pytest.raises(dn.ShapeError, match="mlp_pick_neg_log_softmax"):
+            mlp.pick_neg_log_softmax(dn.inputs(np.ones(4)), 0)
+    with pytest.raises(dn.GraphError):
+        term.value()
+
+
+def test_loss_terms_are_not_made_with_dropout_or_an_unfused_activation():
+    pc = collection()
+    for mlp, training in ((MLP(pc, [3, 4, 2], dropout=0.5), True),
+                          (MLP(pc, [3, 4, 2], activation="elu", name="elu"), True),
+                          (MLP(pc, [3, 4, 4, 4, 4, 2], name="deep"), True)):
+        with dn.Graph(dtype=np.float64, training=training, seed=1):
+            term = mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 1)
+            assert type(term) is dn.Expression
+    mlp = MLP(pc, [3, 4, 2], dropout=0.5, name="eval")
+    with dn.Graph(dtype=np.float64, training=False) as g:  # no dropout outside training
+        total = dn.esum([mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), k) for k in (0, 1)])
+        assert g.ops[total.i].name == "mlp_loss_sum_2"
+
+
 def test_mlp_embedding_and_character_encoder_gradients():
     pc = collection()
     mlp = MLP(pc, [3, 4, 2])

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import functions as F
-from ..graph import Deferred, Expression, Slice
+from ..graph import Deferred, Expression, Row, Slice
 from ..ops import TABLE
 from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
@@ -61,6 +61,10 @@ class MLP:
         self._params = tuple(p for layer in self.layers for p in layer)
         # one node for the whole MLP: an activation the ops fuse, or a single (linear) layer
         self._single_node = self.fused is not None or len(self.layers) == 1
+        # and the op that sums many of its losses in one node, if there is one for its depth
+        self._loss_sum = TABLE.get(f"mlp_loss_sum_{len(self.layers)}") if (
+            self._single_node) else None
+        self._input_shape = (self.dims[0],)
 
     def __call__(self, x: Any) -> Expression:
         if len(self.layers) > 1 or type(x) is Slice:  # (one layer over a vector: affine below)
@@ -96,6 +100,13 @@ class MLP:
         if not 0 <= label < self.dims[-1]:
             raise IndexError(f"pick_neg_log_softmax: label {label} out of range for scores of "
                              f"shape {(self.dims[-1],)}")
+        if self._loss_sum is not None:
+            kind = type(x)
+            if kind is Slice and x.width == self.dims[0] or (
+                    (kind is Expression or kind is Row) and x.shape == self._input_shape):
+                g = x._live()
+                if self.dropout == 0.0 or not g.training:
+                    return LossTerm(g, self, x, label)
         node = self._one_node(self._LOSS, x, label)
         if node is not None:
             return node
@@ -139,6 +150,68 @@ class MLP:
 
     def disable_dropout(self) -> None:
         self.dropout = 0.0
+
+
+class LossTerm(Deferred):
+    """`mlp.pick_neg_log_softmax(x, label)`, deferred: `dn.esum` of the terms of one MLP (the
+    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node, and the
+    minibatch's terms then run as one batch; read any other way (`value()`, an op built on it,
+    a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax` node."""
+
+    __slots__ = ("mlp", "x", "label")
+
+    def __init__(self, g: Any, mlp: MLP, x: Expression, label: int) -> None:
+        self.g = g
+        self.mlp = mlp
+        self.x = x
+        self.label = label
+        self._node = -1
+
+    def _materialize(self) -> int:
+        return self.mlp._one_node(self.mlp._LOSS, self.x, self.label).i
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    def dim(self) -> tuple[int, ...]:
+        return ()
+
+    def _what(self) -> str:
+        return f"a loss term, label {self.label}"
+
+    @staticmethod
+    def fuse_sum(terms: Sequence[Any]) -> Expression | None:
+        """One node for the sum of terms of one MLP (none made into nodes yet, inputs of one
+        shape and windows), else None."""
+        first = terms[0]
+        mlp, g, x = first.mlp, first.g, first.x
+        windows = x.windows if type(x) is Slice else None
+        shapes = g.shapes
+        shape = shapes[x.sources[0]] if windows is not None else x.shape
+        sources: list[int] = []
+        labels = []
+        for term in terms:
+            if type(term) is not LossTerm or term.mlp is not mlp or term.g is not g or (
+                    term._node >= 0):
+                return None
+            x = term.x
+            if windows is not None:
+                if type(x) is not Slice or x.windows != windows:
+                    return None
+                for source in x.sources:
+                    if shapes[source] != shape:
+                        return None
+                sources.extend(x.sources)
+            else:
+                if type(x) is Slice or x.shape != shape:
+                    return None
+                sources.append(x.i)
+            labels.append(term.label)
+        g._check_alive()
+        attrs = mlp._node_attrs if windows is None else mlp._node_attrs + (("windows", windows),)
+        return g.add(mlp._loss_sum, g.param_nodes_of(mlp, mlp._params) + tuple(sources), attrs,
+                     (tuple(labels),))
 
 
 class Embedding:

@@ -123,6 +123,7 @@ class Op:
         self.residual = residual
         self.doc = doc
         self.ragged: tuple[Callable, Callable, Callable] | None = None
+        self.ragged_shared = 0  # leading shared arguments of a ragged op
         self._masks: dict[int, tuple[str, ...] | None] = {}
 
     def mask(self, nargs: int) -> tuple[str, ...] | None:
@@ -227,34 +228,57 @@ def linear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw
 
 
 def ragged(name: str, *, shape: Callable, forward: Callable, vjp: Callable, jvp: Callable,
-           **kw: Any) -> Op:
+           shared: int = 0, **kw: Any) -> Op:
     """An op over any number of arguments of one shape (a sum, a mean): its rules see the
     arguments of all the examples of a batch as one flat array x (total, ...), example after
     example, with `counts` (B,) arguments per example, so that the engine runs nodes of every
     arity in one call. forward(x, counts) -> (B, ...); vjp(g, out, x, counts) -> the cotangent
     of x (total, ...); jvp(t, out, x, counts) -> (B, ...) for a tangent t of x. The op's usual
     rules (a fixed number of arguments, each stacked) are made from these.
+
+    `shared` leading arguments (weights) come before the stacked ones and are passed after x:
+    forward(x, *ws, counts), vjp(g, out, x, *ws, counts) -> [cotangent of x, of each w],
+    jvp(t, out, x, *ws, counts, tws) with tws the weights' tangents (None: 0). A batched
+    attribute then holds one value per stacked argument group of a node (a tuple per node); the
+    rules see them flat, in the order of x.
     """
+    batched = tuple(kw.get("batched_attrs", ()))
 
     def flat(xs):
         x = np.stack(xs, axis=1)
         return x.reshape((-1,) + x.shape[2:]), np.full(len(x), len(xs))
 
-    def fixed_forward(*xs, **a):
-        return forward(*flat(xs), **a)
+    def flat_attrs(a):
+        if batched:
+            a = dict(a)
+            for key in batched:
+                a[key] = np.asarray(a[key]).reshape(-1)
+        return a
 
-    def fixed_vjp(g, out, *xs, **a):
+    def fixed_forward(*args, **a):
+        x, counts = flat(args[shared:])
+        return forward(x, *args[:shared], counts=counts, **flat_attrs(a))
+
+    def fixed_vjp(g, out, *args, **a):
+        xs = args[shared:]
         x, counts = flat(xs)
-        ct = vjp(g, out, x, counts, **a).reshape((len(counts), len(xs)) + x.shape[1:])
-        return tuple(ct[:, k] for k in range(len(xs)))
+        cts = vjp(g, out, x, *args[:shared], counts=counts, **flat_attrs(a))
+        ct, weights = (cts[0], list(cts[1:])) if shared else (cts, [])
+        ct = ct.reshape((len(counts), len(xs)) + x.shape[1:])
+        return tuple(weights) + tuple(ct[:, k] for k in range(len(xs)))
 
-    def fixed_jvp(ts, out, *xs, **a):
+    def fixed_jvp(ts, out, *args, **a):
+        xs = args[shared:]
         x, counts = flat(xs)
-        return jvp(flat(zeros_like_tangents(ts, xs))[0], out, x, counts, **a)
+        t = flat(zeros_like_tangents(ts[shared:], xs))[0]
+        extra = {"tws": list(ts[:shared])} if shared else {}
+        return jvp(t, out, x, *args[:shared], counts=counts, **extra, **flat_attrs(a))
 
+    mask = STACK if not shared else (lambda nargs: (SHARED,) * shared + (STACK,) * (nargs - shared))
     op = define(name, shape=shape, forward=fixed_forward, vjp=fixed_vjp, jvp=fixed_jvp,
-                batch=STACK, **kw)
+                batch=mask, **kw)
     op.ragged = (forward, vjp, jvp)
+    op.ragged_shared = shared
     return op
 
 

@@ -7,7 +7,7 @@ op-table core and the activation table of linalg.
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, OuterProduct, define
+from .core import SHARED, STACK, Case, OuterProduct, define, ragged
 from .linalg import ACTIVATIONS
 
 
@@ -294,6 +294,104 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
            "x (X,) stacked, every W_j (out, in) and b_j (out,) shared; f an activation "
            "(tanh, rectify, logistic) or None; one node for an MLP and its cross-entropy; x "
            "and windows as in mlp")
+
+
+# The sum of many MLP losses in one node: mlp_loss_sum_L(W1, b1, ..., WL, bL, x_1, x_2, ...;
+# label) = sum_t mlp_pick_neg_log_softmax(x_t, label_t), with every x_t one input (or, with two
+# windows, two consecutive arguments of one shape), of an MLP of L layers. A ragged op: the nodes of a batch
+# may sum any number of terms (a sentence's words, a tree's nodes), and they all run as one
+# call, so that the losses of a whole minibatch are one batch and the minibatch's graph has one
+# node per sentence or tree for them instead of one per word. `label` has one value per term.
+# The backward recomputes the forward (the MLP is the small part of these models).
+
+
+def _loss_sum_terms(x, counts, windows):
+    """The inputs of the terms (a list of one or two (T, X) arrays) and the terms per node."""
+    inputs = 1 if windows is None else len(windows)
+    if inputs == 1:
+        return [x], counts
+    grouped = x.reshape((-1, inputs) + x.shape[1:])
+    return [grouped[:, k] for k in range(inputs)], counts // inputs
+
+
+def _loss_sum_scores(x, ws, counts, activation, windows):
+    xs, terms = _loss_sum_terms(x, counts, windows)
+    z, inputs = _layers_forward(_first_input(xs, windows), ws, activation)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    starts = np.zeros(len(terms), dtype=np.intp)
+    np.cumsum(terms[:-1], out=starts[1:])
+    return xs, terms, starts, z, inputs, p
+
+
+def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None):
+    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
+    rows = np.arange(len(z))
+    return np.add.reduceat(-np.log(p[rows, label]), starts)
+
+
+def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None):
+    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
+    per_term = np.repeat(g, terms)
+    gz = p * per_term[:, None]
+    gz[np.arange(len(gz)), label] -= per_term
+    cts = _layers_vjp(gz, inputs, ws, activation)
+    parts = _input_cotangents(cts[0], xs, windows)
+    ct = parts[0] if len(parts) == 1 else np.stack(parts, axis=1).reshape(x.shape)
+    return [ct] + cts[1:]
+
+
+def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None):
+    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
+    ts, _ = _loss_sum_terms(t, counts, windows)
+    tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws)
+    per_term = (p * tz).sum(axis=1) - tz[np.arange(len(tz)), label]
+    return np.add.reduceat(per_term, starts)
+
+
+def _loss_sum_shape(layers):
+    def shape(*shapes, activation=None, windows=None):
+        xs = shapes[2 * layers:]
+        inputs = 1 if windows is None else len(windows)
+        if not xs or len(xs) % inputs:
+            raise ValueError(f"the terms need {inputs} input(s) each, got {len(xs)} arguments")
+        _layer_sizes(xs[:inputs] + shapes[:2 * layers], activation, windows)
+        if any(s != xs[0] for s in xs):
+            raise ValueError("the terms' inputs must all have one shape")
+        return ()
+    return shape
+
+
+def _loss_sum_case(sizes, terms, activation=None, windows=None, inputs=None):
+    layers = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [(fan_out, fan_in), (fan_out,)]
+    per_term = [(n,) for n in inputs] if inputs else [(sizes[0],)]
+    labels = {"label": lambda rng: tuple(int(v) for v in rng.integers(sizes[-1], size=terms))}
+    attrs = {"activation": activation} if activation else {}
+    if windows is not None:
+        attrs["windows"] = windows
+    return Case(layers + per_term * terms, attrs, labels)
+
+
+_LOSS_SUM_CASES = {
+    1: [_loss_sum_case([4, 3], 3), _loss_sum_case([3, 4], 2, windows=((2, 5),), inputs=(6,))],
+    2: [_loss_sum_case([4, 5, 3], 3, "tanh"),
+        _loss_sum_case([4, 3, 2], 2, "rectify", windows=((1, 3), (0, 2)), inputs=(4, 4))],
+    3: [_loss_sum_case([3, 4, 3, 2], 2, "logistic")],
+    4: [_loss_sum_case([2, 3, 3, 2, 2], 2, "tanh")],
+}
+
+LOSS_SUM_LAYERS = tuple(_LOSS_SUM_CASES)  # the MLP depths with a loss-sum op
+
+for _layers in LOSS_SUM_LAYERS:
+    ragged(f"mlp_loss_sum_{_layers}", shape=_loss_sum_shape(_layers), shared=2 * _layers,
+           batched_attrs=("label",), cost=4, forward=_loss_sum_forward, vjp=_loss_sum_vjp,
+           jvp=_loss_sum_jvp, cases=_LOSS_SUM_CASES[_layers],
+           doc=f"sum over terms t of mlp_pick_neg_log_softmax(x_t, label_t) for an MLP of "
+               f"{_layers} layer(s): W1, b1, ... shared, then the terms' inputs (one each, or "
+               f"two with two windows); one label per term; nodes of any number of terms "
+               f"batch together")
 
 
 def _hinge_active(x, index, margin):
