@@ -112,6 +112,15 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
+            # The per-node records that only building and evaluation read go too, while the
+            # cyclic collector is still paused (see __enter__): they are a tuple or two per
+            # node, and if the graph outlived the block (`with Graph() as g`), the collector's
+            # next pass would walk them all and move them to the older generations, whose
+            # passes walk the whole heap (a loaded corpus, say). Shapes and ops stay.
+            self.args, self.attrs, self.battrs = [], [], []
+            self._push_args, self._push_attrs = self.args.append, self.attrs.append
+            self._push_battrs = self.battrs.append
+            self._memo, self._templates, self._singles, self._info = {}, {}, {}, {}
 
     def __len__(self) -> int:
         return len(self.ops)

@@ -258,5 +258,11 @@ def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
             refs = [weakref.ref(a) for a in arrays]
             del arrays, left, right, root, loss
         assert refs and all(r() is None for r in refs)
+        # nor per-node records: a tuple or two per node that the collector would walk later
+        assert g.args == [] and g.attrs == [] and g.battrs == [] and len(g) == len(g.shapes)
+        held = [getattr(v, "__self__", v) for v in vars(g).values()]  # (bound appends too)
+        assert not [o for o in held if isinstance(o, list) and len(o) == len(g) and o
+                    and isinstance(o[0], tuple) and o is not g.shapes]
+        assert g.stats()["nodes"] == len(g)
     finally:
         gc.enable()
