@@ -294,6 +294,18 @@ def test_a_sum_of_mlp_losses_is_one_node_with_the_values_and_gradients_of_the_te
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
+def test_sums_of_different_numbers_of_loss_terms_run_as_one_batch():
+    mlp = MLP(collection(), [3, 4, 2])
+    rng = np.random.default_rng(4)
+    with dn.Graph(dtype=np.float64) as g:
+        sums = [dn.esum([mlp.pick_neg_log_softmax(dn.inputs(rng.normal(size=3)), k % 2)
+                         for k in range(length)]) for length in (1, 5, 2)]
+        dn.esum(sums).backward()
+        runs = [b for b in g.engine.batches if b is not None and b.op.name == "mlp_loss_sum_2"]
+        assert len(runs) == 1 and sorted(runs[0].nodes) == sorted(s.i for s in sums)
+        assert list(runs[0].attrs["counts"]) == [1, 5, 2]
+
+
 def test_loss_terms_become_nodes_when_read_as_nodes():
     pc = collection(seed=2)
     mlp = MLP(pc, [3, 4, 2])
