@@ -167,6 +167,8 @@ class Engine:
                 height[t] = 1
         groups: defaultdict[int, list[int]] = defaultdict(list)  # level << 32 | sig -> nodes
         first = -(1 << 30) << _SHIFT
+        ops = g.ops
+        cheap = []  # needed nodes of cost-1 ops, placed below
         for n in candidates:
             h = height[n]
             if not h:
@@ -178,12 +180,37 @@ class Engine:
                     ready = False
                     if height[a] < up:
                         height[a] = up
-            groups[(first if ready else -h << _SHIFT) + sigs[n]].append(n)
+            if ops[n].cost == 1:
+                cheap.append(n)
+            else:
+                groups[(first if ready else -h << _SHIFT) + sigs[n]].append(n)
+        # Cheap ops (concatenations, masks, sums) whose inputs are computed, or are such ops
+        # themselves, run first, level by level from what is computed: a parser's word and tag
+        # embeddings concatenated are one batch, not one per LSTM step. The others run as late
+        # as their consumers allow, like the costly ops.
+        early: dict[int, int] = {}
+        get = early.get
+        for n in reversed(cheap):
+            d = 0
+            for a in args[n]:
+                if loc[a] < 0:
+                    da = get(a)
+                    if da is None:
+                        break
+                    if da >= d:
+                        d = da + 1
+            else:
+                if ops[n].batch is not None:
+                    early[n] = d
+                    groups[first + (d << _SHIFT) + sigs[n]].append(n)
+                    continue
+            groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
+        for nodes in groups.values():
+            if len(nodes) > 1 and nodes[0] > nodes[-1]:
+                nodes.sort()
         run = self._run
         for key in sorted(groups):
-            nodes = groups[key]
-            nodes.reverse()
-            run(nodes)
+            run(groups[key])
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""

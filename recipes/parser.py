@@ -315,6 +315,9 @@ class Model(RecipeModel):
         labels = self.labels
         explore = self.config["exploration"]
         vectors = [self._encode(s, s.upos, rng) for s in examples]
+        # the encoder in one pass: the engine evaluates only what a forward needs, so the
+        # first transitions would otherwise run the BiLSTM a few positions at a time
+        g.forward([v for vs in vectors for v in vs])
         states = [(i, Configuration(len(s)), Oracle(s.heads, deprels.indices(s.deprels)))
                   for i, s in enumerate(examples)]
         losses = []
@@ -362,6 +365,7 @@ class Model(RecipeModel):
             tags = upos[start:start + batch_size]
             with dn.Graph(autobatch=autobatch, training=False) as g:
                 vectors = [self._encode(s, t, None) for s, t in zip(batch, tags)]
+                g.forward([v for vs in vectors for v in vs])  # the encoder in one pass
                 configs = [Configuration(len(s)) for s in batch]
                 active = list(range(len(batch)))
                 while active:

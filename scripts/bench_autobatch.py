@@ -390,6 +390,9 @@ class Parser(DynlpModel):
         for words, tags, _ in batch:
             xs = [dn.concatenate([self.words(w), self.tags(t)]) for w, t in zip(words, tags)]
             tables.append([root] + self.bilstm.transduce(xs) + [empty])  # empty at -1
+        # the encoder in one pass (as recipes/parser.py): the engine evaluates only what a
+        # forward needs, so the first transitions would otherwise run the BiLSTM piecemeal
+        g.forward([h for table in tables for h in table[1:-1]])
         mlp, masks = self.mlp, self.masks
         losses = []
         longest = max(len(d.actions) for _, _, d in batch)
