@@ -197,33 +197,27 @@ class Graph:
         push_battrs, push_shape = self._push_battrs, shapes.append
         push_sig, push_loc = self._push_sig, self._push_loc
         node = first
-        if xs is None:
-            for k in range(1, count):
-                push_op(op)
-                push_args(shared + (node,))
-                push_attrs(())
-                push_battrs(battrs[k])
-                push_shape(shape)
-                push_sig(sig)
-                push_loc(-1)
-                node = len(shapes) - 1
-                out.append(node)
-            return out
-        x_shape, repeating = shapes[xs[0]], True
+        x_shape = None if xs is None else shapes[xs[0]]
+        repeating = True
         for k in range(1, count):
-            x = xs[k]
-            repeating = repeating and shapes[x] == x_shape
-            if not repeating:  # another input shape: this and the rest the long way
-                node = step(k, node)
+            if xs is None:
+                args = shared + (node,)
             else:
-                push_op(op)
-                push_args(shared + (x, node))
-                push_attrs(())
-                push_battrs(battrs[k] if battrs is not None else None)
-                push_shape(shape)
-                push_sig(sig)
-                push_loc(-1)
-                node = len(shapes) - 1
+                x = xs[k]
+                repeating = repeating and shapes[x] == x_shape
+                if not repeating:  # another input shape: this and the rest the long way
+                    node = step(k, node)
+                    out.append(node)
+                    continue
+                args = shared + (x, node)
+            push_op(op)
+            push_args(args)
+            push_attrs(())
+            push_battrs(None if battrs is None else battrs[k])
+            push_shape(shape)
+            push_sig(sig)
+            push_loc(-1)
+            node = len(shapes) - 1
             out.append(node)
         return out
 
