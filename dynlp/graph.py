@@ -502,10 +502,13 @@ class Slice(Deferred):
 
     __slots__ = ("sources", "windows", "width")
 
-    def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int) -> None:
+    def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
+                 windows: tuple | None = None) -> None:
+        """`windows`, if given, is `((start, end),) * len(sources)` made once by the caller (a
+        builder that makes many slices alike), which lets consumers compare it by identity."""
         self.g = g
         self.sources = sources
-        self.windows = ((start, end),) * len(sources)
+        self.windows = windows or ((start, end),) * len(sources)
         self.width = (end - start) * len(sources)
         self._node = -1
 

@@ -197,7 +197,7 @@ class LossTerm(Deferred):
                 return None
             x = term.x
             if windows is not None:
-                if type(x) is not Slice or x.windows != windows:
+                if type(x) is not Slice or (x.windows is not windows and x.windows != windows):
                     return None
                 for source in x.sources:
                     if shapes[source] != shape:

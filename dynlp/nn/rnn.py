@@ -417,7 +417,8 @@ class BiRNNBuilder:
                 start, end = span
                 # deferred: a classifier reads both halves in place; anything else makes the
                 # concatenate_ranges node
-                xs = [Slice(g, (a, c), start, end) for a, c in zip(ahead, behind)]
+                windows = ((start, end),) * 2
+                xs = [Slice(g, (a, c), start, end, windows) for a, c in zip(ahead, behind)]
             else:
                 ahead_states = start_ahead.add_inputs(xs)
                 behind_states = start_behind.add_inputs(xs[::-1])[::-1]

@@ -23,9 +23,9 @@ _NOX_KEY = (_NOX,)
 
 
 def _halves(hidden: int) -> tuple[tuple, tuple]:
-    """The pick_range attributes of h and of c in a state [c; h] (2H,)."""
-    return ((("start", hidden), ("end", 2 * hidden), ("dim", 0)),
-            (("start", 0), ("end", hidden), ("dim", 0)))
+    """Where the halves of a state [c; h] (2H,) are: the windows of h's Slice and the pick_range
+    attributes of c (made once per builder)."""
+    return ((hidden, 2 * hidden),), (("start", 0), ("end", hidden), ("dim", 0))
 
 
 class TreeState:
@@ -45,7 +45,8 @@ class TreeState:
     def h(self) -> Expression:
         if self._h is None:
             state = self.state
-            self._h = Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim)
+            hidden = self.hidden_dim
+            self._h = Slice(state._live(), (state.i,), hidden, 2 * hidden, self._halves[0])
         return self._h
 
     def c(self) -> Expression:
