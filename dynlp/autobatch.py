@@ -26,11 +26,18 @@ _ROW = (1 << _SHIFT) - 1
 
 
 def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
-    """target[rows] += values, rows possibly repeated (checked here, in C, only in backward)."""
-    if len(np.unique(rows)) == len(rows):
+    """target[rows] += values, rows possibly repeated (checked here, in C, only in backward:
+    a sort, several times faster than np.unique at these sizes). Repeated rows (a parser's
+    root vector in many sentences' features) are summed first, by sort and reduce, which is
+    about twice as fast as np.add.at."""
+    ordered = np.sort(rows)
+    repeated = ordered[1:] == ordered[:-1]
+    if not repeated.any():
         target[rows] += values
-    else:
-        np.add.at(target, rows, values)
+        return
+    order = np.argsort(rows, kind="stable")
+    starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
+    target[ordered[starts]] += np.add.reduceat(values[order], starts, axis=0)
 
 
 class Batch:
