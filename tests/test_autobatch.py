@@ -266,3 +266,17 @@ def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
         assert g.stats()["nodes"] == len(g)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("repeats", [False, True])
+def test_backward_scatter_adds_repeated_rows(repeats):
+    from dynlp.autobatch import _scatter_add
+    rng = np.random.default_rng(21)
+    for count in (1, 7, 300):
+        rows = (rng.integers(0, 5, count) if repeats else rng.permutation(400)[:count])
+        values = rng.normal(size=(count, 3))
+        target = rng.normal(size=(400, 3))
+        want = target.copy()
+        np.add.at(want, rows, values)
+        _scatter_add(target, rows, values)
+        np.testing.assert_allclose(target, want, rtol=1e-12, atol=1e-12)
