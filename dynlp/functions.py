@@ -212,6 +212,8 @@ def logsumexp(x: Any, axis: int = 0) -> Expression:
 def esum(xs: Sequence[Any]) -> Expression:
     """Sum of a list of expressions of one shape, in one node. Deferred terms that know how to
     sum themselves in one node (`fuse_sum`: the losses of one MLP) do so."""
+    if not isinstance(xs, (list, tuple)):
+        xs = list(xs)
     if not xs:
         raise ValueError("esum: the list is empty")
     fuse = getattr(type(xs[0]), "fuse_sum", None)

@@ -9,6 +9,8 @@ Must not import autobatch or params.
 from __future__ import annotations
 
 import gc
+from array import array
+from itertools import accumulate, chain
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -47,6 +49,31 @@ def renew_cg(**options: Any) -> "Graph":
         _current.close()
     _current = Graph(**options)
     return _current
+
+
+class _FrozenArgs:
+    """The arguments of every node of an ended graph, as flat arrays: `args[n]` is node n's
+    tuple of argument nodes, as before; nothing can be added."""
+
+    __slots__ = ("flat", "starts")
+
+    def __init__(self, args: list[tuple[int, ...]]) -> None:
+        self.flat = array("q", chain.from_iterable(args))
+        self.starts = array("q", accumulate(map(len, args), initial=0))
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, node: int) -> tuple[int, ...]:
+        if node < 0:
+            node += len(self)
+        if not 0 <= node < len(self):
+            raise IndexError(f"node {node} out of range")
+        return tuple(self.flat[self.starts[node]:self.starts[node + 1]])
+
+    def append(self, args: tuple[int, ...]) -> None:
+        raise GraphError("this graph has ended (renew_cg was called or its `with` block "
+                         "closed); build a new graph for new expressions")
 
 
 class Graph:
@@ -112,15 +139,14 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
-            # The per-node records that only building and evaluation read go too, while the
-            # cyclic collector is still paused (see __enter__): they are a tuple or two per
-            # node, and if the graph outlived the block (`with Graph() as g`), the collector's
-            # next pass would walk them all and move them to the older generations, whose
-            # passes walk the whole heap (a loaded corpus, say). Shapes and ops stay.
-            self.args, self.attrs, self.battrs = [], [], []
-            self._push_args, self._push_attrs = self.args.append, self.attrs.append
-            self._push_battrs = self.battrs.append
-            self._memo, self._templates, self._singles, self._info = {}, {}, {}, {}
+            # The arguments of the nodes, a new tuple per node, become two flat arrays, while
+            # the cyclic collector is still paused (see __enter__): if the graph outlived the
+            # block (`with Graph() as g`), the collector's next pass would walk every tuple
+            # and move them to the older generations, whose passes walk the whole heap (a
+            # loaded corpus, say). The structure stays readable (`to_dot` after the block).
+            self.args = _FrozenArgs(self.args)
+            self._push_args = self.args.append
+            self._memo, self._templates, self._info = {}, {}, {}
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -446,15 +472,15 @@ class Expression:
     def __pow__(self, c):
         if not isinstance(c, (int, float)):
             raise TypeError("only a constant exponent is supported: x ** c")
-        return self.g.add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
+        return self._live().add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
 
     def __getitem__(self, index):
         if isinstance(index, slice):
             start, stop, step = index.indices(self.shape[0])
             if step != 1:
                 raise ValueError("slices of expressions take step 1")
-            return self.g.add(TABLE["pick_range"], (self.i,),
-                              (("start", start), ("end", stop), ("dim", 0)))
+            return self._live().add(TABLE["pick_range"], (self.i,),
+                                    (("start", start), ("end", stop), ("dim", 0)))
         return pick(self, index)
 
     def __iter__(self):
@@ -469,7 +495,7 @@ class Deferred(Expression):
     read what it stands for in place and never make the node: each node costs graph building,
     scheduling and backward work, and tuples the garbage collector walks."""
 
-    __slots__ = ("_node",)
+    __slots__ = ("_node", "_fused")  # _fused: read in place by a fused node at least once
 
     @property
     def i(self) -> int:  # type: ignore[override]
@@ -482,8 +508,19 @@ class Deferred(Expression):
         raise NotImplementedError
 
     def plain(self) -> Expression:
-        """The same value as an ordinary Expression (adding the node if it is not there)."""
+        """The same value as an ordinary Expression (adding the node if it is not there); build
+        on it to keep a node of its own, with its own gradient."""
         return Expression(self.g, self.i)
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this expression, after `backward()`; an error if a fused node read it in
+        place (its gradient flowed through that node and was never formed)."""
+        if self._fused:
+            raise GraphError(
+                f"{type(self).__name__}.gradient(): a fused node read this expression in place "
+                f"({self._what()}), so it has no gradient of its own; to keep one, build on "
+                "x.plain() instead of x")
+        return super().gradient()
 
     def __repr__(self) -> str:
         node = "" if self._node < 0 else f", node={self._node}"
@@ -511,6 +548,7 @@ class Slice(Deferred):
         self.windows = windows or ((start, end),) * len(sources)
         self.width = (end - start) * len(sources)
         self._node = -1
+        self._fused = False
 
     def _materialize(self) -> int:
         start, end = self.windows[0]
@@ -542,6 +580,7 @@ class Row(Deferred):
         self.table = table
         self.index = index
         self._node = -1
+        self._fused = False
 
     def _materialize(self) -> int:
         g = self._live()

@@ -244,6 +244,8 @@ def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
     reference cycle keeps them (the collector is off for the whole test)."""
     import gc
     import weakref
+
+    from dynlp.trace import to_dot
     pc = dn.ParameterCollection(seed=1)
     cell = dn.TreeLSTMBuilder(3, 4, pc)
     head = dn.MLP(pc, [4, 5, 2])
@@ -256,14 +258,18 @@ def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
             loss.backward()
             arrays = [a for a in g.engine.bufs + g.engine.grads if a is not None]
             refs = [weakref.ref(a) for a in arrays]
+            args_list = id(g.args)
             del arrays, left, right, root, loss
         assert refs and all(r() is None for r in refs)
-        # nor per-node records: a tuple or two per node that the collector would walk later
-        assert g.args == [] and g.attrs == [] and g.battrs == [] and len(g) == len(g.shapes)
+        # nor per-node argument tuples, which the collector would walk later: the structure
+        # stays, as flat arrays
         held = [getattr(v, "__self__", v) for v in vars(g).values()]  # (bound appends too)
-        assert not [o for o in held if isinstance(o, list) and len(o) == len(g) and o
-                    and isinstance(o[0], tuple) and o is not g.shapes]
-        assert g.stats()["nodes"] == len(g)
+        assert args_list not in [id(o) for o in held]
+        assert len(g.args) == len(g) == g.stats()["nodes"]
+        assert all(type(g.args[n]) is tuple for n in range(len(g)))
+        assert "mlp_loss_sum_2" in to_dot(dn.Expression(g, len(g) - 1))
+        with pytest.raises(dn.GraphError, match="ended"):
+            g.add_as(len(g) - 1, g.args[len(g) - 1])
     finally:
         gc.enable()
 
@@ -280,3 +286,23 @@ def test_backward_scatter_adds_repeated_rows(repeats):
         np.add.at(want, rows, values)
         _scatter_add(target, rows, values)
         np.testing.assert_allclose(target, want, rtol=1e-12, atol=1e-12)
+
+
+def test_cheap_ops_over_computed_inputs_run_first_in_one_batch():
+    """Word and tag embeddings concatenated as a BiLSTM's inputs: the late strategy places the
+    cheap concatenations first (their inputs are computed or are such ops), one batch, rather
+    than one batch per LSTM level as late as each step allows."""
+    pc = dn.ParameterCollection(seed=3)
+    words, tags = dn.Embedding(pc, 9, 3, name="w"), dn.Embedding(pc, 4, 2, name="t")
+    birnn = dn.BiRNNBuilder(1, 5, 4, pc)
+    rng = np.random.default_rng(5)
+    with dn.Graph() as g:
+        sums = []
+        for length in (2, 5, 3):
+            xs = [dn.concatenate([words(int(w)), tags(int(t))])
+                  for w, t in zip(rng.integers(9, size=length), rng.integers(4, size=length))]
+            sums.append(dn.esum([dn.sum_elems(h) for h in birnn.transduce(xs)]))
+        dn.esum(sums).backward()
+        ran = [b.op.name for b in g.engine.batches if b is not None]
+        assert ran.count("concatenate") == 1 and ran.count("lookup") == 2
+        assert ran.index("concatenate") < ran.index("lstm_step")

@@ -336,6 +336,44 @@ def test_loss_terms_become_nodes_when_read_as_nodes():
         term.value()
 
 
+def test_deferred_expressions_read_in_place_have_no_gradient_of_their_own():
+    pc = collection(seed=5)
+    embed = Embedding(pc, 6, 3)
+    tree = TreeLSTMBuilder(3, 4, pc)
+    birnn = BiRNNBuilder(1, 3, 4, pc)
+    lstm = LSTMBuilder(1, 3, 2, pc)
+    mlp = MLP(pc, [4, 3])
+    with dn.Graph(dtype=np.float64):
+        row, kept = embed(1), embed(2).plain()  # plain(): a node of its own
+        leaf, other = tree.leaf(row), tree.leaf(kept)
+        run = [embed(3), embed(4)]
+        outputs = birnn.transduce(run)  # a BiRNN's first layer reads the rows in place
+        unfused = [embed(5)]
+        state = lstm.initial_state().add_input(unfused[0])  # (step by step: a lookup node)
+        term = mlp.pick_neg_log_softmax(leaf.h(), 2)
+        loss = dn.esum([term, mlp.pick_neg_log_softmax(other.h(), 0)]) + dn.esum(
+            [dn.sum_elems(o) for o in outputs + [state.output()]])
+        loss.backward()
+        for x in (row, run[0], leaf.h(), term):
+            with pytest.raises(dn.GraphError, match="read this expression in place"):
+                x.gradient()
+        assert np.any(kept.gradient() != 0.0) and np.any(unfused[0].gradient() != 0.0)
+        assert np.any(embed.table.grad_as_array()[1] != 0.0)  # the table's rows still learn
+
+
+def test_esum_takes_any_iterable_and_loss_terms_survive_a_later_dropout_setting():
+    mlp = MLP(collection(), [3, 4, 2])
+    with dn.Graph(dtype=np.float64, seed=1):
+        x = dn.inputs(np.ones(3))
+        terms = [mlp.pick_neg_log_softmax(x, k) for k in (0, 1)]
+        total = dn.esum(t for t in terms)
+        mlp.set_dropout(0.5)  # after the terms were made: they stay what they were
+        late = mlp.pick_neg_log_softmax(x, 1)
+        assert type(late) is dn.Expression  # made now, with dropout: the chain
+        assert terms[1].value() == pytest.approx(total.value() - terms[0].value(), rel=1e-12)
+    mlp.disable_dropout()
+
+
 def test_loss_terms_are_not_made_with_dropout_or_an_unfused_activation():
     pc = collection()
     for mlp, training in ((MLP(pc, [3, 4, 2], dropout=0.5), True),

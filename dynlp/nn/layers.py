@@ -112,12 +112,15 @@ class MLP:
             return node
         return F.pick_neg_log_softmax(self(x), label)
 
-    def _one_node(self, op: Any, x: Any, label: int | None = None) -> Expression | None:
+    def _one_node(self, op: Any, x: Any, label: int | None = None,
+                  settled: bool = False) -> Expression | None:
         """The node of op (`mlp`, or `mlp_pick_neg_log_softmax` with label) over x and the
         layers; None when x or the settings need the chain of nodes (dropout while training, an
         unfused activation, x not an expression). A Slice of the input size is read in place,
         through windows. The first such node of a graph goes through `add`, which checks the
-        shapes; the next ones with inputs of the same shapes are made like it (`add_as`)."""
+        shapes; the next ones with inputs of the same shapes are made like it (`add_as`).
+        `settled`: the one-node form was chosen already (a `LossTerm`), whatever the dropout
+        setting is now."""
         kind = type(x)
         if kind is Slice and x.width == self.dims[0]:
             sources, windows = x.sources, x.windows
@@ -128,8 +131,10 @@ class MLP:
         g = x.g
         if not g.alive:
             g._check_alive()
-        if not self._single_node or (self.dropout != 0.0 and g.training):
+        if not settled and (not self._single_node or (self.dropout != 0.0 and g.training)):
             return None
+        if windows is not None:
+            x._fused = True
         shapes = g.shapes
         key = (op, windows, shapes[sources[0]], shapes[sources[-1]])
         battrs = None if label is None else g.single(label)
@@ -166,9 +171,10 @@ class LossTerm(Deferred):
         self.x = x
         self.label = label
         self._node = -1
+        self._fused = False
 
     def _materialize(self) -> int:
-        return self.mlp._one_node(self.mlp._LOSS, self.x, self.label).i
+        return self.mlp._one_node(self.mlp._LOSS, self.x, self.label, settled=True).i
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -209,6 +215,10 @@ class LossTerm(Deferred):
                 sources.append(x.i)
             labels.append(term.label)
         g._check_alive()
+        for term in terms:  # read in place: no node, no gradient of their own
+            term._fused = True
+            if windows is not None:
+                term.x._fused = True
         attrs = mlp._node_attrs if windows is None else mlp._node_attrs + (("windows", windows),)
         return g.add(mlp._loss_sum, g.param_nodes_of(mlp, mlp._params) + tuple(sources), attrs,
                      (tuple(labels),))

@@ -135,6 +135,8 @@ class RNNState:
                 W, bias = b.params[0]
                 shared = (g.param_node(W), g.param_node(bias), table)
                 single = g.single
+                for x in xs:
+                    x._fused = True
                 return g.add_chain(TABLE[b.lookup_step_op], shared, None,
                                    as_node(g, self.states[0]), [single(x.index) for x in xs])
         nodes = [as_node(g, x) for x in xs]

@@ -101,6 +101,7 @@ class TreeLSTMBuilder:
             kind = type(x)
             if kind is Row:
                 g = x._live()
+                x._fused = True
                 like = g.template(self, (_LEAF_LOOKUP, x.table))
                 if like is not None:  # the same weights and table: the same arguments
                     return TreeState(g.add_as(like, g.args[like], g.single(x.index)),
