@@ -21,7 +21,8 @@ from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
 from .functions import absolute
 from .gradcheck import GradcheckError, gradcheck
-from .graph import Expression, Graph, GraphError, ShapeError, current_graph, renew_cg
+from .graph import (Deferred, Expression, Graph, GraphError, Row, ShapeError, Slice,
+                    current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
@@ -35,7 +36,8 @@ abs = absolute
 __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
-    "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression", "Graph",
+    "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
+    "Deferred", "Row", "Slice", "Graph",
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
     "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
     "AdadeltaTrainer", "AdagradTrainer", "AdamTrainer", "MomentumSGDTrainer", "RMSPropTrainer",
