@@ -9,7 +9,6 @@ Must not import autobatch or params.
 from __future__ import annotations
 
 import gc
-from array import array
 from itertools import accumulate, chain
 from typing import Any, Iterable, Sequence
 
@@ -52,14 +51,15 @@ def renew_cg(**options: Any) -> "Graph":
 
 
 class _FrozenArgs:
-    """The arguments of every node of an ended graph, as flat arrays: `args[n]` is node n's
-    tuple of argument nodes, as before; nothing can be added."""
+    """The arguments of every node of an ended graph, as two flat lists of ints (two objects
+    for the collector to walk, not a tuple per node): `args[n]` is node n's tuple of argument
+    nodes, as before; nothing can be added."""
 
     __slots__ = ("flat", "starts")
 
     def __init__(self, args: list[tuple[int, ...]]) -> None:
-        self.flat = array("q", chain.from_iterable(args))
-        self.starts = array("q", accumulate(map(len, args), initial=0))
+        self.flat = list(chain.from_iterable(args))
+        self.starts = list(accumulate(map(len, args), initial=0))
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -139,7 +139,7 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
-            # The arguments of the nodes, a new tuple per node, become two flat arrays, while
+            # The arguments of the nodes, a new tuple per node, become two flat lists, while
             # the cyclic collector is still paused (see __enter__): if the graph outlived the
             # block (`with Graph() as g`), the collector's next pass would walk every tuple
             # and move them to the older generations, whose passes walk the whole heap (a

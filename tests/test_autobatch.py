@@ -262,7 +262,7 @@ def test_a_closed_graph_frees_its_arrays_without_the_cyclic_collector():
             del arrays, left, right, root, loss
         assert refs and all(r() is None for r in refs)
         # nor per-node argument tuples, which the collector would walk later: the structure
-        # stays, as flat arrays
+        # stays, as flat lists
         held = [getattr(v, "__self__", v) for v in vars(g).values()]  # (bound appends too)
         assert args_list not in [id(o) for o in held]
         assert len(g.args) == len(g) == g.stats()["nodes"]
