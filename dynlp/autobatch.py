@@ -158,13 +158,16 @@ class Engine:
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
 
     def _late(self, candidates: Iterable[int], targets: list[int]) -> None:
-        """Run each node as late as its consumers allow, and nodes ready now (lookups, inputs to
-        the first steps) at once: group by (level, signature) and run the levels in order.
+        """Run each node as late as its consumers allow, and at once the nodes ready now (inputs
+        to the first steps) and cheap ops over what is computed or cheap and early itself:
+        group by (level, signature) and run the levels in order.
 
         One pass over the candidates, newest first (a range that holds every pending ancestor
         of the targets, or those ancestors), gives each needed node its height (1 + the longest
         path to a target); its level is -height, or the first level when all its inputs are
-        computed already. Nodes of one level never depend on each other.
+        computed already. A second pass, oldest first over the needed cheap nodes (op cost 1),
+        gives the early ones their depth among early nodes, and a level before all others.
+        Nodes of one level never depend on each other.
         """
         g = self.g
         loc, args, sigs = g.loc, g.args, g.sigs
