@@ -127,15 +127,15 @@ class TreeLSTMBuilder:
                 # the common internal node: straight into the graph, made like the first one
                 # when the children are states of this builder's size
                 g = left._live()
-                l, r = left.i, right.i
+                a, c = left.i, right.i
                 like = g.template(self, _NOX_KEY)
                 shapes = g.shapes
-                if like is not None and shapes[l] == shapes[r] == self._state_shape:
+                if like is not None and shapes[a] == shapes[c] == self._state_shape:
                     W, b, _, _ = g.args[like]
-                    return TreeState(g.add_as(like, (W, b, l, r)), self.hidden_dim, self._halves)
+                    return TreeState(g.add_as(like, (W, b, a, c)), self.hidden_dim, self._halves)
                 W, b = g.param_nodes_of(self, self._params)
-                state = g.add(_NOX, (W, b, l, r))
-                if like is None and shapes[l] == shapes[r] == self._state_shape:
+                state = g.add(_NOX, (W, b, a, c))
+                if like is None and shapes[a] == shapes[c] == self._state_shape:
                     g.set_template(self, _NOX_KEY, state.i)
                 return TreeState(state, self.hidden_dim, self._halves)
         states = [getattr(child, "state", child) for child in children]

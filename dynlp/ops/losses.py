@@ -298,11 +298,12 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
 
 # The sum of many MLP losses in one node: mlp_loss_sum_L(W1, b1, ..., WL, bL, x_1, x_2, ...;
 # label) = sum_t mlp_pick_neg_log_softmax(x_t, label_t), with every x_t one input (or, with two
-# windows, two consecutive arguments of one shape), of an MLP of L layers. A ragged op: the nodes of a batch
-# may sum any number of terms (a sentence's words, a tree's nodes), and they all run as one
-# call, so that the losses of a whole minibatch are one batch and the minibatch's graph has one
-# node per sentence or tree for them instead of one per word. `label` has one value per term.
-# The backward recomputes the forward (the MLP is the small part of these models).
+# windows, two consecutive arguments of one shape), of an MLP of L layers. A ragged op: the
+# nodes of a batch may sum any number of terms (a sentence's words, a tree's nodes), and they
+# all run as one call, so that the losses of a whole minibatch are one batch and the
+# minibatch's graph has one node per sentence or tree for them instead of one per word.
+# `label` has one value per term. The backward recomputes the forward (the MLP is the small
+# part of these models).
 
 
 def _loss_sum_terms(x, counts, windows):
