@@ -34,6 +34,8 @@ class GraphError(RuntimeError):
 
 
 _current: "Graph | None" = None
+_ENDED = ("this graph has ended (renew_cg was called or its `with` block closed); build a new "
+          "graph for new expressions")
 
 
 def current_graph() -> "Graph":
@@ -72,8 +74,7 @@ class _FrozenArgs:
         return tuple(self.flat[self.starts[node]:self.starts[node + 1]])
 
     def append(self, args: tuple[int, ...]) -> None:
-        raise GraphError("this graph has ended (renew_cg was called or its `with` block "
-                         "closed); build a new graph for new expressions")
+        raise GraphError(_ENDED)
 
 
 class Graph:
@@ -357,8 +358,7 @@ class Graph:
 
     def _check_alive(self) -> None:
         if not self.alive:
-            raise GraphError("this graph has ended (renew_cg was called or its `with` block "
-                             "closed); build a new graph for new expressions")
+            raise GraphError(_ENDED)
 
     # -- evaluation ------------------------------------------------------------------------------
     def forward(self, exprs: Iterable["Expression"]) -> None:
@@ -522,6 +522,9 @@ class Deferred(Expression):
                 "x.plain() instead of x")
         return super().gradient()
 
+    def dim(self) -> tuple[int, ...]:
+        return self.shape  # (subclasses know their shape without a node)
+
     def __repr__(self) -> str:
         node = "" if self._node < 0 else f", node={self._node}"
         return f"{type(self).__name__}({self._what()}, shape={self.shape}{node})"
@@ -562,9 +565,6 @@ class Slice(Deferred):
     def shape(self) -> tuple[int, ...]:
         return (self.width,)
 
-    def dim(self) -> tuple[int, ...]:
-        return (self.width,)
-
     def _what(self) -> str:
         return " ++ ".join(f"node {n}[{a}:{b}]" for n, (a, b) in zip(self.sources, self.windows))
 
@@ -588,9 +588,6 @@ class Row(Deferred):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.g.shapes[self.table][1:]
-
-    def dim(self) -> tuple[int, ...]:
         return self.g.shapes[self.table][1:]
 
     def _what(self) -> str:

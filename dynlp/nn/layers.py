@@ -142,13 +142,13 @@ class MLP:
         like = g.template(self, key)
         if like is not None:
             return g.add_as(like, args, battrs)
-        if windows is None:
-            attrs = self._node_attrs
-        else:
-            attrs = self._node_attrs + (("windows", windows),)
-        node = g.add(op, args, attrs, battrs)
+        node = g.add(op, args, self._attrs(windows), battrs)
         g.set_template(self, key, node.i)
         return node
+
+    def _attrs(self, windows: tuple | None) -> tuple:
+        """The static attributes of this MLP's one-node ops, reading x through `windows`."""
+        return self._node_attrs if windows is None else self._node_attrs + (("windows", windows),)
 
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)
@@ -178,9 +178,6 @@ class LossTerm(Deferred):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return ()
-
-    def dim(self) -> tuple[int, ...]:
         return ()
 
     def _what(self) -> str:
@@ -219,9 +216,8 @@ class LossTerm(Deferred):
             term._fused = True
             if windows is not None:
                 term.x._fused = True
-        attrs = mlp._node_attrs if windows is None else mlp._node_attrs + (("windows", windows),)
-        return g.add(mlp._loss_sum, g.param_nodes_of(mlp, mlp._params) + tuple(sources), attrs,
-                     (tuple(labels),))
+        return g.add(mlp._loss_sum, g.param_nodes_of(mlp, mlp._params) + tuple(sources),
+                     mlp._attrs(windows), (tuple(labels),))
 
 
 class Embedding:

@@ -352,9 +352,7 @@ define("treelstm_binary_leaf", shape=_leaf_shape, batch=(SHARED, SHARED, STACK),
 
 
 def _leaf_lookup_shape(W, b, E):
-    if len(E) != 2:
-        raise ValueError("E must be a matrix (V, X)")
-    return _leaf_shape(W, b, E[1:])
+    return _leaf_shape(W, b, _table_width(E))
 
 
 def _leaf_lookup_forward(W, b, E, index):

@@ -240,16 +240,16 @@ def _esum_shape(*shapes):
     return shapes[0]
 
 
-def _segment_sum(x, counts):
+def segment_sum(x, counts):
     # the sum of each example's arguments: rows [start_k, start_k + counts_k) of x
     starts = np.zeros(len(counts), dtype=np.intp)
     np.cumsum(counts[:-1], out=starts[1:])
     return np.add.reduceat(x, starts, axis=0)
 
 
-ragged("esum", shape=_esum_shape, forward=_segment_sum,
+ragged("esum", shape=_esum_shape, forward=segment_sum,
        vjp=lambda g, out, x, counts: np.repeat(g, counts, axis=0),
-       jvp=lambda t, out, x, counts: _segment_sum(t, counts),
+       jvp=lambda t, out, x, counts: segment_sum(t, counts),
        cases=[Case([(3,), (3,), (3,)]), Case([()] * 2), Case([(2, 3)])],
        doc="sum of a list of expressions of one shape; nodes of any length batch together")
 

@@ -8,7 +8,7 @@ op-table core and the activation table of linalg.
 import numpy as np
 
 from .core import SHARED, STACK, Case, OuterProduct, define, ragged
-from .linalg import ACTIVATIONS
+from .linalg import ACTIVATIONS, segment_sum
 
 
 def _softmax(x):
@@ -44,10 +44,32 @@ def _label_case(n):
     return Case([(n,)], {}, {"index": lambda rng: int(rng.integers(n))})
 
 
+# The cross-entropy of scores z (B, C) and labels, shared by pick_neg_log_softmax and the MLP
+# heads: -log softmax(z)[label] = max + log(sum(exp(z - max))) - z[label], and its tangent.
+
+
+def _cross_entropy(z, label):
+    """The loss of each row, and exp(z - max) with its row sums (softmax = e / total)."""
+    m = z.max(axis=1)
+    e = np.exp(z - m[:, None])
+    total = e.sum(axis=1)
+    return m + np.log(total) - z[np.arange(z.shape[0]), label], e, total
+
+
+def _cross_entropy_jvp(p, t, label):
+    """The tangent of each row's loss for a tangent t of its scores; p = softmax."""
+    return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
+
+
+def _cross_entropy_vjp(p, g, label):
+    """d loss / d z for cotangents g of the losses (B,): (softmax - onehot) * g."""
+    gz = p * g[:, None]
+    gz[np.arange(p.shape[0]), label] -= g
+    return gz
+
+
 def _pnls_forward(x, index):
-    m = x.max(axis=1)
-    lse = m + np.log(np.exp(x - m[:, None]).sum(axis=1))
-    return lse - x[np.arange(x.shape[0]), index]
+    return _cross_entropy(x, index)[0]
 
 
 def _pnls_vjp(g, out, x, index):
@@ -57,8 +79,7 @@ def _pnls_vjp(g, out, x, index):
 
 
 def _pnls_jvp(ts, out, x, index):
-    t = ts[0]
-    return (_softmax(x) * t).sum(axis=1) - t[np.arange(x.shape[0]), index]
+    return _cross_entropy_jvp(_softmax(x), ts[0], index)
 
 
 define("pick_neg_log_softmax", shape=_vector, batched_attrs=("index",),
@@ -266,25 +287,18 @@ def _mlp_loss_forward(*args, label, activation=None, windows=None):
     """The loss, and the residual (inputs of every layer, softmax of the scores)."""
     xs, layers = _split(args)
     z, inputs = _layers_forward(_first_input(xs, windows), layers, activation)
-    m = z.max(axis=1)
-    e = np.exp(z - m[:, None])
-    total = e.sum(axis=1)
-    out = m + np.log(total) - z[np.arange(z.shape[0]), label]
+    out, e, total = _cross_entropy(z, label)
     return out, (inputs, e / total[:, None])
 
 
 def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
-    # d out / d z = softmax(z) - onehot(label)
-    gz = p * g[:, None]
-    gz[np.arange(p.shape[0]), label] -= g
-    return _mlp_vjp_all(gz, args, inputs, activation, windows)
+    return _mlp_vjp_all(_cross_entropy_vjp(p, g, label), args, inputs, activation, windows)
 
 
 def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
-    t = _mlp_jvp_all(ts, args, inputs, activation, windows)
-    return (p * t).sum(axis=1) - t[np.arange(p.shape[0]), label]
+    return _cross_entropy_jvp(p, _mlp_jvp_all(ts, args, inputs, activation, windows), label)
 
 
 define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
@@ -315,27 +329,23 @@ def _loss_sum_terms(x, counts, windows):
     return [grouped[:, k] for k in range(inputs)], counts // inputs
 
 
-def _loss_sum_scores(x, ws, counts, activation, windows):
+def _loss_sum_terms_forward(x, ws, counts, label, activation, windows):
+    """The terms' inputs, their count per node, the MLP's layer inputs, each term's loss and
+    the softmax of its scores."""
     xs, terms = _loss_sum_terms(x, counts, windows)
     z, inputs = _layers_forward(_first_input(xs, windows), ws, activation)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    starts = np.zeros(len(terms), dtype=np.intp)
-    np.cumsum(terms[:-1], out=starts[1:])
-    return xs, terms, starts, z, inputs, p
+    losses, e, total = _cross_entropy(z, label)
+    return xs, terms, inputs, losses, e / total[:, None]
 
 
 def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None):
-    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
-    rows = np.arange(len(z))
-    return np.add.reduceat(-np.log(p[rows, label]), starts)
+    _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
+    return segment_sum(losses, terms)
 
 
 def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None):
-    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
-    per_term = np.repeat(g, terms)
-    gz = p * per_term[:, None]
-    gz[np.arange(len(gz)), label] -= per_term
+    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
+    gz = _cross_entropy_vjp(p, np.repeat(g, terms), label)
     cts = _layers_vjp(gz, inputs, ws, activation)
     parts = _input_cotangents(cts[0], xs, windows)
     ct = parts[0] if len(parts) == 1 else np.stack(parts, axis=1).reshape(x.shape)
@@ -343,11 +353,10 @@ def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None):
 
 
 def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None):
-    xs, terms, starts, z, inputs, p = _loss_sum_scores(x, ws, counts, activation, windows)
+    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
     ts, _ = _loss_sum_terms(t, counts, windows)
     tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws)
-    per_term = (p * tz).sum(axis=1) - tz[np.arange(len(tz)), label]
-    return np.add.reduceat(per_term, starts)
+    return segment_sum(_cross_entropy_jvp(p, tz, label), terms)
 
 
 def _loss_sum_shape(layers):
