@@ -8,11 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import Expression, apply, arith, current_graph, matmul, pick, unary
+from .graph import Expression, Row, Slice, apply, arith, current_graph, matmul, pick, unary
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
 _PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
+_DROPOUT_LOOKUP = TABLE["dropout_lookup"]
+_DROPOUT_RANGES = TABLE["dropout_ranges"]
 
 __all__ = [
     "inputs", "scalar", "zeros", "ones", "parameter", "lookup", "neg", "exp", "log", "sqrt",
@@ -339,13 +341,26 @@ def huber_distance(x: Any, y: Any, c: float = 1.345) -> Expression:
 # -- noise ----------------------------------------------------------------------------------------
 def dropout(x: Expression, p: float) -> Expression:
     """Inverted dropout with rate p; the mask is drawn now from the graph's seeded generator.
-    The identity in a graph with training=False, or for p = 0."""
+    The identity in a graph with training=False, or for p = 0. An embedding row (`dn.lookup`)
+    or a deferred slice of states (a Tree-LSTM's `h()`, a BiLSTM's output) that is not a node
+    yet is read in place: one node, not a lookup or a slice and a dropout."""
     g = x._live()
     if not g.training or p <= 0.0:
         return x
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: rate {p} not in [0, 1)")
-    return apply("dropout", x, battrs=(g.random_mask(x.shape, p),))
+    p = float(p)
+    kind = type(x)
+    if kind is Row and x._node < 0:  # read the table row in place: no lookup node
+        x._fused = True
+        return g.add(_DROPOUT_LOOKUP, (x.table,), (("rate", p),),
+                     (x.index, g.uniform(x.shape)))
+    if kind is Slice and x._node < 0:  # read the state ranges in place: no pick_range node
+        x._fused = True
+        start, end = x.windows[0]
+        return g.add(_DROPOUT_RANGES, x.sources, (("start", start), ("end", end), ("rate", p)),
+                     (g.uniform((x.width,)),))
+    return apply("dropout", x, attrs=(("rate", p),), battrs=(g.uniform(x.shape),))
 
 
 def noise(x: Expression, stddev: float) -> Expression:

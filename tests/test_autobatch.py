@@ -306,3 +306,48 @@ def test_cheap_ops_over_computed_inputs_run_first_in_one_batch():
         ran = [b.op.name for b in g.engine.batches if b is not None]
         assert ran.count("concatenate") == 1 and ran.count("lookup") == 2
         assert ran.index("concatenate") < ran.index("lstm_step")
+
+
+@pytest.mark.parametrize("autobatch", [False, "depth", "agenda", "late"])
+def test_dropout_of_a_row_or_a_state_range_reads_it_in_place(autobatch):
+    # dn.dropout of an embedding row or of a deferred state slice makes one node
+    # (dropout_lookup, dropout_ranges), with the values and gradients of the two-node form
+    def run(in_place):
+        pc = dn.ParameterCollection(seed=3)
+        E = pc.add_lookup_parameters((7, 4))
+        W = pc.add_parameters((3, 4))
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=11) as g:
+            losses = []
+            for k, index in enumerate([1, 5, 5, 0]):
+                row = dn.lookup(E, index)
+                a = dn.dropout(row if in_place else row.plain(), 0.5)
+                state = dn.concatenate([dn.tanh(W @ a), dn.logistic(W @ a)])  # (6,)
+                both = dn.Slice(g, (state.i, state.i), 1, 3) if k % 2 else dn.Slice(
+                    g, (state.i,), 0, 3)
+                h = dn.dropout(both if in_place else both.plain(), 0.3)
+                losses.append(dn.sum_elems(h * h))
+            total = dn.esum(losses)
+            value = total.scalar_value()
+            total.backward()
+            names = [op.name for op in g.ops]
+            return value, E.grad_as_array().copy(), W.grad_as_array().copy(), names
+
+    value, gE, gW, names = run(True)
+    value2, gE2, gW2, names2 = run(False)
+    assert value == pytest.approx(value2, rel=1e-12)
+    np.testing.assert_allclose(gE, gE2, rtol=1e-12)
+    np.testing.assert_allclose(gW, gW2, rtol=1e-12)
+    assert names.count("dropout_lookup") == 4 and "lookup" not in names
+    assert names.count("dropout_ranges") == 4
+    assert "pick_range" not in names and "concatenate_ranges" not in names
+    assert names2.count("dropout") == 8
+
+
+def test_gradient_of_a_row_read_by_dropout_in_place_is_an_error():
+    pc = dn.ParameterCollection(seed=0)
+    E = pc.add_lookup_parameters((5, 3))
+    with dn.Graph(seed=1):
+        row = dn.lookup(E, 2)
+        dn.sum_elems(dn.dropout(row, 0.5)).backward()
+        with pytest.raises(dn.GraphError, match="in place"):
+            row.gradient()

@@ -177,3 +177,19 @@ def test_add_chain_makes_the_nodes_add_makes():
         bad = [dn.inputs(np.zeros(3)).i, dn.inputs(np.zeros(2)).i]
         with pytest.raises(dn.ShapeError, match="lstm_step"):
             g.add_chain(op, shared, bad, state)
+
+
+def test_uniform_numbers_come_in_the_order_of_a_draw_per_call():
+    # drawn a block at a time, they are the numbers that one draw per call would give
+    g = dn.Graph(seed=7)
+    sizes = [(3,), (2, 5), (1,), (9000,), (4,)]
+    got = [g.uniform(shape) for shape in sizes]
+    rng = np.random.default_rng(7)
+    for shape, u in zip(sizes, got):
+        assert u.shape == shape
+        np.testing.assert_array_equal(u, rng.random(shape))
+    with pytest.raises(ValueError):
+        got[0][0] = 1.0  # read-only: a node's numbers cannot be changed afterwards
+    mask = dn.Graph(seed=7).random_mask((1000,), 0.25)
+    np.testing.assert_array_equal(
+        mask, (np.random.default_rng(7).random(1000) >= 0.25).astype(np.float32) / 0.75)

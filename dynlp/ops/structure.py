@@ -2,6 +2,8 @@
 control, noise, and the leaves (inputs and parameters). Imports only the op-table core.
 """
 
+from typing import Any
+
 import numpy as np
 
 from .core import SHARED, Case, SparseRows, define, linear
@@ -212,18 +214,58 @@ define("flip_gradient", shape=lambda x: x, forward=lambda x: x,
        grad_scale=-1.0, cases=[Case([(3,)])], doc="identity forward, negated derivative")
 
 
-def _keep_mask(shape, p=0.4):
-    return lambda rng: (rng.random(shape) >= p) / (1.0 - p)
+def dropout_mask(u: np.ndarray, p: float, dtype: Any) -> np.ndarray:
+    """The inverted-dropout mask of uniform numbers u: 0 where u < p, else 1 / (1 - p)."""
+    dtype = np.dtype(dtype)
+    return (u >= p).astype(dtype) / dtype.type(1.0 - p)
 
 
-linear("dropout", shape=lambda x: x, batched_attrs=("mask",),
-       forward=lambda x, mask: x * mask, vjp=lambda g, out, x, mask: (g * mask,),
-       cases=[Case([(4,)], {}, {"mask": _keep_mask((4,))})],
-       doc="x * mask, the mask drawn (and scaled by 1/(1-p)) when the node is built")
+# The node keeps its uniform numbers, not its mask: drawing them is a slice of the graph's
+# block of numbers, and the masks of a whole batch are made by one comparison.
+linear("dropout", shape=lambda x, rate: x, batched_attrs=("uniform",),
+       forward=lambda x, uniform, rate: x * dropout_mask(uniform, rate, x.dtype),
+       vjp=lambda g, out, x, uniform, rate: (g * dropout_mask(uniform, rate, g.dtype),),
+       cases=[Case([(4,)], {"rate": 0.4}, {"uniform": lambda rng: rng.random(4)}),
+              Case([(2, 3)], {"rate": 0.5}, {"uniform": lambda rng: rng.random((2, 3))})],
+       doc="inverted dropout, x * mask with mask = (uniform >= rate) / (1 - rate): the uniform "
+           "numbers are drawn when the node is built")
 
 
 def _noise_jvp(ts, out, x, noise):
     return ts[0] if ts[0] is not None else np.zeros_like(out)
+
+
+# Dropout that reads its input in place, one node instead of two: a table row (an embedding
+# that only the dropout reads) or the ranges of one or two states (a Tree-LSTM's or a BiLSTM's h).
+
+
+def _masked(x, uniform, rate):
+    return x * dropout_mask(uniform, rate, x.dtype)
+
+
+linear("dropout_lookup", shape=lambda table, rate: _lookup_shape(table), batch=(SHARED,),
+       batched_attrs=("index", "uniform"),
+       forward=lambda table, index, uniform, rate: _masked(table[index], uniform, rate),
+       vjp=lambda g, out, table, index, uniform, rate: (
+           SparseRows(index, _masked(g, uniform, rate)),),
+       cases=[Case([(5, 3)], {"rate": 0.4}, {"index": lambda rng: int(rng.integers(5)),
+                                            "uniform": lambda rng: rng.random(3)})],
+       doc="dropout of one row of a table per example (a lookup and a dropout in one node); "
+           "the gradient is sparse")
+
+linear("dropout_ranges", shape=lambda *shapes, start, end, rate: _ranges_shape(
+           *shapes, start=start, end=end), batched_attrs=("uniform",),
+       forward=lambda *xs, uniform, start, end, rate: _masked(
+           xs[0][:, start:end] if len(xs) == 1 else
+           np.concatenate([x[:, start:end] for x in xs], axis=1), uniform, rate),
+       vjp=lambda g, out, *xs, uniform, start, end, rate: _ranges_vjp(
+           _masked(g, uniform, rate), out, *xs, start=start, end=end),
+       cases=[Case([(6,)], {"start": 2, "end": 5, "rate": 0.4},
+                   {"uniform": lambda rng: rng.random(3)}),
+              Case([(4,), (4,)], {"start": 2, "end": 4, "rate": 0.5},
+                   {"uniform": lambda rng: rng.random(4)})],
+       doc="dropout of x1[start:end], x2[start:end], ... concatenated (a pick_range or "
+           "concatenate_ranges node and a dropout node in one)")
 
 
 define("noise", shape=lambda x: x, batched_attrs=("noise",),
