@@ -15,7 +15,7 @@ import numpy as np
 import dynlp as dn
 from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
 from dynlp.metrics import accuracy
-from dynlp.nn import Embedding
+from dynlp.nn import MLP, Embedding
 from dynlp.train import RecipeModel, add_model_arguments
 
 NAME = "treelstm"
@@ -82,6 +82,9 @@ class Model(RecipeModel):
                                             kind="binary")
         self.weight = pc.add_parameters((LABELS, c["hidden_dim"]), name="output_weight")
         self.bias = pc.add_parameters((LABELS,), init="zeros", name="output_bias")
+        # the classifier over those two (their names stay those of the model files): a tree's
+        # losses become one node (`MLP.pick_neg_log_softmax` summed by `dn.esum`)
+        self.output = MLP.from_parameters([(self.weight, self.bias)])
 
     @staticmethod
     def build_vocabs(train_examples: list, config: dict) -> dict:
@@ -92,13 +95,13 @@ class Model(RecipeModel):
     def _word(self, word: str) -> str:
         return word.lower() if self.config["lowercase"] else word
 
-    def _node_scores(self, tree: Tree, rng: np.random.Generator | None) -> list[dn.Expression]:
-        """Label scores (5,) of every node, in post-order; with rng, word dropout applies."""
+    def _node_states(self, tree: Tree, rng: np.random.Generator | None) -> list[Any]:
+        """h (hidden,) of every node, in post-order, as the classifier reads it; with rng, word
+        dropout and dropout apply."""
         vocab = self.vocabs["word"]
         c = self.config
         states: dict[int, Any] = {}
-        scores = []
-        weight, bias = dn.parameter(self.weight), dn.parameter(self.bias)
+        hs = []
         for node in tree.nodes():
             if node.is_leaf:
                 word = self._word(node.word)
@@ -111,15 +114,18 @@ class Model(RecipeModel):
             else:
                 state = self.tree_lstm.node([states[id(child)] for child in node.children])
             states[id(node)] = state
-            h = dn.dropout(state.h(), c["dropout"])
-            scores.append(dn.affine_transform([bias, weight, h]))
-        return scores
+            hs.append(dn.dropout(state.h(), c["dropout"]))
+        return hs
+
+    def _node_scores(self, tree: Tree, rng: np.random.Generator | None) -> list[dn.Expression]:
+        """Label scores (5,) of every node, in post-order; with rng, word dropout applies."""
+        return [self.output(h) for h in self._node_states(tree, rng)]
 
     def loss(self, example: Tree, rng: np.random.Generator) -> dn.Expression:
         """Cross-entropy summed over all nodes of one tree."""
-        scores = self._node_scores(example, rng)
-        return dn.esum([dn.pick_neg_log_softmax(s, fine_label(node))
-                        for s, node in zip(scores, example.nodes())])
+        output = self.output
+        return dn.esum([output.pick_neg_log_softmax(h, fine_label(node))
+                        for h, node in zip(self._node_states(example, rng), example.nodes())])
 
     def node_probabilities(self, trees: list[Tree], batch_size: int = 64,
                            autobatch: bool | str = True) -> list[np.ndarray]:

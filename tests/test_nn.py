@@ -967,3 +967,22 @@ def test_birnn_draws_its_dropout_masks_once_on_either_path():
 
     for a, b in zip(outputs(True), outputs(False)):
         np.testing.assert_allclose(a, b, rtol=1e-14)
+
+
+def test_mlp_from_parameters_is_the_mlp_of_those_weights():
+    pc = dn.ParameterCollection(seed=2)
+    mlp = MLP(pc, [4, 3, 5], activation="tanh")
+    wrapped = MLP.from_parameters(mlp.layers, activation="tanh")
+    assert wrapped.dims == [4, 3, 5] and wrapped.layers == mlp.layers
+    x = np.arange(4.0) / 4
+    with dn.Graph(dtype=np.float64) as g:
+        a = mlp.pick_neg_log_softmax(dn.inputs(x), 2).scalar_value()
+        b = wrapped.pick_neg_log_softmax(dn.inputs(x), 2).scalar_value()
+        scores = wrapped(dn.inputs(x)).npvalue()
+        assert len([op for op in g.ops if op.name == "mlp_pick_neg_log_softmax"]) == 2
+    assert a == b and scores.shape == (5,)
+    W, b0 = mlp.layers[0]
+    with pytest.raises(ValueError, match="layer 1 has W"):
+        MLP.from_parameters([(W, b0), (W, b0)])
+    with pytest.raises(ValueError, match="no layers"):
+        MLP.from_parameters([])

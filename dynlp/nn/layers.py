@@ -41,10 +41,41 @@ class MLP:
         if len(dims) < 2:
             raise ValueError(f"MLP: dims needs an input and an output size, got {list(dims)}")
         check_dims(**{f"dims[{k}]": d for k, d in enumerate(dims)})
+        self._configure([int(d) for d in dims], activation, dropout)
+        self.pc = unique_subcollection(pc, name)
+        self.layers: list[tuple[Parameter, Parameter]] = []
+        for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
+            self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
+                                self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
+        self._finish()
+
+    @classmethod
+    def from_parameters(cls, layers: Sequence[tuple[Parameter, Parameter]],
+                        activation: str = "tanh", dropout: float = 0.0) -> "MLP":
+        """An MLP over parameters that exist already: `layers` = [(W, b), ...], W (out, in)
+        and b (out,), each layer's out the next one's in. A model that keeps its own weights
+        (and their names in its files) gets the one-node forms this way."""
+        layers = [(W, b) for W, b in layers]
+        if not layers:
+            raise ValueError("MLP.from_parameters: no layers")
+        dims = [layers[0][0].shape[-1]]
+        for k, (W, b) in enumerate(layers):
+            if len(W.shape) != 2 or W.shape[1] != dims[-1] or b.shape != (W.shape[0],):
+                raise ValueError(f"MLP.from_parameters: layer {k} has W {W.shape} and b "
+                                 f"{b.shape}; expected W (out, {dims[-1]}) and b (out,)")
+            dims.append(W.shape[0])
+        mlp = cls.__new__(cls)
+        mlp._configure(dims, activation, dropout)
+        mlp.pc = None
+        mlp.layers = layers
+        mlp._finish()
+        return mlp
+
+    def _configure(self, dims: list[int], activation: str, dropout: float) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"MLP: unknown activation {activation!r}; use one of "
                              f"{sorted(ACTIVATIONS)}")
-        self.dims = [int(d) for d in dims]
+        self.dims = dims
         self.activation = ACTIVATIONS[activation]
         # activations the affine node applies itself: one node per hidden layer instead of two
         self.fused = {"tanh": "tanh", "relu": "rectify", "rectify": "rectify",
@@ -53,11 +84,8 @@ class MLP:
         # the static attributes of the one-node ops: a single layer has no hidden activation
         self._node_attrs = (("activation", self.fused),) if (
             self.fused is not None and len(self.dims) > 2) else ()
-        self.pc = unique_subcollection(pc, name)
-        self.layers: list[tuple[Parameter, Parameter]] = []
-        for k, (fan_in, fan_out) in enumerate(zip(self.dims, self.dims[1:])):
-            self.layers.append((self.pc.add_parameters((fan_out, fan_in), name=f"W{k}"),
-                                self.pc.add_parameters((fan_out,), init="zeros", name=f"b{k}")))
+
+    def _finish(self) -> None:
         self._params = tuple(p for layer in self.layers for p in layer)
         # one node for the whole MLP: an activation the ops fuse, or a single (linear) layer
         self._single_node = self.fused is not None or len(self.layers) == 1
