@@ -537,6 +537,24 @@ def test_character_encoder_is_forward_and_backward_final_states():
                                    np.concatenate([forward.npvalue(), backward.npvalue()]))
     with pytest.raises(ValueError, match="at least one character"):
         encoder([])
+    # its steps read the character rows in place, and its gradient is the unfused graph's
+    grads = []
+    for fused in (True, False):
+        pc2 = collection()
+        enc = CharacterEncoder(pc2, 7, 3, 4)
+        with dn.Graph(dtype=np.float64) as g:
+            if fused:
+                word = enc([2, 5, 1, 5])
+            else:
+                chars = [enc.embedding(c).plain() for c in (2, 5, 1, 5)]
+                word = dn.concatenate([enc.forward.transduce(chars)[-1],
+                                       enc.backward.transduce(chars[::-1])[-1]])
+            dn.sum_elems(dn.tanh(word)).backward()
+            names = [op.name for op in g.ops]
+        assert ("lookup" in names) != fused and ("lstm_step_lookup" in names) == fused
+        grads.append([p.grad_as_array().copy() for p in pc2.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def test_mlp_layers_and_dropout():

@@ -288,9 +288,12 @@ class CharacterEncoder:
             raise ValueError("CharacterEncoder: a word needs at least one character")
         chars = [self.embedding(c) for c in indices]
         ahead, behind = self.forward.initial_state(), self.backward.initial_state()
-        ahead = ahead.add_inputs(chars)[-1]
-        behind = behind.add_inputs(chars[::-1])[-1]
-        return F.concatenate([ahead.output(), behind.output()])
+        # the final states only: without dropout the steps read their rows in place
+        last = (ahead._steps(chars, top_only=True)[-1],
+                behind._steps(chars[::-1], top_only=True)[-1])
+        start, end = self.forward.hidden_range()
+        # [forward h; backward h], deferred: one concatenate_ranges node when read as a node
+        return Slice(chars[0].g, last, start, end)
 
     def set_dropout(self, rate: float, recurrent_rate: float | None = None) -> None:
         self.forward.set_dropout(rate, recurrent_rate)
