@@ -823,9 +823,15 @@ def test_recurrent_dropout_mask_is_shared_across_time_and_not_across_sequences(b
             builder.transduce([dn.inputs(np.ones(2)) for _ in range(5)])
         uses = {}
         for i, op in enumerate(g.ops):
-            if op.name == "mul":
-                mask = [a for a in g.args[i] if g.ops[a].name == "input"]
-                uses[mask[0]] = uses.get(mask[0], 0) + 1
+            if op.name == "mul":  # the simple RNN: a `mul` node per step
+                mask = [a for a in g.args[i] if g.ops[a].name == "input"][0]
+            elif op.name == "lstm_step_masked":  # the LSTM: the state's mask inside the step
+                mask = g.args[i][5]
+                if np.all(dn.Expression(g, mask).npvalue() == 1.0):
+                    continue  # the first step, from the zero state, is not masked
+            else:
+                continue
+            uses[mask] = uses.get(mask, 0) + 1
         masks = [dn.Expression(g, node).npvalue() for node in uses]
     # one mask per sequence, used at every step after the first (whose state is zero)
     assert list(uses.values()) == [4, 4]
@@ -1004,3 +1010,33 @@ def test_mlp_from_parameters_is_the_mlp_of_those_weights():
         MLP.from_parameters([(W, b0), (W, b0)])
     with pytest.raises(ValueError, match="no layers"):
         MLP.from_parameters([])
+
+
+@pytest.mark.parametrize("autobatch", [False, "late"])
+def test_lstm_masked_steps_equal_mul_nodes_and_steps(autobatch, monkeypatch):
+    # under dropout an LSTM step takes its masks itself (`lstm_step_masked`); the values and
+    # gradients are those of the `mul` nodes and plain steps it replaces
+    def run(masked):
+        if not masked:
+            monkeypatch.setattr(LSTMBuilder, "masked_step_op", "")
+        pc = collection()
+        birnn = BiRNNBuilder(2, 3, 4, pc, LSTMBuilder)
+        birnn.set_dropout(0.3, 0.4)
+        rng = np.random.default_rng(2)
+        with dn.Graph(dtype=np.float64, seed=8, autobatch=autobatch) as g:
+            losses = [dn.sum_elems(dn.tanh(dn.esum(birnn.transduce(
+                [dn.inputs(rng.normal(size=3)) for _ in range(n)])))) for n in (3, 1, 4)]
+            total = dn.esum(losses)
+            value = total.scalar_value()
+            total.backward()
+            names = [op.name for op in g.ops]
+        monkeypatch.undo()
+        return value, [p.grad_as_array().copy() for p in pc.parameters()], names
+
+    value, grads, names = run(True)
+    value2, grads2, names2 = run(False)
+    assert "mul" not in names and "lstm_step_masked" in names
+    assert "mul" in names2 and "lstm_step_masked" not in names2
+    assert value == pytest.approx(value2, rel=1e-12)
+    for a, b in zip(grads, grads2):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

@@ -34,17 +34,19 @@ def graph_of(items: Iterable[Any]) -> Graph:
 
 
 class ZeroLeaves:
-    """Constant zero vectors of one graph, one leaf per size, made again for a new graph.
+    """Constant vectors of one graph, zeros (or `fill`), one leaf per size, made again for a
+    new graph.
 
     Every sequence of a minibatch starts from the same leaf, so the first steps gather their
     states without a copy.
     """
 
-    __slots__ = ("graph", "leaves")
+    __slots__ = ("graph", "leaves", "fill")
 
-    def __init__(self) -> None:
+    def __init__(self, fill: float = 0.0) -> None:
         self.graph: Graph | None = None
         self.leaves: dict[int, Expression] = {}
+        self.fill = fill
 
     def __call__(self, g: Graph, size: int) -> Expression:
         if self.graph is not g:
@@ -52,7 +54,7 @@ class ZeroLeaves:
             self.leaves = {}
         leaf = self.leaves.get(size)
         if leaf is None:
-            leaf = self.leaves[size] = g.leaf(np.zeros(size, g.dtype))
+            leaf = self.leaves[size] = g.leaf(np.full(size, self.fill, g.dtype))
         return leaf
 
 
@@ -155,9 +157,12 @@ class RNNState:
                        weights: list[tuple[int, int]], masks: list[tuple]) -> list:
         """`_steps` layer by layer, with dropout: each layer's input times its mask, and the
         carried state times the recurrent mask (or the mask as the step's last argument, for
-        cells that mask inside their gates), except on the first step from zero states."""
+        cells that mask inside their gates), except on the first step from zero states. A cell
+        with a masked step op (the LSTM) takes both masks in its step node (ones for a missing
+        one)."""
         b = self.builder
         add, mul, op = g.add, TABLE["mul"], TABLE[b.step_op]
+        masked = TABLE[b.masked_step_op] if b.masked_step_op else None
         last = len(states) - 1
         zero = self.zero
         out = []
@@ -165,16 +170,25 @@ class RNNState:
             layer_states, hs = [], []
             for layer, (W, bias) in enumerate(weights):
                 input_mask, recurrent_mask = masks[layer]
-                if input_mask is not None:
-                    node = add(mul, (node, input_mask)).i
                 state = states[layer]
-                if recurrent_mask is None or zero:
-                    args: tuple[int, ...] = (W, bias, node, state)
-                elif b.mask_in_step:
-                    args = (W, bias, node, state, recurrent_mask)
+                if masked is not None and (input_mask is not None or (
+                        recurrent_mask is not None and not zero)):
+                    # the masks inside the step: one node, not one or two `mul`s and a step
+                    if input_mask is None:
+                        input_mask = b._ones(g, g.shapes[node][0]).i
+                    if recurrent_mask is None or zero:
+                        recurrent_mask = b._ones(g, g.shapes[state][0]).i
+                    new = add(masked, (W, bias, node, state, input_mask, recurrent_mask))
                 else:
-                    args = (W, bias, node, add(mul, (state, recurrent_mask)).i)
-                new = add(op, args)
+                    if input_mask is not None:
+                        node = add(mul, (node, input_mask)).i
+                    if recurrent_mask is None or zero:
+                        args: tuple[int, ...] = (W, bias, node, state)
+                    elif b.mask_in_step:
+                        args = (W, bias, node, state, recurrent_mask)
+                    else:
+                        args = (W, bias, node, add(mul, (state, recurrent_mask)).i)
+                    new = add(op, args)
                 states[layer] = new.i
                 layer_states.append(new)
                 if layer < last:
@@ -217,6 +231,7 @@ class RecurrentBuilder:
     step_op = ""  # the op of one step, (W, b, x, state) -> state
     lookup_step_op = ""  # the same over row `index` of a table E, (W, b, E, state), if any
     mask_in_step = False  # the recurrent dropout mask is the step op's last argument
+    masked_step_op = ""  # a step that takes both dropout masks, (W, b, x, state, mx, ms), if any
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
                  name: str | None = None) -> None:
@@ -233,6 +248,7 @@ class RecurrentBuilder:
         self.dropout_rate = 0.0
         self.recurrent_dropout_rate = 0.0
         self._zeros = ZeroLeaves()
+        self._ones = ZeroLeaves(1.0)
 
     # -- per cell ----------------------------------------------------------------------------
     state_factor = 1  # the fused state holds this many vectors of hidden_dim
@@ -316,6 +332,7 @@ class LSTMBuilder(RecurrentBuilder):
     default_name = "lstm"
     step_op = "lstm_step"
     lookup_step_op = "lstm_step_lookup"
+    masked_step_op = "lstm_step_masked"
     has_cell = True
     state_factor = 2
 

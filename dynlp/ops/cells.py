@@ -165,6 +165,52 @@ define("lstm_step", shape=_lstm_shape, batch=(SHARED, SHARED, STACK, STACK), cos
            "s = [c; h] (2H,) -> [c'; h'] (2H,)")
 
 
+# The LSTM step under variational dropout: x and the carried state s = [c; h] times their
+# masks, as two `mul` nodes and a step would compute them, in one node. The masks are the
+# sequence's constant leaves; their cotangents are formed all the same (a node cannot know
+# which of its inputs need one).
+
+
+def _lstm_masked_shape(W, b, x, s, mx, ms):
+    if mx != x or ms != s:
+        raise ValueError(f"the masks must have the shapes of x {x} and s {s}, got {mx} and {ms}")
+    return _lstm_shape(W, b, x, s)
+
+
+def _lstm_masked_forward(W, b, x, s, mx, ms):
+    return _nary_forward(W, b, x * mx, [s * ms])
+
+
+def _lstm_masked_vjp(g, out, W, b, x, s, mx, ms, residual):
+    xm = residual[1][:, :x.shape[1]]  # x * mx, kept in the residual's a = [x * mx; h * mh]
+    gW, gb, gxm, gsm = _nary_vjp(g, out, W, b, xm, [s * ms], residual)
+    return gW, gb, gxm * mx, gsm * ms, gxm * x, gsm * s
+
+
+def _masked_tangent(t, x, tm, m):
+    if t is None and tm is None:
+        return None
+    if tm is None:
+        return t * m
+    return x * tm if t is None else t * m + x * tm
+
+
+def _lstm_masked_jvp(ts, out, W, b, x, s, mx, ms, residual):
+    a = residual[1]
+    tx = _masked_tangent(ts[2], x, ts[4], mx)
+    tsm = _masked_tangent(ts[3], s, ts[5], ms)
+    return _nary_jvp([ts[0], ts[1], tx, tsm], out, W, b, a[:, :x.shape[1]], [s * ms], residual)
+
+
+define("lstm_step_masked", shape=_lstm_masked_shape, batch=(SHARED, SHARED) + (STACK,) * 4,
+       cost=4, residual=True, forward=_lstm_masked_forward, vjp=_lstm_masked_vjp,
+       jvp=_lstm_masked_jvp,
+       cases=[Case([(8, 5), (8,), (3,), (4,), (3,), (4,)]),
+              Case([(4, 2), (4,), (1,), (2,), (1,), (2,)])],
+       doc="lstm_step(W, b, x * mx, s * ms): one LSTM step under dropout masks mx (X,) on the "
+           "input and ms (2H,) on the state [c; h] (ones over c for variational dropout)")
+
+
 # The LSTM step with its input's lookup fused in, x = E[index]: the first layer over word
 # embeddings is one node per step, not a lookup node and a step node. The residual's a = [x; h]
 # holds x, so the derivatives do not gather the rows again.
