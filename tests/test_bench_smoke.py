@@ -196,3 +196,17 @@ def test_profile_step_splits_a_step_into_phases(bench, capsys):
     # the ops are unwrapped again afterwards
     from dynlp.ops import TABLE
     assert TABLE["lstm_step"].forward.__name__ != "wrapper"
+
+
+@pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
+                                             ("parser", "tiny-train.conllu"),
+                                             ("treelstm", "tiny-train.trees")])
+def test_profile_recipe_runs_on_the_fixtures(recipe, fixture, capsys):
+    path = Path(__file__).resolve().parent.parent / "scripts" / "profile_recipe.py"
+    spec = importlib.util.spec_from_file_location("profile_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = Path(__file__).resolve().parent.parent / "data"
+    assert module.main([recipe, "--steps", "2", "--train", str(data / fixture)]) == 0
+    out = capsys.readouterr().out
+    assert "examples per CPU second" in out and "nodes by op:" in out
