@@ -251,8 +251,9 @@ def ragged(name: str, *, shape: Callable, forward: Callable, vjp: Callable, jvp:
     def flat_attrs(a):
         if batched:
             a = dict(a)
-            for key in batched:
-                a[key] = np.asarray(a[key]).reshape(-1)
+            for key in batched:  # (B, terms, ...) -> (B * terms, ...)
+                value = np.asarray(a[key])
+                a[key] = value.reshape((-1,) + value.shape[2:])
         return a
 
     def fixed_forward(*args, **a):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .core import SHARED, STACK, Case, OuterProduct, define, ragged
 from .linalg import ACTIVATIONS, segment_sum
+from .structure import dropout_mask
 
 
 def _softmax(x):
@@ -169,38 +170,54 @@ def _input_cotangents(ga, xs, windows):
     return cts
 
 
-def _layers_forward(x, layers, activation):
-    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}]."""
+def _layers_forward(x, layers, activation, masks=None):
+    """The scores z (B, out_k) and the inputs of every layer [x, a_1, ..., a_{k-1}]. With
+    dropout `masks` (one (B, size) per hidden layer), a_j = f(...) * masks[j-1], and the
+    activations before their masks follow in the same list: [x, a_1, .., a_{k-1}, f_1, ..]."""
     f = ACTIVATIONS[activation][0]
     inputs = [x]
+    acts = []
     last = len(layers) // 2 - 1
     for k in range(last + 1):
         z = inputs[-1] @ layers[2 * k].T + layers[2 * k + 1]
         if k < last:
-            inputs.append(z if f is None else f(z))
-    return z, inputs
+            a = z if f is None else f(z)
+            if masks is not None:
+                acts.append(a)
+                a = a * masks[k]
+            inputs.append(a)
+    return z, inputs + acts
 
 
-def _layers_vjp(gz, inputs, layers, activation):
-    """Cotangents of x, W1, b1, ..., Wk, bk from the cotangent gz (B, out_k) of the scores."""
+def _layers_vjp(gz, inputs, layers, activation, masks=None):
+    """Cotangents of x, W1, b1, ..., Wk, bk from the cotangent gz (B, out_k) of the scores;
+    `inputs` and `masks` as `_layers_forward` made and took them."""
     df = ACTIVATIONS[activation][1]
+    count = len(layers) // 2
+    acts = inputs[count:] if masks is not None else inputs[1:]
     cts = [None] * (len(layers) + 1)
-    for k in range(len(layers) // 2 - 1, -1, -1):
+    for k in range(count - 1, -1, -1):
         a = inputs[k]
         cts[2 * k + 1] = OuterProduct(gz, a)
         cts[2 * k + 2] = gz.sum(axis=0)
         ga = gz @ layers[2 * k]
-        gz = ga if k == 0 or df is None else ga * df(a)
+        if k > 0:
+            if masks is not None:
+                ga *= masks[k - 1]
+            if df is not None:
+                ga *= df(acts[k - 1])
+        gz = ga
     cts[0] = gz
     return cts
 
 
-def _layers_jvp(t, inputs, layers, activation, ts):
+def _layers_jvp(t, inputs, layers, activation, ts, masks=None):
     """The tangent of the scores (B, out_k) from the tangent t of the first layer's input and
-    the tangents ts of W1, b1, ... (None: 0)."""
+    the tangents ts of W1, b1, ... (None: 0); `inputs` and `masks` as in `_layers_vjp`."""
     df = ACTIVATIONS[activation][1]
     x = inputs[0]
     last = len(layers) // 2 - 1
+    acts = inputs[last + 1:] if masks is not None else inputs[1:]
     for k in range(last + 1):
         w, tw, tb = layers[2 * k], ts[2 * k], ts[2 * k + 1]
         tz = np.zeros((x.shape[0], w.shape[0]), x.dtype) if t is None else t @ w.T
@@ -208,24 +225,40 @@ def _layers_jvp(t, inputs, layers, activation, ts):
             tz += inputs[k] @ tw.T
         if tb is not None:
             tz += tb
-        t = tz if k == last or df is None else tz * df(inputs[k + 1])
+        if k < last:
+            if df is not None:
+                tz *= df(acts[k])
+            if masks is not None:
+                tz *= masks[k]
+        t = tz
     return t
 
 
-def _mlp_vjp_all(gz, args, residual, activation, windows):
+def _hidden_masks(uniform, rate, layers, dtype):
+    """The dropout masks of the hidden layers, (B, size) each, from uniform numbers
+    (B, total hidden size)."""
+    mask = dropout_mask(uniform, rate, dtype)
+    masks, at = [], 0
+    for w in layers[0:len(layers) - 2:2]:
+        masks.append(mask[:, at:at + w.shape[0]])
+        at += w.shape[0]
+    return masks
+
+
+def _mlp_vjp_all(gz, args, residual, activation, windows, masks=None):
     xs, layers = _split(args)
-    cts = _layers_vjp(gz, residual, layers, activation)
+    cts = _layers_vjp(gz, residual, layers, activation, masks)
     return _input_cotangents(cts[0], xs, windows) + cts[1:]
 
 
-def _mlp_jvp_all(ts, args, residual, activation, windows):
+def _mlp_jvp_all(ts, args, residual, activation, windows, masks=None):
     xs, layers = _split(args)
     k = len(xs)
     t = None
     if any(tx is not None for tx in ts[:k]):
         t = _first_input([np.zeros_like(x) if tx is None else tx for x, tx in zip(xs, ts)],
                          windows)
-    return _layers_jvp(t, residual, layers, activation, ts[k:])
+    return _layers_jvp(t, residual, layers, activation, ts[k:], masks)
 
 
 def _mlp_case(sizes, activation=None, labeled=False, windows=None, inputs=None):
@@ -310,6 +343,96 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
            "and windows as in mlp")
 
 
+# The same two with dropout on the hidden layers while training: `rate` (static) and, per
+# example, `uniform` (the hidden sizes summed) drawn when the node is built; the masks are
+# (uniform >= rate) / (1 - rate), as `dropout` nodes after each hidden layer would make them.
+
+
+def _masks_of(args, uniform, rate):
+    layers = _split(args)[1]
+    return _hidden_masks(uniform, rate, layers, layers[0].dtype)
+
+
+def _mlp_dropout_shape(*shapes, rate, activation=None, windows=None):
+    _check_rate(rate)
+    return _mlp_shape(*shapes, activation=activation, windows=windows)
+
+
+def _mlp_dropout_forward(*args, uniform, rate, activation=None, windows=None):
+    xs, layers = _split(args)
+    masks = _masks_of(args, uniform, rate)
+    return _layers_forward(_first_input(xs, windows), layers, activation, masks)
+
+
+def _mlp_dropout_vjp(g, out, *args, uniform, rate, residual, activation=None, windows=None):
+    return _mlp_vjp_all(g, args, residual, activation, windows, _masks_of(args, uniform, rate))
+
+
+def _mlp_dropout_jvp(ts, out, *args, uniform, rate, residual, activation=None, windows=None):
+    return _mlp_jvp_all(ts, args, residual, activation, windows, _masks_of(args, uniform, rate))
+
+
+def _check_rate(rate):
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate} not in [0, 1)")
+
+
+def _dropout_case(case, hidden, rate=0.4):
+    """A case of the dropout form: `case` with a rate and uniform numbers for `hidden` units."""
+    batched = dict(case.batched)
+    batched["uniform"] = lambda rng: rng.random(hidden)
+    return Case(case.shapes, {**case.attrs, "rate": rate}, batched)
+
+
+def _mlp_dropout_cases(labeled):
+    return [_dropout_case(_mlp_case([4, 6, 3], "tanh", labeled), 6),
+            _dropout_case(_mlp_case([3, 5, 4, 3], "rectify", labeled), 9, 0.5),
+            _dropout_case(_mlp_case([3, 4, 2], "logistic", labeled), 4),
+            _dropout_case(_mlp_case([4, 5, 3], "tanh", labeled, windows=((1, 3), (2, 4)),
+                                    inputs=(4, 4)), 5)]
+
+
+define("mlp_dropout", shape=_mlp_dropout_shape, batch=_mlp_mask, batched_attrs=("uniform",),
+       cost=4, residual=True, forward=_mlp_dropout_forward, vjp=_mlp_dropout_vjp,
+       jvp=_mlp_dropout_jvp, cases=_mlp_dropout_cases(labeled=False),
+       doc="mlp with dropout after each hidden layer: masks (uniform >= rate) / (1 - rate) "
+           "from `uniform`, the hidden layers' sizes summed, drawn when the node is built")
+
+
+def _mlp_loss_dropout_shape(*shapes, rate, activation=None, windows=None):
+    _mlp_dropout_shape(*shapes, rate=rate, activation=activation, windows=windows)
+    return ()
+
+
+def _mlp_loss_dropout_forward(*args, label, uniform, rate, activation=None, windows=None):
+    xs, layers = _split(args)
+    masks = _masks_of(args, uniform, rate)
+    z, inputs = _layers_forward(_first_input(xs, windows), layers, activation, masks)
+    out, e, total = _cross_entropy(z, label)
+    return out, (inputs, e / total[:, None])
+
+
+def _mlp_loss_dropout_vjp(g, out, *args, label, uniform, rate, residual, activation=None,
+                          windows=None):
+    inputs, p = residual
+    return _mlp_vjp_all(_cross_entropy_vjp(p, g, label), args, inputs, activation, windows,
+                        _masks_of(args, uniform, rate))
+
+
+def _mlp_loss_dropout_jvp(ts, out, *args, label, uniform, rate, residual, activation=None,
+                          windows=None):
+    inputs, p = residual
+    return _cross_entropy_jvp(p, _mlp_jvp_all(ts, args, inputs, activation, windows,
+                                              _masks_of(args, uniform, rate)), label)
+
+
+define("mlp_pick_neg_log_softmax_dropout", shape=_mlp_loss_dropout_shape, batch=_mlp_mask,
+       batched_attrs=("label", "uniform"), cost=4, residual=True,
+       forward=_mlp_loss_dropout_forward, vjp=_mlp_loss_dropout_vjp, jvp=_mlp_loss_dropout_jvp,
+       cases=_mlp_dropout_cases(labeled=True),
+       doc="mlp_pick_neg_log_softmax with dropout after each hidden layer, as in mlp_dropout")
+
+
 # The sum of many MLP losses in one node: mlp_loss_sum_L(W1, b1, ..., WL, bL, x_1, x_2, ...;
 # label) = sum_t mlp_pick_neg_log_softmax(x_t, label_t), with every x_t one input (or, with two
 # windows, two consecutive arguments of one shape), of an MLP of L layers. A ragged op: the
@@ -329,38 +452,55 @@ def _loss_sum_terms(x, counts, windows):
     return [grouped[:, k] for k in range(inputs)], counts // inputs
 
 
-def _loss_sum_terms_forward(x, ws, counts, label, activation, windows):
+def _loss_sum_terms_forward(x, ws, counts, label, activation, windows, masks=None):
     """The terms' inputs, their count per node, the MLP's layer inputs, each term's loss and
     the softmax of its scores."""
     xs, terms = _loss_sum_terms(x, counts, windows)
-    z, inputs = _layers_forward(_first_input(xs, windows), ws, activation)
+    z, inputs = _layers_forward(_first_input(xs, windows), ws, activation, masks)
     losses, e, total = _cross_entropy(z, label)
     return xs, terms, inputs, losses, e / total[:, None]
 
 
-def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None):
-    _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
+def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None, masks=None):
+    _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows,
+                                                     masks)
     return segment_sum(losses, terms)
 
 
-def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None):
-    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
+def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None, masks=None):
+    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
+                                                      windows, masks)
     gz = _cross_entropy_vjp(p, np.repeat(g, terms), label)
-    cts = _layers_vjp(gz, inputs, ws, activation)
+    cts = _layers_vjp(gz, inputs, ws, activation, masks)
     parts = _input_cotangents(cts[0], xs, windows)
     ct = parts[0] if len(parts) == 1 else np.stack(parts, axis=1).reshape(x.shape)
     return [ct] + cts[1:]
 
 
-def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None):
-    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
+def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None,
+                  masks=None):
+    xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
+                                                      windows, masks)
     ts, _ = _loss_sum_terms(t, counts, windows)
-    tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws)
+    tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws, masks)
     return segment_sum(_cross_entropy_jvp(p, tz, label), terms)
 
 
-def _loss_sum_shape(layers):
-    def shape(*shapes, activation=None, windows=None):
+# ... and with dropout on the hidden layers: `uniform` has one value per term, like `label`
+
+
+def _loss_sum_dropout(rule):
+    def with_masks(*args, uniform, rate, **kw):
+        ws = args[1:] if rule is _loss_sum_forward else args[3:]  # after x, or g, out, x
+        masks = _hidden_masks(uniform, rate, ws, ws[0].dtype)
+        return rule(*args, masks=masks, **kw)
+    return with_masks
+
+
+def _loss_sum_shape(layers, dropout=False):
+    def shape(*shapes, activation=None, windows=None, rate=None):
+        if dropout:
+            _check_rate(rate)
         xs = shapes[2 * layers:]
         inputs = 1 if windows is None else len(windows)
         if not xs or len(xs) % inputs:
@@ -402,6 +542,29 @@ for _layers in LOSS_SUM_LAYERS:
                f"{_layers} layer(s): W1, b1, ... shared, then the terms' inputs (one each, or "
                f"two with two windows); one label per term; nodes of any number of terms "
                f"batch together")
+
+
+def _loss_sum_dropout_case(case, hidden, terms, rate=0.4):
+    batched = dict(case.batched)
+    batched["uniform"] = lambda rng: tuple(rng.random(hidden) for _ in range(terms))
+    return Case(case.shapes, {**case.attrs, "rate": rate}, batched)
+
+
+_LOSS_SUM_DROPOUT_CASES = {
+    2: [_loss_sum_dropout_case(_loss_sum_case([4, 5, 3], 3, "tanh"), 5, 3),
+        _loss_sum_dropout_case(_loss_sum_case([4, 3, 2], 2, "rectify", windows=((1, 3), (0, 2)),
+                                              inputs=(4, 4)), 3, 2, 0.5)],
+    3: [_loss_sum_dropout_case(_loss_sum_case([3, 4, 3, 2], 2, "logistic"), 7, 2)],
+    4: [_loss_sum_dropout_case(_loss_sum_case([2, 3, 3, 2, 2], 2, "tanh"), 8, 2)],
+}
+
+for _layers in _LOSS_SUM_DROPOUT_CASES:
+    ragged(f"mlp_loss_sum_dropout_{_layers}", shape=_loss_sum_shape(_layers, dropout=True),
+           shared=2 * _layers, batched_attrs=("label", "uniform"), cost=4,
+           forward=_loss_sum_dropout(_loss_sum_forward), vjp=_loss_sum_dropout(_loss_sum_vjp),
+           jvp=_loss_sum_dropout(_loss_sum_jvp), cases=_LOSS_SUM_DROPOUT_CASES[_layers],
+           doc=f"mlp_loss_sum_{_layers} with dropout after each hidden layer, as in "
+               f"mlp_dropout: a label and uniform numbers per term")
 
 
 def _hinge_active(x, index, margin):
