@@ -343,7 +343,8 @@ def dropout(x: Expression, p: float) -> Expression:
     """Inverted dropout with rate p; the mask is drawn now from the graph's seeded generator.
     The identity in a graph with training=False, or for p = 0. An embedding row (`dn.lookup`)
     or a deferred slice of states (a Tree-LSTM's `h()`, a BiLSTM's output) that is not a node
-    yet is read in place: one node, not a lookup or a slice and a dropout."""
+    yet is read in place: one node, not a lookup or a slice and a dropout. Such an x has no
+    gradient of its own (`x.gradient()` raises); pass `x.plain()` to keep one."""
     g = x._live()
     if not g.training or p <= 0.0:
         return x

@@ -362,8 +362,10 @@ class Graph:
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
         """The next numbers of the graph's generator, uniform in [0, 1), as an array of `shape`
         (a read-only view). They are drawn a block at a time, which gives the numbers that a
-        draw per call would give, in the same order, for a fraction of the cost per call; only
-        a graph that also draws noise (`rng.normal`) sees its noise drawn later in the stream."""
+        draw per call would give, in the same order, for a fraction of the cost per call. A
+        graph that also draws from `rng` itself (noise) gets other numbers than a draw per call
+        would give, for its noise and for the masks drawn after it: still independent, and the
+        same for the same seed."""
         size = 1
         for n in shape:
             size *= n

@@ -108,8 +108,9 @@ class Model(RecipeModel):
             encoding = self._char_cache[form] = self.char_encoder(chars)
         return encoding
 
-    def _scores(self, sentence: Sentence, rng: np.random.Generator | None) -> list[dn.Expression]:
-        """Tag scores (tags,) of every word; rng given: training (word dropout, dropout)."""
+    def _states(self, sentence: Sentence, rng: np.random.Generator | None) -> list[Any]:
+        """The BiLSTM's vector (lstm_dim,) of every word, as the scorer reads it; rng given:
+        training (word dropout, dropout)."""
         g = dn.current_graph()
         inputs = []
         for form in sentence.forms:
@@ -122,13 +123,18 @@ class Model(RecipeModel):
         states = self.bilstm.transduce(inputs)
         if rng is not None and self.dropout > 0.0:
             states = [dn.dropout(h, self.dropout) for h in states]
-        return [self.scorer(h) for h in states]
+        return states
+
+    def _scores(self, sentence: Sentence, rng: np.random.Generator | None) -> list[dn.Expression]:
+        """Tag scores (tags,) of every word; rng given: training (word dropout, dropout)."""
+        return [self.scorer(h) for h in self._states(sentence, rng)]
 
     def loss(self, example: Sentence, rng: np.random.Generator) -> dn.Expression:
-        """Summed cross-entropy of the gold UPOS tags of one sentence."""
-        scores = self._scores(example, rng)
-        return dn.esum([dn.pick_neg_log_softmax(s, self.tags.index(tag))
-                        for s, tag in zip(scores, example.upos)])
+        """Summed cross-entropy of the gold UPOS tags of one sentence (one node for the
+        sentence's losses: `MLP.pick_neg_log_softmax` summed by `dn.esum`)."""
+        scorer, tags = self.scorer, self.tags
+        return dn.esum([scorer.pick_neg_log_softmax(h, tags.index(tag))
+                        for h, tag in zip(self._states(example, rng), example.upos)])
 
     def predict(self, examples: list[Sentence], batch_size: int = 64,
                 autobatch: bool | str = True) -> list[list[str]]:

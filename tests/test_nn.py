@@ -152,10 +152,11 @@ def test_tree_state_h_is_read_in_place_by_the_mlp(autobatch):
     for a, b in zip(got_grads, want_grads):
         assert np.any(b != 0.0)
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
-    # dropout while training: the MLP is a chain that reads the slice node, made once per state
+    # dropout while training: the MLP's dropout forms read the slices in place too
     want, want_grads, _, _ = _tree_losses(explicit, autobatch, dropout=0.5)
     got, got_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch, dropout=0.5)
-    assert names.count("pick_range") == 3 and "mlp" not in names  # 5 reads of 3 states
+    assert "pick_range" not in names and names.count("mlp_dropout") == 2
+    assert names.count("mlp_pick_neg_log_softmax_dropout") == 3
     assert got == pytest.approx(want, rel=1e-13)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -369,23 +370,24 @@ def test_esum_takes_any_iterable_and_loss_terms_survive_a_later_dropout_setting(
         total = dn.esum(t for t in terms)
         mlp.set_dropout(0.5)  # after the terms were made: they stay what they were
         late = mlp.pick_neg_log_softmax(x, 1)
-        assert type(late) is dn.Expression  # made now, with dropout: the chain
+        assert terms[1].masks is None and late.masks is not None  # made now, with dropout
         assert terms[1].value() == pytest.approx(total.value() - terms[0].value(), rel=1e-12)
     mlp.disable_dropout()
 
 
-def test_loss_terms_are_not_made_with_dropout_or_an_unfused_activation():
+def test_loss_terms_are_not_made_with_an_unfused_activation_or_too_many_layers():
     pc = collection()
-    for mlp, training in ((MLP(pc, [3, 4, 2], dropout=0.5), True),
-                          (MLP(pc, [3, 4, 2], activation="elu", name="elu"), True),
-                          (MLP(pc, [3, 4, 4, 4, 4, 2], name="deep"), True)):
-        with dn.Graph(dtype=np.float64, training=training, seed=1):
+    for mlp in (MLP(pc, [3, 4, 2], activation="elu", name="elu"),
+                MLP(pc, [3, 4, 4, 4, 4, 2], name="deep")):
+        with dn.Graph(dtype=np.float64, seed=1):
             term = mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 1)
             assert type(term) is dn.Expression
     mlp = MLP(pc, [3, 4, 2], dropout=0.5, name="eval")
-    with dn.Graph(dtype=np.float64, training=False) as g:  # no dropout outside training
-        total = dn.esum([mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), k) for k in (0, 1)])
-        assert g.ops[total.i].name == "mlp_loss_sum_2"
+    for training, op in ((False, "mlp_loss_sum_2"), (True, "mlp_loss_sum_dropout_2")):
+        with dn.Graph(dtype=np.float64, training=training, seed=1) as g:
+            total = dn.esum([mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), k)
+                             for k in (0, 1)])
+            assert g.ops[total.i].name == op  # no dropout outside training
 
 
 def test_mlp_embedding_and_character_encoder_gradients():
@@ -567,10 +569,13 @@ def test_mlp_layers_and_dropout():
     W0, b0, W1, b1, W2, b2 = (p.value for p in pc.parameters())
     want = W2 @ np.maximum(W1 @ np.maximum(W0 @ x + b0, 0) + b1, 0) + b2
     np.testing.assert_allclose(plain, want, rtol=1e-12)
-    with dn.Graph(dtype=np.float64, seed=1) as g:
-        mlp(dn.inputs(x))
-        assert sum(op.name == "dropout" for op in g.ops) == 2
-        assert sum(op.name == "affine_transform" for op in g.ops) == 3
+    with dn.Graph(dtype=np.float64, seed=1) as g:  # training: one node with the masks
+        dropped = mlp(dn.inputs(x)).npvalue()
+        assert [op.name for op in g.ops].count("mlp_dropout") == 1
+    u = np.random.default_rng(1).random(9)  # the graph's numbers: layer 1's, then layer 2's
+    m0, m1 = (u[:5] >= 0.5) / 0.5, (u[5:] >= 0.5) / 0.5
+    want = W2 @ (np.maximum(W1 @ (np.maximum(W0 @ x + b0, 0) * m0) + b1, 0) * m1) + b2
+    np.testing.assert_allclose(dropped, want, rtol=1e-12)
     with pytest.raises(ValueError, match="activation"):
         MLP(pc, [2, 2], activation="swish")
 
@@ -632,10 +637,11 @@ def test_mlp_node_count_dropout_and_unfused_activations():
             start = len(g)
             out = mlp(h)
             assert [op.name for op in g.ops[start:]] == nodes and out.shape == (2,)
-        with dn.Graph(dtype=np.float64, seed=0) as g:  # dropout while training: the chain
+        with dn.Graph(dtype=np.float64, seed=0) as g:  # dropout while training: one node
             mlp(dn.inputs(x))
-            assert "mlp" not in [op.name for op in g.ops]
-            assert sum(op.name == "dropout" for op in g.ops) == len(dims) - 2
+            names = [op.name for op in g.ops]
+            assert "dropout" not in names and "mlp" not in names
+            assert names.count("mlp_dropout") == (len(dims) > 2)
     with dn.Graph(dtype=np.float64) as g:
         MLP(pc, [3, 4, 2], activation="elu")(dn.inputs(x))
         assert [op.name for op in g.ops].count("affine_transform") == 2
@@ -716,7 +722,7 @@ def test_mlp_pick_neg_log_softmax_parameter_gradients():
 
 def test_mlp_pick_neg_log_softmax_falls_back_to_the_chain():
     dims = [4, 5, 3]
-    for activation, dropout in (("tanh", 0.5), ("elu", 0.0)):
+    for activation, dropout in (("elu", 0.0), ("elu", 0.5)):
         want, want_grads, _ = _mlp_losses(dims, activation, False, dropout=dropout)
         got, got_grads, names = _mlp_losses(dims, activation, True, dropout=dropout)
         assert "mlp_pick_neg_log_softmax" not in names and "pick_neg_log_softmax" in names
@@ -1039,4 +1045,52 @@ def test_lstm_masked_steps_equal_mul_nodes_and_steps(autobatch, monkeypatch):
     assert "mul" in names2 and "lstm_step_masked" not in names2
     assert value == pytest.approx(value2, rel=1e-12)
     for a, b in zip(grads, grads2):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def _chain(mlp, x):
+    """The MLP as a chain of nodes (affine, activation, dropout per layer): the reference of its
+    one-node forms, drawing the dropout numbers in the same order."""
+    last = len(mlp.layers) - 1
+    for k, (W, b) in enumerate(mlp.layers):
+        x = dn.affine_transform([b, W, x])
+        if k < last:
+            x = dn.dropout(mlp.activation(x), mlp.dropout)
+    return x
+
+
+@pytest.mark.parametrize("autobatch", [False, "late", "depth"])
+@pytest.mark.parametrize("dims,activation", [([4, 5, 3], "tanh"), ([3, 5, 4, 3], "rectify"),
+                                             ([3, 4, 3, 3, 3], "logistic")])
+def test_mlp_dropout_forms_equal_the_chain_of_nodes(autobatch, dims, activation):
+    # scores, single losses and a sentence's summed losses, with dropout while training
+    def run(fused):
+        pc = collection(seed=5)
+        mlp = MLP(pc, dims, activation=activation, dropout=0.4)
+        rng = np.random.default_rng(6)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=2) as g:
+            xs = [dn.inputs(rng.normal(size=dims[0])) for _ in range(5)]
+            labels = [0, 2, 1, 2, 1]
+            if fused:
+                terms = [mlp.pick_neg_log_softmax(x, y) for x, y in zip(xs[:3], labels)]
+                single = mlp.pick_neg_log_softmax(xs[3], labels[3]).plain()
+                scores = mlp(xs[4])
+            else:
+                terms = [dn.pick_neg_log_softmax(_chain(mlp, x), y)
+                         for x, y in zip(xs[:3], labels)]
+                single = dn.pick_neg_log_softmax(_chain(mlp, xs[3]), labels[3])
+                scores = _chain(mlp, xs[4])
+            loss = dn.esum(terms) + 0.5 * single + dn.sum_elems(dn.tanh(scores))
+            loss.backward()
+            grads = [x.gradient() for x in xs] + [p.grad_as_array() for p in pc.parameters()]
+            return loss.scalar_value(), grads, [op.name for op in g.ops]
+
+    want, want_grads, _ = run(False)
+    got, got_grads, names = run(True)
+    layers = len(dims) - 1
+    assert names.count(f"mlp_loss_sum_dropout_{layers}") == 1
+    assert names.count("mlp_pick_neg_log_softmax_dropout") == 1
+    assert names.count("mlp_dropout") == 1 and "dropout" not in names
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

@@ -35,6 +35,9 @@ class MLP:
 
     _SCORES = TABLE["mlp"]
     _LOSS = TABLE["mlp_pick_neg_log_softmax"]
+    # the same with dropout after the hidden layers
+    _WITH_DROPOUT = {_SCORES: TABLE["mlp_dropout"],
+                     _LOSS: TABLE["mlp_pick_neg_log_softmax_dropout"]}
 
     def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
                  dropout: float = 0.0, name: str = "mlp") -> None:
@@ -92,7 +95,10 @@ class MLP:
         # and the op that sums many of its losses in one node, if there is one for its depth
         self._loss_sum = TABLE.get(f"mlp_loss_sum_{len(self.layers)}") if (
             self._single_node) else None
+        self._loss_sum_dropout = TABLE.get(f"mlp_loss_sum_dropout_{len(self.layers)}") if (
+            self._single_node) else None
         self._input_shape = (self.dims[0],)
+        self._hidden_size = sum(self.dims[1:-1])  # the units that dropout masks
 
     def __call__(self, x: Any) -> Expression:
         if len(self.layers) > 1 or type(x) is Slice:  # (one layer over a vector: affine below)
@@ -133,22 +139,28 @@ class MLP:
             if kind is Slice and x.width == self.dims[0] or (
                     (kind is Expression or kind is Row) and x.shape == self._input_shape):
                 g = x._live()
-                if self.dropout == 0.0 or not g.training:
-                    return LossTerm(g, self, x, label)
+                return LossTerm(g, self, x, label, self._draw(g))
         node = self._one_node(self._LOSS, x, label)
         if node is not None:
             return node
         return F.pick_neg_log_softmax(self(x), label)
 
-    def _one_node(self, op: Any, x: Any, label: int | None = None,
-                  settled: bool = False) -> Expression | None:
+    def _draw(self, g: Any) -> tuple | None:
+        """(uniform numbers for the hidden layers' masks, rate) when dropout applies in graph
+        g now, drawn now (where the chain of nodes would draw them), else None."""
+        if self.dropout == 0.0 or not g.training or not self._hidden_size:
+            return None
+        return g.uniform((self._hidden_size,)), self.dropout
+
+    def _one_node(self, op: Any, x: Any, label: int | None = None, settled: bool = False,
+                  masks: tuple | None = None) -> Expression | None:
         """The node of op (`mlp`, or `mlp_pick_neg_log_softmax` with label) over x and the
-        layers; None when x or the settings need the chain of nodes (dropout while training, an
-        unfused activation, x not an expression). A Slice of the input size is read in place,
-        through windows. The first such node of a graph goes through `add`, which checks the
-        shapes; the next ones with inputs of the same shapes are made like it (`add_as`).
-        `settled`: the one-node form was chosen already (a `LossTerm`), whatever the dropout
-        setting is now."""
+        layers, or of its dropout form when dropout applies (training); None when x or the
+        settings need the chain of nodes (an unfused activation, x not an expression). A Slice
+        of the input size is read in place, through windows. The first such node of a graph
+        goes through `add`, which checks the shapes; the next ones with inputs of the same
+        shapes are made like it (`add_as`). `settled`: the one-node form was chosen already (a
+        `LossTerm`, with its `masks` drawn then), whatever the settings are now."""
         kind = type(x)
         if kind is Slice and x.width == self.dims[0]:
             sources, windows = x.sources, x.windows
@@ -159,18 +171,28 @@ class MLP:
         g = x.g
         if not g.alive:
             g._check_alive()
-        if not settled and (not self._single_node or (self.dropout != 0.0 and g.training)):
-            return None
+        if not settled:
+            if not self._single_node:
+                return None
+            masks = self._draw(g)
         if windows is not None:
             x._fused = True
         shapes = g.shapes
-        key = (op, windows, shapes[sources[0]], shapes[sources[-1]])
-        battrs = None if label is None else g.single(label)
+        attrs = self._attrs(windows)
+        if masks is None:
+            battrs = None if label is None else g.single(label)
+            rate = None
+        else:
+            uniform, rate = masks
+            op = self._WITH_DROPOUT[op]
+            attrs += (("rate", rate),)
+            battrs = (uniform,) if label is None else (label, uniform)
+        key = (op, windows, shapes[sources[0]], shapes[sources[-1]], rate)
         args = sources + g.param_nodes_of(self, self._params)
         like = g.template(self, key)
         if like is not None:
             return g.add_as(like, args, battrs)
-        node = g.add(op, args, self._attrs(windows), battrs)
+        node = g.add(op, args, attrs, battrs)
         g.set_template(self, key, node.i)
         return node
 
@@ -191,18 +213,21 @@ class LossTerm(Deferred):
     minibatch's terms then run as one batch; read any other way (`value()`, an op built on it,
     a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax` node."""
 
-    __slots__ = ("mlp", "x", "label")
+    __slots__ = ("mlp", "x", "label", "masks")
 
-    def __init__(self, g: Any, mlp: MLP, x: Expression, label: int) -> None:
+    def __init__(self, g: Any, mlp: MLP, x: Expression, label: int,
+                 masks: tuple | None = None) -> None:
         self.g = g
         self.mlp = mlp
         self.x = x
         self.label = label
+        self.masks = masks  # (uniform numbers, rate) of the hidden layers' dropout, or None
         self._node = -1
         self._fused = False
 
     def _materialize(self) -> int:
-        return self.mlp._one_node(self.mlp._LOSS, self.x, self.label, settled=True).i
+        return self.mlp._one_node(self.mlp._LOSS, self.x, self.label, settled=True,
+                                  masks=self.masks).i
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -220,11 +245,12 @@ class LossTerm(Deferred):
         windows = x.windows if type(x) is Slice else None
         shapes = g.shapes
         shape = shapes[x.sources[0]] if windows is not None else x.shape
+        rate = None if first.masks is None else first.masks[1]
         sources: list[int] = []
         labels = []
         for term in terms:
             if type(term) is not LossTerm or term.mlp is not mlp or term.g is not g or (
-                    term._node >= 0):
+                    term._node >= 0) or (None if term.masks is None else term.masks[1]) != rate:
                 return None
             x = term.x
             if windows is not None:
@@ -244,8 +270,11 @@ class LossTerm(Deferred):
             term._fused = True
             if windows is not None:
                 term.x._fused = True
-        return g.add(mlp._loss_sum, g.param_nodes_of(mlp, mlp._params) + tuple(sources),
-                     mlp._attrs(windows), (tuple(labels),))
+        args = g.param_nodes_of(mlp, mlp._params) + tuple(sources)
+        if rate is None:
+            return g.add(mlp._loss_sum, args, mlp._attrs(windows), (tuple(labels),))
+        return g.add(mlp._loss_sum_dropout, args, mlp._attrs(windows) + (("rate", rate),),
+                     (tuple(labels), tuple(term.masks[0] for term in terms)))
 
 
 class Embedding:
