@@ -1,5 +1,5 @@
 """Feed-forward building blocks: `MLP` (one node for all its layers, or for the layers and their
-cross-entropy; one node per layer with dropout while training), `Embedding` (a lookup table with
+cross-entropy, with or without dropout), `Embedding` (a lookup table with
 sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
@@ -28,9 +28,11 @@ ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
 class MLP:
     """dims = [input, hidden ..., output]: affine layers with `activation` between them and
     dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,);
-    `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores. Without
-    dropout (or outside training) and with an activation the ops fuse (tanh, rectify, logistic),
-    each is one graph node: `mlp`, or `mlp_pick_neg_log_softmax`.
+    `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores. With an
+    activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp`, or
+    `mlp_pick_neg_log_softmax`, or their `_dropout` forms while training with dropout (the masks
+    drawn when the node is made, as the chain of nodes would draw them). A Slice input (a
+    BiLSTM output, a Tree-LSTM `h()`) is read in place and has no gradient of its own.
     """
 
     _SCORES = TABLE["mlp"]
@@ -126,9 +128,9 @@ class MLP:
 
     def pick_neg_log_softmax(self, x: Any, label: int) -> Expression:
         """-log softmax(mlp(x))[label] -> (): the layers and the loss as one graph node, with
-        the value and gradients of `F.pick_neg_log_softmax(mlp(x), label)`. Dropout while
-        training, or an activation the node does not fuse (elu, selu, softplus), builds that
-        chain of nodes instead.
+        the value and gradients of `F.pick_neg_log_softmax(mlp(x), label)` (with dropout while
+        training: the `_dropout` form). An activation the node does not fuse (elu, selu,
+        softplus) builds that chain of nodes instead.
         """
         label = int(label)
         if not 0 <= label < self.dims[-1]:
@@ -209,9 +211,11 @@ class MLP:
 
 class LossTerm(Deferred):
     """`mlp.pick_neg_log_softmax(x, label)`, deferred: `dn.esum` of the terms of one MLP (the
-    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node, and the
-    minibatch's terms then run as one batch; read any other way (`value()`, an op built on it,
-    a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax` node."""
+    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node
+    (`mlp_loss_sum_dropout_L` for terms made while training with dropout, whose masks' numbers
+    they keep), and the minibatch's terms then run as one batch; read any other way (`value()`,
+    an op built on it, a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax`
+    (or `_dropout`) node."""
 
     __slots__ = ("mlp", "x", "label", "masks")
 
