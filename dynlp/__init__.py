@@ -8,14 +8,10 @@
         loss.backward()
 """
 
-import os
+# first: one BLAS thread, before numpy loads if it has not (see dynlp/blas.py)
+from .blas import blas_threads, set_blas_threads, use_default_threads  # isort: skip
 
-# Dynamic graphs multiply many small matrices: BLAS threads cost more than they save there, and
-# spin-waiting threads collapse throughput on a loaded machine. Effective only if numpy is not
-# imported yet; an explicit setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-from .autobatch import Engine  # noqa: E402
+from .autobatch import Engine
 from .autodiff import grad, jvp, value_and_grad
 from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
@@ -32,11 +28,13 @@ from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
 
 Graph.engine_class = Engine
 abs = absolute
+use_default_threads()
 
 __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
     "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
+    "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
     "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
