@@ -159,15 +159,15 @@ class Engine:
 
     def _late(self, candidates: Iterable[int], targets: list[int]) -> None:
         """Run each node as late as its consumers allow, and at once the nodes ready now (inputs
-        to the first steps) and cheap ops over what is computed or cheap and early itself:
-        group by (level, signature) and run the levels in order.
+        to the first steps) and the early ones (`_early`: cheap ops, and side chains that batch
+        better by depth, over what is computed or early itself): group by (level, signature)
+        and run the levels in order.
 
         One pass over the candidates, newest first (a range that holds every pending ancestor
         of the targets, or those ancestors), gives each needed node its height (1 + the longest
         path to a target); its level is -height, or the first level when all its inputs are
-        computed already. A second pass, oldest first over the needed cheap nodes (op cost 1),
-        gives the early ones their depth among early nodes, and a level before all others.
-        Nodes of one level never depend on each other.
+        computed already. Early nodes get their depth among early nodes, in levels before all
+        others. Nodes of one level never depend on each other.
         """
         g = self.g
         loc, args, sigs = g.loc, g.args, g.sigs
@@ -178,29 +178,85 @@ class Engine:
         groups: defaultdict[int, list[int]] = defaultdict(list)  # level << 32 | sig -> nodes
         first = -(1 << 30) << _SHIFT
         ops = g.ops
-        cheap = []  # needed nodes of cost-1 ops, placed below
+        needed = []  # newest first
         for n in candidates:
             h = height[n]
             if not h:
                 continue
             up = h + 1
-            ready = True
+            for a in args[n]:
+                if loc[a] < 0 and height[a] < up:
+                    height[a] = up
+            needed.append(n)
+        early = self._early(needed, height)
+        # Early nodes run first, level by level from what is computed; the others as late as
+        # their consumers allow. A costly node whose inputs are all computed runs first too.
+        for n in needed:
+            d = early.get(n)
+            if d is not None:
+                groups[first + (d << _SHIFT) + sigs[n]].append(n)
+                continue
+            if ops[n].cost != 1:
+                for a in args[n]:
+                    if loc[a] < 0:
+                        break
+                else:
+                    groups[first + sigs[n]].append(n)
+                    continue
+            groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
+        for nodes in groups.values():
+            if len(nodes) > 1 and nodes[0] > nodes[-1]:
+                nodes.sort()
+        run = self._run
+        for key in sorted(groups):
+            run(groups[key])
+
+    def _early(self, needed: list[int], height: list[int]) -> dict[int, int]:
+        """The needed nodes (newest first) that run before the late levels, with their depth
+        among them: nodes whose inputs are computed or early themselves, of cheap ops (op cost
+        1: concatenations, masks, sums) and of the costly signatures that batch in far fewer
+        levels so (their depths) than late (their heights). A parser's word and tag embeddings
+        concatenated are one batch, not one per LSTM step; a tagger's character LSTMs, whose
+        words sit at every height of the sentence's BiLSTM, run aligned by character."""
+        g = self.g
+        loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
+        # what could run early: depths by signature, against heights, for costly signatures
+        could: dict[int, int] = {}
+        get = could.get
+        depths: dict[int, set] = {}
+        heights: dict[int, set] = {}
+        barred = set()  # costly signatures with a node that cannot run early
+        for n in reversed(needed):
+            d = 0
             for a in args[n]:
                 if loc[a] < 0:
-                    ready = False
-                    if height[a] < up:
-                        height[a] = up
-            if ops[n].cost == 1:
-                cheap.append(n)
-            else:
-                groups[(first if ready else -h << _SHIFT) + sigs[n]].append(n)
-        # Cheap ops (concatenations, masks, sums) whose inputs are computed, or are such ops
-        # themselves, run first, level by level from what is computed: a parser's word and tag
-        # embeddings concatenated are one batch, not one per LSTM step. The others run as late
-        # as their consumers allow, like the costly ops.
+                    da = get(a)
+                    if da is None:
+                        d = -1
+                        break
+                    if da >= d:
+                        d = da + 1
+            cheap = ops[n].cost == 1
+            if d >= 0 and ops[n].batch is not None:
+                could[n] = d
+                if cheap:
+                    continue
+                s = sigs[n]
+                if s in depths:
+                    depths[s].add(d)
+                    heights[s].add(height[n])
+                else:
+                    depths[s], heights[s] = {d}, {height[n]}
+            elif not cheap:
+                barred.add(sigs[n])
+        chosen = {s for s, ds in depths.items()
+                  if s not in barred and 2 * len(ds) <= len(heights[s])}
         early: dict[int, int] = {}
         get = early.get
-        for n in reversed(cheap):
+        for n in reversed(needed):
+            op = ops[n]
+            if op.batch is None or (op.cost != 1 and sigs[n] not in chosen):
+                continue
             d = 0
             for a in args[n]:
                 if loc[a] < 0:
@@ -210,17 +266,8 @@ class Engine:
                     if da >= d:
                         d = da + 1
             else:
-                if ops[n].batch is not None:
-                    early[n] = d
-                    groups[first + (d << _SHIFT) + sigs[n]].append(n)
-                    continue
-            groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
-        for nodes in groups.values():
-            if len(nodes) > 1 and nodes[0] > nodes[-1]:
-                nodes.sort()
-        run = self._run
-        for key in sorted(groups):
-            run(groups[key])
+                early[n] = d
+        return early
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""

@@ -308,6 +308,36 @@ def test_cheap_ops_over_computed_inputs_run_first_in_one_batch():
         assert ran.index("concatenate") < ran.index("lstm_step")
 
 
+def test_side_chains_that_batch_better_by_depth_run_early_under_late():
+    """Character LSTMs feeding a word BiLSTM: late alone would run each word's character steps
+    at the height of its position (one batch per position and character); they run first,
+    aligned by character, one batch per character position and direction, with the loss and
+    gradients of node-by-node execution."""
+    def run(autobatch):
+        pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+        chars = dn.CharacterEncoder(pc, 12, 3, 4)
+        birnn = dn.BiRNNBuilder(1, 4, 6, pc)
+        rng = np.random.default_rng(8)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            sums = []
+            for length in (10, 3, 7):
+                words = [chars([int(c) for c in rng.integers(12, size=rng.integers(1, 5))])
+                         for _ in range(length)]
+                sums.append(dn.esum([dn.sum_elems(dn.tanh(h)) for h in birnn.transduce(words)]))
+            total = dn.esum(sums)
+            value = total.scalar_value()
+            total.backward()
+            ran = [b.op.name for b in g.engine.batches if b is not None]
+            return value, [p.grad_as_array().copy() for p in pc.parameters()], ran
+
+    want, want_grads, _ = run(False)
+    got, got_grads, ran = run("late")
+    assert ran.count("lstm_step_lookup") == 2 * 4  # characters per word: at most 4
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("autobatch", [False, "depth", "agenda", "late"])
 def test_dropout_of_a_row_or_a_state_range_reads_it_in_place(autobatch):
     # dn.dropout of an embedding row or of a deferred state slice makes one node
