@@ -214,8 +214,9 @@ class Engine:
     def _early(self, needed: list[int], height: list[int]) -> dict[int, int]:
         """The needed nodes (newest first) that run before the late levels, with their depth
         among them: nodes whose inputs are computed or early themselves, of cheap ops (op cost
-        1: concatenations, masks, sums) and of the costly signatures that batch in far fewer
-        levels so (their depths) than late (their heights). A parser's word and tag embeddings
+        1: concatenations, masks, sums) and of the costly signatures whose nodes could all run
+        early and take at most half as many levels by depth as by height (so they batch in
+        fewer, larger batches early than late). A parser's word and tag embeddings
         concatenated are one batch, not one per LSTM step; a tagger's character LSTMs, whose
         words sit at every height of the sentence's BiLSTM, run aligned by character."""
         g = self.g
