@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="OPENBLAS_NUM_THREADS for numpy, set by re-running this script "
                              "(default %(default)s, as DyNet's CPU default; 0 keeps the "
-                             "environment's setting)")
+                             "environment's setting, or dynlp's one thread when it is unset)")
     parser.add_argument("--torch-threads", type=int, default=2,
                         help="torch.set_num_threads for the peers (default %(default)s)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
@@ -805,7 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch_text += ", DyNet 2.1 run" if dynet_peers else ", DyNet not run"
     per_run = f"{args.steps} steps" if args.steps else f"{sentences} sentences"
     print(f"dynlp {dn.__version__} ({source_version()}), numpy {np.__version__} "
-          f"(OPENBLAS_NUM_THREADS {BLAS_THREADS_AT_LOAD} when it loaded), "
+          f"(OPENBLAS_NUM_THREADS {BLAS_THREADS_AT_LOAD} when it loaded; OpenBLAS threads "
+          f"{dn.blas_threads() or 'unknown'} now), "
           f"python {sys.version.split()[0]}, {torch_text}; {os.cpu_count()} cpus, load average "
           f"{os.getloadavg()[0]:.1f} at start; repeats {repeats}, {per_run} per timed run")
     start = time.perf_counter()
