@@ -215,10 +215,12 @@ class Engine:
         """The needed nodes (newest first) that run before the late levels, with their depth
         among them: nodes whose inputs are computed or early themselves, of cheap ops (op cost
         1: concatenations, masks, sums) and of the costly signatures whose nodes could all run
-        early and take at most half as many levels by depth as by height (so they batch in
+        early and take at most 4/5 as many levels by depth as by height (so they batch in
         fewer, larger batches early than late). A parser's word and tag embeddings
         concatenated are one batch, not one per LSTM step; a tagger's character LSTMs, whose
-        words sit at every height of the sentence's BiLSTM, run aligned by character."""
+        words sit at every height of the sentence's BiLSTM, run aligned by character; the
+        first level of a stacked BiLSTM, whose steps feed the second level's two directions
+        at heights that differ by sentence length, runs aligned by position."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
         # what could run early: depths by signature, against heights, for costly signatures
@@ -251,7 +253,7 @@ class Engine:
             elif not cheap:
                 barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
-                  if s not in barred and 2 * len(ds) <= len(heights[s])}
+                  if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
         early: dict[int, int] = {}
         get = early.get
         for n in reversed(needed):

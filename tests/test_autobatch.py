@@ -338,6 +338,32 @@ def test_side_chains_that_batch_better_by_depth_run_early_under_late():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
+def test_the_first_level_of_a_stacked_bilstm_runs_aligned_by_position_under_late():
+    """Level 1's steps feed level 2's two directions, at heights that depend on the sentence's
+    length: by height they would not line up across sentences; they run early, by position, so
+    each level and direction takes one batch per position of the longest sentence."""
+    def run(autobatch):
+        pc = dn.ParameterCollection(seed=6, dtype=np.float64)
+        birnn = dn.BiRNNBuilder(2, 3, 4, pc)
+        rng = np.random.default_rng(2)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+            sums = [dn.esum([dn.sum_elems(dn.tanh(h)) for h in birnn.transduce(
+                [dn.inputs(rng.normal(size=3)) for _ in range(length)])])
+                for length in (9, 3, 6, 8)]
+            total = dn.esum(sums)
+            value = total.scalar_value()
+            total.backward()
+            ran = [b.op.name for b in g.engine.batches if b is not None]
+            return value, [p.grad_as_array().copy() for p in pc.parameters()], ran
+
+    want, want_grads, _ = run(False)
+    got, got_grads, ran = run("late")
+    assert ran.count("lstm_step") == 2 * 2 * 9
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("autobatch", [False, "depth", "agenda", "late"])
 def test_dropout_of_a_row_or_a_state_range_reads_it_in_place(autobatch):
     # dn.dropout of an embedding row or of a deferred state slice makes one node
