@@ -188,22 +188,19 @@ class Engine:
                 if loc[a] < 0 and height[a] < up:
                     height[a] = up
             needed.append(n)
-        early = self._early(needed, height)
+        early, could = self._early(needed, height)
         # Early nodes run first, level by level from what is computed; the others as late as
-        # their consumers allow. A costly node whose inputs are all computed runs first too.
+        # their consumers allow. A costly node whose inputs are all computed (depth 0 among
+        # what could run early) runs first too.
         for n in needed:
             d = early.get(n)
             if d is not None:
                 groups[first + (d << _SHIFT) + sigs[n]].append(n)
-                continue
-            if ops[n].cost != 1:
-                for a in args[n]:
-                    if loc[a] < 0:
-                        break
-                else:
-                    groups[first + sigs[n]].append(n)
-                    continue
-            groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
+            elif ops[n].cost != 1 and (could.get(n) == 0 or ops[n].batch is None and all(
+                    loc[a] >= 0 for a in args[n])):
+                groups[first + sigs[n]].append(n)
+            else:
+                groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
         for nodes in groups.values():
             if len(nodes) > 1 and nodes[0] > nodes[-1]:
                 nodes.sort()
@@ -211,16 +208,17 @@ class Engine:
         for key in sorted(groups):
             run(groups[key])
 
-    def _early(self, needed: list[int], height: list[int]) -> dict[int, int]:
-        """The needed nodes (newest first) that run before the late levels, with their depth
-        among them: nodes whose inputs are computed or early themselves, of cheap ops (op cost
-        1: concatenations, masks, sums) and of the costly signatures whose nodes could all run
-        early and take at most 4/5 as many levels by depth as by height (so they batch in
-        fewer, larger batches early than late). A parser's word and tag embeddings
-        concatenated are one batch, not one per LSTM step; a tagger's character LSTMs, whose
-        words sit at every height of the sentence's BiLSTM, run aligned by character; the
-        first level of a stacked BiLSTM, whose steps feed the second level's two directions
-        at heights that differ by sentence length, runs aligned by position."""
+    def _early(self, needed: list[int], height: list[int]) -> tuple[dict, dict]:
+        """The needed nodes (newest first) that run before the late levels, with their depth among
+        them, and those that could (all that are batchable, with inputs computed or that could run
+        early themselves), with theirs. Those that do are nodes whose inputs are computed or early
+        themselves, of cheap ops (op cost 1: concatenations, masks, sums) and of the costly
+        signatures whose nodes could all run early and take at most 4/5 as many levels by depth as
+        by height (so they batch in fewer, larger batches early than late). A parser's word and tag
+        embeddings concatenated are one batch, not one per LSTM step; a tagger's character LSTMs,
+        whose words sit at every height of the sentence's BiLSTM, run aligned by character; the
+        first level of a stacked BiLSTM, whose steps feed the second level's two directions at
+        heights that differ by sentence length, runs aligned by position."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
         # what could run early: depths by signature, against heights, for costly signatures
@@ -229,6 +227,7 @@ class Engine:
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
+        eligible = []  # the nodes of `could`, oldest first
         for n in reversed(needed):
             d = 0
             for a in args[n]:
@@ -242,6 +241,7 @@ class Engine:
             cheap = ops[n].cost == 1
             if d >= 0 and ops[n].batch is not None:
                 could[n] = d
+                eligible.append(n)
                 if cheap:
                     continue
                 s = sigs[n]
@@ -256,9 +256,8 @@ class Engine:
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
         early: dict[int, int] = {}
         get = early.get
-        for n in reversed(needed):
-            op = ops[n]
-            if op.batch is None or (op.cost != 1 and sigs[n] not in chosen):
+        for n in eligible:
+            if ops[n].cost != 1 and sigs[n] not in chosen:
                 continue
             d = 0
             for a in args[n]:
@@ -270,7 +269,7 @@ class Engine:
                         d = da + 1
             else:
                 early[n] = d
-        return early
+        return early, could
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""

@@ -30,10 +30,6 @@ class ShapeError(ValueError):
     """An op was given arguments whose shapes it cannot take."""
 
 
-_UNIFORM_BLOCK = 8192
-_NO_UNIFORMS = np.empty(0)
-
-
 class GraphError(RuntimeError):
     """An expression was used outside the graph it belongs to, or after that graph ended."""
 
@@ -41,6 +37,8 @@ class GraphError(RuntimeError):
 _current: "Graph | None" = None
 _ENDED = ("this graph has ended (renew_cg was called or its `with` block closed); build a new "
           "graph for new expressions")
+_UNIFORM_BLOCK = 8192  # uniform numbers drawn at once for dropout masks (`Graph.uniform`)
+_NO_UNIFORMS = np.empty(0)
 
 
 def current_graph() -> "Graph":

@@ -33,7 +33,7 @@ def graph_of(items: Iterable[Any]) -> Graph:
     return current_graph()
 
 
-class ZeroLeaves:
+class ConstantLeaves:
     """Constant vectors of one graph, zeros (or `fill`), one leaf per size, made again for a
     new graph.
 
@@ -247,8 +247,8 @@ class RecurrentBuilder:
                                                 width))
         self.dropout_rate = 0.0
         self.recurrent_dropout_rate = 0.0
-        self._zeros = ZeroLeaves()
-        self._ones = ZeroLeaves(1.0)
+        self._zeros = ConstantLeaves()
+        self._ones = ConstantLeaves(1.0)
 
     # -- per cell ----------------------------------------------------------------------------
     state_factor = 1  # the fused state holds this many vectors of hidden_dim
@@ -397,7 +397,6 @@ class SimpleRNNBuilder(RecurrentBuilder):
         hidden = self.hidden_dim
         return (pc.add_parameters((hidden, width + hidden), name="W"),
                 pc.add_parameters((hidden,), init="zeros", name="b"))
-
 
 
 class BiRNNBuilder:

@@ -12,7 +12,7 @@ import numpy as np
 from ..graph import Deferred, Expression, Row, Slice, apply
 from ..ops import TABLE
 from ..params import ParameterCollection
-from .rnn import ZeroLeaves, check_dims, graph_of, unique_subcollection
+from .rnn import ConstantLeaves, check_dims, graph_of, unique_subcollection
 
 KINDS = ("binary", "childsum")
 _LEAF = TABLE["treelstm_binary_leaf"]
@@ -85,7 +85,7 @@ class TreeLSTMBuilder:
         self._params = (self.W, self.b)
         self._halves = _halves(hidden)
         self._state_shape = (2 * hidden,)
-        self._zeros = ZeroLeaves()
+        self._zeros = ConstantLeaves()
 
     def _check_input(self, x: Any) -> None:
         shape = getattr(x, "shape", None)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .core import SHARED, STACK, Case, OuterProduct, define, ragged
 from .linalg import ACTIVATIONS, segment_sum
-from .structure import dropout_mask
+from .structure import concat_windows, dropout_mask
 
 
 def _softmax(x):
@@ -148,8 +148,7 @@ def _first_input(xs, windows):
     inputs concatenated."""
     if windows is None:
         return xs[0] if len(xs) == 1 else np.concatenate(xs, axis=1)
-    parts = [x[:, start:end] for x, (start, end) in zip(xs, windows)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return concat_windows(xs, windows)
 
 
 def _input_cotangents(ga, xs, windows):
@@ -186,7 +185,8 @@ def _layers_forward(x, layers, activation, masks=None):
                 acts.append(a)
                 a = a * masks[k]
             inputs.append(a)
-    return z, inputs + acts
+    inputs.extend(acts)
+    return z, inputs
 
 
 def _layers_vjp(gz, inputs, layers, activation, masks=None):
@@ -234,15 +234,22 @@ def _layers_jvp(t, inputs, layers, activation, ts, masks=None):
     return t
 
 
-def _hidden_masks(uniform, rate, layers, dtype):
+def _masks_of(layers, uniform, rate):
     """The dropout masks of the hidden layers, (B, size) each, from uniform numbers
-    (B, total hidden size)."""
-    mask = dropout_mask(uniform, rate, dtype)
+    (B, total hidden size); None without them (no dropout)."""
+    if uniform is None:
+        return None
+    mask = dropout_mask(uniform, rate, layers[0].dtype)
     masks, at = [], 0
     for w in layers[0:len(layers) - 2:2]:
         masks.append(mask[:, at:at + w.shape[0]])
         at += w.shape[0]
     return masks
+
+
+def _check_rate(rate):
+    if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate} not in [0, 1)")
 
 
 def _mlp_vjp_all(gz, args, residual, activation, windows, masks=None):
@@ -285,21 +292,29 @@ def _mlp_cases(labeled):
             _mlp_case([5, 3], labeled=labeled, inputs=(2, 3))]
 
 
-def _mlp_shape(*shapes, activation=None, windows=None):
+# The rules of both ops below serve their `_dropout` forms too: with `uniform` and `rate`
+# (see `_masks_of`), each hidden layer's output is masked as a `dropout` node after it would.
+
+
+def _mlp_shape(*shapes, activation=None, windows=None, rate=None):
+    _check_rate(rate)
     return (_layer_sizes(shapes, activation, windows),)
 
 
-def _mlp_forward(*args, activation=None, windows=None):
+def _mlp_forward(*args, activation=None, windows=None, uniform=None, rate=None):
     xs, layers = _split(args)
-    return _layers_forward(_first_input(xs, windows), layers, activation)
+    return _layers_forward(_first_input(xs, windows), layers, activation,
+                           _masks_of(layers, uniform, rate))
 
 
-def _mlp_vjp(g, out, *args, residual, activation=None, windows=None):
-    return _mlp_vjp_all(g, args, residual, activation, windows)
+def _mlp_vjp(g, out, *args, residual, activation=None, windows=None, uniform=None, rate=None):
+    return _mlp_vjp_all(g, args, residual, activation, windows,
+                        _masks_of(_split(args)[1], uniform, rate))
 
 
-def _mlp_jvp(ts, out, *args, residual, activation=None, windows=None):
-    return _mlp_jvp_all(ts, args, residual, activation, windows)
+def _mlp_jvp(ts, out, *args, residual, activation=None, windows=None, uniform=None, rate=None):
+    return _mlp_jvp_all(ts, args, residual, activation, windows,
+                        _masks_of(_split(args)[1], uniform, rate))
 
 
 define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=_mlp_forward,
@@ -311,27 +326,32 @@ define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=
            "makes the first layer read those slices of them")
 
 
-def _mlp_loss_shape(*shapes, activation=None, windows=None):
-    _layer_sizes(shapes, activation, windows)
+def _mlp_loss_shape(*shapes, activation=None, windows=None, rate=None):
+    _mlp_shape(*shapes, activation=activation, windows=windows, rate=rate)
     return ()
 
 
-def _mlp_loss_forward(*args, label, activation=None, windows=None):
+def _mlp_loss_forward(*args, label, activation=None, windows=None, uniform=None, rate=None):
     """The loss, and the residual (inputs of every layer, softmax of the scores)."""
-    xs, layers = _split(args)
-    z, inputs = _layers_forward(_first_input(xs, windows), layers, activation)
+    z, inputs = _mlp_forward(*args, activation=activation, windows=windows, uniform=uniform,
+                             rate=rate)
     out, e, total = _cross_entropy(z, label)
     return out, (inputs, e / total[:, None])
 
 
-def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None):
+def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None, uniform=None,
+                  rate=None):
     inputs, p = residual
-    return _mlp_vjp_all(_cross_entropy_vjp(p, g, label), args, inputs, activation, windows)
+    return _mlp_vjp(_cross_entropy_vjp(p, g, label), out, *args, residual=inputs,
+                    activation=activation, windows=windows, uniform=uniform, rate=rate)
 
 
-def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None):
+def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None, uniform=None,
+                  rate=None):
     inputs, p = residual
-    return _cross_entropy_jvp(p, _mlp_jvp_all(ts, args, inputs, activation, windows), label)
+    return _cross_entropy_jvp(p, _mlp_jvp(ts, out, *args, residual=inputs,
+                                          activation=activation, windows=windows,
+                                          uniform=uniform, rate=rate), label)
 
 
 define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
@@ -346,35 +366,6 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
 # The same two with dropout on the hidden layers while training: `rate` (static) and, per
 # example, `uniform` (the hidden sizes summed) drawn when the node is built; the masks are
 # (uniform >= rate) / (1 - rate), as `dropout` nodes after each hidden layer would make them.
-
-
-def _masks_of(args, uniform, rate):
-    layers = _split(args)[1]
-    return _hidden_masks(uniform, rate, layers, layers[0].dtype)
-
-
-def _mlp_dropout_shape(*shapes, rate, activation=None, windows=None):
-    _check_rate(rate)
-    return _mlp_shape(*shapes, activation=activation, windows=windows)
-
-
-def _mlp_dropout_forward(*args, uniform, rate, activation=None, windows=None):
-    xs, layers = _split(args)
-    masks = _masks_of(args, uniform, rate)
-    return _layers_forward(_first_input(xs, windows), layers, activation, masks)
-
-
-def _mlp_dropout_vjp(g, out, *args, uniform, rate, residual, activation=None, windows=None):
-    return _mlp_vjp_all(g, args, residual, activation, windows, _masks_of(args, uniform, rate))
-
-
-def _mlp_dropout_jvp(ts, out, *args, uniform, rate, residual, activation=None, windows=None):
-    return _mlp_jvp_all(ts, args, residual, activation, windows, _masks_of(args, uniform, rate))
-
-
-def _check_rate(rate):
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate {rate} not in [0, 1)")
 
 
 def _dropout_case(case, hidden, rate=0.4):
@@ -392,43 +383,15 @@ def _mlp_dropout_cases(labeled):
                                     inputs=(4, 4)), 5)]
 
 
-define("mlp_dropout", shape=_mlp_dropout_shape, batch=_mlp_mask, batched_attrs=("uniform",),
-       cost=4, residual=True, forward=_mlp_dropout_forward, vjp=_mlp_dropout_vjp,
-       jvp=_mlp_dropout_jvp, cases=_mlp_dropout_cases(labeled=False),
+define("mlp_dropout", shape=_mlp_shape, batch=_mlp_mask, batched_attrs=("uniform",),
+       cost=4, residual=True, forward=_mlp_forward, vjp=_mlp_vjp, jvp=_mlp_jvp,
+       cases=_mlp_dropout_cases(labeled=False),
        doc="mlp with dropout after each hidden layer: masks (uniform >= rate) / (1 - rate) "
            "from `uniform`, the hidden layers' sizes summed, drawn when the node is built")
 
-
-def _mlp_loss_dropout_shape(*shapes, rate, activation=None, windows=None):
-    _mlp_dropout_shape(*shapes, rate=rate, activation=activation, windows=windows)
-    return ()
-
-
-def _mlp_loss_dropout_forward(*args, label, uniform, rate, activation=None, windows=None):
-    xs, layers = _split(args)
-    masks = _masks_of(args, uniform, rate)
-    z, inputs = _layers_forward(_first_input(xs, windows), layers, activation, masks)
-    out, e, total = _cross_entropy(z, label)
-    return out, (inputs, e / total[:, None])
-
-
-def _mlp_loss_dropout_vjp(g, out, *args, label, uniform, rate, residual, activation=None,
-                          windows=None):
-    inputs, p = residual
-    return _mlp_vjp_all(_cross_entropy_vjp(p, g, label), args, inputs, activation, windows,
-                        _masks_of(args, uniform, rate))
-
-
-def _mlp_loss_dropout_jvp(ts, out, *args, label, uniform, rate, residual, activation=None,
-                          windows=None):
-    inputs, p = residual
-    return _cross_entropy_jvp(p, _mlp_jvp_all(ts, args, inputs, activation, windows,
-                                              _masks_of(args, uniform, rate)), label)
-
-
-define("mlp_pick_neg_log_softmax_dropout", shape=_mlp_loss_dropout_shape, batch=_mlp_mask,
+define("mlp_pick_neg_log_softmax_dropout", shape=_mlp_loss_shape, batch=_mlp_mask,
        batched_attrs=("label", "uniform"), cost=4, residual=True,
-       forward=_mlp_loss_dropout_forward, vjp=_mlp_loss_dropout_vjp, jvp=_mlp_loss_dropout_jvp,
+       forward=_mlp_loss_forward, vjp=_mlp_loss_vjp, jvp=_mlp_loss_jvp,
        cases=_mlp_dropout_cases(labeled=True),
        doc="mlp_pick_neg_log_softmax with dropout after each hidden layer, as in mlp_dropout")
 
@@ -452,7 +415,7 @@ def _loss_sum_terms(x, counts, windows):
     return [grouped[:, k] for k in range(inputs)], counts // inputs
 
 
-def _loss_sum_terms_forward(x, ws, counts, label, activation, windows, masks=None):
+def _loss_sum_terms_forward(x, ws, counts, label, activation, windows, masks):
     """The terms' inputs, their count per node, the MLP's layer inputs, each term's loss and
     the softmax of its scores."""
     xs, terms = _loss_sum_terms(x, counts, windows)
@@ -461,13 +424,16 @@ def _loss_sum_terms_forward(x, ws, counts, label, activation, windows, masks=Non
     return xs, terms, inputs, losses, e / total[:, None]
 
 
-def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None, masks=None):
+def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None, uniform=None,
+                      rate=None):
     _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows,
-                                                     masks)
+                                                     _masks_of(ws, uniform, rate))
     return segment_sum(losses, terms)
 
 
-def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None, masks=None):
+def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None, uniform=None,
+                  rate=None):
+    masks = _masks_of(ws, uniform, rate)
     xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
                                                       windows, masks)
     gz = _cross_entropy_vjp(p, np.repeat(g, terms), label)
@@ -478,7 +444,8 @@ def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None, 
 
 
 def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None,
-                  masks=None):
+                  uniform=None, rate=None):
+    masks = _masks_of(ws, uniform, rate)
     xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
                                                       windows, masks)
     ts, _ = _loss_sum_terms(t, counts, windows)
@@ -486,21 +453,9 @@ def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=N
     return segment_sum(_cross_entropy_jvp(p, tz, label), terms)
 
 
-# ... and with dropout on the hidden layers: `uniform` has one value per term, like `label`
-
-
-def _loss_sum_dropout(rule):
-    def with_masks(*args, uniform, rate, **kw):
-        ws = args[1:] if rule is _loss_sum_forward else args[3:]  # after x, or g, out, x
-        masks = _hidden_masks(uniform, rate, ws, ws[0].dtype)
-        return rule(*args, masks=masks, **kw)
-    return with_masks
-
-
-def _loss_sum_shape(layers, dropout=False):
+def _loss_sum_shape(layers):
     def shape(*shapes, activation=None, windows=None, rate=None):
-        if dropout:
-            _check_rate(rate)
+        _check_rate(rate)
         xs = shapes[2 * layers:]
         inputs = 1 if windows is None else len(windows)
         if not xs or len(xs) % inputs:
@@ -559,10 +514,10 @@ _LOSS_SUM_DROPOUT_CASES = {
 }
 
 for _layers in _LOSS_SUM_DROPOUT_CASES:
-    ragged(f"mlp_loss_sum_dropout_{_layers}", shape=_loss_sum_shape(_layers, dropout=True),
+    ragged(f"mlp_loss_sum_dropout_{_layers}", shape=_loss_sum_shape(_layers),
            shared=2 * _layers, batched_attrs=("label", "uniform"), cost=4,
-           forward=_loss_sum_dropout(_loss_sum_forward), vjp=_loss_sum_dropout(_loss_sum_vjp),
-           jvp=_loss_sum_dropout(_loss_sum_jvp), cases=_LOSS_SUM_DROPOUT_CASES[_layers],
+           forward=_loss_sum_forward, vjp=_loss_sum_vjp, jvp=_loss_sum_jvp,
+           cases=_LOSS_SUM_DROPOUT_CASES[_layers],
            doc=f"mlp_loss_sum_{_layers} with dropout after each hidden layer, as in "
                f"mlp_dropout: a label and uniform numbers per term")
 

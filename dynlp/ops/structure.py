@@ -55,8 +55,19 @@ def _ranges_vjp(g, out, *xs, start, end):
     return cts
 
 
+def concat_windows(xs, windows):
+    """x1[:, a1:b1], x2[:, a2:b2], ... side by side (B, total): one window of each stacked
+    input, a view when there is one input."""
+    parts = [x[:, start:end] for x, (start, end) in zip(xs, windows)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def _ranges(xs, start, end):
+    return concat_windows(xs, [(start, end)] * len(xs))
+
+
 linear("concatenate_ranges", shape=_ranges_shape,
-       forward=lambda *xs, start, end: np.concatenate([x[:, start:end] for x in xs], axis=1),
+       forward=lambda *xs, start, end: _ranges(xs, start, end),
        vjp=_ranges_vjp, cases=[Case([(4,), (4,)], {"start": 2, "end": 4})],
        doc="x1[start:end], x2[start:end], ... concatenated: the h halves of two [c; h] states")
 
@@ -220,29 +231,21 @@ def dropout_mask(u: np.ndarray, p: float, dtype: Any) -> np.ndarray:
     return (u >= p).astype(dtype) / dtype.type(1.0 - p)
 
 
+def _masked(x, uniform, rate):
+    return x * dropout_mask(uniform, rate, x.dtype)
+
+
 # The node keeps its uniform numbers, not its mask: drawing them is a slice of the graph's
 # block of numbers, and the masks of a whole batch are made by one comparison.
 linear("dropout", shape=lambda x, rate: x, batched_attrs=("uniform",),
-       forward=lambda x, uniform, rate: x * dropout_mask(uniform, rate, x.dtype),
-       vjp=lambda g, out, x, uniform, rate: (g * dropout_mask(uniform, rate, g.dtype),),
+       forward=_masked, vjp=lambda g, out, x, uniform, rate: (_masked(g, uniform, rate),),
        cases=[Case([(4,)], {"rate": 0.4}, {"uniform": lambda rng: rng.random(4)}),
               Case([(2, 3)], {"rate": 0.5}, {"uniform": lambda rng: rng.random((2, 3))})],
        doc="inverted dropout, x * mask with mask = (uniform >= rate) / (1 - rate): the uniform "
            "numbers are drawn when the node is built")
 
-
-def _noise_jvp(ts, out, x, noise):
-    return ts[0] if ts[0] is not None else np.zeros_like(out)
-
-
 # Dropout that reads its input in place, one node instead of two: a table row (an embedding
 # that only the dropout reads) or the ranges of one or two states (a Tree-LSTM's or a BiLSTM's h).
-
-
-def _masked(x, uniform, rate):
-    return x * dropout_mask(uniform, rate, x.dtype)
-
-
 linear("dropout_lookup", shape=lambda table, rate: _lookup_shape(table), batch=(SHARED,),
        batched_attrs=("index", "uniform"),
        forward=lambda table, index, uniform, rate: _masked(table[index], uniform, rate),
@@ -255,9 +258,8 @@ linear("dropout_lookup", shape=lambda table, rate: _lookup_shape(table), batch=(
 
 linear("dropout_ranges", shape=lambda *shapes, start, end, rate: _ranges_shape(
            *shapes, start=start, end=end), batched_attrs=("uniform",),
-       forward=lambda *xs, uniform, start, end, rate: _masked(
-           xs[0][:, start:end] if len(xs) == 1 else
-           np.concatenate([x[:, start:end] for x in xs], axis=1), uniform, rate),
+       forward=lambda *xs, uniform, start, end, rate: _masked(_ranges(xs, start, end), uniform,
+                                                              rate),
        vjp=lambda g, out, *xs, uniform, start, end, rate: _ranges_vjp(
            _masked(g, uniform, rate), out, *xs, start=start, end=end),
        cases=[Case([(6,)], {"start": 2, "end": 5, "rate": 0.4},
@@ -266,6 +268,10 @@ linear("dropout_ranges", shape=lambda *shapes, start, end, rate: _ranges_shape(
                    {"uniform": lambda rng: rng.random(4)})],
        doc="dropout of x1[start:end], x2[start:end], ... concatenated (a pick_range or "
            "concatenate_ranges node and a dropout node in one)")
+
+
+def _noise_jvp(ts, out, x, noise):
+    return ts[0] if ts[0] is not None else np.zeros_like(out)
 
 
 define("noise", shape=lambda x: x, batched_attrs=("noise",),
