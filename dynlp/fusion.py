@@ -166,7 +166,7 @@ class Fuser:
         self.upto = hi
         if hi <= lo:
             return False
-        loc, args, ops = g.loc, g.args, g.ops
+        loc, args, ops, sigs = g.loc, g.args, g.ops, g.sigs
         uses = Counter(chain.from_iterable(args[lo:hi]))  # (counted in C)
         uses.update(targets)
         revived = bool(self.absorbed) and not uses.keys().isdisjoint(self.absorbed)
@@ -184,6 +184,9 @@ class Fuser:
             if op.batch is None or op.ragged is not None or root in pinned:
                 continue
             region = [root]
+            # at most one node of each costly signature: a region never spans two steps of a
+            # recurrence (or two levels of a tree), whose regions would then differ by length
+            costly = {sigs[root]} if op.cost != 1 else set()
             seen: dict[int, int] = {}
             k = 0
             while k < len(region):
@@ -204,8 +207,10 @@ class Fuser:
                     oa = ops[a]
                     if oa.batch is None or oa.ragged is not None:
                         continue
-                    if oa.cost != 1 and depth_of(a, depths) + 1 != depth_of(n, depths):
-                        continue  # ready before its consumer: it batches better alone
+                    if oa.cost != 1:
+                        if sigs[a] in costly or depth_of(a, depths) + 1 != depth_of(n, depths):
+                            continue  # ready before its consumer: it batches better alone
+                        costly.add(sigs[a])
                     place[i] = 1
                     region.append(a)
                 if len(region) >= MAX_REGION:
