@@ -4,6 +4,7 @@
 """
 
 from . import cells, elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
+from . import conv, tensor  # noqa: F401  (DyNet-layout ops)
 from .core import SHARED, STACK, TABLE, Case, Op, OuterProduct, Parts, SparseRows
 from .structure import LEAVES
 
