@@ -191,25 +191,20 @@ class VanillaLSTMBuilder(_RNNBuilder):
                  ln_lstm: bool = False, forget_bias: float = 1.0) -> None:
         self.ln_lstm = bool(ln_lstm)
         self.forget_bias = float(forget_bias)
+        self.ln_params: list[list[Parameters]] = []
         super().__init__(layers, input_dim, hidden_dim, model)
         self.spec = (self.layers, self.input_dim, self.hidden_dim, self.ln_lstm,
                      self.forget_bias)
-        if self.ln_lstm:
-            h4, h = 4 * self.hidden_dim, self.hidden_dim
-            one, zero = ConstInitializer(1.0), ConstInitializer(0.0)
-            self.ln_params = [[self.pc.add_parameters(h4, init=one),
-                               self.pc.add_parameters(h4, init=zero),
-                               self.pc.add_parameters(h4, init=one),
-                               self.pc.add_parameters(h4, init=zero),
-                               self.pc.add_parameters(h, init=one),
-                               self.pc.add_parameters(h, init=zero)]
-                              for _ in range(self.layers)]
 
     def _layer_params(self, x_dim):
-        h4 = 4 * self.hidden_dim
-        return [self.pc.add_parameters((h4, x_dim)),
-                self.pc.add_parameters((h4, self.hidden_dim)),
-                self.pc.add_parameters(h4, init=ConstInitializer(0.0))]
+        h4, add = 4 * self.hidden_dim, self.pc.add_parameters
+        one, zero = ConstInitializer(1.0), ConstInitializer(0.0)
+        params = [add((h4, x_dim)), add((h4, self.hidden_dim)), add(h4, init=zero)]
+        if self.ln_lstm:  # gh, bh, gx, bx, gc, bc, after the layer's weights (DyNet's order)
+            hd = self.hidden_dim
+            self.ln_params.append([add(h4, init=one), add(h4, init=zero), add(h4, init=one),
+                                   add(h4, init=zero), add(hd, init=one), add(hd, init=zero)])
+        return params
 
     def _masks(self, batch):
         if not self.dropout_rate and not self.dropout_rate_h:
@@ -304,32 +299,32 @@ class CoupledLSTMBuilder(_RNNBuilder):
 
 
 class FastLSTMBuilder(CoupledLSTMBuilder):
-    """CoupledLSTMBuilder with diagonal peepholes (c2i, c2o of shape (hidden, 1))."""
+    """CoupledLSTMBuilder's gates without the peepholes: DyNet 2.1 creates c2i and c2o
+    (hidden, 1) but leaves them out of its equations, and so does this builder."""
 
     collection_name = "fast-lstm-builder"
 
     def _layer_params(self, x_dim):
         hd, add = self.hidden_dim, self.pc.add_parameters
-        return [add((hd, x_dim)), add((hd, hd)), add((hd, 1)), add(hd),
-                add((hd, x_dim)), add((hd, hd)), add((hd, 1)), add(hd),
-                add((hd, x_dim)), add((hd, hd)), add(hd)]
+        zero = ConstInitializer(0.0)
+        return [add((hd, x_dim)), add((hd, hd)), add((hd, 1)), add(hd, init=zero),
+                add((hd, x_dim)), add((hd, hd)), add((hd, 1)), add(hd, init=zero),
+                add((hd, x_dim)), add((hd, hd)), add(hd, init=zero)]
 
     def _step(self, k, x, prev, mask):
-        x2i, h2i, c2i, bi, x2o, h2o, c2o, bo, x2c, h2c, bc = self._exprs(k)
-        hd = self.hidden_dim
-        c2i, c2o = dy.reshape(c2i, (hd,)), dy.reshape(c2o, (hd,))
+        x2i, h2i, _, bi, x2o, h2o, _, bo, x2c, h2c, bc = self._exprs(k)
         if self.dropout_rate:
             x = dy.dropout(x, self.dropout_rate)
         if prev is None:
             i = dy.logistic(_affine(bi, x2i, x))
             c = dy.cmult(i, dy.tanh(_affine(bc, x2c, x)))
+            o = dy.logistic(_affine(bo, x2o, x))
         else:
             h, c_prev = prev
-            i = dy.logistic(_affine(bi, x2i, x, h2i, h) + dy.cmult(c2i, c_prev))
+            i = dy.logistic(_affine(bi, x2i, x, h2i, h))
             w = dy.tanh(_affine(bc, x2c, x, h2c, h))
             c = dy.cmult(1.0 - i, c_prev) + dy.cmult(i, w)
-        o_pre = _affine(bo, x2o, x) if prev is None else _affine(bo, x2o, x, h2o, prev[0])
-        o = dy.logistic(o_pre + dy.cmult(c2o, c))
+            o = dy.logistic(_affine(bo, x2o, x, h2o, h))
         return dy.cmult(o, dy.tanh(c)), c
 
 

@@ -336,6 +336,11 @@ def _scalar(e: G.Expression) -> G.Expression:
     return F.reshape(e, (1,)) if e.shape == () else e
 
 
+def _vec(e: G.Expression) -> G.Expression:
+    """A column (n, 1) as the vector (n,): DyNet takes either where a vector is needed."""
+    return F.reshape(e, e.shape[:1]) if len(e.shape) == 2 and e.shape[1] == 1 else e
+
+
 def _add(x, y):
     return x + y
 
@@ -386,10 +391,8 @@ def inputTensor(arr: Any = None, batched: bool = False, device: str = "") -> Exp
     the last axis the batch."""
     if arr is None:
         raise TypeError("inputTensor() needs an array")
-    if isinstance(arr, (list, tuple)) and arr and isinstance(arr[0], np.ndarray) \
-            and arr[0].ndim >= 1 and not batched:
-        return Expression([_leaf(a) for a in arr]) if len(arr) > 1 else \
-            Expression([_leaf(arr[0])])
+    if isinstance(arr, (list, tuple)) and arr and all(isinstance(a, np.ndarray) for a in arr):
+        return Expression([_leaf(a) for a in arr])  # one array per batch element
     value = np.asarray(arr, dtype=np.float64)
     if batched:
         if value.ndim == 0:
@@ -816,12 +819,16 @@ def concatenate_cols(xs: Sequence[Any]) -> Expression:
 
 
 def _slice(x: Expression, index: tuple) -> Expression:
-    shape = x.es[0].shape
+    """x[a:b:c, ...]; a slice past the last axis slices the batch."""
+    shape = _dshape(x.es[0].shape)
+    if len(index) > len(shape):
+        x = Expression(x.es[index[len(shape)]])
+        index = index[:len(shape)]
     box = []
     for axis, s in enumerate(index):
         if not isinstance(s, slice):
             raise TypeError("index expressions with slices, or with an int for pick")
-        box.append(tuple(int(v) for v in s.indices(_dshape(shape)[axis])))
+        box.append(tuple(int(v) for v in s.indices(shape[axis])))
     box = tuple(box)
     return _map(lambda e: G.apply("strided_slice", e, attrs=(("box", box),)), x)
 
@@ -899,7 +906,7 @@ def pickneglogsoftmax(x: Any, v: Any) -> Expression:
     """-log softmax(x)[v]; a list v gives one label per batch element."""
     if isinstance(v, (list, tuple, np.ndarray)):
         return pickneglogsoftmax_batch(x, v)
-    return _map(lambda e: _scalar(F.pick_neg_log_softmax(e, int(v))), x)
+    return _map(lambda e: _scalar(F.pick_neg_log_softmax(_vec(e), int(v))), x)
 
 
 def pickneglogsoftmax_batch(x: Any, vs: Sequence[int]) -> Expression:
@@ -907,7 +914,7 @@ def pickneglogsoftmax_batch(x: Any, vs: Sequence[int]) -> Expression:
     b = builtins.max(len(x.es), len(vs))
     if len(vs) != b:
         raise ValueError(f"pickneglogsoftmax_batch: {len(vs)} labels for a batch of {b}")
-    return Expression([_scalar(F.pick_neg_log_softmax(e, int(i)))
+    return Expression([_scalar(F.pick_neg_log_softmax(_vec(e), int(i)))
                        for e, i in zip(_elems(x, b), vs)])
 
 
@@ -915,13 +922,13 @@ def hinge(x: Any, index: Any, m: float = 1.0) -> Expression:
     """sum over j != index of max(0, m - x[index] + x[j])."""
     if isinstance(index, (list, tuple, np.ndarray)):
         return hinge_batch(x, index, m)
-    return _map(lambda e: _scalar(F.hinge(e, int(index), m)), x)
+    return _map(lambda e: _scalar(F.hinge(_vec(e), int(index), m)), x)
 
 
 def hinge_batch(x: Any, indices: Sequence[int], m: float = 1.0) -> Expression:
     x = _as_expr(x)
     b = builtins.max(len(x.es), len(indices))
-    return Expression([_scalar(F.hinge(e, int(i), m)) for e, i in zip(_elems(x, b), indices)])
+    return Expression([_scalar(F.hinge(_vec(e), int(i), m)) for e, i in zip(_elems(x, b), indices)])
 
 
 def binary_log_loss(x: Any, y: Any) -> Expression:
