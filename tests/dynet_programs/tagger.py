@@ -10,7 +10,7 @@ E = model.add_lookup_parameters((len(WORDS), 8))
 fwd = dy.LSTMBuilder(1, 8, 6, model)
 bwd = dy.LSTMBuilder(1, 8, 6, model)
 H = model.add_parameters((10, 12))
-O = model.add_parameters((len(tagset), 10))
+Wo = model.add_parameters((len(tagset), 10))
 set_parameters(model)
 trainer = dy.AdamTrainer(model, alpha=0.01)
 
@@ -20,7 +20,7 @@ def build(words):
     wembs = [E[WORDS.index(w)] for w in words]
     fw = fwd.initial_state().transduce(wembs)
     bw = bwd.initial_state().transduce(reversed(wembs))
-    h, o = dy.parameter(H), dy.parameter(O)
+    h, o = dy.parameter(H), dy.parameter(Wo)
     return [o * dy.tanh(h * dy.concatenate([f, b])) for f, b in zip(fw, reversed(bw))]
 
 
