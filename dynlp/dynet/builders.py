@@ -10,8 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import functions as F
+from .. import graph as G
+from ..ops import TABLE
 from . import expr as dy
-from .expr import STATE, Expression, _graph
+from .expr import STATE, Expression, _graph, _vec
 from .model import ConstInitializer, ParameterCollection, Parameters
 
 
@@ -199,7 +202,11 @@ class VanillaLSTMBuilder(_RNNBuilder):
     def _layer_params(self, x_dim):
         h4, add = 4 * self.hidden_dim, self.pc.add_parameters
         one, zero = ConstInitializer(1.0), ConstInitializer(0.0)
-        params = [add((h4, x_dim)), add((h4, self.hidden_dim)), add(h4, init=zero)]
+        if self.ln_lstm:
+            params = [add((h4, x_dim)), add((h4, self.hidden_dim)), add(h4, init=zero)]
+        else:  # Wx and Wh side by side in one weight, which the fused step reads
+            params = self.pc._add_column_blocks(h4, (x_dim, self.hidden_dim))
+            params.append(add(h4, init=zero))
         if self.ln_lstm:  # gh, bh, gx, bx, gc, bc, after the layer's weights (DyNet's order)
             hd = self.hidden_dim
             self.ln_params.append([add(h4, init=one), add(h4, init=zero), add(h4, init=one),
@@ -228,6 +235,8 @@ class VanillaLSTMBuilder(_RNNBuilder):
         return out if h is None else out + dy.layer_norm(wh * h, gh, bh)
 
     def _step(self, k, x, prev, mask):
+        if not self.ln_lstm:
+            return self._fused_step(k, x, prev, mask)
         hd = self.hidden_dim
         if mask is not None and mask[0] is not None:
             x = dy.cmult(x, mask[0])
@@ -243,10 +252,73 @@ class VanillaLSTMBuilder(_RNNBuilder):
         o = dy.logistic(dy.pickrange(tmp, 2 * hd, 3 * hd))
         g = dy.tanh(dy.pickrange(tmp, 3 * hd, 4 * hd))
         c = dy.cmult(i, g) if prev is None else dy.cmult(f, prev[1]) + dy.cmult(i, g)
-        if self.ln_lstm:
-            gc, bc = [p.expr() for p in self.ln_params[k][4:]]
-            return dy.cmult(o, dy.tanh(dy.layer_norm(c, gc, bc))), c
-        return dy.cmult(o, dy.tanh(c)), c
+        gc, bc = [p.expr() for p in self.ln_params[k][4:]]
+        return dy.cmult(o, dy.tanh(dy.layer_norm(c, gc, bc))), c
+
+    # The same equations as one fused `lstm_step` node per step and batch element: its gates
+    # [i; f; o; g] come from W = [Wx Wh] over [x; h] and b (plus the forget bias on f), and its
+    # state is [c; h]. A first step without a state is the step from c = h = 0 (the h term
+    # vanishes and f multiplies c = 0), which is what DyNet computes without those terms.
+    def _weights(self, k):
+        """The nodes W = [Wx Wh] and b (plus the forget bias) of layer k, once per graph."""
+        g = _graph()
+        key = (id(g), STATE.version, getattr(self, "_update", True))
+        cache = getattr(self, "_fused", None)
+        if cache is None or cache[0] != key:
+            cache = self._fused = (key, {})
+        weights = cache[1].get(k)
+        if weights is None:
+            wx, wh, pb = self.params[k]
+            update = getattr(self, "_update", True)
+            W, b = g.parameter(wx.p), pb.expr(update).es[0]
+            if not update:
+                W = F.nobackprop(W)
+            if self.forget_bias:
+                hd = self.hidden_dim
+                shift = np.zeros(4 * hd)
+                shift[hd:2 * hd] = self.forget_bias
+                b = b + g.leaf(shift)
+            weights = cache[1][k] = (W.i, b.i)
+        return g, weights
+
+    def _fused_step(self, k, x, prev, mask):
+        g, (W, b) = self._weights(k)
+        hd = self.hidden_dim
+        if prev is None:
+            states = [g.leaf(np.zeros(2 * hd))]
+        elif len(prev) > 2:
+            states = list(prev[2])
+        else:
+            states = list(dy.concatenate([prev[1], prev[0]]).es)
+        xs = [_vec(e) for e in x.es]
+        b_size = max(len(xs), len(states))
+        if mask is not None:
+            mx, mh = mask
+            x_mask = list(mx.es) if mx is not None else [g.leaf(np.ones(xs[0].shape))]
+            h_mask = dy.concatenate([dy.ones(hd), mh]).es if mh is not None \
+                else [g.leaf(np.ones(2 * hd))]
+        nodes = []
+        for j in range(b_size):
+            xj = xs[j if len(xs) > 1 else 0]
+            sj = states[j if len(states) > 1 else 0]
+            if mask is not None:
+                mxj = x_mask[j if len(x_mask) > 1 else 0]
+                msj = h_mask[j if len(h_mask) > 1 else 0]
+                node = g.add(_LSTM_MASKED, (W, b, xj.i, sj.i, mxj.i, msj.i))
+            elif type(xj) is G.Row:
+                xj._fused = True
+                node = g.add(_LSTM_LOOKUP, (W, b, xj.table, sj.i), (), g.single(xj.index))
+            else:
+                node = g.add(_LSTM, (W, b, xj.i, sj.i))
+            nodes.append(node)
+        h = Expression([G.Slice(g, (n.i,), hd, 2 * hd) for n in nodes])
+        c = Expression([G.Slice(g, (n.i,), 0, hd) for n in nodes])
+        return h, c, nodes
+
+
+_LSTM = TABLE["lstm_step"]
+_LSTM_MASKED = TABLE["lstm_step_masked"]
+_LSTM_LOOKUP = TABLE["lstm_step_lookup"]
 
 
 LSTMBuilder = VanillaLSTMBuilder

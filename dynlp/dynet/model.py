@@ -189,6 +189,9 @@ class Parameters:
         self.p.set_value(value.reshape(self.p.shape))
         STATE.dirty = True
 
+    def _store(self, value: np.ndarray) -> None:
+        self.p.value[...] = value.reshape(self.p.shape)
+
     def zero(self) -> None:
         self.p.value[...] = 0.0
 
@@ -244,6 +247,52 @@ class Parameters:
 
     def __getitem__(self, index):
         return self.expr()[index]
+
+
+class _ColumnBlock(Parameters):
+    """Columns [start, end) of a dynlp parameter that several DyNet parameters share (a
+    builder's Wx and Wh, stored side by side so that a fused step reads one weight)."""
+
+    def __init__(self, p: P.Parameter, start: int, end: int, name: str) -> None:
+        super().__init__(p, (p.shape[0], end - start))
+        self.start, self.end = start, end
+        self._name = name
+
+    def name(self) -> str:
+        return self._name
+
+    def expr(self, update: bool = True) -> Expression:
+        e = F.pick_range(_graph().parameter(self.p), self.start, self.end, 1)
+        return Expression([e if update else F.nobackprop(e)])
+
+    def as_array(self) -> np.ndarray:
+        return self.p.value[:, self.start:self.end].astype(np.float64)
+
+    def grad_as_array(self) -> np.ndarray:
+        return self.p.grad_as_array()[:, self.start:self.end].astype(np.float64)
+
+    def _store(self, value: np.ndarray) -> None:
+        self.p.value[:, self.start:self.end] = value.reshape(self._shape)
+
+    def set_value(self, value: Any) -> None:
+        value = np.asarray(value, dtype=np.float64)
+        if value.size != int(np.prod(self._shape)):
+            raise ValueError(f"{self.name()}: {value.shape} values for shape {self._shape}")
+        self._store(value)
+        STATE.dirty = True
+
+    def zero(self) -> None:
+        self.p.value[:, self.start:self.end] = 0.0
+
+    def scale(self, s: float) -> None:
+        self.p.value[:, self.start:self.end] *= float(s)
+
+    def scale_gradient(self, s: float) -> None:
+        self.p.grad[:, self.start:self.end] *= float(s)
+
+    def clip_inplace(self, left: float, right: float) -> None:
+        block = self.p.value[:, self.start:self.end]
+        np.clip(block, left, right, out=block)
 
 
 class LookupParameters(Parameters):
@@ -377,6 +426,19 @@ class ParameterCollection:
         p = self._store.add_lookup_parameters(flat.shape, init=flat, name=self._fullname(name))
         return self._register(LookupParameters(p, shape))
 
+    def _add_column_blocks(self, rows: int, widths: Sequence[int]) -> list[Parameters]:
+        """DyNet parameters (rows, w) for each w of widths, Glorot-initialized each, stored
+        side by side in one dynlp parameter."""
+        names = [self._fullname("") for _ in widths]
+        blocks = [GlorotInitializer().make((rows, w), False) for w in widths]
+        value = np.asarray(np.concatenate(blocks, axis=1), np.float32)
+        p = self._store.add_parameters(value.shape, init=value, name=names[0])
+        out, start = [], 0
+        for name, w in zip(names, widths):
+            out.append(self._register(_ColumnBlock(p, start, start + w, name)))
+            start += w
+        return out
+
     def parameters_from_numpy(self, array: Any, name: str = "", device: str = "") -> Parameters:
         array = np.asarray(array, dtype=np.float64)
         return self.add_parameters(array.shape, init=NumpyInitializer(array), name=name)
@@ -403,7 +465,7 @@ class ParameterCollection:
 
     # what dynlp's trainers read
     def parameters(self) -> Iterable[P.Parameter]:
-        return (e.p for e in self._entries)
+        return list({id(e.p): e.p for e in self._entries}.values())
 
     def clear_grads(self) -> None:
         for e in self._entries:
@@ -453,7 +515,7 @@ def _assign(e: Parameters, value: np.ndarray, fname: str, name: str) -> None:
     if tuple(value.shape) != tuple(e.shape()):
         raise P.ModelFileError(f"{fname}: {name!r} has shape {value.shape} in the file, "
                                f"{e.shape()} in the model")
-    e.p.value[...] = value.reshape(e.p.shape)
+    e._store(value)
 
 
 def _save_entries(fname: str, entries: list[tuple[str, Parameters]], append: bool) -> None:
