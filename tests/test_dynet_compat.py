@@ -560,6 +560,7 @@ def test_runner_binds_dynet_and_dynet_config(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     try:
         assert runner.main([str(script), "--dynet-seed", "3"]) == 3
+        assert runner.main(["--dynet-autobatch", "0", str(script), "--dynet-seed", "3"]) == 3
     finally:
         for k, v in saved.items():
             if v is None:
@@ -567,5 +568,5 @@ def test_runner_binds_dynet_and_dynet_config(tmp_path, capsys, monkeypatch):
             else:
                 sys.modules[k] = v
         config.set()
-    assert capsys.readouterr().out == "dynlp.dynet ['--dynet-seed', '3']\n"
+    assert capsys.readouterr().out == "dynlp.dynet ['--dynet-seed', '3']\n" * 2
     assert runner.main([str(tmp_path / "missing.py")]) == 2
