@@ -187,7 +187,6 @@ class Parameters:
         if value.size != int(np.prod(self._shape)):
             raise ValueError(f"{self.name()}: {value.shape} values for shape {self._shape}")
         self.p.set_value(value.reshape(self.p.shape))
-        STATE.dirty = True
 
     def _store(self, value: np.ndarray) -> None:
         self.p.value[...] = value.reshape(self.p.shape)
@@ -279,7 +278,6 @@ class _ColumnBlock(Parameters):
         if value.size != int(np.prod(self._shape)):
             raise ValueError(f"{self.name()}: {value.shape} values for shape {self._shape}")
         self._store(value)
-        STATE.dirty = True
 
     def zero(self) -> None:
         self.p.value[:, self.start:self.end] = 0.0
@@ -314,7 +312,6 @@ class LookupParameters(Parameters):
 
     def init_row(self, i: int, row: Any) -> None:
         self.p.value[int(i)] = np.asarray(row, dtype=np.float64).reshape(self.p.shape[1:])
-        STATE.dirty = True
 
     def init_from_array(self, arr: Any) -> None:
         self.set_value(arr)
@@ -499,7 +496,6 @@ class ParameterCollection:
                                        f"{key!r} in the file, {len(mine)} in the model")
             for e, (n, v) in zip(mine, theirs):
                 _assign(e, v, fname, n)
-        STATE.dirty = True
 
 
 Model = ParameterCollection
@@ -648,7 +644,6 @@ def load_generator(basename: str, m: ParameterCollection) -> Iterable[Any]:
         for e, v in zip(targets, values):
             _assign(e, v, basename, e.name())
         yield obj
-    STATE.dirty = True
 
 
 def load(basename: str, m: ParameterCollection) -> list[Any]:

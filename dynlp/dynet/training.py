@@ -25,7 +25,6 @@ class _DyNetTrainer:
             for p in self.pc.parameters():
                 if p.updated:
                     p.value *= 1.0 - decay
-        STATE.dirty = True  # parameters changed: a graph that is read again recomputes
 
     def update_subset(self, updated_params: Any, updated_lookups: Any = ()) -> None:
         self.update()
