@@ -314,18 +314,25 @@ def _elems(x: Expression, b: int) -> Sequence[G.Expression]:
 
 
 def _map(fn: Callable, x: Any) -> Expression:
-    x = _as_expr(x)
-    return Expression([fn(e) for e in x.es])
+    es = (x if type(x) is Expression else _as_expr(x)).es
+    if len(es) == 1:
+        return Expression((fn(es[0]),))
+    return Expression([fn(e) for e in es])
 
 
 def _map2(fn: Callable, x: Any, y: Any) -> Expression:
-    x, y = _as_expr(x), _as_expr(y)
+    x = x if type(x) is Expression else _as_expr(x)
+    y = y if type(y) is Expression else _as_expr(y)
+    if len(x.es) == 1 and len(y.es) == 1:
+        return Expression((fn(x.es[0], y.es[0]),))
     b = _batches(x, y)
     return Expression([fn(a, c) for a, c in zip(_elems(x, b), _elems(y, b))])
 
 
 def _mapn(fn: Callable, xs: Sequence[Any]) -> Expression:
-    xs = [_as_expr(x) for x in xs]
+    xs = [x if type(x) is Expression else _as_expr(x) for x in xs]
+    if all(len(x.es) == 1 for x in xs):
+        return Expression((fn([x.es[0] for x in xs]),))
     b = _batches(*xs)
     cols = [_elems(x, b) for x in xs]
     return Expression([fn(list(parts)) for parts in zip(*cols)])
@@ -611,11 +618,11 @@ def affine_transform(exprs: Sequence[Any]) -> Expression:
     exprs = list(exprs)
     if len(exprs) == 1:
         return _as_expr(exprs[0])
-    shapes_ok = all(len(_as_expr(e).es[0].shape) <= 2 for e in exprs)
 
     def one(parts: list) -> G.Expression:
         b, rest = parts[0], parts[1:]
-        if shapes_ok and all(len(x.shape) == 1 for x in rest[1::2]) and len(b.shape) == 1:
+        if len(b.shape) == 1 and all(len(x.shape) == 1 for x in rest[1::2]) \
+                and all(len(w.shape) == 2 for w in rest[0::2]):
             return F.affine_transform([b] + rest)
         out = b
         for w, x in zip(rest[0::2], rest[1::2]):

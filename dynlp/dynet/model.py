@@ -153,6 +153,7 @@ class Parameters:
     def __init__(self, p: P.Parameter, shape: tuple[int, ...]) -> None:
         self.p = p
         self._shape = shape
+        self._expr: tuple | None = None  # (graph, this parameter's expression in it)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name()!r}, {self._shape})"
@@ -167,8 +168,15 @@ class Parameters:
         return self._shape, 1
 
     def expr(self, update: bool = True) -> Expression:
-        e = _graph().parameter(self.p)
-        return Expression([e if update else F.nobackprop(e)])
+        g = _graph()
+        cached = self._expr
+        if cached is not None and cached[0] is g and update:
+            return cached[1]
+        e = g.parameter(self.p)
+        out = Expression((e if update else F.nobackprop(e),))
+        if update:
+            self._expr = (g, out)
+        return out
 
     def value(self) -> Any:
         return self.expr().value()
