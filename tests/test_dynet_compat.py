@@ -572,3 +572,33 @@ def test_runner_binds_dynet_and_dynet_config(tmp_path, capsys, monkeypatch):
         config.set()
     assert capsys.readouterr().out == "dynlp.dynet ['--dynet-seed', '3']\n" * 2
     assert runner.main([str(tmp_path / "missing.py")]) == 2
+
+
+def test_sparse_lstm_is_the_vanilla_lstm_under_its_masks():
+    m = dy.ParameterCollection()
+    sparse = dy.SparseLSTMBuilder(1, 3, 4, m)
+    ps = _params(sparse)[0]
+    for mask in sparse.get_parameters()[0][3:]:
+        mask.set_value(np.ones(mask.shape()))
+    xs = list(np.random.default_rng(6).normal(size=(3, 3)))
+    dy.renew_cg()
+    got = sparse.initial_state().transduce([dy.inputTensor(x) for x in xs])
+    np.testing.assert_allclose(got[-1].npvalue(), _vanilla(ps[:3], xs, 4)[-1], rtol=1e-4)
+    masks = [np.ones((16, 3)), np.ones((16, 4))]
+    masks[0][:, 1] = 0.0
+    sparse.get_parameters()[0][3].set_value(masks[0])
+    dy.renew_cg()
+    got = sparse.initial_state().transduce([dy.inputTensor(x) for x in xs])
+    want = _vanilla([ps[0] * masks[0], ps[1], ps[2]], xs, 4)
+    np.testing.assert_allclose(got[-1].npvalue(), want[-1], rtol=1e-4)
+
+
+def test_parameters_stand_for_their_expressions():
+    m = dy.ParameterCollection()
+    p = m.parameters_from_numpy(np.arange(5.0))
+    dy.renew_cg()
+    x = dy.inputTensor(np.arange(5.0).reshape(1, 5))
+    (x * p).backward()
+    np.testing.assert_allclose(p.grad_as_array(), np.arange(5.0))
+    np.testing.assert_allclose(p.npvalue(), np.arange(5.0))
+    assert dy.sum_elems(p).value() == 10.0

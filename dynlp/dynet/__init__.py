@@ -6,11 +6,11 @@ binds the names `dynet` and `dynet_config` to this package. See docs/DYNET.md.
 from . import config as dynet_config
 from .builders import (BiRNNBuilder, ClassFactoredSoftmaxBuilder, CompactVanillaLSTMBuilder,
                        CoupledLSTMBuilder, FastLSTMBuilder, GRUBuilder, LSTMBuilder, RNNState,
-                       SimpleRNNBuilder, SoftmaxBuilder, StandardSoftmaxBuilder,
-                       VanillaLSTMBuilder)
+                       SimpleRNNBuilder, SoftmaxBuilder, SparseLSTMBuilder,
+                       StandardSoftmaxBuilder, VanillaLSTMBuilder)
 from . import expr as _expr
 from .expr import *  # noqa: F401,F403
-from .expr import STATE, ComputationGraph, Expression
+from .expr import STATE
 from .model import (ConstInitializer, FromVectorInitializer, GlorotInitializer,
                     IdentityInitializer, LeCunUniformInitializer, LookupParameters, Model,
                     NormalInitializer, NumpyInitializer, ParameterCollection, Parameters,
@@ -32,23 +32,6 @@ def reset_random_seed(seed: int) -> None:
 def init(shared_parameters: bool | None = None) -> None:
     """Read the `--dynet-*` flags (done once on import already)."""
     dynet_config.init_from_argv()
-
-__all__ = [name for name, value in vars(_expr).items()
-           if not name.startswith("_") and getattr(value, "__module__", None) == _expr.__name__]
-__all__ += [
-    "dynet_config", "BiRNNBuilder", "ClassFactoredSoftmaxBuilder", "CompactVanillaLSTMBuilder",
-    "CoupledLSTMBuilder", "FastLSTMBuilder", "GRUBuilder", "LSTMBuilder", "RNNState",
-    "SimpleRNNBuilder", "SoftmaxBuilder", "StandardSoftmaxBuilder", "VanillaLSTMBuilder",
-    "ComputationGraph", "Expression", "ConstInitializer", "FromVectorInitializer",
-    "GlorotInitializer", "IdentityInitializer", "LeCunUniformInitializer", "LookupParameters",
-    "Model", "NormalInitializer", "NumpyInitializer", "ParameterCollection", "Parameters",
-    "PyInitializer", "SaxeInitializer", "UniformInitializer", "const_lookup", "const_parameter",
-    "load", "load_generator", "lookup", "lookup_batch", "parameter", "save", "AdadeltaTrainer",
-    "AdagradTrainer", "AdamTrainer", "AmsgradTrainer", "CyclicalSGDTrainer",
-    "MomentumSGDTrainer", "RMSPropTrainer", "SimpleSGDTrainer", "Trainer", "StackedRNNState",
-    "HAVE_CUDA", "reset_random_seed", "init", "DynetParams", "init_from_params", "np",
-]
-np = _expr.np
 
 
 class DynetParams:
@@ -96,8 +79,8 @@ __all__ = [name for name, value in vars(_expr).items()
 __all__ += [
     "dynet_config", "BiRNNBuilder", "ClassFactoredSoftmaxBuilder", "CompactVanillaLSTMBuilder",
     "CoupledLSTMBuilder", "FastLSTMBuilder", "GRUBuilder", "LSTMBuilder", "RNNState",
-    "SimpleRNNBuilder", "SoftmaxBuilder", "StandardSoftmaxBuilder", "VanillaLSTMBuilder",
-    "ComputationGraph", "Expression", "ConstInitializer", "FromVectorInitializer",
+    "SimpleRNNBuilder", "SoftmaxBuilder", "SparseLSTMBuilder", "StandardSoftmaxBuilder",
+    "VanillaLSTMBuilder", "ConstInitializer", "FromVectorInitializer",
     "GlorotInitializer", "IdentityInitializer", "LeCunUniformInitializer", "LookupParameters",
     "Model", "NormalInitializer", "NumpyInitializer", "ParameterCollection", "Parameters",
     "PyInitializer", "SaxeInitializer", "UniformInitializer", "const_lookup", "const_parameter",

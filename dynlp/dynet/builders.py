@@ -324,6 +324,49 @@ _LSTM_LOOKUP = TABLE["lstm_step_lookup"]
 LSTMBuilder = VanillaLSTMBuilder
 
 
+class SparseLSTMBuilder(VanillaLSTMBuilder):
+    """VanillaLSTMBuilder whose Wx and Wh are multiplied by fixed 0/1 masks (all ones until
+    `set_sparsity(p)` zeroes a fraction p of each), kept as two more parameters per layer."""
+
+    collection_name = "vanilla-lstm-builder"
+
+    def __init__(self, layers: int, input_dim: int, hidden_dim: int,
+                 model: ParameterCollection) -> None:
+        super().__init__(layers, input_dim, hidden_dim, model)
+        self.spec = (self.layers, self.input_dim, self.hidden_dim)
+
+    def _layer_params(self, x_dim):
+        h4, add = 4 * self.hidden_dim, self.pc.add_parameters
+        one, zero = ConstInitializer(1.0), ConstInitializer(0.0)
+        params = [add((h4, x_dim)), add((h4, self.hidden_dim)), add(h4, init=zero),
+                  add((h4, x_dim), init=one), add((h4, self.hidden_dim), init=one)]
+        for mask in params[3:]:
+            mask.set_updated(False)
+        return params
+
+    def set_sparsity(self, percent: float) -> None:
+        for layer in self.params:
+            for mask in layer[3:]:
+                mask.set_value(STATE.rng.random(mask.shape()) >= float(percent))
+
+    def _weights(self, k):
+        g = _graph()
+        key = (id(g), STATE.version, getattr(self, "_update", True))
+        cache = getattr(self, "_fused", None)
+        if cache is None or cache[0] != key:
+            cache = self._fused = (key, {})
+        weights = cache[1].get(k)
+        if weights is None:
+            wx, wh, b, mx, mh = [e.es[0] for e in self._exprs(k)]
+            W = F.concatenate_cols([wx * F.nobackprop(mx), wh * F.nobackprop(mh)])
+            if self.forget_bias:
+                shift = np.zeros(4 * self.hidden_dim)
+                shift[self.hidden_dim:2 * self.hidden_dim] = self.forget_bias
+                b = b + g.leaf(shift)
+            weights = cache[1][k] = (W.i, b.i)
+        return g, weights
+
+
 class CompactVanillaLSTMBuilder(VanillaLSTMBuilder):
     """VanillaLSTMBuilder's equations (DyNet computes them in fused nodes)."""
 

@@ -178,11 +178,27 @@ class Parameters:
             self._expr = (g, out)
         return out
 
-    def value(self) -> Any:
-        return self.expr().value()
+    # a parameter stands for its expression in the current graph (DyNet 2.1)
+    def value(self, recalculate: bool = False) -> Any:
+        return self.expr().value(recalculate)
 
-    def npvalue(self) -> np.ndarray:
-        return self.as_array()
+    def npvalue(self, recalculate: bool = False) -> np.ndarray:
+        return self.expr().npvalue(recalculate)
+
+    def scalar_value(self, recalculate: bool = False) -> float:
+        return self.expr().scalar_value(recalculate)
+
+    def vec_value(self, recalculate: bool = False) -> list[float]:
+        return self.expr().vec_value(recalculate)
+
+    def forward(self, recalculate: bool = False) -> None:
+        self.expr().forward(recalculate)
+
+    def backward(self, full: bool = False) -> None:
+        self.expr().backward(full)
+
+    def gradient(self) -> np.ndarray:
+        return self.expr().gradient()
 
     def as_array(self) -> np.ndarray:
         return self.p.value.astype(np.float64).reshape(self._shape)
