@@ -602,3 +602,34 @@ def test_parameters_stand_for_their_expressions():
     np.testing.assert_allclose(p.grad_as_array(), np.arange(5.0))
     np.testing.assert_allclose(p.npvalue(), np.arange(5.0))
     assert dy.sum_elems(p).value() == 10.0
+
+
+def test_lstm_dropout_masks_enter_dynets_equations():
+    """Variational dropout: x * mask_x and h * mask_h in every step (the fused step's masks)."""
+    m = dy.ParameterCollection()
+    rnn = dy.VanillaLSTMBuilder(1, 3, 4, m)
+    ps = _params(rnn)[0]
+    rnn.set_dropouts(0.5, 0.5)
+    xs = list(np.random.default_rng(7).normal(size=(3, 3)))
+    dy.renew_cg()
+    states = rnn.initial_state().add_inputs([dy.inputTensor(x) for x in xs])
+    mx, mh = [e.npvalue() for e in states[0].masks[0]]
+    wx, wh, b = ps
+    h = c = None
+    for x, state in zip(xs, states):
+        t = b + wx @ (x * mx) + (0 if h is None else wh @ (h * mh))
+        i, f, o = sigmoid(t[:4]), sigmoid(t[4:8] + 1.0), sigmoid(t[8:12])
+        c = i * np.tanh(t[12:]) if c is None else f * c + i * np.tanh(t[12:])
+        h = o * np.tanh(c)
+        np.testing.assert_allclose(state.output().npvalue(), h, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: dy.VanillaLSTMBuilder(2, 2, 3, m), lambda m: dy.GRUBuilder(1, 2, 3, m),
+    lambda m: dy.CoupledLSTMBuilder(1, 2, 3, m), lambda m: dy.SimpleRNNBuilder(1, 2, 3, m),
+    lambda m: dy.VanillaLSTMBuilder(1, 2, 3, m, ln_lstm=True)])
+def test_gradients_through_builders(make):
+    m = dy.ParameterCollection()
+    builder = make(m)
+    _through(lambda a, b: builder.initial_state().transduce([a, b])[-1],
+             np.array([0.5, -1.0]), np.array([1.5, 0.3]))

@@ -262,11 +262,11 @@ class VanillaLSTMBuilder(_RNNBuilder):
     def _weights(self, k):
         """The nodes W = [Wx Wh] and b (plus the forget bias) of layer k, once per graph."""
         g = _graph()
-        key = (id(g), STATE.version, getattr(self, "_update", True))
+        update = getattr(self, "_update", True)
         cache = getattr(self, "_fused", None)
-        if cache is None or cache[0] != key:
-            cache = self._fused = (key, {})
-        weights = cache[1].get(k)
+        if cache is None or cache[0] is not g or cache[1] != update:
+            cache = self._fused = (g, update, {})
+        weights = cache[2].get(k)
         if weights is None:
             wx, wh, pb = self.params[k]
             update = getattr(self, "_update", True)
@@ -278,7 +278,7 @@ class VanillaLSTMBuilder(_RNNBuilder):
                 shift = np.zeros(4 * hd)
                 shift[hd:2 * hd] = self.forget_bias
                 b = b + g.leaf(shift)
-            weights = cache[1][k] = (W.i, b.i)
+            weights = cache[2][k] = (W.i, b.i)
         return g, weights
 
     def _fused_step(self, k, x, prev, mask):
@@ -351,11 +351,11 @@ class SparseLSTMBuilder(VanillaLSTMBuilder):
 
     def _weights(self, k):
         g = _graph()
-        key = (id(g), STATE.version, getattr(self, "_update", True))
+        update = getattr(self, "_update", True)
         cache = getattr(self, "_fused", None)
-        if cache is None or cache[0] != key:
-            cache = self._fused = (key, {})
-        weights = cache[1].get(k)
+        if cache is None or cache[0] is not g or cache[1] != update:
+            cache = self._fused = (g, update, {})
+        weights = cache[2].get(k)
         if weights is None:
             wx, wh, b, mx, mh = [e.es[0] for e in self._exprs(k)]
             W = F.concatenate_cols([wx * F.nobackprop(mx), wh * F.nobackprop(mh)])
@@ -363,7 +363,7 @@ class SparseLSTMBuilder(VanillaLSTMBuilder):
                 shift = np.zeros(4 * self.hidden_dim)
                 shift[self.hidden_dim:2 * self.hidden_dim] = self.forget_bias
                 b = b + g.leaf(shift)
-            weights = cache[1][k] = (W.i, b.i)
+            weights = cache[2][k] = (W.i, b.i)
         return g, weights
 
 
