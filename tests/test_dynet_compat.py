@@ -633,3 +633,32 @@ def test_gradients_through_builders(make):
     builder = make(m)
     _through(lambda a, b: builder.initial_state().transduce([a, b])[-1],
              np.array([0.5, -1.0]), np.array([1.5, 0.3]))
+
+
+def test_dynlp_run_dynet_command(tmp_path, capsys, monkeypatch):
+    from dynlp import cli
+    script = tmp_path / "prog.py"
+    script.write_text("import dynet as dy\nprint(dy.esum([dy.scalarInput(1), dy.scalarInput(2)])"
+                      ".value())\n")
+    saved = {k: sys.modules.get(k) for k in ("dynet", "_dynet", "dynet_config")}
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        assert cli.main(["run-dynet", str(script)]) == 0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    assert capsys.readouterr().out == "3.0\n"
+
+
+def test_expressions_iterate_by_index_as_in_dynet():
+    dy.renew_cg()
+    weights = dy.softmax(dy.inputVector([1.0, 2.0, 3.0]))
+    assert [w.dim() for w in weights] == [((1,), 1)] * 3
+    vectors = [dy.inputVector([1.0, 1.0]), dy.inputVector([2.0, 2.0])]
+    total = dy.esum([v * w for v, w in zip(vectors, weights)])  # DyNet's attention example
+    p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+    np.testing.assert_allclose(total.npvalue(), [p[0] + 2 * p[1]] * 2, rtol=1e-5)

@@ -277,9 +277,6 @@ class Expression:
             return _slice(self, index)
         raise TypeError(f"cannot index an expression with {type(index).__name__}")
 
-    def __iter__(self):
-        raise TypeError("an Expression is not iterable; index it with x[i]")
-
     __hash__ = object.__hash__
 
 
