@@ -662,3 +662,34 @@ def test_expressions_iterate_by_index_as_in_dynet():
     total = dy.esum([v * w for v, w in zip(vectors, weights)])  # DyNet's attention example
     p = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
     np.testing.assert_allclose(total.npvalue(), [p[0] + 2 * p[1]] * 2, rtol=1e-5)
+
+
+def test_special_functions_and_contractions_against_numpy():
+    dy.renew_cg()
+    a = np.array([[2.0, 1.0], [1.0, 3.0]])
+    x = dy.inputTensor(a)
+    np.testing.assert_allclose(dy.inverse(x).npvalue(), np.linalg.inv(a), rtol=1e-5)
+    assert dy.logdet(x).value() == pytest.approx(np.log(5.0), rel=1e-5)
+    assert dy.trace_of_product(x, x).value() == pytest.approx(np.trace(a @ a.T))
+    np.testing.assert_allclose(dy.cumsum(x, 1).npvalue(), np.cumsum(a, 1))
+    np.testing.assert_allclose(dy.argmax(dy.inputVector([1, 3, 2])).npvalue(), [0, 1, 0])
+    np.testing.assert_allclose(dy.floor(dy.inputVector([1.5, -0.5])).npvalue(), [1, -1])
+    assert dy.erf(dy.scalarInput(0.5)).value() == pytest.approx(0.5204998778, rel=1e-5)
+    t, y, z = np.arange(24.0).reshape(2, 3, 4), np.arange(4.0), np.arange(3.0)
+    np.testing.assert_allclose(dy.contract3d_1d(dy.inputTensor(t), dy.inputTensor(y)).npvalue(),
+                               np.einsum("ijk,k->ij", t, y))
+    np.testing.assert_allclose(dy.contract3d_1d_1d(dy.inputTensor(t), dy.inputTensor(z),
+                                                   dy.inputTensor(y)).npvalue(),
+                               np.einsum("ijk,j,k->i", t, z, y))
+    b = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(dy.std_batches(dy.inputTensor(b, batched=True)).npvalue(),
+                               b.std(1), rtol=1e-5)
+    assert dy.pairwise_rank_loss(dy.scalarInput(0.2), dy.scalarInput(0.5)).value() == \
+        pytest.approx(1.3)
+
+
+@pytest.mark.parametrize("f", [dy.inverse, dy.logdet, lambda x: dy.cumsum(x, 1),
+                               lambda x: dy.contract3d_1d(dy.reshape(x, (2, 2, 1)),
+                                                          dy.inputVector([2.0]))])
+def test_gradients_of_matrix_functions(f):
+    _through(f, np.array([[2.0, 0.5], [0.3, 1.5]]))

@@ -540,6 +540,46 @@ atanh = _unary(lambda x: F.log((1.0 + x) / (1.0 - x)) * 0.5)
 softsign = _unary(lambda x: x / (F.absolute(x) + 1.0))
 
 
+asin = _unary(lambda x: G.unary("asin", x))
+acos = _unary(lambda x: G.unary("acos", x))
+atan = _unary(lambda x: G.unary("atan", x))
+erf = _unary(lambda x: G.unary("erf", x))
+
+
+def _constant_like(x: Any, values: Callable[[np.ndarray], np.ndarray],
+                   gradient_mode: str) -> Expression:
+    """A function of x's value computed now, as a constant: zero_gradient, or
+    straight_through_gradient (the gradient of x passes unchanged)."""
+    x = _as_expr(x)
+    out = []
+    for e in x.es:
+        const = e.g.leaf(values(e.npvalue()))
+        out.append(const + e - F.nobackprop(e) if gradient_mode == "straight_through_gradient"
+                   else const)
+    return Expression(out)
+
+
+def round(x: Any, gradient_mode: str = "zero_gradient") -> Expression:  # noqa: A001
+    return _constant_like(x, np.round, gradient_mode)
+
+
+def ceil(x: Any, gradient_mode: str = "zero_gradient") -> Expression:
+    return _constant_like(x, np.ceil, gradient_mode)
+
+
+def floor(x: Any, gradient_mode: str = "zero_gradient") -> Expression:
+    return _constant_like(x, np.floor, gradient_mode)
+
+
+def argmax(x: Any, gradient_mode: str = "zero_gradient") -> Expression:
+    """The one-hot vector of x's largest entry."""
+    def one_hot(v):
+        out = np.zeros_like(v)
+        out.flat[int(np.argmax(v))] = 1.0
+        return out
+    return _constant_like(x, one_hot, gradient_mode)
+
+
 def elu(x: Any, alpha: float = 1.0) -> Expression:
     return _map(lambda e: F.elu(e, alpha), x)
 
@@ -629,7 +669,48 @@ def affine_transform(exprs: Sequence[Any]) -> Expression:
 
 
 def inverse(x: Any) -> Expression:
-    raise NotImplementedError("inverse is not available in dynlp.dynet")
+    return _map(lambda e: G.unary("inverse", e), x)
+
+
+def logdet(x: Any) -> Expression:
+    return _map(lambda e: _scalar(G.unary("logdet", e)), x)
+
+
+def trace_of_product(x: Any, y: Any) -> Expression:
+    """tr(x y^T), the sum of the elementwise product."""
+    return dot_product(x, y)
+
+
+def contract3d_1d(x: Any, y: Any) -> Expression:
+    """x (i, j, k), y (k,) -> (i, j): sum over k of x_ijk y_k."""
+    def one(a, b):
+        i, j, k = a.shape
+        return F.reshape(G.matmul(F.reshape(a, (i * j, k)), b), (i, j))
+    return _map2(one, x, y)
+
+
+def contract3d_1d_bias(x: Any, y: Any, b: Any) -> Expression:
+    return contract3d_1d(x, y) + b
+
+
+def contract3d_1d_1d(x: Any, y: Any, z: Any) -> Expression:
+    """x (i, j, k), y (j,), z (k,) -> (i,): sum over j, k of x_ijk y_j z_k."""
+    return contract3d_1d(x, z) * y
+
+
+def contract3d_1d_1d_bias(x: Any, y: Any, z: Any, b: Any) -> Expression:
+    return contract3d_1d_1d(x, y, z) + b
+
+
+def cumsum(x: Any, d: int = 0) -> Expression:
+    """Cumulative sums along axis d of a vector or matrix."""
+    def one(e):
+        n = e.shape[int(d)]
+        lower = e.g.leaf(np.tril(np.ones((n, n))))
+        if int(d) == 0:
+            return G.matmul(lower, e)
+        return F.transpose(G.matmul(lower, F.transpose(e)))
+    return _map(one, x)
 
 
 # -- reductions -----------------------------------------------------------------------------------
@@ -752,6 +833,17 @@ def sum_batches(x: Any) -> Expression:
 def mean_batches(x: Any) -> Expression:
     x = _as_expr(x)
     return sum_batches(x) * (1.0 / len(x.es))
+
+
+def moment_batches(x: Any, r: int) -> Expression:
+    x = _as_expr(x)
+    return mean_batches(_map(lambda e: F.power(e, float(r)), x))
+
+
+def std_batches(x: Any) -> Expression:
+    x = _as_expr(x)
+    centered = x - mean_batches(x)
+    return sqrt(mean_batches(_map(F.square, centered)))
 
 
 def pick_batch_elem(x: Any, i: int) -> Expression:
@@ -933,6 +1025,11 @@ def hinge_batch(x: Any, indices: Sequence[int], m: float = 1.0) -> Expression:
     x = _as_expr(x)
     b = builtins.max(len(x.es), len(indices))
     return Expression([_scalar(F.hinge(_vec(e), int(i), m)) for e, i in zip(_elems(x, b), indices)])
+
+
+def pairwise_rank_loss(x: Any, y: Any, m: float = 1.0) -> Expression:
+    """max(0, m - x + y), per batch element."""
+    return _arith(lambda a, b: F.rectify(float(m) - a + b), x, y)
 
 
 def binary_log_loss(x: Any, y: Any) -> Expression:
