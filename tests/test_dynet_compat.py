@@ -693,3 +693,19 @@ def test_special_functions_and_contractions_against_numpy():
                                                           dy.inputVector([2.0]))])
 def test_gradients_of_matrix_functions(f):
     _through(f, np.array([[2.0, 0.5], [0.3, 1.5]]))
+
+
+def test_a_model_trained_with_dynet_loads_and_computes_what_dynet_computed():
+    """dynet_text.model: written by DyNet 2.1's ParameterCollection.save (its text format) for
+    this model; DyNet computed [-0.14699179, 0.04634294] for this input."""
+    m = dy.ParameterCollection()
+    E = m.add_lookup_parameters((5, 3), name="emb")
+    rnn = dy.VanillaLSTMBuilder(1, 3, 4, m)
+    gru = dy.GRUBuilder(1, 4, 2, m)
+    W = m.add_parameters((2, 2), name="out")
+    m.populate(str(PROGRAMS / "dynet_text.model"))
+    dy.renew_cg()
+    hs = rnn.initial_state().transduce([E[i] for i in [0, 3, 1, 4]])
+    out = W * gru.initial_state().transduce(hs)[-1]
+    np.testing.assert_allclose(out.npvalue(), [-0.1469917893409729, 0.046342939138412476],
+                               rtol=1e-5)
