@@ -813,6 +813,7 @@ def esum(xs: Sequence[Any]) -> Expression:
 
 
 def average(xs: Sequence[Any]) -> Expression:
+    xs = list(xs)
     return esum(xs) * (1.0 / len(xs))
 
 
