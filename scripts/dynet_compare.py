@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             for a, b in zip(theirs, ours):
                 print(f"    DyNet: {a}\n    dynlp: {b}")
     if args.record:
+        version = run([sys.executable, "-c", "import dynet; print(dynet.__version__)"],
+                      dynet_env)[0][-1]
         Path(args.record).write_text(json.dumps(
-            {"recorded_with": f"DyNet, python PROGRAM.py {' '.join(extra)}".strip(),
+            {"recorded_with": f"DyNet {version}: python PROGRAM.py {' '.join(extra)}".strip(),
              "outputs": recorded}, indent=1) + "\n")
     return 1 if failed else 0
 

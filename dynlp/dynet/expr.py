@@ -1118,7 +1118,12 @@ def noise(x: Any, stddev: float) -> Expression:
 def conv2d(x: Any, f: Any, stride: Sequence[int], is_valid: bool = True) -> Expression:
     """x (h, w, c) correlated with f (fh, fw, c, out) -> (h', w', out)."""
     attrs = (("stride", tuple(int(s) for s in stride)), ("valid", bool(is_valid)))
-    return _map2(lambda a, w: G.apply("conv2d", a, w, attrs=attrs), x, f)
+    return _map2(lambda a, w: G.apply("conv2d", _image(a), w, attrs=attrs), x, f)
+
+
+def _image(e: G.Expression) -> G.Expression:
+    """An image (h, w) as (h, w, 1): one channel."""
+    return F.reshape(e, e.shape + (1,)) if len(e.shape) == 2 else e
 
 
 def conv2d_bias(x: Any, f: Any, b: Any, stride: Sequence[int],
@@ -1131,7 +1136,7 @@ def maxpooling2d(x: Any, ksize: Sequence[int], stride: Sequence[int],
                  is_valid: bool = True) -> Expression:
     attrs = (("ksize", tuple(int(k) for k in ksize)),
              ("stride", tuple(int(s) for s in stride)), ("valid", bool(is_valid)))
-    return _map(lambda e: G.apply("maxpooling2d", e, attrs=attrs), x)
+    return _map(lambda e: G.apply("maxpooling2d", _image(e), attrs=attrs), x)
 
 
 def kmax_pooling(x: Any, k: int, d: int = 1) -> Expression:
