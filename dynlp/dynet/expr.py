@@ -995,10 +995,6 @@ def log_softmax(x: Any, restrict: Sequence[int] | None = None) -> Expression:
     return _map(one, x)
 
 
-def sparsemax(x: Any) -> Expression:
-    raise NotImplementedError("sparsemax is not available in dynlp.dynet")
-
-
 def pickneglogsoftmax(x: Any, v: Any) -> Expression:
     """-log softmax(x)[v]; a list v gives one label per batch element."""
     if isinstance(v, (list, tuple, np.ndarray)):
