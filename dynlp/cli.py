@@ -48,6 +48,7 @@ commands:
   data              list and fetch the known datasets (dynlp data list | fetch NAME)
   trace             forward, tangent and adjoint traces of a small formula (for teaching)
   bench             the autobatching benchmark (scripts/bench_autobatch.py)
+  run-dynet SCRIPT  run a DyNet program unmodified on dynlp (see docs/DYNET.md)
 
 'dynlp COMMAND RECIPE --help' documents every option with its default.
 """
@@ -242,7 +243,13 @@ def command_bench(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
 
 
-OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench}
+def command_run_dynet(argv: Sequence[str]) -> int:
+    from .dynet.runner import main as run_dynet
+    return run_dynet(list(argv))
+
+
+OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench,
+                  "run-dynet": command_run_dynet}
 
 
 # -------------------------------------------------------------------------------------------------
