@@ -16,7 +16,7 @@ import dynlp as dn
 from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
 from dynlp.metrics import accuracy
 from dynlp.nn import MLP, Embedding
-from dynlp.train import RecipeModel, add_model_arguments
+from dynlp.train import MAX_SIZE, Limit, RecipeModel, add_model_arguments
 
 NAME = "treelstm"
 MAIN_METRIC = "root_fine"
@@ -48,14 +48,25 @@ _HELP = {
 }
 
 
+# the allowed values of the model settings (checked on the command line and in model files)
+LIMITS = {
+    "embedding_dim": Limit(1, MAX_SIZE), "hidden_dim": Limit(1, MAX_SIZE),
+    "embedding_dropout": Limit(0, 1, integer=False, open_high=True),
+    "dropout": Limit(0, 1, integer=False, open_high=True),
+    "word_dropout": Limit(0, 1e6, integer=False),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model sizes, dropout rates and word normalization."""
     add_model_arguments(parser, DEFAULTS, _HELP)
 
 
-def read_examples(path: str | Path) -> list[Tree]:
-    """SST trees, one per line (raises dynlp.data.TreeError naming file, line and column)."""
-    return read_trees(path)
+def read_examples(path: str | Path, purpose: str = "train",
+                  config: dict | None = None) -> list[Tree]:
+    """SST trees, one per line (raises dynlp.data.TreeError naming file, line and column).
+    Every tree must be binary; training and evaluation also need labels 0-4 at every node."""
+    return read_trees(path, fine_labels=purpose != "predict", binary=True)
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
