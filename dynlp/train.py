@@ -26,6 +26,7 @@ import dynlp as dn
 
 from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
+from .data.files import remove_stale_temporaries
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
@@ -464,6 +465,8 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     _check(recipe, config)
     out = Path(out)
     _check_out(out, resume, overwrite)
+    if out.is_dir():
+        remove_stale_temporaries(out, RUN_FILES)  # what a killed run (SIGKILL) left
     if config.get("limit") is not None:
         train_examples = train_examples[:int(config["limit"])]
     if not train_examples:

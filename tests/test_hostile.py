@@ -777,3 +777,27 @@ def test_atomic_write_removes_its_file_on_any_exception(tmp_path):
                 handle.write(b"new, partial")
                 raise error
         assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
+def test_killed_run_leaves_no_temporary_behind_the_next_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "tagger", *data_args("tagger"), "--out", out, *SMALL["tagger"]]
+    assert run(capsys, [*argv, "--epochs", "1"])[0] == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = out / f".checkpoint.npz.{dead}.0a1b2c3d.tmp"  # as a SIGKILL during a write leaves
+    stale.write_bytes(b"partial")
+    assert run(capsys, [*argv, "--epochs", "2", "--resume"])[0] == 0
+    assert leftovers(out) == []
+
+
+def test_binarize_offers_help_for_non_binary_trees(tmp_path, capsys):
+    bad = tmp_path / "nary.trees"
+    bad.write_text("(3 (2 (2 a)) (3 (2 b) (3 c) (2 d)))\n" + "(1 " * 3000 + "(1 a)" + ")" * 3000
+                   + "\n" + TREES["train"].read_text())
+    argv = ["train", "treelstm", "--train", bad, "--dev", TREES["dev"], "--out",
+            tmp_path / "run", *SMALL["treelstm"], "--epochs", "1"]
+    refused(capsys, argv, f"{bad}:1:", "--binarize")
+    assert run(capsys, [*argv, "--binarize"])[0] == 0
+    [tree, chain] = dn.data.binarize(read_trees(bad)[0]), dn.data.binarize(read_trees(bad)[1])
+    assert str(tree) == "(3 (2 a) (3 (2 b) (3 (3 c) (2 d))))" and str(chain) == "(1 a)"

@@ -20,6 +20,7 @@ from dynlp.data.registry import DATASETS, DataError, Dataset, fetch, list_datase
 from dynlp.data.trees import (
     Tree,
     TreeError,
+    binarize,
     binary_label,
     fine_label,
     parse_tree,
@@ -41,6 +42,7 @@ __all__ = [
     "Vocab",
     "atomic_write",
     "batches",
+    "binarize",
     "binary_label",
     "check_annotation",
     "fetch",

@@ -54,6 +54,29 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb",
         raise
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temporary files of `atomic_write` for the given file names in `folder` whose
+    writing process is gone (a SIGKILL leaves them); returns what was removed."""
+    removed = []
+    for name in names:
+        for path in Path(folder).glob(f".{name}.*.tmp"):
+            pid = path.name[len(name) + 2:].split(".")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()

@@ -124,6 +124,27 @@ def binary_label(label: Tree | str | int) -> int | None:
     return 0 if value < 2 else 1
 
 
+def binarize(tree: Tree) -> Tree:
+    """A binary copy of tree: a unary node becomes its child under the upper label (a chain
+    keeps its top label), and a node of k > 2 children becomes a right-branching chain of k - 1
+    binary nodes that all carry its label. Iterative, so any depth is fine."""
+    copies: dict[int, Tree] = {}
+    for node in tree.nodes():
+        if not node.children:
+            copies[id(node)] = Tree(node.label, word=node.word)
+            continue
+        children = [copies[id(child)] for child in node.children]
+        if len(children) == 1:
+            only = children[0]
+            copies[id(node)] = Tree(node.label, only.children, only.word)
+            continue
+        right = children[-1]
+        for child in reversed(children[1:-1]):
+            right = Tree(node.label, [child, right])
+        copies[id(node)] = Tree(node.label, [children[0], right])
+    return copies[id(tree)]
+
+
 def _tokens(text: str) -> list[str]:
     spaced = text.replace("\t", " ").replace("(", " ( ").replace(")", " ) ")
     return [piece for piece in spaced.split(" ") if piece]
