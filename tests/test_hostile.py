@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -676,24 +677,39 @@ def test_rerun_without_resume_never_destroys_a_finished_run(runs, tmp_path, caps
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
 
 
-def test_sigterm_exits_with_a_message_and_resumes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])  # Ctrl-C: in-process
+def test_signal_at_a_random_point_of_training(signum, tmp_path, capsys):
+    """A signal at a random moment after the first checkpoint (perhaps during a write): Ctrl-C
+    and SIGTERM exit with a message naming the last checkpoint; after any of them (SIGKILL too)
+    nothing temporary is left once the run resumes, and the log holds every epoch once."""
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "dynlp", "train", "tagger", *data_args("tagger"), "--out",
-            str(out), *SMALL["tagger"], "--epochs", "1000", "--patience", "1000"]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    flags = [*data_args("tagger"), "--out", str(out), *SMALL["tagger"], "--patience", "1000"]
+    process = subprocess.Popen([sys.executable, "-m", "dynlp", "train", "tagger", *flags,
+                                "--epochs", "1000"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    assert "Traceback" not in err and "terminated (SIGTERM)" in err and "--resume" in err
+    assert "Traceback" not in err
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == (130 if signum == signal.SIGINT else 143), err
+        how = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        assert f"dynlp: {how} during epoch" in err and "--resume" in err
+        assert leftovers(out) == []
+    done = len(read_npz(out / "checkpoint.npz")[0]["state"]["__dict__"]["records"])
+    if signum != signal.SIGKILL:
+        assert f"after epoch {done} " in err
+    code, _, err = run(capsys, ["train", "tagger", *flags, "--epochs", str(done + 1),
+                                "--resume"])
+    assert code == 0, err
     assert leftovers(out) == []
     epochs = [json.loads(r)["epoch"] for r in (out / "log.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, len(epochs) + 1))
-    header, _ = read_npz(out / "checkpoint.npz")
-    assert f"after epoch {len(epochs)} " in err
+    assert epochs == list(range(1, done + 2))
 
 
 # -------------------------------------------------------------------------------------------------
