@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -569,10 +570,16 @@ def test_predict_onto_a_full_disk(recipe, runs, tmp_path, capsys, monkeypatch):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_full_disk_during_training_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+def finished_tagger_run(runs: dict, out: Path) -> list[str]:
+    """A copy of the module's 1-epoch tagger run in `out`, and the command that made it."""
+    shutil.copytree(runs["tagger"], out)
+    return ["train", "tagger", *data_args("tagger"), "--out", str(out), *SMALL["tagger"]]
+
+
+def test_full_disk_during_training_keeps_the_last_checkpoint(runs, tmp_path, capsys,
+                                                             monkeypatch):
     out = tmp_path / "run"
-    argv = ["train", "tagger", *data_args("tagger"), "--out", out, *SMALL["tagger"]]
-    assert run(capsys, [*argv, "--epochs", "1"])[0] == 0
+    argv = finished_tagger_run(runs, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(data_files.os, "fdopen", no_space_after(2000))
     refused(capsys, [*argv, "--epochs", "2", "--resume"], str(out), "No space left")
@@ -665,9 +672,7 @@ def test_interrupt_during_a_write(where, straight, tmp_path, capsys, monkeypatch
 
 def test_rerun_without_resume_never_destroys_a_finished_run(runs, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "tagger", *data_args("tagger"), "--out", out, *SMALL["tagger"],
-            "--epochs", "1"]
-    assert run(capsys, argv)[0] == 0
+    argv = [*finished_tagger_run(runs, out), "--epochs", "1"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     refused(capsys, argv, str(out), "--resume", "--overwrite")
     refused(capsys, [*argv[:-1], "x"], "--epochs")  # a failing rerun
@@ -804,10 +809,9 @@ def test_atomic_write_removes_its_file_on_any_exception(tmp_path):
         assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
-def test_killed_run_leaves_no_temporary_behind_the_next_run(tmp_path, capsys):
+def test_killed_run_leaves_no_temporary_behind_the_next_run(runs, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "tagger", *data_args("tagger"), "--out", out, *SMALL["tagger"]]
-    assert run(capsys, [*argv, "--epochs", "1"])[0] == 0
+    argv = finished_tagger_run(runs, out)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     stale = out / f".checkpoint.npz.{dead}.0a1b2c3d.tmp"  # as a SIGKILL during a write leaves
