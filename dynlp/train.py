@@ -168,8 +168,10 @@ def model_path(path: str | os.PathLike) -> Path:
 def add_model_arguments(parser: Any, defaults: dict[str, Any], helps: dict[str, str],
                         choices: dict[str, Sequence[str]] | None = None) -> None:
     """A recipe's model flags: one per entry of `helps`, `--word-dim` for the key `word_dim`,
-    with its default from `defaults` and of that default's type. A boolean default gives
-    `--x/--no-x`, a None default a string flag; `choices` lists the allowed values of a key."""
+    with its default from `defaults` and of that default's type (ints and floats read strictly:
+    `integer_argument`, `number_argument`; ranges are the recipe's LIMITS, checked after
+    parsing). A boolean default gives `--x/--no-x`, a None default a string flag; `choices`
+    lists the allowed values of a key."""
     choices = choices or {}
     types = {int: integer_argument, float: number_argument}
     for key, text in helps.items():
@@ -524,7 +526,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
             state["train_examples"] += count
             if epoch == 1 and not resume:
                 # a fresh run has something to write: what an older run left goes now
-                for name in (MODEL_FILE, METRICS_FILE, CHECKPOINT_FILE):
+                for name in (MODEL_FILE, METRICS_FILE, CHECKPOINT_FILE, LOG_FILE):
                     (out / name).unlink(missing_ok=True)
             if epoch % int(config["eval_every"]) == 0 or epoch == epochs:
                 start = time.perf_counter()
