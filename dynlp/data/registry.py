@@ -288,7 +288,7 @@ def _copy_from_mirror(
             with open(source, "rb") as handle:
                 _install(handle, folder / file, dataset.sha256[file], str(source))
         except OSError as error:
-            raise DataError(f"{file}: copy from {source} failed: {error}") from error
+            raise DataError(f"{file}: copy from {source} to {folder} failed: {error}") from error
 
 
 def _open_url(url: str) -> BinaryIO:
@@ -312,7 +312,7 @@ def _download_file(dataset: Dataset, file: str, folder: Path, progress: bool) ->
             _install(response, folder / file, dataset.sha256[file], url,
                      _content_length(response), progress)
     except (urllib.error.URLError, OSError) as error:
-        raise DataError(f"{file}: download from {url} failed: {error}") from error
+        raise DataError(f"{file}: download from {url} to {folder} failed: {error}") from error
 
 
 def _extract_from_archive(
