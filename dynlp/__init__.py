@@ -17,8 +17,8 @@ from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
 from .functions import absolute
 from .gradcheck import GradcheckError, gradcheck
-from .graph import (Deferred, Expression, Graph, GraphError, Row, ShapeError, Slice,
-                    current_graph, renew_cg)
+from .graph import (Deferred, Expression, Graph, GraphError, Row, SettingError, ShapeError,
+                    Slice, current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
@@ -36,7 +36,7 @@ __all__ = list(_functions) + [
     "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
-    "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
+    "GraphError", "SettingError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
     "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
     "AdadeltaTrainer", "AdagradTrainer", "AdamTrainer", "MomentumSGDTrainer", "RMSPropTrainer",
     "SimpleSGDTrainer", "Trainer", "make_trainer", "MLP", "BiRNNBuilder", "CharacterEncoder",

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import Expression, Row, Slice, apply, arith, current_graph, matmul, pick, unary
+from .graph import (Expression, Row, SettingError, Slice, apply, arith, current_graph, matmul,
+                    pick, unary)
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
@@ -346,11 +347,14 @@ def dropout(x: Expression, p: float) -> Expression:
     yet is read in place: one node, not a lookup or a slice and a dropout. Such an x has no
     gradient of its own (`x.gradient()` raises); pass `x.plain()` to keep one."""
     g = x._live()
-    if not g.training or p <= 0.0:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise SettingError(f"dropout: rate {p!r} is not a number") from None
+    if not 0.0 <= p < 1.0:  # (NaN fails too)
+        raise SettingError(f"dropout: rate {p} not in [0, 1)")
+    if not g.training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: rate {p} not in [0, 1)")
-    p = float(p)
     kind = type(x)
     if kind is Row and x._node < 0:  # read the table row in place: no lookup node
         x._fused = True

@@ -39,6 +39,10 @@ class GraphError(RuntimeError):
     """An expression was used outside the graph it belongs to, or after that graph ended."""
 
 
+class SettingError(ValueError):
+    """A setting (a dtype, a rate, a learning rate) outside what it can take."""
+
+
 _current: "Graph | None" = None
 _ENDED = ("this graph has ended (renew_cg was called or its `with` block closed); build a new "
           "graph for new expressions")
@@ -99,7 +103,12 @@ class Graph:
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True, fuse: bool = True) -> None:
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise SettingError(f"Graph: dtype {dtype!r} is not a numpy dtype") from None
+        if self.dtype not in (np.float32, np.float64):
+            raise SettingError(f"Graph: dtype must be float32 or float64, not {self.dtype}")
         self.fuse = bool(fuse)
         self.training = training
         self.rng = np.random.default_rng(seed)
