@@ -23,6 +23,7 @@ from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LST
                  SimpleRNNBuilder, TreeLSTMBuilder)
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
+from .seeding import get_seed, seed
 from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
                        MomentumSGDTrainer, RMSPropTrainer, SimpleSGDTrainer, Trainer, make_trainer)
 
@@ -33,7 +34,8 @@ use_default_threads()
 __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
-    "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
+    "abs", "seed", "get_seed", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError",
+    "Expression",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",

@@ -16,6 +16,7 @@ import numpy as np
 
 from .ops import SHARED, TABLE, Op
 from .ops.structure import dropout_mask
+from .seeding import generator
 
 _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
@@ -85,7 +86,8 @@ class Graph:
 
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
-    drawn when their nodes are built. training: False makes dropout and noise the identity.
+    drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
+    training: False makes dropout and noise the identity.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
@@ -94,7 +96,7 @@ class Graph:
                  seed: int | None = None, training: bool = True) -> None:
         self.dtype = np.dtype(dtype)
         self.training = training
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
         self._uniforms_used = 0
         self.alive = True

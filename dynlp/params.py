@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import graph
+from .seeding import generator
 
 FORMAT = "dynlp-parameters"
 FORMAT_VERSION = 1
@@ -221,14 +222,15 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 class ParameterCollection:
-    """Owns parameters and lookup tables. seed: for initializers; dtype: float32 by default."""
+    """Owns parameters and lookup tables. seed: for initializers (None: from the global seed,
+    `dn.seed`, when set); dtype: float32 by default."""
 
     def __init__(self, seed: int | None = None, dtype: Any = np.float32, *,
                  _root: "ParameterCollection | None" = None, _prefix: str = "") -> None:
         self._root = _root or self
         self._prefix = _prefix
         if _root is None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
             self.dtype = np.dtype(dtype)
             self._params: dict[str, Parameter] = {}
 
