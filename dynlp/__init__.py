@@ -16,7 +16,8 @@ from .autodiff import grad, jvp, value_and_grad
 from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
 from .functions import absolute
-from .gradcheck import GradcheckError, gradcheck
+from .extend import SHARED, STACK, Case, Op, op_function
+from .gradcheck import GradcheckError, check_rule, gradcheck
 from .graph import (Deferred, Expression, Graph, GraphError, Row, ShapeError, Slice,
                     current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
     "abs", "seed", "get_seed", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError",
+    "check_rule", "op_function", "Op", "Case", "STACK", "SHARED",
     "Expression",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
