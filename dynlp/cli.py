@@ -47,6 +47,7 @@ commands:
   predict RECIPE    label a file with a trained model: --model DIR --input FILE --output FILE
   data              list and fetch the known datasets (dynlp data list | fetch NAME)
   trace             forward, tangent and adjoint traces of a small formula (for teaching)
+  report RUN_DIR    one offline HTML page about a training run (also written by train)
   bench             the autobatching benchmark (scripts/bench_autobatch.py)
 
 'dynlp COMMAND RECIPE --help' documents every option with its default.
@@ -154,6 +155,8 @@ def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
                     examples.get("test"), resume=args.resume, loader=load_any_model)
     print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
                       "best_epoch": metrics["best_epoch"]}, indent=2))
+    from .report import after_training
+    after_training(args.out, recipe, load_any_model, files["dev"])
     return 0
 
 
@@ -242,7 +245,13 @@ def command_bench(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
 
 
-OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench}
+def command_report(argv: Sequence[str]) -> int:
+    from .report import cli_report
+    return cli_report(list(argv))
+
+
+OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench,
+                  "report": command_report}
 
 
 # -------------------------------------------------------------------------------------------------
