@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .ops import SHARED, TABLE, Op
+from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
 from .seeding import generator
 
@@ -25,6 +26,10 @@ _BATCHED_MATMUL = TABLE["batched_matmul"]
 _PICK_RANGE = TABLE["pick_range"]
 _LOOKUP = TABLE["lookup"]
 _CONCATENATE_RANGES = TABLE["concatenate_ranges"]
+_AFFINE = TABLE["affine_transform"]
+_ADD = TABLE["add"]
+_CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
+_ACTIVATIONS = ACTIVATIONS
 
 
 class ShapeError(ValueError):
@@ -87,14 +92,17 @@ class Graph:
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
     drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
-    training: False makes dropout and noise the identity.
+    training: False makes dropout and noise the identity. fuse: before each forward pass, fuse
+    regions of nodes whose intermediate results nothing else reads into single nodes (values
+    and gradients of every node stay readable).
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
-                 seed: int | None = None, training: bool = True) -> None:
+                 seed: int | None = None, training: bool = True, fuse: bool = True) -> None:
         self.dtype = np.dtype(dtype)
+        self.fuse = bool(fuse)
         self.training = training
         self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
@@ -116,6 +124,9 @@ class Graph:
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
+        self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
+        self._zeros: dict[tuple, int] = {}
+        self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
         self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
@@ -342,6 +353,7 @@ class Graph:
 
     def set_template(self, owner: Any, key: tuple, node: int) -> None:
         self._templates[(id(owner),) + key] = (owner, node)
+        self.pinned.add(node)  # fusion keeps its op and arguments, which `add_as` copies
 
     def add_as(self, like: int, args: tuple[int, ...], battrs: tuple | None = None
                ) -> "Expression":
@@ -378,6 +390,45 @@ class Graph:
             start = 0
         self._uniforms_used = start + size
         return pool[start:start + size].reshape(shape)
+
+    def zero_bias(self, shape: tuple[int, ...]) -> int:
+        """A zero constant of `shape`, one per shape and graph (the bias of a sum of products
+        that has none)."""
+        node = self._zeros.get(shape)
+        if node is None:
+            node = self._zeros[shape] = self.leaf(np.zeros(shape)).i
+        return node
+
+    def depth_of(self, node: int, memo: dict[int, int] | None = None) -> int:
+        """The longest path to node from a computed node (0 for a computed node), remembered
+        in memo (the graph's own by default, cleared by each forward pass)."""
+        if memo is None:
+            memo = self._depths
+        known = memo.get(node)
+        if known is not None:
+            return known
+        loc, args = self.loc, self.args
+        stack = [node]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            d = 0
+            for a in args[n]:
+                if loc[a] >= 0:
+                    continue
+                da = memo.get(a)
+                if da is None:
+                    stack.append(a)
+                    d = -1
+                    break
+                if da >= d:
+                    d = da + 1
+            if d >= 0:
+                memo[n] = d if args[n] else 0
+                stack.pop()
+        return memo[node]
 
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""
@@ -621,6 +672,145 @@ class Row(Deferred):
         return f"row {self.index} of node {self.table}"
 
 
+class Affine(Deferred):
+    """W1 @ x1 + W2 @ x2 + ... + b, kept as its terms while the user builds: `W @ x` with a
+    weight (a parameter or a constant) and `+` of such sums and of a bias (a parameter or a
+    constant of the result's shape) make no node. An activation (tanh, logistic, rectify) over
+    it makes one `affine_transform` node; anything else reading it makes that node without
+    the activation (or a `matmul` node for a lone product). `dn.Graph(fuse=False)` keeps
+    products and sums as nodes of their own.
+
+    Terms whose inputs are ready long before the others' (by depth: the longest path from a
+    computed node) are not joined with them: an RNN's input products then batch over all its
+    steps at once instead of one step at a time.
+    """
+
+    __slots__ = ("terms", "biases", "out_shape", "readers")
+
+    def __init__(self, g: Graph, terms: tuple, biases: tuple, shape: tuple[int, ...]) -> None:
+        self.g = g
+        self.terms = terms      # ((W node, x node), ...)
+        self.biases = biases    # (bias node, ...): shared across the batch
+        self.out_shape = shape
+        self._node = -1
+        self._fused = False
+        self.readers: list | None = None  # (node, activation) or Affine that read this one
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.out_shape
+
+    def _what(self) -> str:
+        terms = " + ".join(f"node {w} @ node {x}" for w, x in self.terms)
+        return terms + "".join(f" + node {b}" for b in self.biases)
+
+    def _read_by(self, reader: Any) -> None:
+        if self.readers is None:
+            self.readers = [reader]
+        else:
+            self.readers.append(reader)
+
+    def plus(self, other: Any) -> "Affine | None":
+        """self + other as a new Affine, or None when other is neither an Affine of the same
+        graph and shape nor a bias."""
+        g = self.g
+        if type(other) is Affine:
+            if other.g is not g or other.out_shape != self.out_shape:
+                return None
+            out = Affine(g, self.terms + other.terms, self.biases + other.biases,
+                         self.out_shape)
+            self._read_by(out)
+            other._read_by(out)
+            return out
+        if isinstance(other, Expression):
+            if other.g is not g:
+                return None
+            node = other.i
+            if g.ops[node] not in (_PARAMETER, _INPUT) or g.shapes[node] != self.out_shape:
+                return None
+        else:
+            node = g.param_nodes.get(id(other))
+            if node is None and hasattr(other, "to_expression"):
+                node = other.to_expression(g).i
+            if node is None or g.shapes[node] != self.out_shape:
+                return None
+        out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
+        self._read_by(out)
+        return out
+
+    def _parts(self) -> tuple[tuple, tuple]:
+        """Arguments of affine_transform (bias first) over the terms that are ready as late as
+        the latest, and the terms that could run now when some are not (else ())."""
+        g = self.g
+        terms = self.terms
+        if len(terms) > 1:
+            depths = [g.depth_of(x) for _, x in terms]
+            latest = max(depths)
+            early = [d < latest - 1 for d in depths]
+            if any(early):
+                late = tuple(t for t, e in zip(terms, early) if not e)
+                now = tuple(t for t, e in zip(terms, early) if e)
+                return late, now
+        return terms, ()
+
+    def _bias(self) -> int:
+        g = self.g
+        if len(self.biases) == 1:
+            return self.biases[0]
+        if not self.biases:
+            return g.zero_bias(self.out_shape[:1])
+        return g.add(TABLE["add"], self.biases[:2]).i if len(self.biases) == 2 else \
+            apply("esum", *[Expression(g, b) for b in self.biases]).i
+
+    def close(self, activation: str | None) -> Expression:
+        """The node f(self) for an activation f (or None)."""
+        g = self._live()
+        if self._node >= 0:  # a node already (its value was read): build on it
+            return Expression(g, self._node) if activation is None else \
+                g.add(TABLE[activation], (self._node,))
+        late, now = self._parts()
+        if now:
+            early = Affine(g, now, self.biases, self.out_shape)
+            rest = Affine(g, late, (), self.out_shape)
+            total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
+            self._fused = True
+            out = total if activation is None else g.add(TABLE[activation], (total.i,))
+            self._read_by((out.i, activation, total.i))
+            return out
+        if len(late) == 1 and not self.biases and activation is None:
+            w, x = late[0]
+            return g.add(_MATMUL, (w, x))
+        args = (self._bias(),) + tuple(chain.from_iterable(late))
+        attrs = () if activation is None else (("activation", activation),)
+        out = g.add(_AFFINE, args, attrs)
+        if activation is not None:
+            self._fused = True
+            self._read_by((out.i, activation, None))
+        return out
+
+    def _materialize(self) -> int:
+        return self.close(None).i
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this sum, after `backward()`: from its own node if it has one, and from
+        the nodes that read it (an activation's input, a larger sum)."""
+        g = self._live()
+        total = np.zeros(self.out_shape, g.dtype)
+        if self._node >= 0:
+            total = total + g.engine.gradient(self._node)
+        for reader in self.readers or ():
+            if type(reader) is Affine:
+                total = total + reader.gradient()
+                continue
+            node, activation, pre = reader
+            if pre is not None:  # the activation reads a sum node: its gradient
+                total = total + g.engine.gradient(pre)
+            else:
+                derivative = _ACTIVATIONS[activation][1]
+                total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
+        return total
+
+
 def _graph_of(items: Sequence[Any]) -> Graph:
     for x in items:
         if isinstance(x, Expression):
@@ -671,6 +861,8 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
 
 
 def unary(name: str, x: Any) -> Expression:
+    if type(x) is Affine and name in _CLOSING:
+        return x.close(name)
     if isinstance(x, Expression):
         return x._live().add(TABLE[name], (x.i,))
     return apply(name, x)
@@ -684,6 +876,15 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
     """x + y, x - y, x * y, x / y with Python or numpy constants allowed on either side."""
     if type(x) is Expression and type(y) is Expression and x.g is y.g and kind != "sub":
         return x._live().add(TABLE[kind], (x.i, y.i))
+    if kind == "add":
+        if type(x) is Affine:
+            total = x.plus(y)
+            if total is not None:
+                return total
+        elif type(y) is Affine:
+            total = y.plus(x)
+            if total is not None:
+                return total
     if _is_const(y):
         c = float(y)
         if kind == "add":
@@ -730,7 +931,14 @@ def matmul(a: Any, b: Any) -> Expression:
         if na is None:
             na = as_node(g, a)
     nb = b.i if type(b) is Expression else as_node(g, b)
-    return g.add(_MATMUL if g.ops[na] in (_PARAMETER, _INPUT) else _BATCHED_MATMUL, (na, nb))
+    if g.ops[na] in (_PARAMETER, _INPUT):
+        if g.fuse:
+            shape = g.shapes[na]
+            other = g.shapes[nb]
+            if len(shape) == 2 and len(other) in (1, 2) and other[0] == shape[1]:
+                return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
+        return g.add(_MATMUL, (na, nb))
+    return g.add(_BATCHED_MATMUL, (na, nb))
 
 
 def pick(x: Expression, index: int, dim: int = 0) -> Expression:

@@ -3,9 +3,21 @@ tagger, a binary Tree-LSTM and an arc-hybrid parser, beside eager PyTorch (when 
 DyNet 2.1 on the paper workloads (when dynet imports; scripts/dynet_peers.py, one child process
 per variant) and reference figures, all on real EWT sentences and SST trees when available.
 
+The "-user" workloads (treenn-user, tagger-user, rnnlm-user, attention-user) are models as a
+DyNet user writes them: ported line by line from the DyNet benchmark suite's dynet-py scripts
+(treenn.py, bilstm-tagger.py, rnnlm-batch.py) plus an attention encoder-decoder, from ordinary
+ops (`@`, `+`, `*`, logistic, tanh, concatenate, pick_neg_log_softmax, esum, lookups) and
+LSTMBuilder only, each beside the same program in DyNet with autobatching, in each DyNet build
+(`--dynet-builds wheel,native`: the dyNET38 wheel and DyNet compiled for this CPU,
+docs/DYNET_PEER.md). Round-by-round ratios (median and range) compare runs made back to back:
+
+    python scripts/bench_autobatch.py --workloads treenn-user,tagger-user,rnnlm-user,attention-user
+        --batch-sizes 64 --strategies late --repeats 5 --no-memory
+
     python scripts/bench_autobatch.py [--quick] [--workloads tagger,treelstm,...]
         [--batch-sizes 1,16,64] [--steps N] [--repeats R] [--data DIR] [--json PATH]
-        [--no-torch] [--no-dynet]
+        [--no-torch] [--no-dynet] [--dynet-builds wheel,native] [--dynet-native DIR]
+        [--dynet-mem MB]
 
 Every figure is TRAINING sentences per second: build the graph of a minibatch, forward, backward
 and one Adam update (sparse on embeddings). The variants run interleaved, `--repeats` times, and
@@ -27,6 +39,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +58,14 @@ from dynlp.nn import MLP, BiRNNBuilder, Embedding, LSTMBuilder, TreeLSTMBuilder 
 SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_DATA = SCRIPTS.parent.parent / "shared" / "data"
 STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late"}
-WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper")
+USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
+WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
+# the DyNet benchmark suite's sizes (its autobatching paper's for treenn and the tagger; the
+# rnnlm-batch run script's 128 -> 256, over a PTB-sized vocabulary); attention-user is ours
+USER_SIZES = {"treenn-user": {"word_dim": 128, "hidden": 128},
+              "tagger-user": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
+              "rnnlm-user": {"embed": 128, "hidden": 256, "vocab": 10000},
+              "attention-user": {"word_dim": 64, "hidden": 64, "attention": 64, "tag_dim": 32}}
 SHIFT, LEFT, RIGHT = 0, 1, 2
 
 # measured elsewhere on a machine like this one: references, never same-run measurements
@@ -412,6 +432,169 @@ class Parser(DynlpModel):
 
 
 # -------------------------------------------------------------------------------------------------
+# the "-user" workloads: models as a DyNet user writes them, from ordinary ops and DyNet's own
+# builders only, ported line by line from the DyNet benchmark suite (github neulab/dynet-benchmark,
+# dynet-py/) and, for attention-user, from DyNet's attention example; their DyNet twins, written
+# the same way in DyNet's API, are in scripts/dynet_peers.py
+
+
+class UserTreeNN(DynlpModel):
+    """dynet-py/treenn.py: lookup -> binary Tree-LSTM written out gate by gate (one forget gate
+    per child, each from its own child's h; the output gate reuses the input gate's bias, as
+    there) -> W h (no bias) -> softmax loss over 5 labels at every node."""
+
+    def __init__(self, words: int, word_dim: int, hidden: int, seed: int = 1) -> None:
+        super().__init__(seed)
+        pc = self.pc
+        self.WS = [pc.add_parameters((hidden, word_dim)) for _ in "iou"]
+        self.US = [pc.add_parameters((hidden, 2 * hidden)) for _ in "iou"]
+        self.UFS = [pc.add_parameters((hidden, hidden)) for _ in "ff"]
+        self.BS = [pc.add_parameters(hidden) for _ in "iouf"]
+        self.E = pc.add_lookup_parameters((words, word_dim))
+        self.W_ = pc.add_parameters((5, hidden))
+
+    def loss(self, example):
+        word_ids, left, right, labels = example
+        W = dn.parameter(self.W_)
+        hs, cs, losses = [], [], []
+        for word, a, b, label in zip(word_ids, left, right, labels):
+            if word >= 0:
+                emb = self.E[word]
+                Wi, Wo, Wu = [dn.parameter(w) for w in self.WS]
+                bi, bo, bu, _ = [dn.parameter(b) for b in self.BS]
+                i = dn.logistic(Wi @ emb + bi)
+                o = dn.logistic(Wo @ emb + bo)
+                u = dn.tanh(Wu @ emb + bu)
+                c = i * u
+            else:
+                e1, c1, e2, c2 = hs[a], cs[a], hs[b], cs[b]
+                Ui, Uo, Uu = [dn.parameter(u) for u in self.US]
+                Uf1, Uf2 = [dn.parameter(u) for u in self.UFS]
+                bi, bo, bu, bf = [dn.parameter(b) for b in self.BS]
+                e = dn.concatenate([e1, e2])
+                i = dn.logistic(Ui @ e + bi)
+                o = dn.logistic(Uo @ e + bi)
+                f1 = dn.logistic(Uf1 @ e1 + bf)
+                f2 = dn.logistic(Uf2 @ e2 + bf)
+                u = dn.tanh(Uu @ e + bu)
+                c = i * u + f1 * c1 + f2 * c2
+            h = o * dn.tanh(c)
+            hs.append(h)
+            cs.append(c)
+            losses.append(dn.pick_neg_log_softmax(W @ h, label))
+        return dn.esum(losses)
+
+
+class UserTagger(DynlpModel):
+    """dynet-py/bilstm-tagger.py: lookup (words seen 5 times or fewer -> UNK) -> forward and
+    backward LSTMBuilder -> concatenate -> O tanh(H x) (no biases) -> softmax loss per word."""
+
+    def __init__(self, words: int, tags: int, word_dim: int, hidden: int, mlp_dim: int,
+                 seed: int = 1) -> None:
+        super().__init__(seed)
+        pc = self.pc
+        self.WORDS_LOOKUP = pc.add_lookup_parameters((words, word_dim))
+        self.pH = pc.add_parameters((mlp_dim, hidden * 2))
+        self.pO = pc.add_parameters((tags, mlp_dim))
+        self.fwdRNN = LSTMBuilder(1, word_dim, hidden, pc)
+        self.bwdRNN = LSTMBuilder(1, word_dim, hidden, pc)
+
+    def loss(self, example):
+        words, tags = example
+        H = dn.parameter(self.pH)
+        O = dn.parameter(self.pO)  # noqa: E741 (the names of bilstm-tagger.py)
+        f_init = self.fwdRNN.initial_state()
+        b_init = self.bwdRNN.initial_state()
+        wembs = [self.WORDS_LOOKUP[w] for w in words]
+        fw_exps = f_init.transduce(wembs)
+        bw_exps = b_init.transduce(reversed(wembs))
+        bi_exps = [dn.concatenate([f, b]) for f, b in zip(fw_exps, reversed(bw_exps))]
+        exps = [O @ dn.tanh(H @ x) for x in bi_exps]
+        return dn.esum([dn.pick_neg_log_softmax(v, t) for v, t in zip(exps, tags)])
+
+
+class UserRNNLM(DynlpModel):
+    """dynet-py/rnnlm-batch.py, one sentence at a time (dynlp has no minibatch dimension; the
+    engine batches the sentences): <s> -> LSTMBuilder -> affine softmax over the vocabulary
+    predicting each next word and the final <s>."""
+
+    def __init__(self, words: int, embed: int, hidden: int, seed: int = 1) -> None:
+        super().__init__(seed)
+        pc = self.pc
+        self.WORDS_LOOKUP = pc.add_lookup_parameters((words, embed))
+        self.RNN = LSTMBuilder(1, embed, hidden, pc)
+        self.W_sm = pc.add_parameters((words, hidden))
+        self.b_sm = pc.add_parameters(words)
+        self.S = 0  # "<s>" is word 0
+
+    def loss(self, sent):
+        W_exp = dn.parameter(self.W_sm)
+        b_exp = dn.parameter(self.b_sm)
+        s = self.RNN.initial_state().add_input(self.WORDS_LOOKUP[self.S])
+        losses = []
+        for wid in sent:
+            score = W_exp @ s.output() + b_exp
+            losses.append(dn.pick_neg_log_softmax(score, wid))
+            s = s.add_input(self.WORDS_LOOKUP[wid])
+        return dn.esum(losses)
+
+
+class UserAttention(DynlpModel):
+    """An attention encoder-decoder in the style of DyNet's attention example: words -> BiLSTM
+    encoder, its states as the columns of a matrix; an LSTMBuilder decoder emits the sentence's
+    UPOS tags and then </s>, each step attending (MLP attention: v tanh(W1 H + W2 s)) over the
+    encoder states, fed [context; previous tag embedding]."""
+
+    def __init__(self, words: int, tags: int, word_dim: int, hidden: int, attention: int,
+                 tag_dim: int, seed: int = 1) -> None:
+        super().__init__(seed)
+        pc = self.pc
+        self.src_lookup = pc.add_lookup_parameters((words, word_dim))
+        self.tgt_lookup = pc.add_lookup_parameters((tags + 1, tag_dim))  # tags, then </s>
+        self.enc_fwd = LSTMBuilder(1, word_dim, hidden, pc)
+        self.enc_bwd = LSTMBuilder(1, word_dim, hidden, pc)
+        self.dec = LSTMBuilder(1, 2 * hidden + tag_dim, 2 * hidden, pc)
+        self.attention_w1 = pc.add_parameters((attention, 2 * hidden))
+        self.attention_w2 = pc.add_parameters((attention, 2 * hidden))
+        self.attention_v = pc.add_parameters((1, attention))
+        self.decoder_w = pc.add_parameters((tags + 1, 2 * hidden))
+        self.decoder_b = pc.add_parameters(tags + 1)
+        self.eos = tags
+        self.state = 2 * hidden
+        self.attention = attention
+
+    def attend(self, input_mat, w1dt, state):
+        w2 = dn.parameter(self.attention_w2)
+        v = dn.parameter(self.attention_v)
+        w2dt = w2 @ state.output()
+        unnormalized = dn.transpose(v @ dn.tanh(w1dt + dn.reshape(w2dt, (self.attention, 1))))
+        att_weights = dn.softmax(unnormalized)
+        return dn.reshape(input_mat @ att_weights, (self.state,))
+
+    def loss(self, example):
+        words, tags = example
+        embedded = [self.src_lookup[w] for w in words]
+        fwd = self.enc_fwd.initial_state().transduce(embedded)
+        bwd = self.enc_bwd.initial_state().transduce(reversed(embedded))
+        encoded = [dn.concatenate([f, b]) for f, b in zip(fwd, reversed(bwd))]
+        w = dn.parameter(self.decoder_w)
+        b = dn.parameter(self.decoder_b)
+        w1 = dn.parameter(self.attention_w1)
+        input_mat = dn.concatenate_cols(encoded)
+        w1dt = w1 @ input_mat
+        last = self.tgt_lookup[self.eos]
+        s = self.dec.initial_state().add_input(dn.concatenate([dn.zeros(self.state), last]))
+        losses = []
+        for tag in list(tags) + [self.eos]:
+            vector = dn.concatenate([self.attend(input_mat, w1dt, s), last])
+            s = s.add_input(vector)
+            out = w @ s.output() + b
+            losses.append(dn.pick_neg_log_softmax(out, tag))
+            last = self.tgt_lookup[tag]
+        return dn.esum(losses)
+
+
+# -------------------------------------------------------------------------------------------------
 # workloads
 
 
@@ -430,9 +613,12 @@ def _sizes(tiny: bool, **full: int) -> dict[str, int]:
 
 
 def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False,
-                  dynet_peers: Any = None, seed: int = 0) -> Workload:
+                  dynet_peers: Any = None, seed: int = 0, dynet_builds: Sequence[str] = ("wheel",),
+                  dynet_native: Path | None = None, dynet_mem: int | None = None) -> Workload:
     """One of WORKLOADS over the loaded data (and its torch peers when torch_peers is given, its
-    DyNet peers, child processes to close, when dynet_peers is given and it is a paper one)."""
+    DyNet peers, child processes to close, when dynet_peers is given and it is a paper or user
+    one: a user one runs against each of dynet_builds, "wheel" and "native", the native one
+    from dynet_native, with DyNet's arena dynet_mem MB or the workload's best)."""
     if name in ("tagger", "tagger-paper"):
         d: TaggedData = data["sentences"]
         if name == "tagger":
@@ -480,7 +666,73 @@ def make_workload(name: str, data: dict, torch_peers: Any, tiny: bool = False,
                         f"MLP {s['mlp_dim']} over [s0; s1; s2; b0] -> {1 + 2 * p.labels} "
                         f"transitions, static oracle, lockstep g.forward per step; {p.source}",
                         p.sentences, model, peers, lambda x: len(x[0]))
+    if name in USER_WORKLOADS:
+        return make_user_workload(name, data, tiny, dynet_peers, seed, dynet_builds,
+                                  dynet_native, dynet_mem)
     raise ValueError(f"unknown workload {name!r}; use some of {', '.join(WORKLOADS)}")
+
+
+def unk_rare_words(d: TaggedData, min_count: int = 6) -> tuple[list[tuple[list[int], list[int]]],
+                                                                 int]:
+    """bilstm-tagger.py's vocabulary: words seen fewer than min_count times become UNK (id 0)."""
+    counts = Counter(w for words, _ in d.sentences for w in words)
+    ids: dict[int, int] = {}
+    out = []
+    for words, tags in d.sentences:
+        out.append(([ids.setdefault(w, len(ids) + 1) if counts[w] >= min_count else 0
+                     for w in words], tags))
+    return out, len(ids) + 1
+
+
+def lm_sentences(d: TaggedData, vocab: int) -> list[list[int]]:
+    """Word ids of the vocab - 2 most frequent words (1 UNK, 0 "<s>"), each sentence ending in
+    "<s>" as rnnlm-batch.py reads its corpus."""
+    counts = Counter(w for words, _ in d.sentences for w in words)
+    ids = {w: k + 2 for k, (w, _) in enumerate(counts.most_common(vocab - 2))}
+    return [[ids.get(w, 1) for w in words] + [0] for words, _ in d.sentences]
+
+
+def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed: int,
+                       dynet_builds: Sequence[str] = ("wheel",), dynet_native: Path | None = None,
+                       dynet_mem: int | None = None) -> Workload:
+    """One of USER_WORKLOADS; its DyNet twins (one child process per DyNet build) when
+    dynet_peers is given."""
+    sizes = _sizes(tiny, **USER_SIZES[name])
+    if name == "treenn-user":
+        t: TreeData = data["trees"]
+        examples, words, tags = t.trees, t.words, 5
+        model: DynlpModel = UserTreeNN(words, **sizes)
+        what = (f"dynet-py/treenn.py: binary Tree-LSTM, embeddings {sizes['word_dim']}, hidden "
+                f"{sizes['hidden']}, softmax loss over 5 labels at every node; {t.source}")
+    elif name == "rnnlm-user":
+        d: TaggedData = data["sentences"]
+        words = min(d.words + 2, sizes.pop("vocab"))
+        examples, tags = lm_sentences(d, words), 0
+        model = UserRNNLM(words, **sizes)
+        what = (f"dynet-py/rnnlm-batch.py one sentence at a time: LSTM {sizes['embed']} -> "
+                f"{sizes['hidden']}, softmax over {words} words at every word and the closing <s>; "
+                f"{d.source}")
+    else:
+        d = data["sentences"]
+        examples, words = unk_rare_words(d, 1 if tiny else 6)
+        tags = d.tags
+        if name == "tagger-user":
+            model = UserTagger(words, tags, **sizes)
+            what = (f"dynet-py/bilstm-tagger.py: embeddings {sizes['word_dim']}, BiLSTM "
+                    f"{sizes['hidden']} per direction, MLP {sizes['mlp_dim']} (tanh, no biases), "
+                    f"softmax loss per word; words seen < 6 times -> UNK; {d.source}")
+        else:
+            model = UserAttention(words, tags, **sizes)
+            what = (f"attention encoder-decoder, words -> UPOS sequence + </s>: embeddings "
+                    f"{sizes['word_dim']}, BiLSTM {sizes['hidden']} per direction, MLP attention "
+                    f"{sizes['attention']}, LSTM decoder {2 * sizes['hidden']} fed [context; "
+                    f"tag embedding {sizes['tag_dim']}]; {d.source}")
+    peers = {}
+    if dynet_peers is not None:
+        peers = dynet_peers.make_user_peers(name, words, tags, sizes, seed, dynet_builds,
+                                            dynet_native, dynet_mem)
+    return Workload(name, what, examples, model, peers,
+                    (lambda x: len(x[0])) if name != "rnnlm-user" else len)
 
 
 def load_data(names: Sequence[str], data_dir: Path | None, rng: np.random.Generator,
@@ -490,12 +742,12 @@ def load_data(names: Sequence[str], data_dir: Path | None, rng: np.random.Genera
     if tiny:
         data_dir = None
     data: dict[str, Any] = {}
-    if any(n.startswith("tagger") or n == "parser" for n in names):
+    if any(n.startswith(("tagger", "rnnlm", "attention")) or n == "parser" for n in names):
         data["sentences"] = load_sentences(data_dir, False, rng, count)
     if "parser" in names:
         data["parse"] = parse_data(load_sentences(data_dir, True, rng, count)
                                    if data_dir is not None else data["sentences"])
-    if any(n.startswith("treelstm") for n in names):
+    if any(n.startswith(("treelstm", "treenn")) for n in names):
         data["trees"] = load_trees(data_dir, rng, count)
     return data
 
@@ -617,6 +869,29 @@ def _ratio(x: float, y: float) -> str:
     return f"{x / y:.2f}x" if y > 0 and not math.isnan(x / y) else "-"
 
 
+def _spread(ratios: list[float]) -> str:
+    return (f"median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-"
+            f"{max(ratios):.2f}x over {len(ratios)} rounds")
+
+
+def round_ratios(by: dict, batch_sizes: Sequence[int], ours: Sequence[str],
+                 peers: Sequence[str]) -> list[str]:
+    """dynlp / each peer, and the later peers / the first, round by round (the variants of a
+    round run back to back, so each ratio compares runs under the same machine load): median and
+    range of the per-round ratios, wall and CPU."""
+    lines = []
+    pairs = [(s, p) for p in peers for s in ours] + [(p, peers[0]) for p in peers[1:]]
+    for b in batch_sizes:
+        for mine, theirs in pairs:
+            x, y = by[b, mine], by[b, theirs]
+            wall = [u / v for u, v in zip(x.rates, y.rates)]
+            cpu = [u / v for u, v in zip(x.cpu_rates, y.cpu_rates)]
+            if wall:
+                lines.append(f"  batch {b}: {mine} / {theirs}, round by round: wall "
+                             f"{_spread(wall)}; cpu {_spread(cpu)}")
+    return lines
+
+
 def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> list[str]:
     """The table of one workload, its ratios to torch, references and targets, as lines.
 
@@ -647,6 +922,8 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
                      f"{_ratio(by[b, s].cpu_rate, theirs.cpu_rate)} cpu" for s in ours]
             if parts:
                 lines.append(f"  batch {b}: dynlp / {peer} (same run): {'; '.join(parts)}")
+    if workload.name in USER_WORKLOADS:
+        lines += round_ratios(by, batch_sizes, ours, list(workload.peers))
     dynet_on = by.get((max(batch_sizes), "DyNet autobatch"))
     dynet_off = by.get((max(batch_sizes), "DyNet off, 1 per graph"))
     if dynet_on is not None and dynet_off is not None:
@@ -766,6 +1043,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dynet", action=argparse.BooleanOptionalAction, default=True,
                         help="also run DyNet 2.1 on the paper workloads, autobatch on and off, "
                              "each in a child process, when dynet imports (default on)")
+    parser.add_argument("--dynet-builds", type=_name_list(("wheel", "native")),
+                        default=["wheel", "native"],
+                        help="the DyNet builds the -user workloads run against, each in its own "
+                             "child process: the dyNET38 wheel and DyNet built from source for "
+                             "this CPU (docs/DYNET_PEER.md); one that does not import is left "
+                             "out (default %(default)s)")
+    parser.add_argument("--dynet-native", type=Path, default=None,
+                        help="the native build's directory (with python/ and dynet/; default "
+                             "$DYNET_NATIVE_BUILD or /tmp/dynet_src/dyNET-2.1.2/build/"
+                             "py3.11-64bit)")
+    parser.add_argument("--dynet-mem", type=int, default=None,
+                        help="DyNet's arena in MB for the -user workloads (default: the "
+                             "fastest measured per workload, dynet_peers.USER_MEM)")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="OPENBLAS_NUM_THREADS for numpy, set by re-running this script "
                              "(default %(default)s, as DyNet's CPU default; 0 keeps the "
@@ -800,9 +1090,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch_peers.setup(args.seed, args.torch_threads)
     torch_text = (f"torch {torch_peers.version()} ({args.torch_threads} threads)"
                   if torch_peers else "torch not run")
-    dynet_peers = (load_dynet_peers() if args.dynet and any(n.endswith("-paper")
+    dynet_peers = (load_dynet_peers() if args.dynet and any(n.endswith(("-paper", "-user"))
                                                             for n in args.workloads) else None)
     torch_text += ", DyNet 2.1 run" if dynet_peers else ", DyNet not run"
+    builds = []
+    if dynet_peers is not None and any(n in USER_WORKLOADS for n in args.workloads):
+        builds = [b for b in args.dynet_builds
+                  if b == "wheel" or dynet_peers.dynet_imports(build=b, native=args.dynet_native)]
+        missing = [b for b in args.dynet_builds if b not in builds]
+        native = args.dynet_native or dynet_peers.NATIVE_BUILD
+        torch_text += (f" (user workloads: DyNet builds {','.join(builds) or 'none'}"
+                       f"{'; native from ' + str(native) if 'native' in builds else ''}"
+                       f"{'; not importable: ' + ','.join(missing) if missing else ''}; arena "
+                       f"{args.dynet_mem or 'per workload'} MB)")
     per_run = f"{args.steps} steps" if args.steps else f"{sentences} sentences"
     print(f"dynlp {dn.__version__} ({source_version()}), numpy {np.__version__} "
           f"(OPENBLAS_NUM_THREADS {BLAS_THREADS_AT_LOAD} when it loaded; OpenBLAS threads "
@@ -814,7 +1114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"data loaded in {time.perf_counter() - start:.1f}s", flush=True)
     results = {}
     for name in args.workloads:
-        workload = make_workload(name, data, torch_peers, args.tiny, dynet_peers, args.seed)
+        workload = make_workload(name, data, torch_peers, args.tiny, dynet_peers, args.seed,
+                                 builds, args.dynet_native, args.dynet_mem)
         try:
             rows = measure(workload, args.batch_sizes, args.strategies, args.steps, repeats,
                            sentences, memory, rng, log=lambda m: print(m, file=sys.stderr,

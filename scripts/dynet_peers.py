@@ -1,5 +1,8 @@
 """DyNet 2.1 peers of the two paper workloads of scripts/bench_autobatch.py (BiLSTM tagger, binary
-Tree-LSTM), written as the DyNet autobatching benchmark writes them. DyNet reads its autobatch flag
+Tree-LSTM), written as the DyNet autobatching benchmark writes them, and of its four "-user"
+workloads, written line by line as the DyNet benchmark suite's dynet-py scripts (the attention
+model as DyNet's attention example), run with autobatching in the dyNET38 wheel or in DyNet
+built from source for this CPU (`DynetPeer(..., build="native")`). DyNet reads its autobatch flag
 once per process, so every variant runs in its own child process; the parent talks to it through
 `DynetPeer`. Benchmark-only: dynlp never imports this module or dynet.
 
@@ -24,17 +27,50 @@ from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 WORKLOADS = ("tagger-paper", "treelstm-paper")
+USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 LABELS = {1: "DyNet autobatch", 0: "DyNet off, 1 per graph"}
+# the DyNet builds a "-user" workload runs against: the dyNET38 wheel from PyPI, and DyNet built
+# from source for this CPU (docs/DYNET_PEER.md, recipe B; -Ofast -march=native), found at
+# $DYNET_NATIVE_BUILD or the recipe's build directory
+BUILDS = ("wheel", "native")
+NATIVE_BUILD = Path(os.environ.get("DYNET_NATIVE_BUILD",
+                                   "/tmp/dynet_src/dyNET-2.1.2/build/py3.11-64bit"))
+# DyNet's arena (--dynet-mem, MB) per "-user" workload (scripts/bench_autobatch.py --dynet-mem
+# overrides it); the paper workloads keep 1024
+DEFAULT_MEM = 1024
+USER_MEM = {"treenn-user": 1024, "tagger-user": 1024, "rnnlm-user": 1024,
+            "attention-user": 1024}
 SIZES = {"tagger-paper": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
          "treelstm-paper": {"word_dim": 128, "hidden": 128}}
 TINY = {"tagger-paper": {"word_dim": 8, "hidden": 8, "mlp_dim": 8},
         "treelstm-paper": {"word_dim": 8, "hidden": 8}}
 
 
-def dynet_imports(timeout: float = 120.0) -> bool:
-    """Whether `import dynet` works, tried in a child so this process stays free of it."""
+def build_env(build: str = "wheel", native: Path | None = None) -> dict[str, str]:
+    """The environment of a child process that imports the given DyNet build: the native build's
+    modules and libdynet.so ahead of everything else, or the environment as it is (the wheel)."""
+    env = dict(os.environ)
+    if build == "native":
+        native = NATIVE_BUILD if native is None else native
+        for name, path in (("PYTHONPATH", native / "python"), ("LD_LIBRARY_PATH",
+                                                                native / "dynet")):
+            env[name] = os.pathsep.join([str(path)] + [p for p in [env.get(name)] if p])
+    elif build != "wheel":
+        raise ValueError(f"unknown DyNet build {build!r}; use wheel or native")
+    return env
+
+
+def dynet_imports(timeout: float = 120.0, build: str = "wheel",
+                  native: Path | None = None) -> bool:
+    """Whether `import dynet` works (from the native build's directory when build is "native"),
+    tried in a child so this process stays free of it."""
+    check = "import dynet_config, dynet"
+    if build == "native":
+        native = NATIVE_BUILD if native is None else native
+        # dynet.py only imports _dynet, the compiled module: that is the one to check
+        check += f"; import _dynet; assert _dynet.__file__.startswith({str(native)!r})"
     try:
-        done = subprocess.run([sys.executable, "-c", "import dynet_config, dynet"],
+        done = subprocess.run([sys.executable, "-c", check], env=build_env(build, native),
                               capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
@@ -50,13 +86,22 @@ class DynetPeer:
     trains on them and answers with its own wall and CPU seconds (pipe and JSON not included)."""
 
     def __init__(self, workload: str, autobatch: int, words: int, tags: int = 0,
-                 seed: int = 0, tiny: bool = False) -> None:
+                 seed: int = 0, tiny: bool = False, sizes: dict | None = None,
+                 build: str = "wheel", native: Path | None = None, mem: int | None = None
+                 ) -> None:
         command = [sys.executable, str(SCRIPTS / "dynet_peers.py"), "--serve",
                    "--workload", workload, "--autobatch", str(autobatch), "--words", str(words),
-                   "--tags", str(tags), "--seed", str(seed)] + (["--tiny"] if tiny else [])
+                   "--tags", str(tags), "--seed", str(seed),
+                   "--mem", str(mem or USER_MEM.get(workload, DEFAULT_MEM))]
+        command += (["--tiny"] if tiny else []) + (["--sizes", json.dumps(sizes)] if sizes else [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
+                                        stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                        env=build_env(build, native))
         self.ready = self._answer()
+        native = str(NATIVE_BUILD if native is None else native)
+        if build == "native" and not self.ready.get("module", "").startswith(native):
+            self.close()
+            raise RuntimeError(f"the native DyNet child loaded {self.ready.get('module')}")
 
     def _answer(self) -> dict:
         for line in self.process.stdout:
@@ -90,13 +135,22 @@ def make_peers(workload: str, words: int, tags: int, seed: int,
     return {LABELS[a]: DynetPeer(workload, a, words, tags, seed, tiny) for a in (1, 0)}
 
 
+def make_user_peers(workload: str, words: int, tags: int, sizes: dict, seed: int,
+                    builds: Sequence[str] = ("wheel",), native: Path | None = None,
+                    mem: int | None = None) -> dict[str, DynetPeer]:
+    """A "-user" workload with autobatching in each DyNet build, each in its own child process,
+    labelled "DyNet wheel" and "DyNet native"."""
+    return {f"DyNet {build}": DynetPeer(workload, 1, words, tags, seed, sizes=sizes, build=build,
+                                        native=native, mem=mem) for build in builds}
+
+
 # -------------------------------------------------------------------------------------------------
 # the child's side: DyNet models (dynet is imported by `configure`, after dynet_config.set)
 
 
-def configure(autobatch: int, seed: int) -> Any:
+def configure(autobatch: int, seed: int, mem: int = DEFAULT_MEM) -> Any:
     import dynet_config
-    dynet_config.set(mem=1024, autobatch=autobatch, random_seed=seed + 1)
+    dynet_config.set(mem=mem, autobatch=autobatch, random_seed=seed + 1)
     import dynet
     return dynet
 
@@ -182,7 +236,183 @@ class DynetTreeLSTM:
         return dy.esum(losses)
 
 
-def make_model(dy: Any, workload: str, words: int, tags: int, tiny: bool) -> Any:
+# the "-user" workloads of scripts/bench_autobatch.py, line by line as in the DyNet benchmark
+# suite's dynet-py scripts (parameters turned into expressions with dy.parameter, as there)
+
+
+class DynetUserTreeNN:
+    """dynet-py/treenn.py's TreeLSTMBuilder and loss; a tree arrives in post-order."""
+
+    def __init__(self, dy: Any, words: int, word_dim: int, hidden: int) -> None:
+        self.dy = dy
+        self.model = model = dy.ParameterCollection()
+        self.WS = [model.add_parameters((hidden, word_dim)) for _ in "iou"]
+        self.US = [model.add_parameters((hidden, 2 * hidden)) for _ in "iou"]
+        self.UFS = [model.add_parameters((hidden, hidden)) for _ in "ff"]
+        self.BS = [model.add_parameters(hidden) for _ in "iouf"]
+        self.E = model.add_lookup_parameters((words, word_dim))
+        self.W_ = model.add_parameters((5, hidden))
+        self.trainer = dy.AdamTrainer(model)
+        self.trainer.set_clip_threshold(-1.0)
+        self.trainer.set_sparse_updates(True)
+
+    def loss(self, example: Sequence) -> Any:
+        dy = self.dy
+        word_ids, left, right, labels = example
+        W = dy.parameter(self.W_)
+        hs, cs, losses = [], [], []
+        for word, a, b, label in zip(word_ids, left, right, labels):
+            if word >= 0:
+                emb = self.E[word]
+                Wi, Wo, Wu = [dy.parameter(w) for w in self.WS]
+                bi, bo, bu, _ = [dy.parameter(b) for b in self.BS]
+                i = dy.logistic(dy.affine_transform([bi, Wi, emb]))
+                o = dy.logistic(dy.affine_transform([bo, Wo, emb]))
+                u = dy.tanh(dy.affine_transform([bu, Wu, emb]))
+                c = dy.cmult(i, u)
+            else:
+                e1, c1, e2, c2 = hs[a], cs[a], hs[b], cs[b]
+                Ui, Uo, Uu = [dy.parameter(u) for u in self.US]
+                Uf1, Uf2 = [dy.parameter(u) for u in self.UFS]
+                bi, bo, bu, bf = [dy.parameter(b) for b in self.BS]
+                e = dy.concatenate([e1, e2])
+                i = dy.logistic(dy.affine_transform([bi, Ui, e]))
+                o = dy.logistic(dy.affine_transform([bi, Uo, e]))
+                f1 = dy.logistic(dy.affine_transform([bf, Uf1, e1]))
+                f2 = dy.logistic(dy.affine_transform([bf, Uf2, e2]))
+                u = dy.tanh(dy.affine_transform([bu, Uu, e]))
+                c = dy.cmult(i, u) + dy.cmult(f1, c1) + dy.cmult(f2, c2)
+            h = dy.cmult(o, dy.tanh(c))
+            hs.append(h)
+            cs.append(c)
+            losses.append(dy.pickneglogsoftmax(W * h, label))
+        return dy.esum(losses)
+
+
+class DynetUserTagger:
+    """dynet-py/bilstm-tagger.py's build_tagging_graph and sent_loss (without renew_cg)."""
+
+    def __init__(self, dy: Any, words: int, tags: int, word_dim: int, hidden: int,
+                 mlp_dim: int) -> None:
+        self.dy = dy
+        self.model = model = dy.ParameterCollection()
+        self.trainer = dy.AdamTrainer(model)
+        self.trainer.set_clip_threshold(-1.0)
+        self.trainer.set_sparse_updates(True)
+        self.WORDS_LOOKUP = model.add_lookup_parameters((words, word_dim))
+        self.pH = model.add_parameters((mlp_dim, hidden * 2))
+        self.pO = model.add_parameters((tags, mlp_dim))
+        self.fwdRNN = dy.VanillaLSTMBuilder(1, word_dim, hidden, model)
+        self.bwdRNN = dy.VanillaLSTMBuilder(1, word_dim, hidden, model)
+
+    def loss(self, example: Sequence) -> Any:
+        dy = self.dy
+        words, tags = example
+        H = dy.parameter(self.pH)
+        O = dy.parameter(self.pO)  # noqa: E741 (the names of bilstm-tagger.py)
+        f_init = self.fwdRNN.initial_state()
+        b_init = self.bwdRNN.initial_state()
+        wembs = [self.WORDS_LOOKUP[w] for w in words]
+        fw_exps = f_init.transduce(wembs)
+        bw_exps = b_init.transduce(reversed(wembs))
+        bi_exps = [dy.concatenate([f, b]) for f, b in zip(fw_exps, reversed(bw_exps))]
+        exps = [O * (dy.tanh(H * x)) for x in bi_exps]
+        return dy.esum([dy.pickneglogsoftmax(v, t) for v, t in zip(exps, tags)])
+
+
+class DynetUserRNNLM:
+    """dynet-py/rnnlm-batch.py's calc_lm_loss for one sentence (autobatching does the rest)."""
+
+    def __init__(self, dy: Any, words: int, embed: int, hidden: int) -> None:
+        self.dy = dy
+        self.model = model = dy.ParameterCollection()
+        self.trainer = dy.AdamTrainer(model)
+        self.trainer.set_clip_threshold(-1.0)
+        self.trainer.set_sparse_updates(True)
+        self.WORDS_LOOKUP = model.add_lookup_parameters((words, embed))
+        self.RNN = dy.VanillaLSTMBuilder(1, embed, hidden, model)
+        self.W_sm = model.add_parameters((words, hidden))
+        self.b_sm = model.add_parameters(words)
+        self.S = 0
+
+    def loss(self, sent: Sequence[int]) -> Any:
+        dy = self.dy
+        W_exp = dy.parameter(self.W_sm)
+        b_exp = dy.parameter(self.b_sm)
+        s = self.RNN.initial_state().add_input(self.WORDS_LOOKUP[self.S])
+        losses = []
+        for wid in sent:
+            score = dy.affine_transform([b_exp, W_exp, s.output()])
+            losses.append(dy.pickneglogsoftmax(score, wid))
+            s = s.add_input(self.WORDS_LOOKUP[wid])
+        return dy.esum(losses)
+
+
+class DynetUserAttention:
+    """The attention-user encoder-decoder of scripts/bench_autobatch.py, as in DyNet's attention
+    example (colwise_add, softmax over the transposed scores, input_mat * weights)."""
+
+    def __init__(self, dy: Any, words: int, tags: int, word_dim: int, hidden: int,
+                 attention: int, tag_dim: int) -> None:
+        self.dy = dy
+        self.model = model = dy.ParameterCollection()
+        self.src_lookup = model.add_lookup_parameters((words, word_dim))
+        self.tgt_lookup = model.add_lookup_parameters((tags + 1, tag_dim))
+        self.enc_fwd = dy.VanillaLSTMBuilder(1, word_dim, hidden, model)
+        self.enc_bwd = dy.VanillaLSTMBuilder(1, word_dim, hidden, model)
+        self.dec = dy.VanillaLSTMBuilder(1, 2 * hidden + tag_dim, 2 * hidden, model)
+        self.attention_w1 = model.add_parameters((attention, 2 * hidden))
+        self.attention_w2 = model.add_parameters((attention, 2 * hidden))
+        self.attention_v = model.add_parameters((1, attention))
+        self.decoder_w = model.add_parameters((tags + 1, 2 * hidden))
+        self.decoder_b = model.add_parameters(tags + 1)
+        self.eos = tags
+        self.state = 2 * hidden
+        self.trainer = dy.AdamTrainer(model)
+        self.trainer.set_clip_threshold(-1.0)
+        self.trainer.set_sparse_updates(True)
+
+    def attend(self, input_mat: Any, w1dt: Any, state: Any) -> Any:
+        dy = self.dy
+        w2 = dy.parameter(self.attention_w2)
+        v = dy.parameter(self.attention_v)
+        w2dt = w2 * state.output()
+        unnormalized = dy.transpose(v * dy.tanh(dy.colwise_add(w1dt, w2dt)))
+        att_weights = dy.softmax(unnormalized)
+        return input_mat * att_weights
+
+    def loss(self, example: Sequence) -> Any:
+        dy = self.dy
+        words, tags = example
+        embedded = [self.src_lookup[w] for w in words]
+        fwd = self.enc_fwd.initial_state().transduce(embedded)
+        bwd = self.enc_bwd.initial_state().transduce(reversed(embedded))
+        encoded = [dy.concatenate([f, b]) for f, b in zip(fwd, reversed(bwd))]
+        w = dy.parameter(self.decoder_w)
+        b = dy.parameter(self.decoder_b)
+        w1 = dy.parameter(self.attention_w1)
+        input_mat = dy.concatenate_cols(encoded)
+        w1dt = w1 * input_mat
+        last = self.tgt_lookup[self.eos]
+        s = self.dec.initial_state().add_input(dy.concatenate([dy.vecInput(self.state), last]))
+        losses = []
+        for tag in list(tags) + [self.eos]:
+            vector = dy.concatenate([self.attend(input_mat, w1dt, s), last])
+            s = s.add_input(vector)
+            out = dy.affine_transform([b, w, s.output()])
+            losses.append(dy.pickneglogsoftmax(out, tag))
+            last = self.tgt_lookup[tag]
+        return dy.esum(losses)
+
+
+def make_model(dy: Any, workload: str, words: int, tags: int, tiny: bool,
+               sizes: dict | None = None) -> Any:
+    if workload in USER_WORKLOADS:
+        kind = {"treenn-user": DynetUserTreeNN, "tagger-user": DynetUserTagger,
+                "rnnlm-user": DynetUserRNNLM, "attention-user": DynetUserAttention}[workload]
+        if workload in ("treenn-user", "rnnlm-user"):
+            return kind(dy, words, **sizes)
+        return kind(dy, words, tags, **sizes)
     sizes = (TINY if tiny else SIZES)[workload]
     if workload == "tagger-paper":
         return DynetTagger(dy, words, tags, **sizes)
@@ -214,9 +444,11 @@ def train(model: Any, batches: list[list], autobatch: int) -> tuple[float, float
 
 def serve(args: argparse.Namespace) -> int:
     """Child mode: one JSON list of minibatches per stdin line, one JSON timing per stdout line."""
-    dy = configure(args.autobatch, args.seed)
-    model = make_model(dy, args.workload, args.words, args.tags, args.tiny)
-    print(json.dumps({"ready": True, "dynet": getattr(dy, "__version__", "?")}), flush=True)
+    dy = configure(args.autobatch, args.seed, args.mem)
+    model = make_model(dy, args.workload, args.words, args.tags, args.tiny,
+                       json.loads(args.sizes) if args.sizes else None)
+    print(json.dumps({"ready": True, "dynet": getattr(dy, "__version__", "?"),
+                      "module": sys.modules["_dynet"].__file__}), flush=True)
     for line in sys.stdin:
         batches = json.loads(line)
         seconds, cpu = train(model, batches, args.autobatch)
@@ -238,7 +470,7 @@ def standalone(args: argparse.Namespace) -> int:
             data["sentences"].tags
     else:
         examples, words, tags = data["trees"].trees, data["trees"].words, 0
-    dy = configure(args.autobatch, args.seed)
+    dy = configure(args.autobatch, args.seed, args.mem)
     model = make_model(dy, args.workload, words, tags, args.tiny)
     b = args.batch_size
     steps = max(1, -(-args.sentences // b))
@@ -259,7 +491,7 @@ def standalone(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", choices=WORKLOADS, required=True)
+    parser.add_argument("--workload", choices=WORKLOADS + USER_WORKLOADS, required=True)
     parser.add_argument("--autobatch", type=int, choices=(0, 1), default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=96)
@@ -271,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--words", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tags", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mem", type=int, default=DEFAULT_MEM,
+                        help="DyNet's arena in MB (--dynet-mem; default %(default)s)")
     args = parser.parse_args(argv)
     return serve(args) if args.serve else standalone(args)
 

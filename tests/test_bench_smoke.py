@@ -30,7 +30,8 @@ def data(bench):
 
 
 @pytest.mark.parametrize("name", ["tagger", "treelstm", "parser", "tagger-paper",
-                                  "treelstm-paper"])
+                                  "treelstm-paper", "treenn-user", "tagger-user", "rnnlm-user",
+                                  "attention-user"])
 def test_workload_trains_one_step_batched_and_not(bench, data, name):
     workload = bench.make_workload(name, data, None, tiny=True)
     batch = workload.examples[:3]
@@ -210,3 +211,50 @@ def test_profile_recipe_runs_on_the_fixtures(recipe, fixture, capsys):
     assert module.main([recipe, "--steps", "2", "--train", str(data / fixture)]) == 0
     out = capsys.readouterr().out
     assert "examples per CPU second" in out and "nodes by op:" in out
+
+
+def test_user_workloads_run_end_to_end_without_dynet(bench, capsys):
+    assert bench.main(["--tiny", "--quick", "--no-torch", "--no-dynet", "--workloads",
+                       ",".join(bench.USER_WORKLOADS), "--batch-sizes", "3", "--steps", "1",
+                       "--strategies", "off,late", "--blas-threads", "0"]) == 0
+    printed = capsys.readouterr().out
+    for name in bench.USER_WORKLOADS:
+        assert f"== {name}: " in printed
+    assert "DyNet not run" in printed
+
+
+def test_user_data_follows_the_dynet_scripts(bench):
+    d = bench.TaggedData("made up", [([5, 6, 5, 7], [0, 1, 0, 2]), ([5, 8], [1, 1])], 9, 3)
+    examples, words = bench.unk_rare_words(d, min_count=2)
+    assert examples == [([1, 0, 1, 0], [0, 1, 0, 2]), ([1, 0], [1, 1])] and words == 2
+    # the 2 most frequent words (ties: first seen) keep ids, the rest are UNK (1); every
+    # sentence ends in <s> (0)
+    assert bench.lm_sentences(d, 4) == [[2, 3, 2, 1, 0], [2, 1, 0]]
+
+
+def test_report_gives_round_by_round_ratios(bench, data):
+    workload = bench.make_workload("tagger-user", data, None, tiny=True)
+    workload.peers = {"DyNet wheel": None, "DyNet native": None}
+    rows = [bench.Row(64, "late", [100.0, 90.0, 120.0], [100.0, 90.0, 120.0]),
+            bench.Row(64, "DyNet wheel", [200.0, 100.0, 100.0], [200.0, 100.0, 100.0]),
+            bench.Row(64, "DyNet native", [400.0, 100.0, 150.0], [400.0, 100.0, 150.0])]
+    text = "\n".join(bench.report(workload, rows, ["late"]))
+    assert ("batch 64: late / DyNet wheel, round by round: wall median 0.90x, range "
+            "0.50-1.20x over 3 rounds") in text
+    assert "DyNet native / DyNet wheel, round by round: wall median 1.50x, range 1.00-2.00x" in text
+
+
+def test_dynet_user_peers_train_in_child_processes(bench, data):
+    dynet_peers = bench.load_dynet_peers()
+    if dynet_peers is None:
+        pytest.skip("dynet does not import")
+    for name in bench.USER_WORKLOADS:
+        workload = bench.make_workload(name, data, None, True, dynet_peers, seed=0)
+        try:
+            assert list(workload.peers) == ["DyNet wheel"]
+            seconds, cpu, nodes = bench.run_variant(workload, "DyNet wheel",
+                                                    [workload.examples[:3]] * 2)
+            assert seconds > 0 and cpu > 0 and nodes == 0
+        finally:
+            for peer in workload.peers.values():
+                peer.close()

@@ -305,7 +305,7 @@ def test_trace_dot_is_the_formula_graph():
 def test_to_dot_draws_any_graph():
     pc = dn.ParameterCollection(seed=1)
     weight = pc.add_parameters((3, 4))
-    with dn.Graph():
+    with dn.Graph(fuse=False):  # the nodes as written (fusion would join matmul and tanh)
         x = dn.inputs(np.ones(4))
         hidden = dn.tanh(weight @ x) * 2.0
         loss = dn.pick_neg_log_softmax(hidden, 1)
