@@ -355,8 +355,14 @@ def cli_report(argv: list[str]) -> int:
 
 def after_training(run_dir: str | os.PathLike, recipe: ModuleType,
                    loader: Callable[[str], Any] | None, dev: str | None) -> None:
-    """The end of `dynlp train`: write the run's report and say where to go next (stderr)."""
-    path = write_report(run_dir, recipe=recipe, loader=loader, dev=dev)
+    """The end of `dynlp train`: write the run's report and say where to go next (stderr). A
+    report that cannot be written is a warning: the training itself succeeded."""
+    try:
+        path = write_report(run_dir, recipe=recipe, loader=loader, dev=dev)
+    except Exception as error:  # noqa: BLE001 (any failure of the page must not fail the run)
+        print(f"dynlp: warning: no report written ({type(error).__name__}: {error})",
+              file=sys.stderr)
+        return
     print(f"dynlp: report {path} (open it in a browser); next: the tutorial in "
           "docs/tutorial/README.md, every flag in 'dynlp train "
           f"{recipe.NAME} --help', full runs in docs/RESULTS.md", file=sys.stderr)

@@ -148,3 +148,15 @@ def test_chromium_renders_the_report(runs, recipe, tmp_path):
     subprocess.run([*flags, "--hide-scrollbars", "--window-size=1200,1600",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_a_failing_report_does_not_fail_training(runs, monkeypatch, capsys):
+    import dynlp.report as report
+
+    def broken(*args, **kwargs):
+        raise ValueError("broken page")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    capsys.readouterr()
+    report.after_training(runs["tagger"], cli.load_recipe("tagger"), None, None)
+    assert "warning: no report written (ValueError: broken page)" in capsys.readouterr().err
