@@ -85,3 +85,10 @@ def test_assignment_checker_passes_a_solution():
     done = _check(Path(__file__).resolve().parent / "tutorial_solution.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all checks passed" in done.stdout
+
+
+def test_readme_first_model_runs():
+    """The README's first Python block (the second is a sketch with a `model` of the reader's)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = blocks(text)[0][1]
+    exec(compile(first, "README.md", "exec"), {"__name__": "__readme__"})
