@@ -184,13 +184,17 @@ class Fuser:
             if op.batch is None or op.ragged is not None or root in pinned:
                 continue
             region = [root]
-            # at most one node of each costly signature: a region never spans two steps of a
-            # recurrence (or two levels of a tree), whose regions would then differ by length
-            costly = {sigs[root]} if op.cost != 1 else set()
+            # A costly node (a product, a cell) joins only when no costly node lies between
+            # it and the root, and only one of each costly signature: a region is one layer
+            # of products and what follows them, never two steps of a recurrence or two levels
+            # of a tree, so that regions repeat and batch.
+            below = [op.cost != 1]   # per member: a costly node on its path to the root
+            costly = {sigs[root]} if below[0] else set()
             seen: dict[int, int] = {}
             k = 0
             while k < len(region):
                 n = region[k]
+                under = below[k]
                 k += 1
                 op = ops[n]
                 mask = None if op.batch == STACK else op.mask(len(args[n]))
@@ -208,9 +212,20 @@ class Fuser:
                     if oa.batch is None or oa.ragged is not None:
                         continue
                     if oa.cost != 1:
-                        if sigs[a] in costly or depth_of(a, depths) + 1 != depth_of(n, depths):
+                        if under or sigs[a] in costly:
+                            continue
+                        da = depths.get(a)
+                        if da is None:
+                            da = depth_of(a, depths)
+                        dn = depths.get(n)
+                        if dn is None:
+                            dn = depth_of(n, depths)
+                        if da + 1 != dn:
                             continue  # ready before its consumer: it batches better alone
                         costly.add(sigs[a])
+                        below.append(True)
+                    else:
+                        below.append(under)
                     place[i] = 1
                     region.append(a)
                 if len(region) >= MAX_REGION:
@@ -224,22 +239,18 @@ class Fuser:
         g = self.g
         args, sigs = g.args, g.sigs
         region.sort()
-        position = {n: p for p, n in enumerate(region)}
+        # region nodes map to -1 - position, outside arguments to their index
+        where = dict(zip(region, range(-1, -1 - len(region), -1)))
         outside: list[int] = []
-        where: dict[int, int] = {}
         key: list[Any] = []
         for n in region:
             refs = []
             for a in args[n]:
-                p = position.get(a)
-                if p is None:
-                    k = where.get(a)
-                    if k is None:
-                        k = where[a] = len(outside)
-                        outside.append(a)
-                    refs.append(k)
-                else:
-                    refs.append(-1 - p)
+                k = where.get(a)
+                if k is None:
+                    k = where[a] = len(outside)
+                    outside.append(a)
+                refs.append(k)
             key.append(sigs[n])
             key.append(tuple(refs))
         structure = tuple(key)
