@@ -49,6 +49,7 @@ commands:
   trace             forward, tangent and adjoint traces of a small formula (for teaching)
   report RUN_DIR    one offline HTML page about a training run (also written by train)
   bench             the autobatching benchmark (scripts/bench_autobatch.py)
+  run-dynet SCRIPT  run a DyNet program unmodified on dynlp (see docs/DYNET.md)
 
 'dynlp COMMAND RECIPE --help' documents every option with its default.
 """
@@ -245,13 +246,18 @@ def command_bench(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
 
 
+def command_run_dynet(argv: Sequence[str]) -> int:
+    from .dynet.runner import main as run_dynet
+    return run_dynet(list(argv))
+
+
 def command_report(argv: Sequence[str]) -> int:
     from .report import cli_report
     return cli_report(list(argv))
 
 
 OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench,
-                  "report": command_report}
+                  "run-dynet": command_run_dynet, "report": command_report}
 
 
 # -------------------------------------------------------------------------------------------------
