@@ -57,6 +57,7 @@ commands:
   predict RECIPE    label a file with a trained model: --model DIR --input FILE --output FILE
   data              list and fetch the known datasets (dynlp data list | fetch NAME)
   trace             forward, tangent and adjoint traces of a small formula (for teaching)
+  report RUN_DIR    one offline HTML page about a training run (also written by train)
   bench             the autobatching benchmark (scripts/bench_autobatch.py)
   run-dynet SCRIPT  run a DyNet program unmodified on dynlp (see docs/DYNET.md)
 
@@ -190,6 +191,8 @@ def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
                     overwrite=args.overwrite)
     print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
                       "best_epoch": metrics["best_epoch"]}, indent=2))
+    from .report import after_training
+    after_training(args.out, recipe, load_any_model, files["dev"])
     return 0
 
 
@@ -281,8 +284,13 @@ def command_run_dynet(argv: Sequence[str]) -> int:
     return run_dynet(list(argv))
 
 
+def command_report(argv: Sequence[str]) -> int:
+    from .report import cli_report
+    return cli_report(list(argv))
+
+
 OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench,
-                  "run-dynet": command_run_dynet}
+                  "run-dynet": command_run_dynet, "report": command_report}
 
 
 # -------------------------------------------------------------------------------------------------

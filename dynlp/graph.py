@@ -17,6 +17,7 @@ import numpy as np
 from .ops import SHARED, TABLE, Op
 from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
+from .seeding import generator
 
 _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
@@ -94,9 +95,10 @@ class Graph:
 
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
-    drawn when their nodes are built. training: False makes dropout and noise the identity.
-    fuse: before each forward pass, fuse regions of nodes whose intermediate results nothing
-    else reads into single nodes (values and gradients of every node stay readable).
+    drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
+    training: False makes dropout and noise the identity. fuse: before each forward pass, fuse
+    regions of nodes whose intermediate results nothing else reads into single nodes (values
+    and gradients of every node stay readable).
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
@@ -111,7 +113,7 @@ class Graph:
             raise SettingError(f"Graph: dtype must be float32 or float64, not {self.dtype}")
         self.fuse = bool(fuse)
         self.training = training
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
         self._uniforms_used = 0
         self.alive = True
@@ -560,12 +562,12 @@ class Expression:
         return self._live().add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
 
     def __getitem__(self, index):
+        """numpy-style indexing along the first two axes: `x[i]`, `x[a:b]`, `x[[i, j]]`,
+        `M[i, j]`, `M[:, j]`, `M[a:b, c:d]`, `M[[i, j], :]` (slices take step 1)."""
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise ValueError("slices of expressions take step 1")
-            return self._live().add(TABLE["pick_range"], (self.i,),
-                                    (("start", start), ("end", stop), ("dim", 0)))
+            return _index_axis(self, 0, index)
+        if isinstance(index, tuple) or _is_index_list(index):
+            return index_expression(self, index)
         return pick(self, index)
 
     def __iter__(self):
@@ -958,3 +960,43 @@ def pick(x: Expression, index: int, dim: int = 0) -> Expression:
     if not 0 <= index < n:
         raise IndexError(f"pick: index {index} out of range for shape {x.shape} along dim {dim}")
     return g.add(TABLE["pick"], (x.i,), (("dim", dim),), g.single(index))
+
+
+def _is_index_list(index: Any) -> bool:
+    return isinstance(index, (list, np.ndarray))
+
+
+def _index_axis(x: Expression, axis: int, index: Any) -> Expression:
+    """x indexed along one axis by an int, a slice or a list of ints."""
+    n = x.shape[axis]
+    if isinstance(index, slice):
+        start, stop, step = index.indices(n)
+        if step != 1:
+            raise IndexError("slices of expressions take step 1")
+        if (start, stop) == (0, n):
+            return x
+        return x._live().add(TABLE["pick_range"], (x.i,),
+                             (("start", start), ("end", max(start, stop)), ("dim", axis)))
+    if _is_index_list(index):
+        rows = [int(i) + n if int(i) < 0 else int(i) for i in index]
+        if not rows or any(not 0 <= i < n for i in rows):
+            raise IndexError(f"indices {list(index)} out of range for axis {axis} of shape "
+                             f"{x.shape}")
+        name = "select_rows" if axis == 0 else "select_cols"
+        return apply(name, x, attrs=(("count", len(rows)),), battrs=(tuple(rows),))
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return pick(x, index, dim=axis)
+    raise IndexError(f"an expression is indexed by ints, slices and lists of ints, not "
+                     f"{type(index).__name__}")
+
+
+def index_expression(x: Expression, index: Any) -> Expression:
+    """`x[index]` for a tuple of at most two indices or a list of ints (see `__getitem__`)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if len(parts) > len(x.shape) or len(parts) > 2:
+        raise IndexError(f"too many indices {index!r} for an expression of shape {x.shape}")
+    if len(parts) == 2 and _is_index_list(parts[0]) and _is_index_list(parts[1]):
+        raise IndexError("index one axis with a list at a time (x[[0, 1], :][:, [2, 3]])")
+    if len(parts) == 2:  # the second axis first, so that the first keeps its numbering
+        x = _index_axis(x, 1, parts[1])
+    return _index_axis(x, 0, parts[0])

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import graph
 from .data.files import atomic_write, input_problem
+from .seeding import generator
 
 FORMAT = "dynlp-parameters"
 FORMAT_VERSION = 1
@@ -38,7 +39,11 @@ class ModelSizeError(ValueError):
 
 
 class Parameter:
-    """A trainable array. Usable wherever an expression is: `W @ x + b`."""
+    """A trainable array. Usable wherever an expression is: `W @ x + b`.
+
+    `W.value` is the live array itself (an attribute, not a method: trainers update it in
+    place); `W.npvalue()` and `W.as_array()` return a copy, `W.grad_as_array()` the gradient.
+    """
 
     is_lookup = False
 
@@ -68,6 +73,10 @@ class Parameter:
 
     # -- DyNet-style accessors ---------------------------------------------------------------------
     def as_array(self) -> np.ndarray:
+        return self.value.copy()
+
+    def npvalue(self) -> np.ndarray:
+        """A copy of the value, as `Expression.npvalue()` gives."""
         return self.value.copy()
 
     def grad_as_array(self) -> np.ndarray:
@@ -127,7 +136,11 @@ class LookupParameter(Parameter):
         self._reduced = True  # the chunks list holds at most one chunk of unique rows
         self._dense_used = False
 
-    def __getitem__(self, index: int) -> "graph.Expression":
+    def __getitem__(self, index: Any) -> "graph.Expression":
+        """`E[i]`: row i (dim,); `E[[i, j, ...]]`: those rows as a matrix (k, dim), each row
+        a lookup with a sparse gradient."""
+        if isinstance(index, (list, tuple, np.ndarray)):
+            return lookup_rows(self, index)
         return lookup(self, index)
 
     def accumulate_grad(self, dense: np.ndarray) -> None:
@@ -194,6 +207,17 @@ def lookup(table: LookupParameter, index: int) -> "graph.Expression":
     return graph.Row(g, g.param_node(table), index)
 
 
+def lookup_rows(table: LookupParameter, indices: Any) -> "graph.Expression":
+    """Rows `indices` of a lookup table as a matrix (k, dim): each a lookup (sparse gradient),
+    joined as the rows of one matrix."""
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if not indices:
+        raise IndexError(f"lookup: no indices for {table.name}")
+    rows = [graph.apply("reshape", lookup(table, i), attrs=(("shape", (1, table.shape[1])),))
+            for i in indices]
+    return rows[0] if len(rows) == 1 else graph.apply("concatenate", *rows)
+
+
 # -------------------------------------------------------------------------------------------------
 # Initializers
 
@@ -243,9 +267,10 @@ def _gigabytes(size: int) -> str:
 
 
 class ParameterCollection:
-    """Owns parameters and lookup tables. seed: for initializers; dtype: float32 by default;
-    max_bytes: adding a parameter that would take the values past this size raises
-    ModelSizeError before anything is allocated (None: no limit)."""
+    """Owns parameters and lookup tables. seed: for initializers (None: from the global seed,
+    `dn.seed`, when set); dtype: float32 by default; max_bytes: adding a parameter that would
+    take the values past this size raises ModelSizeError before anything is allocated (None:
+    no limit)."""
 
     def __init__(self, seed: int | None = None, dtype: Any = np.float32, *,
                  max_bytes: int | None = None,
@@ -253,7 +278,7 @@ class ParameterCollection:
         self._root = _root or self
         self._prefix = _prefix
         if _root is None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
             self.dtype = np.dtype(dtype)
             self._params: dict[str, Parameter] = {}
             self.max_bytes = max_bytes
@@ -283,6 +308,10 @@ class ParameterCollection:
 
     def add_parameters(self, shape: Any, init: Any = "glorot", name: str | None = None,
                        scale: float | None = None) -> Parameter:
+        """A new parameter of `shape`, initialized by `init` (see `initialize`). `name` must
+        be new in the collection (ValueError otherwise); builders, by contrast, take a free
+        subcollection name as DyNet does (a second `MLP(pc, ..., name="mlp")` lives under
+        `mlp_1/`), so that the same builder can be made twice."""
         root = self._root
         shape = _shape(shape)
         name = self._name(name, "param")
@@ -304,10 +333,13 @@ class ParameterCollection:
         return p
 
     def parameters(self) -> Iterator[Parameter]:
-        """All parameters and lookup tables under this collection, in creation order."""
+        """All parameters and lookup tables under this collection, in creation order (what is
+        saved and trained); `parameters_list()` holds the dense ones only and
+        `lookup_parameters_list()` the tables, as in DyNet."""
         return (p for n, p in self._root._params.items() if n.startswith(self._prefix))
 
     def parameters_list(self) -> list[Parameter]:
+        """The dense parameters, without the lookup tables (DyNet's meaning)."""
         return [p for p in self.parameters() if not p.is_lookup]
 
     def lookup_parameters_list(self) -> list[LookupParameter]:

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -394,6 +395,13 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def environment() -> dict:
+    """What a run's numbers depend on besides its settings: the versions of dynlp, numpy and
+    Python, and the BLAS threads (their count can change the last bits of float sums)."""
+    return {"dynlp": dn.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "blas_threads": dn.blas_threads()}
+
+
 def _write_json(path: Path, value: Any) -> None:
     write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
@@ -506,6 +514,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     else:
         state = _fresh_state()
         state["git_commit"] = git_commit()  # the code that trains, not the code at the end
+        state["environment"] = environment()
         out.mkdir(parents=True, exist_ok=True)
     state.setdefault("records", [])
     metadata = model.metadata()
@@ -611,7 +620,8 @@ def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
         "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
         "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
-        "git_commit": state.get("git_commit"),
+        "git_commit": state.get("git_commit"), "environment": state.get("environment"),
+        "global_seed": dn.get_seed(),
     }
     _write_json(out / METRICS_FILE, metrics)
     return metrics
