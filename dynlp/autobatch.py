@@ -67,7 +67,7 @@ class Engine:
                              f"not {strategy!r}")
         self.g = graph
         self.strategy = strategy or None
-        self.fuser = Fuser(graph) if getattr(graph, "fuse", False) else None
+        self.fuser = Fuser(graph) if getattr(graph, "fuse", False) == "regions" else None
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None

@@ -96,22 +96,27 @@ class Graph:
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
     drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
-    training: False makes dropout and noise the identity. fuse: before each forward pass, fuse
-    regions of nodes whose intermediate results nothing else reads into single nodes (values
-    and gradients of every node stay readable).
+    training: False makes dropout and noise the identity.
+    fuse: True (the default) fuses while building: `W @ x` sums with a bias stay pending
+    until an activation closes them into one node; "regions" also fuses, before each forward
+    pass, regions of nodes whose intermediate results nothing else reads into single nodes
+    (values and gradients of every node stay readable); False builds every op as its node.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
-                 seed: int | None = None, training: bool = True, fuse: bool = True) -> None:
+                 seed: int | None = None, training: bool = True,
+                 fuse: bool | str = True) -> None:
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
             raise SettingError(f"Graph: dtype {dtype!r} is not a numpy dtype") from None
         if self.dtype not in (np.float32, np.float64):
             raise SettingError(f"Graph: dtype must be float32 or float64, not {self.dtype}")
-        self.fuse = bool(fuse)
+        if fuse not in (True, False, "regions"):
+            raise SettingError(f"Graph: fuse must be True, False or 'regions', not {fuse!r}")
+        self.fuse = fuse
         self.training = training
         self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)

@@ -57,9 +57,10 @@ from dynlp.nn import MLP, BiRNNBuilder, Embedding, LSTMBuilder, TreeLSTMBuilder 
 
 SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_DATA = SCRIPTS.parent.parent / "shared" / "data"
-# a strategy, or (strategy, fuse): "late-unfused" is late scheduling with fusion off
+# a strategy, or (strategy, fuse): "late-unfused" is late scheduling with fusion off,
+# "late-regions" with the region pass on (Graph(fuse="regions")) as well
 STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late",
-              "late-unfused": ("late", False)}
+              "late-unfused": ("late", False), "late-regions": ("late", "regions")}
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the DyNet benchmark suite's sizes (its autobatching paper's for treenn and the tagger; the
@@ -918,7 +919,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
                 f"{_ratio(r.cpu_rate, off.cpu_rate) if ours else '-':>7} "
                 f"{_fmt(r.node_rate / 1e3 if r.node_rates else None, '8.1f')} "
                 f"{_fmt(r.nodes_per_sentence or None, '10.1f')} {_fmt(r.peak_mb, '8.1f')}")
-    ours = [s for s in ("late", "late-unfused", "agenda") if s in strategies]
+    ours = [s for s in ("late", "late-unfused", "late-regions", "agenda") if s in strategies]
     for b in batch_sizes:
         for peer in workload.peers:
             theirs = by[b, peer]

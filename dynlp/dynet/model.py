@@ -547,7 +547,7 @@ def _save_entries(fname: str, entries: list[tuple[str, Parameters]], append: boo
 
 def _write(fname: str, records: list[tuple[str, str, np.ndarray]], extra: dict) -> None:
     header = {"format": P.FORMAT, "version": P.FORMAT_VERSION, "kind": DYNET_FORMAT,
-              "parameters": [{"name": n, "kind": k, "shape": list(v.shape)}
+              "parameters": [{"name": n, "kind": k, "shape": list(v.shape), "dtype": "float32"}
                              for n, k, v in records], "metadata": extra}
     P.write_npz(fname, header, {f"p{i}": np.asarray(v, np.float32)
                                 for i, (_, _, v) in enumerate(records)})
