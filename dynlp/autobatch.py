@@ -628,6 +628,11 @@ class Engine:
     def gradient(self, node: int) -> np.ndarray:
         if self.grads is None:
             raise GraphError("gradient() needs backward() first")
+        if node in self.g.bypassed:
+            raise GraphError(
+                f"gradient(): a fused softmax loss read through node {node} "
+                f"({self.g.ops[node].name}) to its input, so it has no gradient of its own; "
+                "to keep one, build the loss on x.plain() instead of x")
         loc = self.g.loc
         here = loc[node]
         b = here >> _SHIFT

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import (Expression, Row, SettingError, Slice, apply, arith, current_graph, matmul,
-                    pick, unary)
+from .graph import (Affine, AffineLoss, Expression, Row, SettingError, Slice, apply, arith,
+                    current_graph, matmul, pick, unary)
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
@@ -352,6 +352,10 @@ def _label(name: str, x: Expression, index: int) -> int:
 def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
     """-log softmax(x)[index] -> (); the cross-entropy of one label."""
     label = _label("pick_neg_log_softmax", x, index)
+    if type(x) is Affine:
+        loss = AffineLoss.of(x, label)
+        if loss is not None:
+            return loss
     if type(x) is Expression:
         g = x._live()
         return g.add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), g.single(label))

@@ -27,6 +27,7 @@ _PICK_RANGE = TABLE["pick_range"]
 _LOOKUP = TABLE["lookup"]
 _CONCATENATE_RANGES = TABLE["concatenate_ranges"]
 _AFFINE = TABLE["affine_transform"]
+_MLP_LOSS = TABLE["mlp_pick_neg_log_softmax"]
 _ADD = TABLE["add"]
 _CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
 _ACTIVATIONS = ACTIVATIONS
@@ -139,6 +140,7 @@ class Graph:
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
+        self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
@@ -813,6 +815,11 @@ class Affine(Deferred):
         if self._node >= 0:
             total = total + g.engine.gradient(self._node)
         for reader in self.readers or ():
+            if reader is None:
+                raise GraphError(
+                    f"Affine.gradient(): a fused loss read this sum in place ({self._what()}), "
+                    "so it has no gradient of its own; to keep one, build the loss on "
+                    "x.plain() instead of x")
             if type(reader) is Affine:
                 total = total + reader.gradient()
                 continue
@@ -823,6 +830,79 @@ class Affine(Deferred):
                 derivative = _ACTIVATIONS[activation][1]
                 total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
         return total
+
+
+class AffineLoss(Deferred):
+    """pick_neg_log_softmax(W @ h + b, label), deferred (the scores `W @ h + b` an Affine of one
+    product): `dn.esum` of such losses over the same weights (a sentence's words, a tree's
+    nodes) is one `mlp_loss_sum_L` node, and any other reading makes one
+    `mlp_pick_neg_log_softmax` node. When h is an `affine_transform` node with an activation
+    (`O @ tanh(H @ x)`), the layer is read from x as well: L = 2. The scores and such an h then
+    have no gradient of their own (`gradient()` raises; build on `.plain()` to keep one)."""
+
+    __slots__ = ("x", "layers", "activation", "label", "key")
+
+    def __init__(self, g: Graph, x: int, layers: tuple, activation: str | None,
+                 label: int) -> None:
+        self.g = g
+        self.x = x                    # the input node
+        self.layers = layers          # (W1, b1, W2, b2, ...) nodes, shared
+        self.activation = activation  # of the hidden layer, if any
+        self.label = label
+        self.key = (layers, activation, g.shapes[x])
+        self._node = -1
+        self._fused = False
+
+    @staticmethod
+    def of(scores: "Affine", label: int) -> "AffineLoss | None":
+        """The deferred loss over an Affine of one product and at most one bias, else None."""
+        if len(scores.terms) != 1 or len(scores.biases) > 1 or scores._node >= 0:
+            return None
+        g = scores.g
+        (w, h), = scores.terms
+        if len(g.shapes[h]) != 1:
+            return None
+        b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+        scores._fused = True
+        scores._read_by(None)  # (a loss read it in place: no gradient of its own)
+        ops, args, attrs = g.ops, g.args, g.attrs
+        if ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
+                h not in g.pinned:
+            hb, hw, hx = args[h]
+            if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
+                g.bypassed[h] = True
+                return AffineLoss(g, hx, (hw, hb, w, b), attrs[h][0][1], label)
+        return AffineLoss(g, h, (w, b), None, label)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    def _what(self) -> str:
+        return f"a softmax loss over {len(self.layers) // 2} affine layer(s), label {self.label}"
+
+    def _attrs(self) -> tuple:
+        return () if self.activation is None else (("activation", self.activation),)
+
+    def _materialize(self) -> int:
+        g = self._live()
+        return g.add(_MLP_LOSS, (self.x,) + self.layers, self._attrs(), g.single(self.label)).i
+
+    @staticmethod
+    def fuse_sum(terms: Sequence[Any]) -> Expression | None:
+        """One node for the sum of deferred losses over the same layers, else None."""
+        first = terms[0]
+        key, g = first.key, first.g
+        for term in terms:
+            if type(term) is not AffineLoss or term.key != key or term.g is not g or \
+                    term._node >= 0:
+                return None
+        g._check_alive()
+        for term in terms:
+            term._fused = True
+        op = TABLE.get(f"mlp_loss_sum_{len(first.layers) // 2}")
+        return g.add(op, first.layers + tuple([t.x for t in terms]), first._attrs(),
+                     (tuple([t.label for t in terms]),))
 
 
 def _graph_of(items: Sequence[Any]) -> Graph:

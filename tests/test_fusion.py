@@ -265,3 +265,55 @@ def test_rnn_input_products_are_not_joined_with_the_recurrent_ones():
     # the three sequences batch by position (a region never spans two steps)
     assert max(sizes) == 8 + 10 + 12 - 6
     assert len(sizes) <= 16
+
+
+@pytest.mark.parametrize("hidden", [None, "tanh", "rectify", "logistic"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_softmax_losses_over_affine_sums_are_one_node_per_sum(hidden, bias):
+    """pick_neg_log_softmax(O @ f(H @ x) + b, y) as users write it: per example one deferred
+    loss, their esum one mlp_loss_sum node, values and gradients as written out."""
+    results = {}
+    for fuse in (False, True):
+        pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+        H = pc.add_parameters((5, 6))
+        O = pc.add_parameters((3, 5 if hidden else 6))
+        c = pc.add_parameters(5)
+        b = pc.add_parameters(3)
+        rng = np.random.default_rng(2)
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            xs = [dn.inputs(rng.normal(size=6)) for _ in range(5)]
+            losses = []
+            for k, x in enumerate(xs):
+                h = getattr(dn, hidden)(H @ x + c) if hidden else x
+                scores = O @ h + b if bias else O @ h
+                losses.append(dn.pick_neg_log_softmax(scores, k % 3))
+            total = dn.esum(losses) + losses[0] * 0.5  # a term read twice: its own node too
+            total.backward()
+            names = [g.ops[n].name for n in range(len(g))]
+            results[fuse] = (total.scalar_value(),
+                             [p.grad_as_array() for p in pc.parameters()],
+                             [x.gradient() for x in xs], names)
+    (v0, g0, x0, _), (v1, g1, x1, names) = results[False], results[True]
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    for a, b in zip(g1 + x1, g0 + x0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert names.count(f"mlp_loss_sum_{2 if hidden else 1}") == 1
+    assert "pick_neg_log_softmax" not in names
+
+
+def test_a_sum_or_hidden_layer_read_by_a_fused_loss_says_it_has_no_gradient():
+    pc = dn.ParameterCollection(seed=4)
+    H = pc.add_parameters((5, 6))
+    O = pc.add_parameters((3, 5))
+    with dn.Graph():
+        x = dn.inputs(np.ones(6))
+        h = dn.tanh(H @ x)
+        scores = O @ h
+        loss = dn.pick_neg_log_softmax(scores, 1)
+        loss.backward()
+        with pytest.raises(dn.GraphError, match="plain"):
+            scores.gradient()
+        with pytest.raises(dn.GraphError, match="plain"):
+            h.gradient()
+        assert x.gradient().shape == (6,)
+        np.testing.assert_allclose(h.value(), np.tanh(H.as_array() @ np.ones(6)), rtol=1e-6)
