@@ -60,8 +60,8 @@ DEFAULT_DATA = SCRIPTS.parent.parent / "shared" / "data"
 STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late"}
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
-# the DyNet benchmark suite's sizes (its autobatching paper's for treenn and the tagger; the
-# rnnlm-batch run script's 128 -> 256, over a PTB-sized vocabulary); attention-user is ours
+# the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
+# vocabulary of PTB's size, 10000); attention-user is ours
 USER_SIZES = {"treenn-user": {"word_dim": 128, "hidden": 128},
               "tagger-user": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
               "rnnlm-user": {"embed": 128, "hidden": 256, "vocab": 10000},
@@ -315,6 +315,8 @@ def parse_data(data: TaggedData) -> ParseData:
 class DynlpModel:
     """Shared training step: one graph per minibatch, summed example losses, backward, Adam."""
 
+    clip_threshold: float | None = 5.0  # the trainer's gradient clipping (DyNet's default)
+
     def __init__(self, seed: int) -> None:
         self.pc = dn.ParameterCollection(seed=seed)
         self.trainer: dn.Trainer | None = None
@@ -327,7 +329,8 @@ class DynlpModel:
 
     def step(self, batch: list, autobatch: bool | str) -> int:
         if self.trainer is None:
-            self.trainer = dn.AdamTrainer(self.pc)  # sparse table updates: the default
+            # sparse table updates: the default
+            self.trainer = dn.AdamTrainer(self.pc, clip_threshold=self.clip_threshold)
         with dn.Graph(autobatch=autobatch) as g:
             total = self.batch_loss(batch)
             total.backward()
@@ -443,6 +446,8 @@ class UserTreeNN(DynlpModel):
     per child, each from its own child's h; the output gate reuses the input gate's bias, as
     there) -> W h (no bias) -> softmax loss over 5 labels at every node."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, word_dim: int, hidden: int, seed: int = 1) -> None:
         super().__init__(seed)
         pc = self.pc
@@ -489,6 +494,8 @@ class UserTagger(DynlpModel):
     """dynet-py/bilstm-tagger.py: lookup (words seen 5 times or fewer -> UNK) -> forward and
     backward LSTMBuilder -> concatenate -> O tanh(H x) (no biases) -> softmax loss per word."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, tags: int, word_dim: int, hidden: int, mlp_dim: int,
                  seed: int = 1) -> None:
         super().__init__(seed)
@@ -518,6 +525,8 @@ class UserRNNLM(DynlpModel):
     engine batches the sentences): <s> -> LSTMBuilder -> affine softmax over the vocabulary
     predicting each next word and the final <s>."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, embed: int, hidden: int, seed: int = 1) -> None:
         super().__init__(seed)
         pc = self.pc
@@ -544,6 +553,8 @@ class UserAttention(DynlpModel):
     encoder, its states as the columns of a matrix; an LSTMBuilder decoder emits the sentence's
     UPOS tags and then </s>, each step attending (MLP attention: v tanh(W1 H + W2 s)) over the
     encoder states, fed [context; previous tag embedding]."""
+
+    clip_threshold = None  # the script turns clipping off
 
     def __init__(self, words: int, tags: int, word_dim: int, hidden: int, attention: int,
                  tag_dim: int, seed: int = 1) -> None:
@@ -897,7 +908,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
 
     Wall-clock rates are what a user waits for; rates per CPU second of this process count only
     the time it was actually running, which stays readable on a busy shared machine."""
-    header = (f"{'batch':>5}  {'variant':22} {'sent/s':>8} {'min-max':>11} {'vs off':>7} "
+    header = (f"{'batch':>5}  {'variant':26} {'sent/s':>8} {'min-max':>11} {'vs off':>7} "
               f"{'sent/cpu-s':>10} {'vs off':>7} {'knodes/s':>8} {'nodes/sent':>10} "
               f"{'peak MB':>8}")
     lines = [f"== {workload.name}: {workload.description}", header]
@@ -909,7 +920,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
             ours = off is not None and r.variant in STRATEGIES
             spread = f"{min(r.rates):.0f}-{max(r.rates):.0f}" if r.rates else "-"
             lines.append(
-                f"{b:5d}  {r.variant:22} {r.rate:8.1f} {spread:>11} "
+                f"{b:5d}  {r.variant:26} {r.rate:8.1f} {spread:>11} "
                 f"{_ratio(r.rate, off.rate) if ours else '-':>7} {r.cpu_rate:10.1f} "
                 f"{_ratio(r.cpu_rate, off.cpu_rate) if ours else '-':>7} "
                 f"{_fmt(r.node_rate / 1e3 if r.node_rates else None, '8.1f')} "
