@@ -741,7 +741,7 @@ def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed
     peers = {}
     if dynet_peers is not None:
         peers = dynet_peers.make_user_peers(name, words, tags, sizes, seed, dynet_builds,
-                                            dynet_native, dynet_mem)
+                                            dynet_native, dynet_mem, tiny)
     return Workload(name, what, examples, model, peers,
                     (lambda x: len(x[0])) if name != "rnnlm-user" else len)
 

@@ -39,6 +39,7 @@ NATIVE_BUILD = Path(os.environ.get("DYNET_NATIVE_BUILD",
 # DyNet's arena (--dynet-mem, MB) per "-user" workload (scripts/bench_autobatch.py --dynet-mem
 # overrides it); the paper workloads keep 1024
 DEFAULT_MEM = 1024
+TINY_MEM = 64
 USER_MEM = {"treenn-user": 1024, "tagger-user": 1024, "rnnlm-user": 1024,
             "attention-user": 1024}
 SIZES = {"tagger-paper": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
@@ -144,10 +145,12 @@ def make_peers(workload: str, words: int, tags: int, seed: int,
 
 def make_user_peers(workload: str, words: int, tags: int, sizes: dict, seed: int,
                     builds: Sequence[str] = ("wheel",), native: Path | None = None,
-                    mem: int | None = None) -> dict[str, DynetPeer]:
+                    mem: int | None = None, tiny: bool = False) -> dict[str, DynetPeer]:
     """A "-user" workload with autobatching in each DyNet build, each in its own child process,
     labelled "DyNet wheel" and "DyNet native"; for rnnlm-user also rnnlm-batch.py as written,
-    batched by hand without autobatching, in each build ("DyNet wheel, hand-batched")."""
+    batched by hand without autobatching, in each build ("DyNet wheel, hand-batched"). Tiny
+    models get a 64 MB arena unless mem says otherwise."""
+    mem = mem or (TINY_MEM if tiny else None)
     peers = {f"DyNet {build}": DynetPeer(workload, 1, words, tags, seed, sizes=sizes, build=build,
                                          native=native, mem=mem) for build in builds}
     if workload == "rnnlm-user":
