@@ -12,7 +12,7 @@ LSTMBuilder only, each beside the same program in DyNet with autobatching, in ea
 docs/DYNET_PEER.md). Round-by-round ratios (median and range) compare runs made back to back:
 
     python scripts/bench_autobatch.py --workloads treenn-user,tagger-user,rnnlm-user,attention-user
-        --batch-sizes 64 --strategies late --repeats 5 --no-memory
+        --batch-sizes 64 --strategies late --repeats 7 --sentences 256 --no-memory --no-torch
 
     python scripts/bench_autobatch.py [--quick] [--workloads tagger,treelstm,...]
         [--batch-sizes 1,16,64] [--steps N] [--repeats R] [--data DIR] [--json PATH]

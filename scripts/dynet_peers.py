@@ -373,7 +373,8 @@ class DynetUserRNNLMBatched(DynetUserRNNLM):
     """dynet-py/rnnlm-batch.py's calc_lm_loss as written: the minibatch (longest sentence first,
     as the script's length-sorted minibatches are) run in lockstep with DyNet's batch dimension
     (lookup_batch, pickneglogsoftmax_batch), the finished sentences' losses masked to 0, without
-    autobatching."""
+    autobatching. On the benchmark's random minibatches every sentence is padded to the longest
+    one; the script's minibatches, cut from its length-sorted corpus, pad far less."""
 
     def batch_loss(self, sents: list) -> Any:
         dy = self.dy
