@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .fusion import ABSORBED, Fuser
 from .graph import GraphError
 from .ops import SHARED, STACK, OuterProduct, Parts, SparseRows
 
@@ -66,6 +67,7 @@ class Engine:
                              f"not {strategy!r}")
         self.g = graph
         self.strategy = strategy or None
+        self.fuser = Fuser(graph) if getattr(graph, "fuse", False) == "regions" else None
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
@@ -83,6 +85,11 @@ class Engine:
 
     def value(self, node: int) -> np.ndarray:
         loc = self.g.loc
+        if loc[node] == ABSORBED:
+            root, p = self.fuser.absorbed[node]
+            self.value(root)
+            here = loc[root]
+            return self.batches[here >> _SHIFT].attrs["residual"][0][p][here & _ROW]
         if loc[node] < 0:
             self.forward([node])
         return self.bufs[loc[node] >> _SHIFT][loc[node] & _ROW]
@@ -103,7 +110,7 @@ class Engine:
             n = pop()
             emit(n)
             for a in args[n]:
-                if loc[a] == -1:
+                if loc[a] == -1 or loc[a] == ABSORBED:  # (an absorbed node is computed again)
                     loc[a] = -2
                     push(a)
         out.sort()
@@ -120,16 +127,23 @@ class Engine:
                     stack.append(a)
         return sorted(seen)
 
-    def forward(self, targets: list[int]) -> None:
+    def forward(self, targets: list[int], search: bool = False) -> None:
+        """Compute targets and what they need; `search`: find that by walking the graph."""
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
         loc = self.g.loc
+        self.g._depths.clear()
+        if self.fuser is not None:
+            search = self.fuser.run(targets) or search
+            absorbed = self.fuser.absorbed
+            targets = [absorbed[t][0] if loc[t] == ABSORBED else t for t in targets]
         low, size = self.low, len(loc)
-        while low < size and loc[low] >= 0:
+        while low < size and (loc[low] >= 0 or loc[low] == ABSORBED):
             low += 1
         self.low = low
         fresh, self.built = size - self.built, size
-        if self.strategy == "late" and targets and max(targets) - low <= 2 * fresh:
+        if (self.strategy == "late" and targets and not search
+                and max(targets) - low <= 2 * fresh):
             # most of what might be pending was built since the last forward (one forward of
             # a whole minibatch): sweep that range instead of searching the graph
             self._late(range(max(targets), low - 1, -1), targets)
@@ -156,6 +170,13 @@ class Engine:
         total = time.perf_counter() - start
         self.times["forward_total"] += total
         self.times["schedule"] += total - (self.times["forward_numpy"] - numpy_before)
+
+    def revive(self, node: int) -> None:
+        """Compute an absorbed node by its own op (backward from it needs its own batch)."""
+        loc = self.g.loc
+        if loc[node] == ABSORBED:
+            loc[node] = -1
+            self.forward([node], search=True)
 
     def _late(self, candidates: Iterable[int], targets: list[int]) -> None:
         """Run each node as late as its consumers allow, and at once the nodes ready now (inputs
@@ -467,6 +488,7 @@ class Engine:
     # -- reverse mode ----------------------------------------------------------------------------
     def backward(self, loss: int) -> None:
         """Reverse sweep over the executed batches, newest first; deliver parameter gradients."""
+        self.revive(loss)
         self.forward([loss])
         start = time.perf_counter()
         g = self.g
@@ -606,12 +628,20 @@ class Engine:
     def gradient(self, node: int) -> np.ndarray:
         if self.grads is None:
             raise GraphError("gradient() needs backward() first")
-        here = self.g.loc[node]
+        loc = self.g.loc
+        here = loc[node]
         b = here >> _SHIFT
         t = self.grads[b] if 0 <= b < len(self.grads) else None
-        if t is None:
-            return np.zeros(self.g.shapes[node], self.g.dtype)
-        return t[here & _ROW]
+        total = np.zeros(self.g.shapes[node], self.g.dtype) if t is None else t[here & _ROW]
+        absorbed = self.fuser.absorbed.get(node) if self.fuser is not None else None
+        if absorbed is not None:  # the part that flowed through the fused node
+            root, p = absorbed
+            there = loc[root]
+            if there >= 0 and (there >> _SHIFT) < len(self.grads):
+                cts = self.batches[there >> _SHIFT].attrs["residual"][2]
+                if cts is not None and cts[p] is not None:
+                    total = total + cts[p][there & _ROW]
+        return total
 
     def stats(self) -> dict:
         c, t = self.counts, self.times
@@ -626,4 +656,6 @@ class Engine:
             "seconds_backward_numpy": t["backward_numpy"],
             "seconds_backward_other": t["backward_total"] - t["backward_numpy"],
             "strategy": self.strategy or "off",
+            **(self.fuser.stats() if self.fuser is not None else
+               {"nodes_before_fusion": len(self.g.ops), "nodes_after_fusion": len(self.g.ops)}),
         }

@@ -15,7 +15,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .ops import SHARED, TABLE, Op
+from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
+from .seeding import generator
 
 _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
@@ -24,6 +26,10 @@ _BATCHED_MATMUL = TABLE["batched_matmul"]
 _PICK_RANGE = TABLE["pick_range"]
 _LOOKUP = TABLE["lookup"]
 _CONCATENATE_RANGES = TABLE["concatenate_ranges"]
+_AFFINE = TABLE["affine_transform"]
+_ADD = TABLE["add"]
+_CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
+_ACTIVATIONS = ACTIVATIONS
 
 
 class ShapeError(ValueError):
@@ -32,6 +38,10 @@ class ShapeError(ValueError):
 
 class GraphError(RuntimeError):
     """An expression was used outside the graph it belongs to, or after that graph ended."""
+
+
+class SettingError(ValueError):
+    """A setting (a dtype, a rate, a learning rate) outside what it can take."""
 
 
 _current: "Graph | None" = None
@@ -85,16 +95,30 @@ class Graph:
 
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
-    drawn when their nodes are built. training: False makes dropout and noise the identity.
+    drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
+    training: False makes dropout and noise the identity.
+    fuse: True (the default) fuses while building: `W @ x` sums with a bias stay pending
+    until an activation closes them into one node; "regions" also fuses, before each forward
+    pass, regions of nodes whose intermediate results nothing else reads into single nodes
+    (values and gradients of every node stay readable); False builds every op as its node.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
-                 seed: int | None = None, training: bool = True) -> None:
-        self.dtype = np.dtype(dtype)
+                 seed: int | None = None, training: bool = True,
+                 fuse: bool | str = True) -> None:
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise SettingError(f"Graph: dtype {dtype!r} is not a numpy dtype") from None
+        if self.dtype not in (np.float32, np.float64):
+            raise SettingError(f"Graph: dtype must be float32 or float64, not {self.dtype}")
+        if fuse not in (True, False, "regions"):
+            raise SettingError(f"Graph: fuse must be True, False or 'regions', not {fuse!r}")
+        self.fuse = fuse
         self.training = training
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
         self._uniforms_used = 0
         self.alive = True
@@ -114,6 +138,9 @@ class Graph:
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
+        self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
+        self._zeros: dict[tuple, int] = {}
+        self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
         self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
@@ -340,6 +367,7 @@ class Graph:
 
     def set_template(self, owner: Any, key: tuple, node: int) -> None:
         self._templates[(id(owner),) + key] = (owner, node)
+        self.pinned.add(node)  # fusion keeps its op and arguments, which `add_as` copies
 
     def add_as(self, like: int, args: tuple[int, ...], battrs: tuple | None = None
                ) -> "Expression":
@@ -376,6 +404,45 @@ class Graph:
             start = 0
         self._uniforms_used = start + size
         return pool[start:start + size].reshape(shape)
+
+    def zero_bias(self, shape: tuple[int, ...]) -> int:
+        """A zero constant of `shape`, one per shape and graph (the bias of a sum of products
+        that has none)."""
+        node = self._zeros.get(shape)
+        if node is None:
+            node = self._zeros[shape] = self.leaf(np.zeros(shape)).i
+        return node
+
+    def depth_of(self, node: int, memo: dict[int, int] | None = None) -> int:
+        """The longest path to node from a computed node (0 for a computed node), remembered
+        in memo (the graph's own by default, cleared by each forward pass)."""
+        if memo is None:
+            memo = self._depths
+        known = memo.get(node)
+        if known is not None:
+            return known
+        loc, args = self.loc, self.args
+        stack = [node]
+        while stack:
+            n = stack[-1]
+            if n in memo:
+                stack.pop()
+                continue
+            d = 0
+            for a in args[n]:
+                if loc[a] >= 0:
+                    continue
+                da = memo.get(a)
+                if da is None:
+                    stack.append(a)
+                    d = -1
+                    break
+                if da >= d:
+                    d = da + 1
+            if d >= 0:
+                memo[n] = d if args[n] else 0
+                stack.pop()
+        return memo[node]
 
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""
@@ -500,12 +567,12 @@ class Expression:
         return self._live().add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
 
     def __getitem__(self, index):
+        """numpy-style indexing along the first two axes: `x[i]`, `x[a:b]`, `x[[i, j]]`,
+        `M[i, j]`, `M[:, j]`, `M[a:b, c:d]`, `M[[i, j], :]` (slices take step 1)."""
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise ValueError("slices of expressions take step 1")
-            return self._live().add(TABLE["pick_range"], (self.i,),
-                                    (("start", start), ("end", stop), ("dim", 0)))
+            return _index_axis(self, 0, index)
+        if isinstance(index, tuple) or _is_index_list(index):
+            return index_expression(self, index)
         return pick(self, index)
 
     def __iter__(self):
@@ -619,6 +686,145 @@ class Row(Deferred):
         return f"row {self.index} of node {self.table}"
 
 
+class Affine(Deferred):
+    """W1 @ x1 + W2 @ x2 + ... + b, kept as its terms while the user builds: `W @ x` with a
+    weight (a parameter or a constant) and `+` of such sums and of a bias (a parameter or a
+    constant of the result's shape) make no node. An activation (tanh, logistic, rectify) over
+    it makes one `affine_transform` node; anything else reading it makes that node without
+    the activation (or a `matmul` node for a lone product). `dn.Graph(fuse=False)` keeps
+    products and sums as nodes of their own.
+
+    Terms whose inputs are ready long before the others' (by depth: the longest path from a
+    computed node) are not joined with them: an RNN's input products then batch over all its
+    steps at once instead of one step at a time.
+    """
+
+    __slots__ = ("terms", "biases", "out_shape", "readers")
+
+    def __init__(self, g: Graph, terms: tuple, biases: tuple, shape: tuple[int, ...]) -> None:
+        self.g = g
+        self.terms = terms      # ((W node, x node), ...)
+        self.biases = biases    # (bias node, ...): shared across the batch
+        self.out_shape = shape
+        self._node = -1
+        self._fused = False
+        self.readers: list | None = None  # (node, activation) or Affine that read this one
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.out_shape
+
+    def _what(self) -> str:
+        terms = " + ".join(f"node {w} @ node {x}" for w, x in self.terms)
+        return terms + "".join(f" + node {b}" for b in self.biases)
+
+    def _read_by(self, reader: Any) -> None:
+        if self.readers is None:
+            self.readers = [reader]
+        else:
+            self.readers.append(reader)
+
+    def plus(self, other: Any) -> "Affine | None":
+        """self + other as a new Affine, or None when other is neither an Affine of the same
+        graph and shape nor a bias."""
+        g = self.g
+        if type(other) is Affine:
+            if other.g is not g or other.out_shape != self.out_shape:
+                return None
+            out = Affine(g, self.terms + other.terms, self.biases + other.biases,
+                         self.out_shape)
+            self._read_by(out)
+            other._read_by(out)
+            return out
+        if isinstance(other, Expression):
+            if other.g is not g:
+                return None
+            node = other.i
+            if g.ops[node] not in (_PARAMETER, _INPUT) or g.shapes[node] != self.out_shape:
+                return None
+        else:
+            node = g.param_nodes.get(id(other))
+            if node is None and hasattr(other, "to_expression"):
+                node = other.to_expression(g).i
+            if node is None or g.shapes[node] != self.out_shape:
+                return None
+        out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
+        self._read_by(out)
+        return out
+
+    def _parts(self) -> tuple[tuple, tuple]:
+        """Arguments of affine_transform (bias first) over the terms that are ready as late as
+        the latest, and the terms that could run now when some are not (else ())."""
+        g = self.g
+        terms = self.terms
+        if len(terms) > 1:
+            depths = [g.depth_of(x) for _, x in terms]
+            latest = max(depths)
+            early = [d < latest - 1 for d in depths]
+            if any(early):
+                late = tuple(t for t, e in zip(terms, early) if not e)
+                now = tuple(t for t, e in zip(terms, early) if e)
+                return late, now
+        return terms, ()
+
+    def _bias(self) -> int:
+        g = self.g
+        if len(self.biases) == 1:
+            return self.biases[0]
+        if not self.biases:
+            return g.zero_bias(self.out_shape[:1])
+        return g.add(TABLE["add"], self.biases[:2]).i if len(self.biases) == 2 else \
+            apply("esum", *[Expression(g, b) for b in self.biases]).i
+
+    def close(self, activation: str | None) -> Expression:
+        """The node f(self) for an activation f (or None)."""
+        g = self._live()
+        if self._node >= 0:  # a node already (its value was read): build on it
+            return Expression(g, self._node) if activation is None else \
+                g.add(TABLE[activation], (self._node,))
+        late, now = self._parts()
+        if now:
+            early = Affine(g, now, self.biases, self.out_shape)
+            rest = Affine(g, late, (), self.out_shape)
+            total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
+            self._fused = True
+            out = total if activation is None else g.add(TABLE[activation], (total.i,))
+            self._read_by((out.i, activation, total.i))
+            return out
+        if len(late) == 1 and not self.biases and activation is None:
+            w, x = late[0]
+            return g.add(_MATMUL, (w, x))
+        args = (self._bias(),) + tuple(chain.from_iterable(late))
+        attrs = () if activation is None else (("activation", activation),)
+        out = g.add(_AFFINE, args, attrs)
+        if activation is not None:
+            self._fused = True
+            self._read_by((out.i, activation, None))
+        return out
+
+    def _materialize(self) -> int:
+        return self.close(None).i
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this sum, after `backward()`: from its own node if it has one, and from
+        the nodes that read it (an activation's input, a larger sum)."""
+        g = self._live()
+        total = np.zeros(self.out_shape, g.dtype)
+        if self._node >= 0:
+            total = total + g.engine.gradient(self._node)
+        for reader in self.readers or ():
+            if type(reader) is Affine:
+                total = total + reader.gradient()
+                continue
+            node, activation, pre = reader
+            if pre is not None:  # the activation reads a sum node: its gradient
+                total = total + g.engine.gradient(pre)
+            else:
+                derivative = _ACTIVATIONS[activation][1]
+                total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
+        return total
+
+
 def _graph_of(items: Sequence[Any]) -> Graph:
     for x in items:
         if isinstance(x, Expression):
@@ -669,6 +875,8 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
 
 
 def unary(name: str, x: Any) -> Expression:
+    if type(x) is Affine and name in _CLOSING:
+        return x.close(name)
     if isinstance(x, Expression):
         return x._live().add(TABLE[name], (x.i,))
     return apply(name, x)
@@ -682,6 +890,15 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
     """x + y, x - y, x * y, x / y with Python or numpy constants allowed on either side."""
     if type(x) is Expression and type(y) is Expression and x.g is y.g and kind != "sub":
         return x._live().add(TABLE[kind], (x.i, y.i))
+    if kind == "add":
+        if type(x) is Affine:
+            total = x.plus(y)
+            if total is not None:
+                return total
+        elif type(y) is Affine:
+            total = y.plus(x)
+            if total is not None:
+                return total
     if _is_const(y):
         c = float(y)
         if kind == "add":
@@ -728,7 +945,14 @@ def matmul(a: Any, b: Any) -> Expression:
         if na is None:
             na = as_node(g, a)
     nb = b.i if type(b) is Expression else as_node(g, b)
-    return g.add(_MATMUL if g.ops[na] in (_PARAMETER, _INPUT) else _BATCHED_MATMUL, (na, nb))
+    if g.ops[na] in (_PARAMETER, _INPUT):
+        if g.fuse:
+            shape = g.shapes[na]
+            other = g.shapes[nb]
+            if len(shape) == 2 and len(other) in (1, 2) and other[0] == shape[1]:
+                return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
+        return g.add(_MATMUL, (na, nb))
+    return g.add(_BATCHED_MATMUL, (na, nb))
 
 
 def pick(x: Expression, index: int, dim: int = 0) -> Expression:
@@ -741,3 +965,43 @@ def pick(x: Expression, index: int, dim: int = 0) -> Expression:
     if not 0 <= index < n:
         raise IndexError(f"pick: index {index} out of range for shape {x.shape} along dim {dim}")
     return g.add(TABLE["pick"], (x.i,), (("dim", dim),), g.single(index))
+
+
+def _is_index_list(index: Any) -> bool:
+    return isinstance(index, (list, np.ndarray))
+
+
+def _index_axis(x: Expression, axis: int, index: Any) -> Expression:
+    """x indexed along one axis by an int, a slice or a list of ints."""
+    n = x.shape[axis]
+    if isinstance(index, slice):
+        start, stop, step = index.indices(n)
+        if step != 1:
+            raise IndexError("slices of expressions take step 1")
+        if (start, stop) == (0, n):
+            return x
+        return x._live().add(TABLE["pick_range"], (x.i,),
+                             (("start", start), ("end", max(start, stop)), ("dim", axis)))
+    if _is_index_list(index):
+        rows = [int(i) + n if int(i) < 0 else int(i) for i in index]
+        if not rows or any(not 0 <= i < n for i in rows):
+            raise IndexError(f"indices {list(index)} out of range for axis {axis} of shape "
+                             f"{x.shape}")
+        name = "select_rows" if axis == 0 else "select_cols"
+        return apply(name, x, attrs=(("count", len(rows)),), battrs=(tuple(rows),))
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return pick(x, index, dim=axis)
+    raise IndexError(f"an expression is indexed by ints, slices and lists of ints, not "
+                     f"{type(index).__name__}")
+
+
+def index_expression(x: Expression, index: Any) -> Expression:
+    """`x[index]` for a tuple of at most two indices or a list of ints (see `__getitem__`)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if len(parts) > len(x.shape) or len(parts) > 2:
+        raise IndexError(f"too many indices {index!r} for an expression of shape {x.shape}")
+    if len(parts) == 2 and _is_index_list(parts[0]) and _is_index_list(parts[1]):
+        raise IndexError("index one axis with a list at a time (x[[0, 1], :][:, [2, 3]])")
+    if len(parts) == 2:  # the second axis first, so that the first keeps its numbering
+        x = _index_axis(x, 1, parts[1])
+    return _index_axis(x, 0, parts[0])

@@ -131,8 +131,9 @@ def _tokenize(text: str) -> list[_Token]:
                 j += 1
             tokens.append(_Token("name", text[i:j], i))
             i = j
-        elif text.startswith("**", i):
-            raise FormulaError("'**' is not an operator: write powers with '^'", text, i)
+        elif text.startswith("**", i):  # Python's power, the same operator as '^'
+            tokens.append(_Token("operator", "^", i))
+            i += 2
         elif ch in _OPERATORS:
             tokens.append(_Token("operator", ch, i))
             i += 1
@@ -430,7 +431,7 @@ def _build(node: Node, leaves: Mapping[str, Expression], exprs: dict[Node, Expre
 
 
 def _constant_value(formula: Formula) -> float:
-    with Graph(dtype=np.float64, autobatch=False), np.errstate(all="ignore"):
+    with Graph(dtype=np.float64, autobatch=False, fuse=False), np.errstate(all="ignore"):
         value = _build(formula.root, {}, {}, {}, formula.text)
         return float(value.value() if isinstance(value, Expression) else value)
 
@@ -671,7 +672,7 @@ class _Numbers:
 def _evaluate(formula: Formula, values: Mapping[str, float], wrt: str) -> _Numbers:
     exprs: dict[Node, Expression] = {}
     constants: dict[Node, float] = {}
-    with Graph(dtype=np.float64, autobatch=False), np.errstate(all="ignore"):
+    with Graph(dtype=np.float64, autobatch=False, fuse=False), np.errstate(all="ignore"):
         leaves = {name: fn.inputs(float(values[name])) for name in formula.variables}
         output = _build(formula.root, leaves, exprs, constants, formula.text)
         # one expression per trace variable: each step's node, and each variable's leaf

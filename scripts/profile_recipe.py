@@ -3,6 +3,7 @@ recipe's own model code, dropout masks included), forward, backward, graph exit 
 per minibatch of the recipe's default settings, and the node count of a step by op.
 
     python scripts/profile_recipe.py tagger [--steps 15] [--data DIR] [--dropout R]
+        [--fuse on|off|both] [--rounds N]
 
 The training examples are the first 3000 of the recipe's default corpus in the data mirror
 (`--train F` for another file). Steps are the same minibatches as `dynlp train` would see in its
@@ -42,7 +43,7 @@ PHASES = ("build", "forward", "backward", "graph exit", "update")
 
 
 def profile(name: str, train: Path, steps: int, dropout: float | None = None,
-            limit: int = 3000) -> tuple[dict[str, float], Counter, int]:
+            limit: int = 3000, fuse: bool = True) -> tuple[dict[str, float], Counter, int]:
     """Median CPU ms per phase over `steps` steps, the ops of the last step's graph, and the
     minibatch size."""
     recipe = importlib.import_module(f"recipes.{name}")
@@ -63,7 +64,7 @@ def profile(name: str, train: Path, steps: int, dropout: float | None = None,
             break
         rng = step_rng(seed, 1, step)
         t0 = clock()
-        with dn.Graph(seed=int(rng.integers(2**63 - 1))) as g:
+        with dn.Graph(seed=int(rng.integers(2**63 - 1)), fuse=fuse) as g:
             if hasattr(model, "batch_loss"):
                 total = model.batch_loss(batch, rng)
             else:
@@ -96,11 +97,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=Path, default=None,
                         help="the training file (default: the recipe's corpus in the mirror)")
     parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--fuse", choices=("on", "off", "both"), default="on",
+                        help="fusion on, off, or both in alternating rounds (--rounds)")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     train = args.train or args.data / CORPUS[args.recipe]
     if not train.exists():
         parser.error(f"no training file at {train}; give --data or --train")
-    phases, ops, size = profile(args.recipe, train, args.steps, args.dropout)
+    if args.fuse == "both":
+        totals: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.rounds):
+            for fuse in (False, True):
+                phases, ops, size = profile(args.recipe, train, args.steps, args.dropout,
+                                            fuse=fuse)
+                totals[fuse].append(sum(phases.values()))
+                print(f"  fuse {'on ' if fuse else 'off'}: {sum(phases.values()):7.2f} ms, "
+                      f"{sum(ops.values())} nodes: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+        on, off = np.median(totals[True]), np.median(totals[False])
+        print(f"{args.recipe}: median CPU ms per step, fusion on {on:.2f}, off {off:.2f}: "
+              f"on is {off / on:.2f}x the speed of off ({args.rounds} alternating rounds)")
+        return 0
+    phases, ops, size = profile(args.recipe, train, args.steps, args.dropout,
+                                fuse=args.fuse == "on")
     total = sum(phases.values())
     print(f"{args.recipe}: batch {size}, median of {args.steps} steps (CPU ms), "
           f"{sum(ops.values())} nodes")

@@ -23,7 +23,7 @@ def _op_graph(name, k, autobatch, examples=4):
     shared_rng = np.random.default_rng(8)
     mask = op.mask(len(case.shapes))
     shared_values = case_inputs(op, case, 1, shared_rng)[0]
-    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+    with dn.Graph(fuse=False, dtype=np.float64, autobatch=autobatch) as g:
         shared = [g.leaf(x) if m == SHARED else None for x, m in zip(shared_values, mask)]
         leaves, terms, outs = [], [], set()
         for _ in range(examples):
@@ -175,7 +175,7 @@ def test_ragged_sums_of_every_length_run_as_one_batch(shape):
 
 def test_intermediate_values_never_recompute():
     m = RandomModel()
-    with dn.Graph(dtype=np.float64) as g:
+    with dn.Graph(fuse=False, dtype=np.float64) as g:
         losses = [m.sequence([1, 2, 3, 4, 5], 0, peek=True) for _ in range(4)]
         total = dn.esum(losses)
         total.backward()
@@ -296,7 +296,7 @@ def test_cheap_ops_over_computed_inputs_run_first_in_one_batch():
     words, tags = dn.Embedding(pc, 9, 3, name="w"), dn.Embedding(pc, 4, 2, name="t")
     birnn = dn.BiRNNBuilder(1, 5, 4, pc)
     rng = np.random.default_rng(5)
-    with dn.Graph() as g:
+    with dn.Graph(fuse=False) as g:
         sums = []
         for length in (2, 5, 3):
             xs = [dn.concatenate([words(int(w)), tags(int(t))])
@@ -313,7 +313,7 @@ def _late_against_off(build):
     its loss), after checking its loss and parameter gradients against node-by-node runs."""
     def run(autobatch):
         pc = dn.ParameterCollection(seed=4, dtype=np.float64)
-        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        with dn.Graph(fuse=False, dtype=np.float64, autobatch=autobatch) as g:
             total = build(pc)
             value = total.scalar_value()
             total.backward()

@@ -494,7 +494,7 @@ def test_birnn_outputs_are_read_in_place_by_the_mlp(autobatch):
 
     def losses(in_place):
         pc.clear_grads()
-        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        with dn.Graph(fuse=False, dtype=np.float64, autobatch=autobatch) as g:
             hs = birnn.transduce([dn.inputs(w) for w in words])
             if not in_place:  # the values as ordinary nodes
                 hs = [dn.concatenate([dn.pick_range(h, 0, 2), dn.pick_range(h, 2, 4)])
@@ -513,7 +513,7 @@ def test_birnn_outputs_are_read_in_place_by_the_mlp(autobatch):
     for a, b in zip(got_grads, want_grads):
         assert np.any(b != 0.0)
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
-    with dn.Graph(dtype=np.float64) as g:
+    with dn.Graph(fuse=False, dtype=np.float64) as g:
         xs = [dn.inputs(w) for w in words]
         hs = birnn.transduce(xs)
         forward = birnn.builder_layers[0][0].transduce(xs)
@@ -912,7 +912,7 @@ def test_autobatched_equals_unbatched_on_a_mixed_minibatch():
     results = []
     for autobatch in (False, True):
         pc, models = _minibatch_model(seed=3)
-        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=11) as g:
+        with dn.Graph(fuse=False, dtype=np.float64, autobatch=autobatch, seed=11) as g:
             loss = _minibatch_loss(models, np.random.default_rng(14))
             loss.backward()
             results.append((loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
@@ -931,7 +931,7 @@ def test_lstm_steps_batch_across_sequences():
     for autobatch in (False, True):
         lstm = LSTMBuilder(1, 4, 5, collection())
         rng = np.random.default_rng(15)
-        with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        with dn.Graph(fuse=False, dtype=np.float64, autobatch=autobatch) as g:
             outputs = [lstm.transduce([dn.inputs(x) for x in rng.normal(size=(n, 4))])[-1]
                        for n in lengths]
             dn.esum([dn.sum_elems(o) for o in outputs]).forward()

@@ -43,14 +43,14 @@ def test_training_graph_reads_rows_and_states_in_place_and_sums_a_trees_losses_o
     # losses of a tree one mlp_loss_sum_1 node; the loss equals the per-node chain's
     model, train = make_model(dtype=np.float64)
     tree = train[0]
-    with dn.Graph(dtype=np.float64, seed=9) as g:
+    with dn.Graph(fuse=False, dtype=np.float64, seed=9) as g:
         loss = model.loss(tree, np.random.default_rng(0)).scalar_value()
         names = [op.name for op in g.ops]
     leaves = sum(1 for node in tree.nodes() if node.is_leaf)
     assert names.count("dropout_lookup") == leaves and "lookup" not in names
     assert names.count("dropout_ranges") == len(tree.nodes()) and "pick_range" not in names
     assert names.count("mlp_loss_sum_1") == 1 and "pick_neg_log_softmax" not in names
-    with dn.Graph(dtype=np.float64, seed=9):
+    with dn.Graph(fuse=False, dtype=np.float64, seed=9):
         hs = model._node_states(tree, np.random.default_rng(0))
         chain = dn.esum([dn.pick_neg_log_softmax(
             dn.affine_transform([model.bias, model.weight, h]), fine_label(node))

@@ -1,0 +1,328 @@
+"""Automatic fusion: before a forward pass, regions of a graph's fresh nodes whose intermediate
+results only the region reads become one node each, whose rules are composed from the op
+table's (no derivative is written per pattern).
+
+A region grows from a root (the newest node not yet placed) through the arguments whose every
+consumer is in the region. The root keeps its node index and takes the fused op, over the
+region's outside arguments; the absorbed nodes keep their own op and arguments, so their values
+(`value()`, read from the fused node's intermediate results) and gradients (`gradient()`,
+kept by its backward rule) stay readable, and a node built later on an absorbed one recomputes
+it. Equal regions (same ops, attributes and wiring, same argument shapes and shared arguments)
+get the same fused op and signature, so they batch across examples like primitives.
+Knows no op by name; must not import params or trainers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import chain
+from typing import Any, Callable
+
+import numpy as np
+
+from .ops import SHARED, STACK, Op, Parts
+
+ABSORBED = -3          # `loc` of a node that a fused node computes
+MAX_REGION = 48        # nodes per fused region at most
+_FUSED: dict[tuple, Op] = {}  # structure -> fused op, shared by all graphs
+
+
+def fusible(op: Op) -> bool:
+    """Batchable ops with a fixed number of arguments take part in fusion."""
+    return op.batch is not None and op.ragged is None
+
+
+class Program:
+    """The fused op's rules: the positions (op, static attrs, argument references, names of
+    its batched attributes) in topological order, the root last. A reference k >= 0 is outside
+    argument k, a reference -1 - p is position p's value."""
+
+    __slots__ = ("steps", "nargs", "masks")
+
+    def __init__(self, steps: list[tuple], nargs: int, masks: tuple[str, ...]) -> None:
+        self.steps = steps
+        self.nargs = nargs
+        self.masks = masks
+
+    def forward(self, *xs: np.ndarray, **attrs: Any) -> tuple[np.ndarray, list]:
+        values: list[Any] = []
+        residuals: list[Any] = []
+        for op, static, refs, bnames in self.steps:
+            ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
+            a = dict(static)
+            for name, key in bnames:
+                a[name] = attrs[key]
+            out = op.forward(*ins, **a)
+            if op.residual:
+                out, res = out
+            else:
+                res = None
+            values.append(out)
+            residuals.append(res)
+        # the residual also receives the positions' cotangents in backward (`gradient()`)
+        return values[-1], [values, residuals, None]
+
+    def vjp(self, g: np.ndarray, out: np.ndarray, *xs: np.ndarray, residual: list,
+            **attrs: Any) -> list:
+        values, residuals = residual[0], residual[1]
+        steps = self.steps
+        cts: list[Any] = [None] * len(steps)
+        cts[-1] = g
+        outside: list[Any] = [None] * self.nargs
+        masks = self.masks
+        for p in range(len(steps) - 1, -1, -1):
+            c = cts[p]
+            if c is None:
+                continue
+            op, static, refs, bnames = steps[p]
+            ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
+            a = dict(static)
+            for name, key in bnames:
+                a[name] = attrs[key]
+            if op.residual:
+                a["residual"] = residuals[p]
+            parts = op.vjp(c, values[p], *ins, **a)
+            for r, ct in zip(refs, parts):
+                if ct is None:
+                    continue
+                if r < 0:
+                    q = -1 - r
+                    have = cts[q]
+                    cts[q] = ct if have is None else have + ct
+                elif masks[r] == SHARED:
+                    have = outside[r]
+                    if have is None:
+                        outside[r] = ct
+                    else:
+                        outside[r] = Parts(*_parts(have), *_parts(ct))
+                else:
+                    have = outside[r]
+                    outside[r] = ct if have is None else have + ct
+        residual[2] = cts
+        return outside
+
+    def jvp(self, ts: list, out: np.ndarray, *xs: np.ndarray, residual: list,
+            **attrs: Any) -> np.ndarray:
+        values, residuals = residual[0], residual[1]
+        tans: list[Any] = []
+        for p, (op, static, refs, bnames) in enumerate(self.steps):
+            ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
+            tin = [ts[r] if r >= 0 else tans[-1 - r] for r in refs]
+            if all(t is None for t in tin):
+                tans.append(None)
+                continue
+            a = dict(static)
+            for name, key in bnames:
+                a[name] = attrs[key]
+            if op.residual:
+                a["residual"] = residuals[p]
+            tans.append(op.jvp(tin, values[p], *ins, **a))
+        t = tans[-1]
+        return np.zeros_like(out) if t is None else t
+
+
+def _parts(ct: Any) -> tuple:
+    return ct.parts if type(ct) is Parts else (ct,)
+
+
+def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names: tuple,
+             shape: tuple[int, ...]) -> Op:
+    """The fused op for a region's structure `key`, made once."""
+    op = _FUSED.get(key)
+    if op is not None:
+        return op
+    program = Program(steps, len(masks), masks)
+    name = "fused(" + ",".join(step[0].name for step in steps) + ")"
+    op = Op(name, shape=_fixed_shape(shape), forward=program.forward, vjp=program.vjp,
+            jvp=program.jvp, batch=masks, batched_attrs=battr_names,
+            cost=max(step[0].cost for step in steps), residual=True,
+            doc="a region of nodes fused by the engine")
+    op.program = program
+    _FUSED[key] = op
+    return op
+
+
+def _fixed_shape(shape: tuple[int, ...]) -> Callable:
+    return lambda *shapes, **attrs: shape
+
+
+class Fuser:
+    """The fusion pass over one graph: each forward fuses the nodes built since the last."""
+
+    def __init__(self, graph: Any) -> None:
+        self.g = graph
+        self.upto = 0          # nodes below this one have been through the pass
+        self.absorbed: dict[int, tuple[int, int]] = {}  # node -> (fused node, position)
+        self.before = 0        # pending nodes that went through the pass
+        # region structure (member signatures and wiring) -> (fused op, signature,
+        # positions with batched attributes), or None for a region left unfused
+        self.kinds: dict[tuple, tuple | None] = {}
+
+    def run(self, targets: list[int]) -> bool:
+        """Fuse the pending nodes built since the last pass. Returns True when a new node reads
+        a node absorbed earlier (which must then be computed again, by the full search)."""
+        g = self.g
+        lo, hi = self.upto, len(g.ops)
+        self.upto = hi
+        if hi <= lo:
+            return False
+        loc, args, ops, sigs = g.loc, g.args, g.ops, g.sigs
+        uses = Counter(chain.from_iterable(args[lo:hi]))  # (counted in C)
+        uses.update(targets)
+        revived = bool(self.absorbed) and not uses.keys().isdisjoint(self.absorbed)
+        self.before += loc[lo:hi].count(-1)
+        place = bytearray(hi - lo)    # 1: placed (a root, or in a region)
+        pinned = g.pinned
+        depths: dict[int, int] = {}
+        depth_of = g.depth_of
+        fuse = self._fuse
+        for root in range(hi - 1, lo - 1, -1):
+            if place[root - lo] or loc[root] != -1:
+                continue
+            place[root - lo] = 1
+            op = ops[root]
+            if op.batch is None or op.ragged is not None or root in pinned:
+                continue
+            region = [root]
+            # A costly node (a product, a cell) joins only when no costly node lies between
+            # it and the root, and only one of each costly signature: a region is one layer
+            # of products and what follows them, never two steps of a recurrence or two levels
+            # of a tree, so that regions repeat and batch.
+            below = [op.cost != 1]   # per member: a costly node on its path to the root
+            costly = {sigs[root]} if below[0] else set()
+            seen: dict[int, int] = {}
+            k = 0
+            while k < len(region):
+                n = region[k]
+                under = below[k]
+                k += 1
+                op = ops[n]
+                mask = None if op.batch == STACK else op.mask(len(args[n]))
+                for slot, a in enumerate(args[n]):
+                    i = a - lo
+                    if i < 0 or place[i] or loc[a] != -1 or (
+                            mask is not None and mask[slot] == SHARED):
+                        continue
+                    count = uses[a]
+                    if count > 1:
+                        count = seen[a] = seen.get(a, 0) + 1
+                        if count < uses[a]:
+                            continue
+                    oa = ops[a]
+                    if oa.batch is None or oa.ragged is not None:
+                        continue
+                    if oa.cost != 1:
+                        if under or sigs[a] in costly:
+                            continue
+                        da = depths.get(a)
+                        if da is None:
+                            da = depth_of(a, depths)
+                        dn = depths.get(n)
+                        if dn is None:
+                            dn = depth_of(n, depths)
+                        if da + 1 != dn:
+                            continue  # ready before its consumer: it batches better alone
+                        costly.add(sigs[a])
+                        below.append(True)
+                    else:
+                        below.append(under)
+                    place[i] = 1
+                    region.append(a)
+                if len(region) >= MAX_REGION:
+                    break
+            if len(region) > 1:
+                fuse(region)
+        return revived
+
+    def _fuse(self, region: list[int]) -> None:
+        """Make the newest node of the region (its root) the region's fused node."""
+        g = self.g
+        args, sigs = g.args, g.sigs
+        region.sort()
+        # region nodes map to -1 - position, outside arguments to their index
+        where = dict(zip(region, range(-1, -1 - len(region), -1)))
+        outside: list[int] = []
+        key: list[Any] = []
+        for n in region:
+            refs = []
+            for a in args[n]:
+                k = where.get(a)
+                if k is None:
+                    k = where[a] = len(outside)
+                    outside.append(a)
+                refs.append(k)
+            key.append(sigs[n])
+            key.append(tuple(refs))
+        structure = tuple(key)
+        kind = self.kinds.get(structure, 0)
+        if kind == 0:
+            kind = self.kinds[structure] = self._kind(region, outside, structure)
+        if kind is None:
+            return
+        op, sig, with_battrs = kind
+        root = region[-1]
+        g.ops[root] = op
+        args[root] = tuple(outside)
+        g.attrs[root] = ()
+        if with_battrs:
+            battrs = g.battrs
+            flat: list[Any] = []
+            for p in with_battrs:
+                flat.extend(battrs[region[p]])
+            battrs[root] = tuple(flat)
+        else:
+            g.battrs[root] = None
+        sigs[root] = sig
+        loc, absorbed = g.loc, self.absorbed
+        for p in range(len(region) - 1):
+            n = region[p]
+            loc[n] = ABSORBED
+            absorbed[n] = (root, p)
+
+    def _kind(self, region: list[int], outside: list[int], structure: tuple) -> tuple | None:
+        """The fused op and signature of a region of this structure (once per graph)."""
+        g = self.g
+        ops, args, attrs, shapes = g.ops, g.args, g.attrs, g.shapes
+        position = {n: p for p, n in enumerate(region)}
+        where = {a: k for k, a in enumerate(outside)}
+        masks: list[str | None] = [None] * len(outside)
+        steps = []
+        described = []
+        battr_names: list[str] = []
+        with_battrs = []
+        for p, n in enumerate(region):
+            op = ops[n]
+            node_args = args[n]
+            mask = op.mask(len(node_args))
+            refs = []
+            for slot, a in enumerate(node_args):
+                q = position.get(a)
+                if q is not None:
+                    refs.append(-1 - q)
+                    continue
+                k = where[a]
+                if masks[k] is None:
+                    masks[k] = mask[slot]
+                elif masks[k] != mask[slot]:
+                    return None  # one argument both shared and stacked: left unfused
+                refs.append(k)
+            bnames = []
+            if op.batched_attrs:
+                with_battrs.append(p)
+                for name in op.batched_attrs:
+                    bkey = f"b{len(battr_names)}"
+                    battr_names.append(bkey)
+                    bnames.append((name, bkey))
+            steps.append((op, dict(attrs[n]), tuple(refs), tuple(bnames)))
+            described.append((op, attrs[n], tuple(refs)))
+        key = (tuple(described), tuple(masks), tuple([shapes[a] for a in outside]))
+        op = fused_op(key, steps, tuple(masks), tuple(battr_names), shapes[region[-1]])
+        sig = g._intern(("fused", structure))
+        return op, sig, tuple(with_battrs)
+
+    def stats(self) -> dict:
+        return {"nodes_before_fusion": self.before,
+                "nodes_after_fusion": self.before - len(self.absorbed)}
+
+
+__all__ = ["ABSORBED", "Fuser", "fusible", "STACK"]
