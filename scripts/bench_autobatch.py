@@ -12,7 +12,7 @@ LSTMBuilder only, each beside the same program in DyNet with autobatching, in ea
 docs/DYNET_PEER.md). Round-by-round ratios (median and range) compare runs made back to back:
 
     python scripts/bench_autobatch.py --workloads treenn-user,tagger-user,rnnlm-user,attention-user
-        --batch-sizes 64 --strategies late --repeats 5 --no-memory
+        --batch-sizes 64 --strategies late --repeats 7 --sentences 256 --no-memory --no-torch
 
     python scripts/bench_autobatch.py [--quick] [--workloads tagger,treelstm,...]
         [--batch-sizes 1,16,64] [--steps N] [--repeats R] [--data DIR] [--json PATH]
@@ -63,8 +63,8 @@ STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late"
               "late-unfused": ("late", False), "late-regions": ("late", "regions")}
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
-# the DyNet benchmark suite's sizes (its autobatching paper's for treenn and the tagger; the
-# rnnlm-batch run script's 128 -> 256, over a PTB-sized vocabulary); attention-user is ours
+# the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
+# vocabulary of PTB's size, 10000); attention-user is ours
 USER_SIZES = {"treenn-user": {"word_dim": 128, "hidden": 128},
               "tagger-user": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
               "rnnlm-user": {"embed": 128, "hidden": 256, "vocab": 10000},
@@ -318,6 +318,8 @@ def parse_data(data: TaggedData) -> ParseData:
 class DynlpModel:
     """Shared training step: one graph per minibatch, summed example losses, backward, Adam."""
 
+    clip_threshold: float | None = 5.0  # the trainer's gradient clipping (DyNet's default)
+
     def __init__(self, seed: int) -> None:
         self.pc = dn.ParameterCollection(seed=seed)
         self.trainer: dn.Trainer | None = None
@@ -330,7 +332,8 @@ class DynlpModel:
 
     def step(self, batch: list, autobatch: bool | str | tuple) -> int:
         if self.trainer is None:
-            self.trainer = dn.AdamTrainer(self.pc)  # sparse table updates: the default
+            # sparse table updates: the default
+            self.trainer = dn.AdamTrainer(self.pc, clip_threshold=self.clip_threshold)
         autobatch, fuse = autobatch if isinstance(autobatch, tuple) else (autobatch, True)
         with dn.Graph(autobatch=autobatch, fuse=fuse) as g:
             total = self.batch_loss(batch)
@@ -448,6 +451,8 @@ class UserTreeNN(DynlpModel):
     per child, each from its own child's h; the output gate reuses the input gate's bias, as
     there) -> W h (no bias) -> softmax loss over 5 labels at every node."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, word_dim: int, hidden: int, seed: int = 1) -> None:
         super().__init__(seed)
         pc = self.pc
@@ -494,6 +499,8 @@ class UserTagger(DynlpModel):
     """dynet-py/bilstm-tagger.py: lookup (words seen 5 times or fewer -> UNK) -> forward and
     backward LSTMBuilder -> concatenate -> O tanh(H x) (no biases) -> softmax loss per word."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, tags: int, word_dim: int, hidden: int, mlp_dim: int,
                  seed: int = 1) -> None:
         super().__init__(seed)
@@ -523,6 +530,8 @@ class UserRNNLM(DynlpModel):
     engine batches the sentences): <s> -> LSTMBuilder -> affine softmax over the vocabulary
     predicting each next word and the final <s>."""
 
+    clip_threshold = None  # the script turns clipping off
+
     def __init__(self, words: int, embed: int, hidden: int, seed: int = 1) -> None:
         super().__init__(seed)
         pc = self.pc
@@ -549,6 +558,8 @@ class UserAttention(DynlpModel):
     encoder, its states as the columns of a matrix; an LSTMBuilder decoder emits the sentence's
     UPOS tags and then </s>, each step attending (MLP attention: v tanh(W1 H + W2 s)) over the
     encoder states, fed [context; previous tag embedding]."""
+
+    clip_threshold = None  # the script turns clipping off
 
     def __init__(self, words: int, tags: int, word_dim: int, hidden: int, attention: int,
                  tag_dim: int, seed: int = 1) -> None:
@@ -735,7 +746,7 @@ def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed
     peers = {}
     if dynet_peers is not None:
         peers = dynet_peers.make_user_peers(name, words, tags, sizes, seed, dynet_builds,
-                                            dynet_native, dynet_mem)
+                                            dynet_native, dynet_mem, tiny)
     return Workload(name, what, examples, model, peers,
                     (lambda x: len(x[0])) if name != "rnnlm-user" else len)
 
@@ -902,7 +913,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
 
     Wall-clock rates are what a user waits for; rates per CPU second of this process count only
     the time it was actually running, which stays readable on a busy shared machine."""
-    header = (f"{'batch':>5}  {'variant':22} {'sent/s':>8} {'min-max':>11} {'vs off':>7} "
+    header = (f"{'batch':>5}  {'variant':26} {'sent/s':>8} {'min-max':>11} {'vs off':>7} "
               f"{'sent/cpu-s':>10} {'vs off':>7} {'knodes/s':>8} {'nodes/sent':>10} "
               f"{'peak MB':>8}")
     lines = [f"== {workload.name}: {workload.description}", header]
@@ -914,7 +925,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
             ours = off is not None and r.variant in STRATEGIES
             spread = f"{min(r.rates):.0f}-{max(r.rates):.0f}" if r.rates else "-"
             lines.append(
-                f"{b:5d}  {r.variant:22} {r.rate:8.1f} {spread:>11} "
+                f"{b:5d}  {r.variant:26} {r.rate:8.1f} {spread:>11} "
                 f"{_ratio(r.rate, off.rate) if ours else '-':>7} {r.cpu_rate:10.1f} "
                 f"{_ratio(r.cpu_rate, off.cpu_rate) if ours else '-':>7} "
                 f"{_fmt(r.node_rate / 1e3 if r.node_rates else None, '8.1f')} "

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +36,16 @@ LABELS = {1: "DyNet autobatch", 0: "DyNet off, 1 per graph"}
 BUILDS = ("wheel", "native")
 NATIVE_BUILD = Path(os.environ.get("DYNET_NATIVE_BUILD",
                                    "/tmp/dynet_src/dyNET-2.1.2/build/py3.11-64bit"))
-# DyNet's arena (--dynet-mem, MB) per "-user" workload (scripts/bench_autobatch.py --dynet-mem
-# overrides it); the paper workloads keep 1024
+# DyNet's arena (--dynet-mem, MB) per "-user" workload, the setting with the best median of 256,
+# 512, 1024 and 2048 MB (512 to 4096 for rnnlm-user and attention-user) over both builds, on a
+# busy 2-core machine where the differences stayed within the run-to-run spread;
+# scripts/bench_autobatch.py --dynet-mem overrides it. With autobatching DyNet cannot grow its
+# arena (rnnlm-user fails at 256 MB), and it touches all of it (4096 MB: 4.2 GB resident). The
+# paper workloads keep 1024.
 DEFAULT_MEM = 1024
-USER_MEM = {"treenn-user": 1024, "tagger-user": 1024, "rnnlm-user": 1024,
-            "attention-user": 1024}
+TINY_MEM = 64
+USER_MEM = {"treenn-user": 512, "tagger-user": 1024, "rnnlm-user": 2048,
+            "attention-user": 4096}
 SIZES = {"tagger-paper": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
          "treelstm-paper": {"word_dim": 128, "hidden": 128}}
 TINY = {"tagger-paper": {"word_dim": 8, "hidden": 8, "mlp_dim": 8},
@@ -87,15 +93,17 @@ class DynetPeer:
 
     def __init__(self, workload: str, autobatch: int, words: int, tags: int = 0,
                  seed: int = 0, tiny: bool = False, sizes: dict | None = None,
-                 build: str = "wheel", native: Path | None = None, mem: int | None = None
-                 ) -> None:
+                 build: str = "wheel", native: Path | None = None, mem: int | None = None,
+                 hand_batched: bool = False) -> None:
         command = [sys.executable, str(SCRIPTS / "dynet_peers.py"), "--serve",
                    "--workload", workload, "--autobatch", str(autobatch), "--words", str(words),
                    "--tags", str(tags), "--seed", str(seed),
                    "--mem", str(mem or USER_MEM.get(workload, DEFAULT_MEM))]
         command += (["--tiny"] if tiny else []) + (["--sizes", json.dumps(sizes)] if sizes else [])
+        command += ["--hand-batched"] if hand_batched else []
+        self.errors = tempfile.TemporaryFile(mode="w+")  # DyNet's messages, shown on failure
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                        stderr=self.errors, text=True, bufsize=1,
                                         env=build_env(build, native))
         self.ready = self._answer()
         native = str(NATIVE_BUILD if native is None else native)
@@ -107,7 +115,10 @@ class DynetPeer:
         for line in self.process.stdout:
             if line.startswith("{"):
                 return json.loads(line)
-        raise RuntimeError(f"the DyNet child stopped (exit code {self.process.wait()})")
+        code = self.process.wait()
+        self.errors.seek(0)
+        last = self.errors.read()[-1000:].strip()
+        raise RuntimeError(f"the DyNet child stopped (exit code {code}): {last}")
 
     def timed_run(self, batches: list[list]) -> tuple[float, float, int]:
         """Wall seconds, CPU seconds of the child, graph nodes (0: not counted)."""
@@ -127,6 +138,7 @@ class DynetPeer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.errors.close()
 
 
 def make_peers(workload: str, words: int, tags: int, seed: int,
@@ -137,11 +149,20 @@ def make_peers(workload: str, words: int, tags: int, seed: int,
 
 def make_user_peers(workload: str, words: int, tags: int, sizes: dict, seed: int,
                     builds: Sequence[str] = ("wheel",), native: Path | None = None,
-                    mem: int | None = None) -> dict[str, DynetPeer]:
+                    mem: int | None = None, tiny: bool = False) -> dict[str, DynetPeer]:
     """A "-user" workload with autobatching in each DyNet build, each in its own child process,
-    labelled "DyNet wheel" and "DyNet native"."""
-    return {f"DyNet {build}": DynetPeer(workload, 1, words, tags, seed, sizes=sizes, build=build,
-                                        native=native, mem=mem) for build in builds}
+    labelled "DyNet wheel" and "DyNet native"; for rnnlm-user also rnnlm-batch.py as written,
+    batched by hand without autobatching, in each build ("DyNet wheel, hand-batched"). Tiny
+    models get a 64 MB arena unless mem says otherwise."""
+    mem = mem or (TINY_MEM if tiny else None)
+    peers = {f"DyNet {build}": DynetPeer(workload, 1, words, tags, seed, sizes=sizes, build=build,
+                                         native=native, mem=mem) for build in builds}
+    if workload == "rnnlm-user":
+        for build in builds:
+            peers[f"DyNet {build}, hand-batched"] = DynetPeer(
+                workload, 0, words, tags, seed, sizes=sizes, build=build, native=native, mem=mem,
+                hand_batched=True)
+    return peers
 
 
 # -------------------------------------------------------------------------------------------------
@@ -348,6 +369,42 @@ class DynetUserRNNLM:
         return dy.esum(losses)
 
 
+class DynetUserRNNLMBatched(DynetUserRNNLM):
+    """dynet-py/rnnlm-batch.py's calc_lm_loss as written: the minibatch (longest sentence first,
+    as the script's length-sorted minibatches are) run in lockstep with DyNet's batch dimension
+    (lookup_batch, pickneglogsoftmax_batch), the finished sentences' losses masked to 0, without
+    autobatching. On the benchmark's random minibatches every sentence is padded to the longest
+    one; the script's minibatches, cut from its length-sorted corpus, pad far less."""
+
+    def batch_loss(self, sents: list) -> Any:
+        dy = self.dy
+        sents = sorted(sents, key=lambda x: -len(x))
+        S = self.S
+        W_exp = dy.parameter(self.W_sm)
+        b_exp = dy.parameter(self.b_sm)
+        f_init = self.RNN.initial_state()
+        wids = []
+        masks = []
+        for i in range(len(sents[0])):
+            wids.append([(sent[i] if len(sent) > i else S) for sent in sents])
+            mask = [(1 if len(sent) > i else 0) for sent in sents]
+            masks.append(mask)
+        init_ids = [S] * len(sents)
+        s = f_init.add_input(dy.lookup_batch(self.WORDS_LOOKUP, init_ids))
+        losses = []
+        for wid, mask in zip(wids, masks):
+            score = dy.affine_transform([b_exp, W_exp, s.output()])
+            loss = dy.pickneglogsoftmax_batch(score, wid)
+            if mask[-1] != 1:
+                mask_expr = dy.inputVector(mask)
+                mask_expr = dy.reshape(mask_expr, (1,), len(sents))
+                loss = loss * mask_expr
+            losses.append(loss)
+            wemb = dy.lookup_batch(self.WORDS_LOOKUP, wid)
+            s = s.add_input(wemb)
+        return dy.sum_batches(dy.esum(losses))
+
+
 class DynetUserAttention:
     """The attention-user encoder-decoder of scripts/bench_autobatch.py, as in DyNet's attention
     example (colwise_add, softmax over the transposed scores, input_mat * weights)."""
@@ -406,10 +463,11 @@ class DynetUserAttention:
 
 
 def make_model(dy: Any, workload: str, words: int, tags: int, tiny: bool,
-               sizes: dict | None = None) -> Any:
+               sizes: dict | None = None, hand_batched: bool = False) -> Any:
     if workload in USER_WORKLOADS:
         kind = {"treenn-user": DynetUserTreeNN, "tagger-user": DynetUserTagger,
-                "rnnlm-user": DynetUserRNNLM, "attention-user": DynetUserAttention}[workload]
+                "rnnlm-user": DynetUserRNNLMBatched if hand_batched else DynetUserRNNLM,
+                "attention-user": DynetUserAttention}[workload]
         if workload in ("treenn-user", "rnnlm-user"):
             return kind(dy, words, **sizes)
         return kind(dy, words, tags, **sizes)
@@ -427,7 +485,12 @@ def train(model: Any, batches: list[list], autobatch: int) -> tuple[float, float
     cpu = time.process_time()
     start = time.perf_counter()
     for batch in batches:
-        if autobatch:
+        if hasattr(model, "batch_loss"):  # batched by hand: one graph per minibatch
+            dy.renew_cg()
+            total = model.batch_loss(batch)
+            total.value()
+            total.backward()
+        elif autobatch:
             dy.renew_cg()
             total = dy.esum([model.loss(example) for example in batch])
             total.value()
@@ -446,7 +509,7 @@ def serve(args: argparse.Namespace) -> int:
     """Child mode: one JSON list of minibatches per stdin line, one JSON timing per stdout line."""
     dy = configure(args.autobatch, args.seed, args.mem)
     model = make_model(dy, args.workload, args.words, args.tags, args.tiny,
-                       json.loads(args.sizes) if args.sizes else None)
+                       json.loads(args.sizes) if args.sizes else None, args.hand_batched)
     print(json.dumps({"ready": True, "dynet": getattr(dy, "__version__", "?"),
                       "module": sys.modules["_dynet"].__file__}), flush=True)
     for line in sys.stdin:
@@ -504,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--words", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tags", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--hand-batched", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mem", type=int, default=DEFAULT_MEM,
                         help="DyNet's arena in MB (--dynet-mem; default %(default)s)")
     args = parser.parse_args(argv)
