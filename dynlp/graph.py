@@ -136,6 +136,7 @@ class Graph:
         self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
+        self._param_exprs: dict[int, Expression] = {}  # id(parameter) -> its expression
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
@@ -182,6 +183,7 @@ class Graph:
             self.args = _FrozenArgs(self.args)
             self._push_args = self.args.append
             self._memo, self._templates, self._info = {}, {}, {}
+            self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -335,10 +337,11 @@ class Graph:
         return Expression(self, i)
 
     def parameter(self, param: Any) -> "Expression":
-        """The node standing for a parameter in this graph (one per parameter and graph)."""
-        node = self.param_nodes.get(id(param))
-        if node is not None:
-            return Expression(self, node)
+        """The node standing for a parameter in this graph (one per parameter and graph, and
+        one Expression for it: expressions are immutable)."""
+        e = self._param_exprs.get(id(param))
+        if e is not None:
+            return e
         self._check_alive()
         value = param.value
         if value.dtype != self.dtype:
@@ -346,6 +349,7 @@ class Graph:
         e = self._leaf(_PARAMETER, value)
         self.param_nodes[id(param)] = e.i
         self.node_params[e.i] = param
+        self._param_exprs[id(param)] = e  # (node_params keeps param, so its id stays unique)
         return e
 
     def param_node(self, param: Any) -> int:
