@@ -48,6 +48,7 @@ class SettingError(ValueError):
 _current: "Graph | None" = None
 _ENDED = ("this graph has ended (renew_cg was called or its `with` block closed); build a new "
           "graph for new expressions")
+FUSED_LOSS_MAX_SCORES = 512  # softmax losses over more scores stay an affine and a loss node
 _UNIFORM_BLOCK = 8192  # uniform numbers drawn at once for dropout masks (`Graph.uniform`)
 _NO_UNIFORMS = np.empty(0)
 
@@ -859,8 +860,11 @@ class AffineLoss(Deferred):
 
     @staticmethod
     def of(scores: "Affine", label: int) -> "AffineLoss | None":
-        """The deferred loss over an Affine of one product and at most one bias, else None."""
-        if len(scores.terms) != 1 or len(scores.biases) > 1 or scores._node >= 0:
+        """The deferred loss over an Affine of one product and at most one bias, else None. Not
+        over more than FUSED_LOSS_MAX_SCORES scores: the fused loss recomputes its scores in
+        backward, which costs more than the nodes it saves on a language model's vocabulary."""
+        if len(scores.terms) != 1 or len(scores.biases) > 1 or scores._node >= 0 or \
+                scores.out_shape[0] > FUSED_LOSS_MAX_SCORES:
             return None
         g = scores.g
         (w, h), = scores.terms

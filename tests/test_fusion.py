@@ -317,3 +317,13 @@ def test_a_sum_or_hidden_layer_read_by_a_fused_loss_says_it_has_no_gradient():
             h.gradient()
         assert x.gradient().shape == (6,)
         np.testing.assert_allclose(h.value(), np.tanh(H.as_array() @ np.ones(6)), rtol=1e-6)
+
+
+def test_a_softmax_loss_over_many_scores_stays_an_affine_and_a_loss_node():
+    from dynlp.graph import FUSED_LOSS_MAX_SCORES
+    pc = dn.ParameterCollection(seed=4)
+    W = pc.add_parameters((FUSED_LOSS_MAX_SCORES + 1, 3))
+    with dn.Graph() as g:
+        loss = dn.pick_neg_log_softmax(W @ dn.inputs(np.ones(3)), 7)
+        loss.forward()
+        assert [g.ops[n].name for n in g.args[loss.i]] == ["matmul"]
