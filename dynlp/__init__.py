@@ -21,6 +21,7 @@ from .graph import (Deferred, Expression, Graph, GraphError, Row, ShapeError, Sl
                     current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
+from . import distributed
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
 from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
     "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
+    "distributed",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
     "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",

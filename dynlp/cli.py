@@ -21,6 +21,8 @@ import dynlp as dn
 
 from .autobatch import STRATEGIES
 from .data import CoNLLUError, DataError, TreeError, fetch
+from .distributed import DistributedError, launched_rank, launched_size
+from .distributed import setup as setup_ranks
 from .train import (
     COMMON_DEFAULTS,
     TrainingError,
@@ -146,14 +148,17 @@ def _read(recipe: ModuleType, path: str | None) -> list | None:
 
 def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
     args = train_parser(recipe).parse_args(argv)
-    files = _training_files(args, recipe)
+    comm = setup_ranks()  # all the ranks under mpiexec, else this process alone
+    with comm.root_first():  # one rank fills the dataset cache
+        files = _training_files(args, recipe)
     parsed = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     config = {**COMMON_DEFAULTS, **recipe.DEFAULTS, **parsed}
     examples = {split: _read(recipe, path) for split, path in files.items()}
     metrics = train(recipe, config, args.out, examples["train"] or [], examples["dev"] or [],
-                    examples.get("test"), resume=args.resume, loader=load_any_model)
-    print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
-                      "best_epoch": metrics["best_epoch"]}, indent=2))
+                    examples.get("test"), resume=args.resume, loader=load_any_model, comm=comm)
+    if comm.is_root:
+        print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
+                          "best_epoch": metrics["best_epoch"]}, indent=2))
     return 0
 
 
@@ -257,11 +262,15 @@ def _recipe_command(command: str, argv: Sequence[str]) -> int:
 
 
 def _message(error: BaseException) -> str:
-    """The error as one line."""
+    """The error as one line (saying which rank met it when mpiexec started several)."""
     if isinstance(error, OSError) and error.filename is not None:
         text = f"{error.filename}: {error.strerror or error}"
     else:
         text = str(error) or type(error).__name__
+    size = launched_size()
+    if size > 1:
+        text = (f"rank {launched_rank()} of {size}: {text}; the run stops (mpiexec ends the "
+                "other ranks)")
     return " ".join(text.split())
 
 
@@ -291,6 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dynlp: interrupted", file=sys.stderr)
         return 130
     except (UsageError, TrainingError, dn.ModelFileError, CoNLLUError, TreeError, DataError,
-            OSError) as error:
+            DistributedError, OSError) as error:
         print(f"dynlp: error: {_message(error)}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import dynlp as dn
 
 from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches
+from .distributed import Communicator, setup
 from .params import write_npz
 from .trainers import make_trainer
 
@@ -263,6 +264,12 @@ def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
     return np.random.default_rng((seed, epoch, step))
 
 
+def example_rng(seed: int, epoch: int, step: int, position: int) -> np.random.Generator:
+    """The generator of the example at `position` in a step's minibatch, for its word dropout,
+    dropout masks and other draws: the same whichever rank (or how many) computes it."""
+    return np.random.default_rng((seed, epoch, step, position))
+
+
 # -------------------------------------------------------------------------------------------------
 # The loop
 
@@ -286,7 +293,8 @@ def _fresh_state() -> dict:
 
 def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_examples: list,
           dev_examples: list, test_examples: list | None = None, resume: bool = False,
-          progress: bool | None = None, loader: Callable[[str], Any] | None = None) -> dict:
+          progress: bool | None = None, loader: Callable[[str], Any] | None = None,
+          comm: Communicator | None = None) -> dict:
     """Train `recipe.Model` under `out` and return the final metrics (also in metrics.json).
 
     config: every setting (COMMON_DEFAULTS keys and the recipe's DEFAULTS keys, plus anything
@@ -294,9 +302,12 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     per epoch), `out/checkpoint.npz` (after every epoch), `out/model.npz` (best on dev) and
     `out/metrics.json` (dev and test scores of the best model). resume: continue from the
     checkpoint; the result equals that of an uninterrupted run. progress: tqdm bar (None: only
-    on a terminal). loader: see `load_model`. Raises TrainingError, or TrainingInterrupted on
-    Ctrl-C.
+    on a terminal). loader: see `load_model`. comm: the ranks to train on (default
+    `dynlp.distributed.setup()`: all the ranks of `mpiexec`, else this process); each computes
+    its share of every minibatch and of the evaluations, rank 0 alone writes files and reports.
+    Raises TrainingError, or TrainingInterrupted on Ctrl-C.
     """
+    comm = setup() if comm is None else comm
     _check(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,9 +340,13 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
         state = restore_checkpoint(header, arrays, pc, trainer)
     else:
         state = _fresh_state()
-        state["git_commit"] = git_commit()  # the code that trains, not the code at the end
-        log_path.write_text("", encoding="utf-8")
-        checkpoint_path.unlink(missing_ok=True)  # a stale one would resume another run
+        if comm.is_root:
+            state["git_commit"] = git_commit()  # the code that trains, not the code at the end
+            log_path.write_text("", encoding="utf-8")
+            checkpoint_path.unlink(missing_ok=True)  # a stale one would resume another run
+    comm.broadcast_parameters(pc)
+    if not comm.is_root:
+        progress = False
     metadata = model.metadata()
     strategy = graph_strategy(config)
 
@@ -341,41 +356,49 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
             loss, count, seconds = _train_epoch(model, trainer, train_examples, config, epoch,
-                                                strategy, progress)
+                                                strategy, progress, comm)
             record: dict[str, Any] = {
                 "epoch": epoch, "train_loss": loss / count, "examples_per_second": count / seconds,
                 "seconds": seconds, "learning_rate": trainer.learning_rate, "dev": None,
+                "ranks": comm.size,
             }
             state["train_seconds"] += seconds
             state["train_examples"] += count
             if epoch % int(config["eval_every"]) == 0 or epoch == epochs:
                 start = time.perf_counter()
-                dev = model.evaluate(dev_during, batch_size=int(config["batch_size"]))
+                dev = comm.evaluate(model, dev_during, int(config["batch_size"]))
                 record["dev"] = dev
                 record["dev_seconds"] = time.perf_counter() - start
                 score = float(dev[recipe.MAIN_METRIC])
                 if state["best"] is None or score > state["best"]:
                     state.update(best=score, best_epoch=epoch, best_dev=dev)
-                    pc.save(out / MODEL_FILE, metadata=metadata)
+                    if comm.is_root:
+                        pc.save(out / MODEL_FILE, metadata=metadata)
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
             state["epoch"] = epoch
             trainer.update_epoch()
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(record) + "\n")
-            save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
-            _report(recipe, record, state)
+            if comm.size > 1 and not comm.parameters_agree(pc):
+                raise TrainingError(f"the ranks' parameters differ after epoch {epoch}")
+            if comm.is_root:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(json.dumps(record) + "\n")
+                save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
+                _report(recipe, record, state)
     except KeyboardInterrupt:
         done = state["epoch"]
         where = (f"the checkpoint after epoch {done} is {checkpoint_path}; run the same command "
                  "with --resume to continue") if done > 0 else "no epoch finished, no checkpoint"
         raise TrainingInterrupted(f"interrupted during epoch {done + 1}: {where}") from None
 
-    return _finish(recipe, config, out, dev_examples, test_examples, state, loader)
+    comm.barrier()  # the best model file is written
+    return _finish(recipe, config, out, dev_examples, test_examples, state, loader, comm)
 
 
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
-                 strategy: bool | str, progress: bool | None) -> tuple[float, int, float]:
-    """One pass over the shuffled examples: (summed loss, examples, seconds)."""
+                 strategy: bool | str, progress: bool | None,
+                 comm: Communicator) -> tuple[float, int, float]:
+    """One pass over the shuffled examples: (summed loss, examples, seconds). Each rank
+    computes its share of every minibatch, each example with its own generator."""
     seed, size = int(config["seed"]), int(config["batch_size"])
     total_loss, count = 0.0, 0
     start = time.perf_counter()
@@ -384,15 +407,9 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
               leave=False, dynamic_ncols=True) as bar:
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
-            rng = step_rng(seed, epoch, step)
-            graph_seed = int(rng.integers(2**63 - 1))
-            with dn.Graph(autobatch=strategy, seed=graph_seed):
-                if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
-                    total = model.batch_loss(batch, rng)
-                else:
-                    total = dn.esum([model.loss(example, rng) for example in batch])
-                value = total.scalar_value()
-                total.backward()
+            value = _share_loss(model, batch, comm.shard_batch(batch), seed, epoch, step,
+                                strategy)
+            value = comm.sum_gradients(trainer.pc, value)
             trainer.update()
             if not np.isfinite(value):
                 raise TrainingError(f"the loss became {value} in epoch {epoch}, step {step}; "
@@ -402,6 +419,29 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
     return total_loss, count, time.perf_counter() - start
+
+
+def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch: int, step: int,
+                strategy: bool | str) -> float:
+    """Build, evaluate and backpropagate the summed loss of the examples at `positions` of a
+    minibatch (this rank's share); their gradients are left in the parameters."""
+    if not positions:
+        return 0.0
+    rng = step_rng(seed, epoch, step)
+    rngs = [example_rng(seed, epoch, step, i) for i in positions]
+    examples = [batch[i] for i in positions]
+    with dn.Graph(autobatch=strategy, seed=int(rng.integers(2**63 - 1))) as g:
+        if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
+            total = model.batch_loss(examples, rngs)
+        else:
+            losses = []
+            for example, example_generator in zip(examples, rngs):
+                g.use_generator(example_generator)
+                losses.append(model.loss(example, example_generator))
+            total = dn.esum(losses)
+        value = total.scalar_value()
+        total.backward()
+    return value
 
 
 def _report(recipe: ModuleType, record: dict, state: dict) -> None:
@@ -414,19 +454,23 @@ def _report(recipe: ModuleType, record: dict, state: dict) -> None:
 
 def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
             test_examples: list | None, state: dict,
-            loader: Callable[[str], Any] | None = None) -> dict:
-    """Evaluate the best model on the full dev and test sets; write and return metrics.json."""
+            loader: Callable[[str], Any] | None = None,
+            comm: Communicator | None = None) -> dict:
+    """Evaluate the best model on the full dev and test sets; write and return metrics.json
+    (rank 0 writes; every rank returns the metrics)."""
+    comm = Communicator() if comm is None else comm
     model = load_model(recipe, out / MODEL_FILE, loader)
     size = int(config["batch_size"])
-    dev = model.evaluate(dev_examples, batch_size=size)
-    test = model.evaluate(test_examples, batch_size=size) if test_examples else None
+    dev = comm.evaluate(model, dev_examples, size)
+    test = comm.evaluate(model, test_examples, size) if test_examples else None
     seconds = state["train_seconds"]
     metrics = {
         "recipe": recipe.NAME, "main_metric": recipe.MAIN_METRIC, "dev": dev, "test": test,
         "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
         "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
-        "git_commit": state.get("git_commit"),
+        "git_commit": state.get("git_commit"), "ranks": comm.size,
     }
-    _write_json(out / METRICS_FILE, metrics)
+    if comm.is_root:
+        _write_json(out / METRICS_FILE, metrics)
     return metrics
