@@ -21,7 +21,8 @@ import dynlp as dn
 
 from .autobatch import STRATEGIES
 from .data import CoNLLUError, DataError, TreeError, fetch
-from .distributed import DistributedError, launched_rank, launched_size
+from .distributed import (DistributedError, abort_launched, ending_run_on_error, launched_rank,
+                          launched_size)
 from .distributed import setup as setup_ranks
 from .train import (
     COMMON_DEFAULTS,
@@ -275,7 +276,16 @@ def _message(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `dynlp` command line; returns the exit status."""
+    """Run the `dynlp` command line; returns the exit status. Under mpiexec, a rank that fails
+    ends every rank of the run (a failing rank left to exit would wait for the others)."""
+    with ending_run_on_error():
+        status = _main(argv)
+    if status != 0:
+        abort_launched(status)
+    return status
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if not argv or argv[0] in ("-h", "--help"):

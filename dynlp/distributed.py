@@ -8,17 +8,18 @@ nothing from dynlp but the parameter classes' interface (duck-typed) and never r
 In one's own training loop (run with `mpiexec -n N python train.py`):
 
     comm = dn.distributed.setup()
-    comm.broadcast_parameters(pc)                  # the same start on every rank
-    for step, batch in enumerate(batches):
-        mine = comm.shard_batch(batch)             # this rank's positions in the batch
-        with dn.Graph() as g:
-            total = dn.esum([model.loss(batch[i]) for i in mine])
-            value = total.scalar_value()
-            total.backward()
-        value = comm.sum_gradients(pc, value)      # the whole batch's gradients and loss
-        trainer.update()                           # identical on every rank
-        if comm.is_root:
-            print(step, value)
+    comm.broadcast_parameters(pc)                      # the same start on every rank
+    with dn.distributed.ending_run_on_error():         # one rank's error ends all ranks
+        for step, batch in enumerate(batches):
+            mine = comm.shard_batch(batch)             # this rank's positions in the batch
+            with dn.Graph() as g:
+                total = dn.esum([model.loss(batch[i]) for i in mine])
+                value = total.scalar_value()
+                total.backward()
+            value = comm.sum_gradients(pc, value)      # the whole batch's gradients and loss
+            trainer.update()                           # identical on every rank
+            if comm.is_root:
+                print(step, value)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -78,6 +80,31 @@ def setup(required: bool = False) -> "Communicator":
         raise DistributedError(f"this run needs MPI, but mpi4py cannot be imported ({err}); "
                                f"{INSTALL_HINT}") from None
     return Communicator(MPI.COMM_WORLD)
+
+
+def abort_launched(status: int) -> None:
+    """End every rank of the run now (MPI_Abort) when this process is one of several that an
+    MPI launcher started and MPI is running; else do nothing. A rank that leaves after an error
+    must: left to exit, it would wait in MPI's finalization for ranks that wait for it."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or launched_size() <= 1 or not mpi.Is_initialized() or mpi.Is_finalized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mpi.COMM_WORLD.Abort(status)
+
+
+@contextlib.contextmanager
+def ending_run_on_error() -> Iterator[None]:
+    """Around the training loop of one's own script: an exception on any rank prints its
+    traceback and ends every rank (instead of leaving the others waiting for it)."""
+    try:
+        yield
+    except BaseException:
+        if launched_size() > 1:
+            traceback.print_exc()
+            abort_launched(1)
+        raise
 
 
 def example_cost(example: Any) -> int:
@@ -283,6 +310,7 @@ class Communicator:
         print(message, file=sys.stderr, flush=True)
         if self._comm is None:
             raise SystemExit(status)
+        sys.stdout.flush()
         self._comm.Abort(status)
 
     def _wait(self, requests: list) -> None:

@@ -347,6 +347,10 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     comm.broadcast_parameters(pc)
     if not comm.is_root:
         progress = False
+    elif comm.size > 1:
+        print(f"training on {comm.size} ranks; should one fail, mpiexec ends them all and "
+              f"{checkpoint_path} keeps the last finished epoch: rerun with --resume (with any "
+              "number of ranks)", file=sys.stderr)
     metadata = model.metadata()
     strategy = graph_strategy(config)
 
