@@ -175,7 +175,8 @@ class Communicator:
     # -- gradients and parameters ----------------------------------------------------------------
     def sum_gradients(self, pc: Any, loss: float = 0.0) -> float:
         """Replace every rank's gradients in pc by their sum over all ranks and return the
-        summed `loss`. Dense parameters travel in one flat allreduce; each lookup table sends
+        summed `loss`. Dense parameters travel in one flat allreduce (their `grad` arrays
+        become views of one buffer, summed in place); each lookup table sends
         only its touched rows (indices and values, gathered by every rank and summed in rank
         order, so all ranks hold the same bits). Call it between backward() and the trainer's
         update()."""
@@ -185,25 +186,32 @@ class Communicator:
         dense, tables = _dense_and_tables(pc)
         requests = []
         if dense:
-            total = sum(p.grad.size for p in dense)
-            if self._flat.size != total or self._flat.dtype != dense[0].grad.dtype:
-                self._flat = np.empty(total, dtype=dense[0].grad.dtype)
-            flat = self._flat
-            np.concatenate([p.grad.ravel() for p in dense], out=flat)
+            flat = self._gradient_buffer(dense)
             requests.append(self._comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
         sparse = [table.sparse_grad() for table in tables]
         header = np.array([loss] + [len(rows) for rows, _ in sparse], dtype=np.float64)
         headers = np.empty((self.size, header.size), dtype=np.float64)
         requests.append(self._comm.Iallgather(header, headers))
         self._wait(requests)
-        if dense:
-            offset = 0
-            for p in dense:
-                p.grad[...] = flat[offset:offset + p.grad.size].reshape(p.grad.shape)
-                offset += p.grad.size
         if tables:
             self._sum_rows(tables, sparse, headers[:, 1:].astype(np.int64))
         return float(headers[:, 0].sum())
+
+    def _gradient_buffer(self, dense: list) -> np.ndarray:
+        """One flat array under the dense parameters' gradients: their `grad`s become views
+        of it (on the first call, or when parameters change), so it is summed in place."""
+        flat = self._flat
+        if all(p.grad.base is flat for p in dense) and sum(p.grad.size for p in dense) == flat.size:
+            return flat
+        flat = np.empty(sum(p.grad.size for p in dense), dtype=dense[0].grad.dtype)
+        offset = 0
+        for p in dense:
+            view = flat[offset:offset + p.grad.size].reshape(p.grad.shape)
+            view[...] = p.grad
+            p.grad = view
+            offset += p.grad.size
+        self._flat = flat
+        return flat
 
     def _sum_rows(self, tables: list, sparse: list, rows: np.ndarray) -> None:
         """rows[r, t]: how many rows of table t rank r touched."""
