@@ -1,6 +1,8 @@
 """Data-parallel training speed: examples per second of each recipe trained by 1 process and by
 N ranks (`mpiexec -n N dynlp train ...`) at the same global batch and seed, side by side, with
-the dev score each reaches after the same epochs. Needs the optional MPI support
+the dev score each reaches after the same epochs, and the load average around each run (the
+1-minute figure, before or after, whichever is higher: above 1 for one process or 2 for two
+ranks, other work shared the cores and the speeds are low). Needs the optional MPI support
 (pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
 
     python scripts/bench_distributed.py --mirror ../shared/data              # 1 epoch, all data
@@ -45,9 +47,11 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
         command += ["--dev-limit", str(args.dev_limit)]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
+    load = max(load, os.getloadavg()[0])
     if done.returncode != 0:
         sys.exit(f"bench_distributed: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -55,7 +59,7 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
     examples = sum(r["examples_per_second"] * r["seconds"] for r in records)
     return {"examples_per_second": examples / seconds, "train_seconds": seconds,
             "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
-            "wall_seconds": wall}
+            "wall_seconds": wall, "load": load}
 
 
 def main() -> None:
@@ -74,8 +78,8 @@ def main() -> None:
 
     results = {}
     print(f"{'recipe':<10} {'1 rank ex/s':>12} {f'{args.ranks} ranks ex/s':>13} {'speed-up':>9} "
-          f"{'dev 1':>7} {f'dev {args.ranks}':>7} {'loss 1':>9} {f'loss {args.ranks}':>9}",
-          flush=True)
+          f"{'dev 1':>7} {f'dev {args.ranks}':>7} {'loss 1':>9} {f'loss {args.ranks}':>9} "
+          f"{'load':>9}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as scratch:
         for recipe in args.recipes:
             one = run(recipe, 1, Path(scratch) / f"{recipe}-1", args)
@@ -85,7 +89,7 @@ def main() -> None:
             print(f"{recipe:<10} {one['examples_per_second']:>12.1f} "
                   f"{many['examples_per_second']:>13.1f} {speedup:>8.2f}x "
                   f"{one['dev']:>7.2f} {many['dev']:>7.2f} {one['loss']:>9.4f} "
-                  f"{many['loss']:>9.4f}", flush=True)
+                  f"{many['loss']:>9.4f} {one['load']:>4.1f} {many['load']:>4.1f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
