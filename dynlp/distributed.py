@@ -100,6 +100,10 @@ def ending_run_on_error() -> Iterator[None]:
     traceback and ends every rank (instead of leaving the others waiting for it)."""
     try:
         yield
+    except SystemExit as leaving:
+        if leaving.code not in (0, None):
+            abort_launched(leaving.code if isinstance(leaving.code, int) else 1)
+        raise
     except BaseException:
         if launched_size() > 1:
             traceback.print_exc()
@@ -175,11 +179,10 @@ class Communicator:
     # -- gradients and parameters ----------------------------------------------------------------
     def sum_gradients(self, pc: Any, loss: float = 0.0) -> float:
         """Replace every rank's gradients in pc by their sum over all ranks and return the
-        summed `loss`. Dense parameters travel in one flat allreduce (their `grad` arrays
-        become views of one buffer, summed in place); each lookup table sends
-        only its touched rows (indices and values, gathered by every rank and summed in rank
-        order, so all ranks hold the same bits). Call it between backward() and the trainer's
-        update()."""
+        summed `loss`. Dense parameters travel in one flat allreduce (their `grad` arrays become
+        views of one buffer, summed in place); each lookup table sends only its touched rows
+        (indices and values, gathered by every rank and summed in rank order, so that all ranks
+        hold the same bits). Call it between backward() and the trainer's update()."""
         if self._comm is None:
             return loss
         from mpi4py import MPI
