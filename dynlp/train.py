@@ -359,12 +359,12 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     try:
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
-            loss, count, seconds = _train_epoch(model, trainer, train_examples, config, epoch,
-                                                strategy, progress, comm)
+            loss, count, seconds, cpu = _train_epoch(model, trainer, train_examples, config,
+                                                     epoch, strategy, progress, comm)
             record: dict[str, Any] = {
                 "epoch": epoch, "train_loss": loss / count, "examples_per_second": count / seconds,
                 "seconds": seconds, "learning_rate": trainer.learning_rate, "dev": None,
-                "ranks": comm.size,
+                "ranks": comm.size, "cpu_seconds": max(comm.allgather(cpu)),
             }
             state["train_seconds"] += seconds
             state["train_examples"] += count
@@ -400,12 +400,13 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
 
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
                  strategy: bool | str, progress: bool | None,
-                 comm: Communicator) -> tuple[float, int, float]:
-    """One pass over the shuffled examples: (summed loss, examples, seconds). Each rank
-    computes its share of every minibatch, each example with its own generator."""
+                 comm: Communicator) -> tuple[float, int, float, float]:
+    """One pass over the shuffled examples: (summed loss, examples, seconds, this process's
+    CPU seconds). Each rank computes its share of every minibatch, each example with its own
+    generator."""
     seed, size = int(config["seed"]), int(config["batch_size"])
     total_loss, count = 0.0, 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     disable = None if progress is None else not progress
     with tqdm(total=len(examples), desc=f"epoch {epoch}", unit="ex", disable=disable,
               leave=False, dynamic_ncols=True) as bar:
@@ -422,7 +423,7 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
             count += len(batch)
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
-    return total_loss, count, time.perf_counter() - start
+    return total_loss, count, time.perf_counter() - start, time.process_time() - cpu
 
 
 def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch: int, step: int,

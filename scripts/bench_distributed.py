@@ -2,8 +2,10 @@
 N ranks (`mpiexec -n N dynlp train ...`) at the same global batch and seed, side by side, with
 the dev score each reaches after the same epochs, and the load average around each run (the
 1-minute figure, before or after, whichever is higher: above 1 for one process or 2 for two
-ranks, other work shared the cores and the speeds are low). Needs the optional MPI support
-(pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
+ranks, other work shared the cores and the speeds are low). The last column is the speed-up in
+examples per CPU second of the busiest rank (`cpu_seconds` of the log), what ranks with a core
+each would approach (it leaves out the time a rank waits for the other). Needs the optional MPI
+support (pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
 
     python scripts/bench_distributed.py --mirror ../shared/data              # 1 epoch, all data
     python scripts/bench_distributed.py --mirror ../shared/data --limit 2000 --recipes tagger
@@ -57,7 +59,9 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     seconds = sum(r["seconds"] for r in records)
     examples = sum(r["examples_per_second"] * r["seconds"] for r in records)
+    cpu = sum(r["cpu_seconds"] for r in records)
     return {"examples_per_second": examples / seconds, "train_seconds": seconds,
+            "examples_per_cpu_second": examples / cpu,
             "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
             "wall_seconds": wall, "load": load}
 
@@ -79,17 +83,20 @@ def main() -> None:
     results = {}
     print(f"{'recipe':<10} {'1 rank ex/s':>12} {f'{args.ranks} ranks ex/s':>13} {'speed-up':>9} "
           f"{'dev 1':>7} {f'dev {args.ranks}':>7} {'loss 1':>9} {f'loss {args.ranks}':>9} "
-          f"{'load':>9}", flush=True)
+          f"{'load':>9} {'CPU-bound':>9}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as scratch:
         for recipe in args.recipes:
             one = run(recipe, 1, Path(scratch) / f"{recipe}-1", args)
             many = run(recipe, args.ranks, Path(scratch) / f"{recipe}-{args.ranks}", args)
             speedup = many["examples_per_second"] / one["examples_per_second"]
-            results[recipe] = {"1": one, str(args.ranks): many, "speedup": speedup}
+            cpu_speedup = many["examples_per_cpu_second"] / one["examples_per_cpu_second"]
+            results[recipe] = {"1": one, str(args.ranks): many, "speedup": speedup,
+                               "cpu_speedup": cpu_speedup}
             print(f"{recipe:<10} {one['examples_per_second']:>12.1f} "
                   f"{many['examples_per_second']:>13.1f} {speedup:>8.2f}x "
                   f"{one['dev']:>7.2f} {many['dev']:>7.2f} {one['loss']:>9.4f} "
-                  f"{many['loss']:>9.4f} {one['load']:>4.1f} {many['load']:>4.1f}", flush=True)
+                  f"{many['loss']:>9.4f} {one['load']:>4.1f} {many['load']:>4.1f} "
+                  f"{cpu_speedup:>8.2f}x", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
