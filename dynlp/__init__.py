@@ -16,14 +16,16 @@ from .autodiff import grad, jvp, value_and_grad
 from .functions import *  # noqa: F401,F403
 from .functions import __all__ as _functions
 from .functions import absolute
-from .gradcheck import GradcheckError, gradcheck
-from .graph import (Deferred, Expression, Graph, GraphError, Row, ShapeError, Slice,
-                    current_graph, renew_cg)
+from .extend import SHARED, STACK, Case, Op, op_function
+from .gradcheck import GradcheckError, check_rule, gradcheck
+from .graph import (Deferred, Expression, Graph, GraphError, Row, SettingError, ShapeError,
+                    Slice, current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
 from . import distributed
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
+from .seeding import get_seed, seed
 from .trainers import (TRAINERS, AdadeltaTrainer, AdagradTrainer, AdamTrainer,
                        MomentumSGDTrainer, RMSPropTrainer, SimpleSGDTrainer, Trainer, make_trainer)
 
@@ -34,11 +36,13 @@ use_default_threads()
 __version__ = "0.1.0"
 
 __all__ = list(_functions) + [
-    "abs", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError", "Expression",
-    "distributed",
+    "abs", "seed", "get_seed", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError",
+    "check_rule", "op_function", "Op", "Case", "STACK", "SHARED",
+    "Expression", "distributed",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
-    "GraphError", "ShapeError", "current_graph", "renew_cg", "LookupParameter", "ModelFileError",
+    "GraphError", "SettingError", "ShapeError", "current_graph", "renew_cg", "LookupParameter",
+    "ModelFileError",
     "Parameter", "ParameterCollection", "read_metadata", "__version__", "TRAINERS",
     "AdadeltaTrainer", "AdagradTrainer", "AdamTrainer", "MomentumSGDTrainer", "RMSPropTrainer",
     "SimpleSGDTrainer", "Trainer", "make_trainer", "MLP", "BiRNNBuilder", "CharacterEncoder",

@@ -67,7 +67,7 @@ class Engine:
                              f"not {strategy!r}")
         self.g = graph
         self.strategy = strategy or None
-        self.fuser = Fuser(graph) if getattr(graph, "fuse", False) else None
+        self.fuser = Fuser(graph) if getattr(graph, "fuse", False) == "regions" else None
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
@@ -628,6 +628,11 @@ class Engine:
     def gradient(self, node: int) -> np.ndarray:
         if self.grads is None:
             raise GraphError("gradient() needs backward() first")
+        if node in self.g.bypassed:
+            raise GraphError(
+                f"gradient(): a fused softmax loss read through node {node} "
+                f"({self.g.ops[node].name}) to its input, so it has no gradient of its own; "
+                "to keep one, build the loss on x.plain() instead of x")
         loc = self.g.loc
         here = loc[node]
         b = here >> _SHIFT

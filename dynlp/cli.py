@@ -1,7 +1,8 @@
 """The `dynlp` command: an explicit table of subcommands and of recipes (the only place that knows
 the recipes). `train`, `evaluate` and `predict` run through dynlp.train; `data`, `trace` and
 `bench` hand their arguments on. Every expected failure is one `dynlp: error: ...` line on stderr
-and exit status 2 (130 after Ctrl-C), never a traceback.
+and exit status 2 (130 after Ctrl-C, 143 after SIGTERM), never a traceback; a closed standard
+output (`dynlp data list | head -0`) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -20,16 +24,23 @@ from typing import Any
 import dynlp as dn
 
 from .autobatch import STRATEGIES
-from .data import CoNLLUError, DataError, TreeError, fetch
+from .data import CoNLLUError, DataError, TreeError, fetch, input_problem, write_text_atomic
 from .distributed import (DistributedError, abort_launched, ending_run_on_error, launched_rank,
                           launched_size)
 from .distributed import setup as setup_ranks
 from .train import (
     COMMON_DEFAULTS,
+    COMMON_LIMITS,
+    RunRefused,
+    Terminated,
     TrainingError,
     TrainingInterrupted,
+    integer_argument,
+    limits_of,
     load_model,
     model_path,
+    number_argument,
+    setting_problems,
     train,
 )
 from .trainers import TRAINERS
@@ -38,7 +49,7 @@ from .trainers import TRAINERS
 RECIPES = {"tagger": "recipes.tagger", "treelstm": "recipes.treelstm", "parser": "recipes.parser"}
 BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_autobatch.py"
 # parsed train options that are not run settings
-NOT_CONFIG = ("out", "resume", "mirror")
+NOT_CONFIG = ("out", "resume", "mirror", "overwrite")
 
 USAGE = f"""usage: dynlp COMMAND ...
 
@@ -50,7 +61,9 @@ commands:
   predict RECIPE    label a file with a trained model: --model DIR --input FILE --output FILE
   data              list and fetch the known datasets (dynlp data list | fetch NAME)
   trace             forward, tangent and adjoint traces of a small formula (for teaching)
+  report RUN_DIR    one offline HTML page about a training run (also written by train)
   bench             the autobatching benchmark (scripts/bench_autobatch.py)
+  run-dynet SCRIPT  run a DyNet program unmodified on dynlp (see docs/DYNET.md)
 
 'dynlp COMMAND RECIPE --help' documents every option with its default.
 """
@@ -78,9 +91,18 @@ def load_recipe(name: str) -> ModuleType:
 
 
 def _existing_file(path: str, what: str) -> str:
-    if not Path(path).is_file():
+    problem = input_problem(path)
+    if problem == "no such file":
         raise UsageError(f"{path}: no such {what} file")
+    if problem is not None:
+        raise UsageError(f"{path}: the {what} file {problem}")
     return path
+
+
+def _check_flags(args: argparse.Namespace, limits: dict) -> None:
+    """UsageError naming the flag and its allowed values for the first setting out of range."""
+    for key, problem in setting_problems(vars(args), limits):
+        raise UsageError(f"--{key.replace('_', '-')} {problem}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -103,31 +125,37 @@ def train_parser(recipe: ModuleType) -> argparse.ArgumentParser:
     data.add_argument("--test", metavar="FILE", help="test file (with --train; optional)")
     data.add_argument("--mirror", metavar="DIR",
                       help="local folder to copy the dataset from ($DYNLP_DATA_MIRROR)")
-    data.add_argument("--limit", type=int, default=defaults["limit"], metavar="N",
+    data.add_argument("--limit", type=integer_argument, default=defaults["limit"], metavar="N",
                       help="train on the first N training examples only")
-    data.add_argument("--dev-limit", type=int, default=defaults["dev_limit"], metavar="N",
+    data.add_argument("--dev-limit", type=integer_argument, default=defaults["dev_limit"],
+                      metavar="N",
                       help="evaluate on the first N dev examples during training (the final "
                       "scores use all of them)")
     run = parser.add_argument_group("training")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
-    run.add_argument("--epochs", type=int, default=defaults["epochs"])
-    run.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+    run.add_argument("--epochs", type=integer_argument, default=defaults["epochs"])
+    run.add_argument("--batch-size", type=integer_argument, default=defaults["batch_size"],
                      help="examples per update")
     run.add_argument("--optimizer", choices=sorted(TRAINERS), default=defaults["optimizer"])
-    run.add_argument("--learning-rate", type=float, default=defaults["learning_rate"])
-    run.add_argument("--seed", type=int, default=defaults["seed"],
+    run.add_argument("--learning-rate", type=number_argument,
+                     default=defaults["learning_rate"])
+    run.add_argument("--seed", type=integer_argument, default=defaults["seed"],
                      help="seeds initialization, shuffling, dropout: same seed, same numbers")
     run.add_argument("--autobatch", action=argparse.BooleanOptionalAction,
                      default=defaults["autobatch"], help="batch equal operations automatically")
     run.add_argument("--autobatch-strategy", choices=STRATEGIES,
                      default=defaults["autobatch_strategy"], help="scheduling of the batches")
-    run.add_argument("--patience", type=int, default=defaults["patience"],
+    run.add_argument("--patience", type=integer_argument, default=defaults["patience"],
                      help="stop after this many epochs without improvement on dev")
-    run.add_argument("--eval-every", type=int, default=defaults["eval_every"], metavar="EPOCHS",
+    run.add_argument("--eval-every", type=integer_argument, default=defaults["eval_every"],
+                     metavar="EPOCHS",
                      help="evaluate on dev every this many epochs (and after the last)")
     run.add_argument("--resume", action="store_true",
                      help="continue from DIR/checkpoint.npz (use the same settings; --epochs "
                      "and --patience may grow)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run in --out (without it, a folder holding a run is "
+                     "refused); its files are replaced once the first epoch is done")
     recipe.add_arguments(parser.add_argument_group(f"{recipe.NAME} model"))
     return parser
 
@@ -143,23 +171,36 @@ def _training_files(args: argparse.Namespace, recipe: ModuleType) -> dict[str, s
     return {split: str(path) for split, path in fetch(name, mirror=args.mirror).items()}
 
 
-def _read(recipe: ModuleType, path: str | None) -> list | None:
-    return None if path is None else recipe.read_examples(_existing_file(path, "input"))
+def _read(recipe: ModuleType, path: str | None, purpose: str, config: dict,
+          split: str = "input") -> list | None:
+    if path is None:
+        return None
+    examples = recipe.read_examples(_existing_file(path, split), purpose, config)
+    if not examples:
+        raise UsageError(f"{path}: the {split} file holds no examples")
+    return examples
 
 
 def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
     args = train_parser(recipe).parse_args(argv)
+    _check_flags(args, limits_of(recipe))
     comm = setup_ranks()  # all the ranks under mpiexec, else this process alone
     with comm.root_first():  # one rank fills the dataset cache
         files = _training_files(args, recipe)
     parsed = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     config = {**COMMON_DEFAULTS, **recipe.DEFAULTS, **parsed}
-    examples = {split: _read(recipe, path) for split, path in files.items()}
+    examples = {split: _read(recipe, path, "train" if split == "train" else "evaluate",
+                             config, split)
+                for split, path in files.items()}
     metrics = train(recipe, config, args.out, examples["train"] or [], examples["dev"] or [],
-                    examples.get("test"), resume=args.resume, loader=load_any_model, comm=comm)
+                    examples.get("test"), resume=args.resume, loader=load_any_model,
+                    overwrite=args.overwrite, comm=comm)
     if comm.is_root:
         print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
                           "best_epoch": metrics["best_epoch"]}, indent=2))
+        from .report import after_training
+        after_training(args.out, recipe, load_any_model, files["dev"])
+    comm.barrier()  # the other ranks wait for the report without spinning in MPI's finalize
     return 0
 
 
@@ -171,7 +212,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="a training output folder (or its model.npz)")
     parser.add_argument("--input", required=True, metavar="FILE", help="examples to read")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per graph")
+    parser.add_argument("--batch-size", type=integer_argument, default=64,
+                        help="examples per graph")
 
 
 def load_any_model(directory: str) -> Any:
@@ -181,13 +223,10 @@ def load_any_model(directory: str) -> Any:
     return load_model(load_recipe(dn.read_metadata(path).get("recipe", "")), path, load_any_model)
 
 
-def _load(recipe: ModuleType, args: argparse.Namespace) -> tuple[Any, list]:
+def _load(recipe: ModuleType, args: argparse.Namespace, purpose: str) -> tuple[Any, list]:
+    _check_flags(args, {"batch_size": COMMON_LIMITS["batch_size"]})
     model = load_model(recipe, model_path(args.model), load_any_model)
-    examples = recipe.read_examples(_existing_file(args.input, "input"))
-    if not examples:
-        raise UsageError(f"{args.input}: no examples")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    examples = _read(recipe, args.input, purpose, model.config)
     return model, examples
 
 
@@ -198,12 +237,12 @@ def command_evaluate(recipe: ModuleType, argv: Sequence[str]) -> int:
     _model_arguments(parser)
     parser.add_argument("--output-metrics", metavar="FILE", help="also write them as JSON here")
     args = parser.parse_args(argv)
-    model, examples = _load(recipe, args)
+    model, examples = _load(recipe, args, "evaluate")
     metrics = model.evaluate(examples, batch_size=args.batch_size)
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.output_metrics:
-        Path(args.output_metrics).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(args.output_metrics, text + "\n")
     return 0
 
 
@@ -216,7 +255,7 @@ def command_predict(recipe: ModuleType, argv: Sequence[str]) -> int:
     parser.add_argument("--autobatch", action=argparse.BooleanOptionalAction, default=True,
                         help="batch equal operations automatically")
     args = parser.parse_args(argv)
-    model, examples = _load(recipe, args)
+    model, examples = _load(recipe, args, "predict")
     predictions = model.predict(examples, batch_size=args.batch_size, autobatch=args.autobatch)
     model.write_predictions(examples, predictions, args.output)
     return 0
@@ -248,7 +287,18 @@ def command_bench(argv: Sequence[str]) -> int:
     return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
 
 
-OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench}
+def command_run_dynet(argv: Sequence[str]) -> int:
+    from .dynet.runner import main as run_dynet
+    return run_dynet(list(argv))
+
+
+def command_report(argv: Sequence[str]) -> int:
+    from .report import cli_report
+    return cli_report(list(argv))
+
+
+OTHER_COMMANDS = {"data": command_data, "trace": command_trace, "bench": command_bench,
+                  "run-dynet": command_run_dynet, "report": command_report}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -275,18 +325,44 @@ def _message(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `dynlp` command line; returns the exit status. Under mpiexec, a rank that fails
-    ends every rank of the run (a failing rank left to exit would wait for the others)."""
-    with ending_run_on_error():
-        status = _main(argv)
-    if status != 0:
-        abort_launched(status)
-    return status
+    """Run the `dynlp` command line; returns the exit status. SIGTERM is handled as Ctrl-C
+    while it runs (on the main thread). Under mpiexec, a rank that fails ends every rank of the
+    run (a failing rank left to exit would wait for the others), unless all the ranks fail
+    together (RunRefused: rank 0 says why, the others leave quietly)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        with ending_run_on_error():
+            try:
+                status = _main(list(sys.argv[1:] if argv is None else argv))
+            except RunRefused as refusal:  # every rank raised it: none waits for another
+                if not refusal.quiet:
+                    print(f"dynlp: error: {' '.join(str(refusal).split())}", file=sys.stderr)
+                return 2
+        if status != 0:
+            abort_launched(status)
+        return status
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _quiet_stdout() -> None:
+    """The reader of stdout has gone: send what is left to /dev/null, so that Python's flush
+    at exit does not complain either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _main(argv: list[str]) -> int:
     try:
         if not argv or argv[0] in ("-h", "--help"):
             print(USAGE, end="")
@@ -305,10 +381,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return request.code if isinstance(request.code, int) else 0
     except TrainingInterrupted as stop:
         print(f"dynlp: {stop}", file=sys.stderr)
-        return 130
+        return 143 if str(stop).startswith("terminated") else 130
+    except Terminated:
+        print("dynlp: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("dynlp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+    except RunRefused:
+        raise  # main() reports it, without ending the other ranks (they end too)
     except (UsageError, TrainingError, dn.ModelFileError, CoNLLUError, TreeError, DataError,
             DistributedError, OSError) as error:
         print(f"dynlp: error: {_message(error)}", file=sys.stderr)

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import Expression, Row, Slice, apply, arith, current_graph, matmul, pick, unary
+from .graph import (Affine, AffineLoss, Expression, Row, SettingError, Slice, apply, arith,
+                    current_graph, matmul, pick, unary)
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
@@ -128,7 +129,9 @@ def selu(x: Any) -> Expression:
 
 
 def cmult(x: Any, y: Any) -> Expression:
-    """Elementwise product (DyNet broadcasting: (d,) against (d, n))."""
+    """Elementwise product. Broadcasting, for `*`, `+`, `-`, `/` too, follows DyNet: the
+    lower-rank shape is padded with trailing 1s, so a vector (d,) against a matrix (d, n) is
+    a column added to every column (numpy pads leading 1s: (n,) against (d, n) is a row)."""
     return arith("mul", x, y)
 
 
@@ -187,12 +190,30 @@ def mean_elems(x: Any) -> Expression:
     return sum_elems(x) * (1.0 / max(1, int(np.prod(x.shape))))
 
 
-def sum_dim(x: Any, axis: int) -> Expression:
-    return apply("sum_dim", x, attrs=(("axis", int(axis)),))
+def _axes(name: str, x: Any, axis: Any) -> list[int]:
+    """One axis or a sequence of them (DyNet's `sum_dim(x, [0])`), each in range, highest
+    first so that summing one leaves the numbers of the others unchanged."""
+    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    rank = len(x.shape)
+    if not axes or any(not isinstance(a, (int, np.integer)) or not -rank <= a < max(rank, 1)
+                       for a in axes):
+        raise ValueError(f"{name}: axis {axis!r} is not an axis (or a list of axes) of shape "
+                         f"{tuple(x.shape)}")
+    return sorted({int(a) % max(rank, 1) for a in axes}, reverse=True)
 
 
-def mean_dim(x: Any, axis: int) -> Expression:
-    return sum_dim(x, axis) * (1.0 / x.shape[axis])
+def sum_dim(x: Any, axis: int | Sequence[int]) -> Expression:
+    """Sum along `axis`, or along each axis of a list: (2, 3) with axis 1 -> (2,)."""
+    for a in _axes("sum_dim", x, axis):
+        x = apply("sum_dim", x, attrs=(("axis", a),))
+    return x
+
+
+def mean_dim(x: Any, axis: int | Sequence[int]) -> Expression:
+    """Mean along `axis`, or along each axis of a list."""
+    axes = _axes("mean_dim", x, axis)
+    count = int(np.prod([x.shape[a] for a in axes]))
+    return sum_dim(x, axes) * (1.0 / count)
 
 
 def max_dim(x: Any, axis: int = 0) -> Expression:
@@ -257,6 +278,9 @@ def concatenate_cols(xs: Sequence[Any]) -> Expression:
 
 
 def reshape(x: Any, shape: Any) -> Expression:
+    """The same numbers in another shape, read and written in row-major order (numpy's C
+    order: [[0, 1, 2], [3, 4, 5]] -> (3, 2) is [[0, 1], [2, 3], [4, 5]]); DyNet reads in
+    column-major order, so a port from DyNet that reshapes matrices may need a transpose."""
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
     return apply("reshape", x, attrs=(("shape", shape),))
 
@@ -295,13 +319,27 @@ def flip_gradient(x: Any) -> Expression:
 
 
 # -- probabilities and losses ---------------------------------------------------------------------
-def softmax(x: Any) -> Expression:
-    """Along the first axis (each column of a matrix)."""
-    return unary("softmax", x)
+def _along(name: str, x: Any, axis: int) -> Expression:
+    rank = len(x.shape)
+    if rank <= 1 and axis in (0, -1):
+        return unary(name, x)
+    if rank == 2 and axis in (0, -2):
+        return unary(name, x)
+    if rank == 2 and axis in (1, -1):  # each row: the columns of the transpose
+        return unary("transpose", unary(name, unary("transpose", x)))
+    raise ValueError(f"{name}: axis {axis} of shape {tuple(x.shape)}: a vector has axis 0, a "
+                     "matrix axes 0 (each column) and 1 (each row)")
 
 
-def log_softmax(x: Any) -> Expression:
-    return unary("log_softmax", x)
+def softmax(x: Any, axis: int = 0) -> Expression:
+    """Softmax along `axis`: a vector's, or each column (axis 0, DyNet's way) or each row
+    (axis 1) of a matrix."""
+    return _along("softmax", x, axis)
+
+
+def log_softmax(x: Any, axis: int = 0) -> Expression:
+    """log softmax along `axis`, as `softmax`."""
+    return _along("log_softmax", x, axis)
 
 
 def _label(name: str, x: Expression, index: int) -> int:
@@ -314,6 +352,10 @@ def _label(name: str, x: Expression, index: int) -> int:
 def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
     """-log softmax(x)[index] -> (); the cross-entropy of one label."""
     label = _label("pick_neg_log_softmax", x, index)
+    if type(x) is Affine:
+        loss = AffineLoss.of(x, label)
+        if loss is not None:
+            return loss
     if type(x) is Expression:
         g = x._live()
         return g.add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), g.single(label))
@@ -346,11 +388,14 @@ def dropout(x: Expression, p: float) -> Expression:
     yet is read in place: one node, not a lookup or a slice and a dropout. Such an x has no
     gradient of its own (`x.gradient()` raises); pass `x.plain()` to keep one."""
     g = x._live()
-    if not g.training or p <= 0.0:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise SettingError(f"dropout: rate {p!r} is not a number") from None
+    if not 0.0 <= p < 1.0:  # (NaN fails too)
+        raise SettingError(f"dropout: rate {p} not in [0, 1)")
+    if not g.training or p == 0.0:
         return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: rate {p} not in [0, 1)")
-    p = float(p)
     kind = type(x)
     if kind is Row and x._node < 0:  # read the table row in place: no lookup node
         x._fused = True

@@ -17,6 +17,7 @@ import numpy as np
 from .ops import SHARED, TABLE, Op
 from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
+from .seeding import generator
 
 _INPUT = TABLE["input"]
 _PARAMETER = TABLE["parameter"]
@@ -26,6 +27,7 @@ _PICK_RANGE = TABLE["pick_range"]
 _LOOKUP = TABLE["lookup"]
 _CONCATENATE_RANGES = TABLE["concatenate_ranges"]
 _AFFINE = TABLE["affine_transform"]
+_MLP_LOSS = TABLE["mlp_pick_neg_log_softmax"]
 _ADD = TABLE["add"]
 _CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
 _ACTIVATIONS = ACTIVATIONS
@@ -37,6 +39,10 @@ class ShapeError(ValueError):
 
 class GraphError(RuntimeError):
     """An expression was used outside the graph it belongs to, or after that graph ended."""
+
+
+class SettingError(ValueError):
+    """A setting (a dtype, a rate, a learning rate) outside what it can take."""
 
 
 _current: "Graph | None" = None
@@ -90,19 +96,30 @@ class Graph:
 
     autobatch: True (the default strategy), False (one node at a time), or a strategy name
     ("agenda", "depth", "late"). dtype: float32 by default. seed: for dropout and noise masks,
-    drawn when their nodes are built. training: False makes dropout and noise the identity.
-    fuse: before each forward pass, fuse regions of nodes whose intermediate results nothing
-    else reads into single nodes (values and gradients of every node stay readable).
+    drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
+    training: False makes dropout and noise the identity.
+    fuse: True (the default) fuses while building: `W @ x` sums with a bias stay pending
+    until an activation closes them into one node; "regions" also fuses, before each forward
+    pass, regions of nodes whose intermediate results nothing else reads into single nodes
+    (values and gradients of every node stay readable); False builds every op as its node.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
-                 seed: int | None = None, training: bool = True, fuse: bool = True) -> None:
-        self.dtype = np.dtype(dtype)
-        self.fuse = bool(fuse)
+                 seed: int | None = None, training: bool = True,
+                 fuse: bool | str = True) -> None:
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise SettingError(f"Graph: dtype {dtype!r} is not a numpy dtype") from None
+        if self.dtype not in (np.float32, np.float64):
+            raise SettingError(f"Graph: dtype must be float32 or float64, not {self.dtype}")
+        if fuse not in (True, False, "regions"):
+            raise SettingError(f"Graph: fuse must be True, False or 'regions', not {fuse!r}")
+        self.fuse = fuse
         self.training = training
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
         self._uniforms_used = 0
         self._own_rng = self.rng
@@ -125,6 +142,7 @@ class Graph:
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
+        self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
@@ -565,12 +583,12 @@ class Expression:
         return self._live().add(TABLE["pow_const"], (self.i,), (("c", float(c)),))
 
     def __getitem__(self, index):
+        """numpy-style indexing along the first two axes: `x[i]`, `x[a:b]`, `x[[i, j]]`,
+        `M[i, j]`, `M[:, j]`, `M[a:b, c:d]`, `M[[i, j], :]` (slices take step 1)."""
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise ValueError("slices of expressions take step 1")
-            return self._live().add(TABLE["pick_range"], (self.i,),
-                                    (("start", start), ("end", stop), ("dim", 0)))
+            return _index_axis(self, 0, index)
+        if isinstance(index, tuple) or _is_index_list(index):
+            return index_expression(self, index)
         return pick(self, index)
 
     def __iter__(self):
@@ -811,6 +829,11 @@ class Affine(Deferred):
         if self._node >= 0:
             total = total + g.engine.gradient(self._node)
         for reader in self.readers or ():
+            if reader is None:
+                raise GraphError(
+                    f"Affine.gradient(): a fused loss read this sum in place ({self._what()}), "
+                    "so it has no gradient of its own; to keep one, build the loss on "
+                    "x.plain() instead of x")
             if type(reader) is Affine:
                 total = total + reader.gradient()
                 continue
@@ -821,6 +844,79 @@ class Affine(Deferred):
                 derivative = _ACTIVATIONS[activation][1]
                 total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
         return total
+
+
+class AffineLoss(Deferred):
+    """pick_neg_log_softmax(W @ h + b, label), deferred (the scores `W @ h + b` an Affine of one
+    product): `dn.esum` of such losses over the same weights (a sentence's words, a tree's
+    nodes) is one `mlp_loss_sum_L` node, and any other reading makes one
+    `mlp_pick_neg_log_softmax` node. When h is an `affine_transform` node with an activation
+    (`O @ tanh(H @ x)`), the layer is read from x as well: L = 2. The scores and such an h then
+    have no gradient of their own (`gradient()` raises; build on `.plain()` to keep one)."""
+
+    __slots__ = ("x", "layers", "activation", "label", "key")
+
+    def __init__(self, g: Graph, x: int, layers: tuple, activation: str | None,
+                 label: int) -> None:
+        self.g = g
+        self.x = x                    # the input node
+        self.layers = layers          # (W1, b1, W2, b2, ...) nodes, shared
+        self.activation = activation  # of the hidden layer, if any
+        self.label = label
+        self.key = (layers, activation, g.shapes[x])
+        self._node = -1
+        self._fused = False
+
+    @staticmethod
+    def of(scores: "Affine", label: int) -> "AffineLoss | None":
+        """The deferred loss over an Affine of one product and at most one bias, else None."""
+        if len(scores.terms) != 1 or len(scores.biases) > 1 or scores._node >= 0:
+            return None
+        g = scores.g
+        (w, h), = scores.terms
+        if len(g.shapes[h]) != 1:
+            return None
+        b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+        scores._fused = True
+        scores._read_by(None)  # (a loss read it in place: no gradient of its own)
+        ops, args, attrs = g.ops, g.args, g.attrs
+        if ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
+                h not in g.pinned:
+            hb, hw, hx = args[h]
+            if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
+                g.bypassed[h] = True
+                return AffineLoss(g, hx, (hw, hb, w, b), attrs[h][0][1], label)
+        return AffineLoss(g, h, (w, b), None, label)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    def _what(self) -> str:
+        return f"a softmax loss over {len(self.layers) // 2} affine layer(s), label {self.label}"
+
+    def _attrs(self) -> tuple:
+        return () if self.activation is None else (("activation", self.activation),)
+
+    def _materialize(self) -> int:
+        g = self._live()
+        return g.add(_MLP_LOSS, (self.x,) + self.layers, self._attrs(), g.single(self.label)).i
+
+    @staticmethod
+    def fuse_sum(terms: Sequence[Any]) -> Expression | None:
+        """One node for the sum of deferred losses over the same layers, else None."""
+        first = terms[0]
+        key, g = first.key, first.g
+        for term in terms:
+            if type(term) is not AffineLoss or term.key != key or term.g is not g or \
+                    term._node >= 0:
+                return None
+        g._check_alive()
+        for term in terms:
+            term._fused = True
+        op = TABLE.get(f"mlp_loss_sum_{len(first.layers) // 2}")
+        return g.add(op, first.layers + tuple([t.x for t in terms]), first._attrs(),
+                     (tuple([t.label for t in terms]),))
 
 
 def _graph_of(items: Sequence[Any]) -> Graph:
@@ -963,3 +1059,43 @@ def pick(x: Expression, index: int, dim: int = 0) -> Expression:
     if not 0 <= index < n:
         raise IndexError(f"pick: index {index} out of range for shape {x.shape} along dim {dim}")
     return g.add(TABLE["pick"], (x.i,), (("dim", dim),), g.single(index))
+
+
+def _is_index_list(index: Any) -> bool:
+    return isinstance(index, (list, np.ndarray))
+
+
+def _index_axis(x: Expression, axis: int, index: Any) -> Expression:
+    """x indexed along one axis by an int, a slice or a list of ints."""
+    n = x.shape[axis]
+    if isinstance(index, slice):
+        start, stop, step = index.indices(n)
+        if step != 1:
+            raise IndexError("slices of expressions take step 1")
+        if (start, stop) == (0, n):
+            return x
+        return x._live().add(TABLE["pick_range"], (x.i,),
+                             (("start", start), ("end", max(start, stop)), ("dim", axis)))
+    if _is_index_list(index):
+        rows = [int(i) + n if int(i) < 0 else int(i) for i in index]
+        if not rows or any(not 0 <= i < n for i in rows):
+            raise IndexError(f"indices {list(index)} out of range for axis {axis} of shape "
+                             f"{x.shape}")
+        name = "select_rows" if axis == 0 else "select_cols"
+        return apply(name, x, attrs=(("count", len(rows)),), battrs=(tuple(rows),))
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return pick(x, index, dim=axis)
+    raise IndexError(f"an expression is indexed by ints, slices and lists of ints, not "
+                     f"{type(index).__name__}")
+
+
+def index_expression(x: Expression, index: Any) -> Expression:
+    """`x[index]` for a tuple of at most two indices or a list of ints (see `__getitem__`)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if len(parts) > len(x.shape) or len(parts) > 2:
+        raise IndexError(f"too many indices {index!r} for an expression of shape {x.shape}")
+    if len(parts) == 2 and _is_index_list(parts[0]) and _is_index_list(parts[1]):
+        raise IndexError("index one axis with a list at a time (x[[0, 1], :][:, [2, 3]])")
+    if len(parts) == 2:  # the second axis first, so that the first keeps its numbering
+        x = _index_axis(x, 1, parts[1])
+    return _index_axis(x, 0, parts[0])

@@ -131,8 +131,9 @@ def _tokenize(text: str) -> list[_Token]:
                 j += 1
             tokens.append(_Token("name", text[i:j], i))
             i = j
-        elif text.startswith("**", i):
-            raise FormulaError("'**' is not an operator: write powers with '^'", text, i)
+        elif text.startswith("**", i):  # Python's power, the same operator as '^'
+            tokens.append(_Token("operator", "^", i))
+            i += 2
         elif ch in _OPERATORS:
             tokens.append(_Token("operator", ch, i))
             i += 1

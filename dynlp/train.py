@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import platform
+import re
 import subprocess
 import sys
 import time
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -23,9 +26,10 @@ from tqdm import tqdm
 import dynlp as dn
 
 from .autobatch import DEFAULT_STRATEGY
-from .data import Vocab, batches
+from .data import Vocab, batches, write_text_atomic
+from .data.files import remove_stale_temporaries
 from .distributed import Communicator, setup
-from .params import write_npz
+from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -48,8 +52,120 @@ class TrainingError(Exception):
     """A run cannot start or continue: bad settings, no data, a mismatched checkpoint."""
 
 
+class RunRefused(TrainingError):
+    """The run folder does not fit the request (a run in the way, no checkpoint to resume,
+    other settings than the checkpoint's). Rank 0 alone checks, and every rank of a
+    data-parallel run raises this together, so the run ends without an abort; it is `quiet` on
+    the other ranks, which leave the saying to rank 0."""
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
+
+
 class TrainingInterrupted(Exception):
-    """Training was stopped by Ctrl-C; the message says where the checkpoint is."""
+    """Training was stopped by Ctrl-C or SIGTERM; the message says where the checkpoint is."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (the `dynlp` command turns the signal into this), so
+    that it unwinds like Ctrl-C: temporary files removed, the last checkpoint kept."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Settings: the allowed range of every numeric setting, checked where settings enter
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The allowed values of a numeric setting: low..high (an end excluded when open), an
+    integer unless `integer=False`, even when `even`, None too when `optional`."""
+
+    low: float
+    high: float
+    integer: bool = True
+    open_low: bool = False
+    open_high: bool = False
+    even: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        if self.integer:
+            kind = "an even integer" if self.even else "an integer"
+            text = f"{kind} in {self.low:g}..{self.high:g}"
+        else:
+            text = (f"a number in {'(' if self.open_low else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.open_high else ']'}")
+        return text + (" (or none)" if self.optional else "")
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below and not (self.even and value % 2)
+
+
+MAX_SIZE = 65536  # the largest dimension of any layer
+COMMON_LIMITS: dict[str, Limit] = {
+    "epochs": Limit(1, 10**6), "batch_size": Limit(1, 10**5),
+    "learning_rate": Limit(0, 10, integer=False, open_low=True), "seed": Limit(0, 2**63 - 1),
+    "limit": Limit(1, 10**9, optional=True), "dev_limit": Limit(1, 10**9, optional=True),
+    "patience": Limit(1, 10**6), "eval_every": Limit(1, 10**6),
+}
+
+
+def limits_of(recipe: ModuleType | None) -> dict[str, Limit]:
+    """The common limits and those of a recipe (its optional `LIMITS`)."""
+    return {**COMMON_LIMITS, **getattr(recipe, "LIMITS", {})}
+
+
+def setting_problems(config: dict, limits: dict[str, Limit]) -> list[tuple[str, str]]:
+    """(key, what is wrong) for every setting of `config` outside its limit."""
+    return [(key, f"must be {limit.describe()}, got {config[key]!r}")
+            for key, limit in limits.items() if key in config and not limit.allows(config[key])]
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def integer_argument(text: str) -> int:
+    """An argparse type: ASCII digits with an optional sign only (no '0_3', no other
+    scripts' digits, no spaces)."""
+    if not _INTEGER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    return int(text)
+
+
+def number_argument(text: str) -> float:
+    """An argparse type: a finite decimal number in ASCII (no nan, no inf)."""
+    if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return float(text)
+
+
+def memory_budget() -> int | None:
+    """The bytes of parameter values a training run may allocate: an eighth of the memory
+    available now (gradients, optimizer moments and initialization take the rest), or None
+    where the available memory cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 8
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # -------------------------------------------------------------------------------------------------
@@ -65,9 +181,12 @@ def model_path(path: str | os.PathLike) -> Path:
 def add_model_arguments(parser: Any, defaults: dict[str, Any], helps: dict[str, str],
                         choices: dict[str, Sequence[str]] | None = None) -> None:
     """A recipe's model flags: one per entry of `helps`, `--word-dim` for the key `word_dim`,
-    with its default from `defaults` and of that default's type. A boolean default gives
-    `--x/--no-x`, a None default a string flag; `choices` lists the allowed values of a key."""
+    with its default from `defaults` and of that default's type (ints and floats read strictly:
+    `integer_argument`, `number_argument`; ranges are the recipe's LIMITS, checked after
+    parsing). A boolean default gives `--x/--no-x`, a None default a string flag; `choices`
+    lists the allowed values of a key."""
     choices = choices or {}
+    types = {int: integer_argument, float: number_argument}
     for key, text in helps.items():
         default = defaults[key]
         flag = "--" + key.replace("_", "-")
@@ -75,8 +194,9 @@ def add_model_arguments(parser: Any, defaults: dict[str, Any], helps: dict[str, 
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=text)
         else:
-            parser.add_argument(flag, type=None if default is None else type(default),
-                                default=default, choices=choices.get(key), help=text)
+            kind = None if default is None else types.get(type(default), type(default))
+            parser.add_argument(flag, type=kind, default=default, choices=choices.get(key),
+                                help=text)
 
 
 class RecipeModel:
@@ -106,25 +226,51 @@ def load_model(recipe: ModuleType, path: str | os.PathLike,
     Raises dn.ModelFileError for a missing or damaged file, or one made by another recipe.
     """
     path = model_path(path)
-    try:
-        meta = dn.read_metadata(path)
-    except (EOFError, zipfile.BadZipFile) as err:  # not (yet) caught by dynlp.params
-        raise dn.ModelFileError(f"{path}: not a dynlp model file ({err})") from None
-    made_by = meta.get("recipe") if isinstance(meta, dict) else None
+    header = read_header(path)
+    meta = header["metadata"]
+    made_by = meta.get("recipe")
     if made_by != recipe.NAME:
         raise dn.ModelFileError(f"{path}: a model of the {made_by!r} recipe, not of "
                                 f"{recipe.NAME!r}")
-    pc = dn.ParameterCollection()
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(meta.get("vocabs"), dict):
+        raise dn.ModelFileError(f"{path}: the model description is damaged (its config or "
+                                "vocabs are not objects)")
+    for key, problem in setting_problems(config, limits_of(recipe)):
+        raise dn.ModelFileError(f"{path}: the model description is damaged: config field "
+                                f"{key!r} {problem}")
+    check_model_references(recipe, config, f"{path}: config field")
+    # the model may allocate no more than the file holds, so a description that asks for
+    # terabytes fails before allocating anything
+    pc = dn.ParameterCollection(max_bytes=stored_elements(header) * np.dtype(np.float32).itemsize)
     try:
         model = recipe.Model.from_metadata(pc, meta)
-    except (KeyError, TypeError, ValueError) as err:
+    except ModelSizeError as err:
+        raise dn.ModelFileError(f"{path}: the file's parameters do not match its model "
+                                f"description, which asks for more than the file holds ({err})"
+                                ) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
         raise dn.ModelFileError(f"{path}: the model description is damaged ({err})") from None
-    try:
-        pc.populate(path)
-    except (EOFError, zipfile.BadZipFile) as err:
-        raise dn.ModelFileError(f"{path}: the model file is damaged ({err})") from None
+    pc.populate(path)
     _attach(model, loader)
     return model
+
+
+def check_model_references(recipe: ModuleType, config: dict, where: str) -> None:
+    """ModelFileError unless every model named by the config (the recipe's optional
+    `MODEL_REFERENCES`: setting -> recipe name, such as the parser's tagger_model) is a model
+    file of that recipe. Checked before any is loaded, so no chain of references can loop."""
+    for key, wanted in getattr(recipe, "MODEL_REFERENCES", {}).items():
+        reference = config.get(key)
+        if reference is None:
+            continue
+        if not isinstance(reference, str) or not reference:
+            raise dn.ModelFileError(f"{where} {key!r} is not a model folder name")
+        target = model_path(reference)
+        made_by = read_header(target)["metadata"].get("recipe")
+        if made_by != wanted:
+            raise dn.ModelFileError(f"{where} {key!r}: {target} is a model of the {made_by!r} "
+                                    f"recipe; it must be a {wanted} model")
 
 
 def _attach(model: Any, loader: Callable[[str], Any] | None) -> None:
@@ -187,37 +333,56 @@ def save_checkpoint(path: str | os.PathLike, pc: dn.ParameterCollection, trainer
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, arrays) of a checkpoint; TrainingError when it is missing or damaged."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TrainingError(f"{path}: no checkpoint to resume from")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-    except (OSError, ValueError, KeyError, UnicodeDecodeError, EOFError,
-            zipfile.BadZipFile) as err:
-        raise TrainingError(f"{path}: not a dynlp checkpoint ({err})") from None
+        header, npz = open_npz(path, "dynlp checkpoint")
+        with npz:
+            arrays = {key: npz[key] for key in npz.files if key != "header"}
+    except dn.ModelFileError as err:
+        raise TrainingError(str(err)) from None
+    except (OSError, ValueError, EOFError) as err:
+        raise TrainingError(f"{path}: a damaged checkpoint ({type(err).__name__})") from None
     if header.get("format") != CHECKPOINT_FORMAT or header.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{path}: not a dynlp checkpoint of version {CHECKPOINT_VERSION}")
+    for key in ("parameters", "trainer", "state", "config", "model"):
+        if key not in header:
+            raise TrainingError(f"{path}: a damaged checkpoint (no {key!r} in its header)")
+    if not isinstance(header["config"], dict) or not isinstance(header["model"], dict):
+        raise TrainingError(f"{path}: a damaged checkpoint (config or model not objects)")
     return header, arrays
 
 
 def restore_checkpoint(header: dict, arrays: Any, pc: dn.ParameterCollection,
                        trainer: Any) -> dict:
-    """Load parameters and trainer state of a read checkpoint; returns the loop state."""
+    """Load parameters and trainer state of a read checkpoint; returns the loop state.
+    Every array is checked (present, a float array of the model's shape, finite) first."""
     params = list(pc.parameters())
     if header["parameters"] != [p.name for p in params]:
         raise TrainingError("the checkpoint's parameters do not match the model")
+    values = []
     for i, p in enumerate(params):
-        value = arrays[f"p{i}"]
-        if value.shape != p.shape:
-            raise TrainingError(f"checkpoint parameter {p.name!r} has shape {value.shape}, "
-                                f"the model {p.shape}")
-        p.value[...] = value
+        value = arrays.get(f"p{i}")
+        if value is None:
+            raise TrainingError(f"checkpoint parameter {p.name!r} is missing")
+        if value.dtype.kind != "f" or value.shape != p.shape:
+            raise TrainingError(f"checkpoint parameter {p.name!r} is {value.dtype} "
+                                f"{value.shape}, the model's float {p.shape}")
+        if not np.isfinite(value).all():
+            raise TrainingError(f"checkpoint parameter {p.name!r} holds NaN or infinite values")
+        values.append(value)
     try:
-        trainer.load_state_dict(_decode(header["trainer"], arrays))
-    except ValueError as err:
-        raise TrainingError(f"the checkpoint's trainer state does not fit: {err}") from None
-    return _decode(header["state"], arrays)
+        trainer_state = _decode(header["trainer"], arrays)
+        state = _decode(header["state"], arrays)
+        trainer.load_state_dict(trainer_state)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise TrainingError(f"the checkpoint's trainer or loop state is damaged or does not "
+                            f"fit ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not all(key in state for key in _fresh_state()):
+        raise TrainingError("the checkpoint's loop state is damaged")
+    for p, value in zip(params, values):
+        p.value[...] = value
+    return state
 
 
 # -------------------------------------------------------------------------------------------------
@@ -242,10 +407,20 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def environment() -> dict:
+    """What a run's numbers depend on besides its settings: the versions of dynlp, numpy and
+    Python, and the BLAS threads (their count can change the last bits of float sums)."""
+    return {"dynlp": dn.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "blas_threads": dn.blas_threads()}
+
+
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+
+
+def _write_log(path: Path, records: list[dict]) -> None:
+    """log.jsonl whole: one line per finished epoch, as many as the checkpoint holds."""
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -274,16 +449,48 @@ def example_rng(seed: int, epoch: int, step: int, position: int) -> np.random.Ge
 # The loop
 
 
-def _check(config: dict) -> None:
-    for key in ("epochs", "batch_size"):
-        if int(config[key]) < 1:
-            raise TrainingError(f"{key} must be at least 1, got {config[key]}")
-    if int(config["seed"]) < 0:
-        raise TrainingError(f"seed must be non-negative, got {config['seed']}")
-    if float(config["learning_rate"]) <= 0:
-        raise TrainingError(f"learning_rate must be positive, got {config['learning_rate']}")
-    if int(config["eval_every"]) < 1 or int(config["patience"]) < 1:
-        raise TrainingError("eval_every and patience must be at least 1")
+RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, LOG_FILE, METRICS_FILE)
+
+
+def _check(recipe: ModuleType, config: dict) -> None:
+    for key, problem in setting_problems(config, limits_of(recipe)):
+        raise TrainingError(f"setting {key!r} {problem}")
+    check_model_references(recipe, config, "setting")
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out}: the output folder is a file")
+    old = [name for name in RUN_FILES if (out / name).exists()]
+    if old and not resume and not overwrite:
+        raise TrainingError(f"{out} holds a run already ({', '.join(old)}): continue it with "
+                            "--resume, write to another folder, or replace it with --overwrite")
+
+
+def _agree_on_folder(comm: Communicator, out: Path, resume: bool, overwrite: bool,
+                     config: dict) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """Rank 0 alone checks the run folder (`_check_out`; with resume, the checkpoint and its
+    settings), clears what a killed run left there, and tells the other ranks what it found: a
+    problem is raised on every rank as RunRefused. Returns rank 0's read checkpoint (None on
+    the others, which read it once rank 0 has found it sound)."""
+    problem, checkpoint = None, None
+    if comm.is_root:
+        try:
+            _check_out(out, resume, overwrite)
+            if out.is_dir():
+                remove_stale_temporaries(out, RUN_FILES)  # what a killed run (SIGKILL) left
+            if resume:
+                checkpoint = read_checkpoint(out / CHECKPOINT_FILE)
+                changed = _differences(checkpoint[0]["config"], config)
+                if changed:
+                    raise TrainingError("the settings differ from the checkpoint's: "
+                                        + "; ".join(changed))
+        except TrainingError as err:
+            problem = str(err)
+    problem = comm.broadcast(problem)
+    if problem is not None:
+        raise RunRefused(problem, quiet=not comm.is_root)
+    return checkpoint
 
 
 def _fresh_state() -> dict:
@@ -294,23 +501,28 @@ def _fresh_state() -> dict:
 def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_examples: list,
           dev_examples: list, test_examples: list | None = None, resume: bool = False,
           progress: bool | None = None, loader: Callable[[str], Any] | None = None,
-          comm: Communicator | None = None) -> dict:
+          overwrite: bool = False, comm: Communicator | None = None) -> dict:
     """Train `recipe.Model` under `out` and return the final metrics (also in metrics.json).
 
     config: every setting (COMMON_DEFAULTS keys and the recipe's DEFAULTS keys, plus anything
     worth recording); it is stored in the model and the metrics. Writes `out/log.jsonl` (one line
     per epoch), `out/checkpoint.npz` (after every epoch), `out/model.npz` (best on dev) and
     `out/metrics.json` (dev and test scores of the best model). resume: continue from the
-    checkpoint; the result equals that of an uninterrupted run. progress: tqdm bar (None: only
-    on a terminal). loader: see `load_model`. comm: the ranks to train on (default
+    checkpoint; the result equals that of an uninterrupted run. Without resume, a folder that
+    holds a run already is refused unless `overwrite`, and even then its files are replaced
+    only once the first epoch is done. Every file is written whole (a temporary file renamed)
+    and log.jsonl always agrees with the checkpoint after a resume. progress: tqdm bar (None:
+    only on a terminal). loader: see `load_model`. comm: the ranks to train on (default
     `dynlp.distributed.setup()`: all the ranks of `mpiexec`, else this process); each computes
-    its share of every minibatch and of the evaluations, rank 0 alone writes files and reports.
-    Raises TrainingError, or TrainingInterrupted on Ctrl-C.
+    its share of every minibatch and of the evaluations, rank 0 alone checks the folder (its
+    refusal is raised on every rank as `RunRefused`), writes files and reports. Raises
+    TrainingError (bad settings, a run in the way, a model too large for the memory
+    available), or TrainingInterrupted on Ctrl-C or SIGTERM (`Terminated`).
     """
     comm = setup() if comm is None else comm
-    _check(config)
+    _check(recipe, config)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = _agree_on_folder(comm, out, resume, overwrite, config)
     if config.get("limit") is not None:
         train_examples = train_examples[:int(config["limit"])]
     if not train_examples:
@@ -324,26 +536,31 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     checkpoint_path = out / CHECKPOINT_FILE
     log_path = out / LOG_FILE
 
-    pc = dn.ParameterCollection(seed=seed)
+    pc = dn.ParameterCollection(seed=seed, max_bytes=memory_budget())
     if resume:
-        header, arrays = read_checkpoint(checkpoint_path)
-        changed = _differences(header["config"], config)
-        if changed:
-            raise TrainingError("the settings differ from the checkpoint's: " + "; ".join(changed))
-        model = recipe.Model.from_metadata(pc, header["model"])
-    else:
-        vocabs = recipe.Model.build_vocabs(train_examples, config)
-        model = recipe.Model(pc, config, vocabs)
+        header, arrays = checkpoint or read_checkpoint(checkpoint_path)
+    try:
+        if resume:
+            model = recipe.Model.from_metadata(pc, header["model"])
+        else:
+            vocabs = recipe.Model.build_vocabs(train_examples, config)
+            model = recipe.Model(pc, config, vocabs)
+    except ModelSizeError as err:
+        raise TrainingError(f"the model does not fit in the memory available: {err}; choose "
+                            "smaller sizes") from None
     _attach(model, loader)
     trainer = make_trainer(config["optimizer"], pc, learning_rate=float(config["learning_rate"]))
     if resume:
         state = restore_checkpoint(header, arrays, pc, trainer)
+        if "records" in state and comm.is_root:  # the log as the checkpoint knows it
+            _write_log(log_path, state["records"])  # (lines of later epochs go)
     else:
         state = _fresh_state()
         if comm.is_root:
             state["git_commit"] = git_commit()  # the code that trains, not the code at the end
-            log_path.write_text("", encoding="utf-8")
-            checkpoint_path.unlink(missing_ok=True)  # a stale one would resume another run
+            state["environment"] = environment()
+            out.mkdir(parents=True, exist_ok=True)
+    state.setdefault("records", [])
     comm.broadcast_parameters(pc)
     if not comm.is_root:
         progress = False
@@ -355,7 +572,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     strategy = graph_strategy(config)
 
     epochs, patience = int(config["epochs"]), int(config["patience"])
-    epoch = state["epoch"]
+    epoch = saved = state["epoch"]
     try:
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
@@ -368,6 +585,10 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
             }
             state["train_seconds"] += seconds
             state["train_examples"] += count
+            if epoch == 1 and not resume and comm.is_root:
+                # a fresh run has something to write: what an older run left goes now
+                for name in (MODEL_FILE, METRICS_FILE, CHECKPOINT_FILE, LOG_FILE):
+                    (out / name).unlink(missing_ok=True)
             if epoch % int(config["eval_every"]) == 0 or epoch == epochs:
                 start = time.perf_counter()
                 dev = comm.evaluate(model, dev_during, int(config["batch_size"]))
@@ -380,19 +601,25 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
                         pc.save(out / MODEL_FILE, metadata=metadata)
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
             state["epoch"] = epoch
+            state["records"] = state["records"] + [record]
             trainer.update_epoch()
             if comm.size > 1 and not comm.parameters_agree(pc):
                 raise TrainingError(f"the ranks' parameters differ after epoch {epoch}")
             if comm.is_root:
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(json.dumps(record) + "\n")
                 save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
+            saved = epoch
+            if comm.is_root:
+                _write_log(log_path, state["records"])
                 _report(recipe, record, state)
-    except KeyboardInterrupt:
-        done = state["epoch"]
-        where = (f"the checkpoint after epoch {done} is {checkpoint_path}; run the same command "
-                 "with --resume to continue") if done > 0 else "no epoch finished, no checkpoint"
-        raise TrainingInterrupted(f"interrupted during epoch {done + 1}: {where}") from None
+    except KeyboardInterrupt as stop:
+        if saved > 0 and comm.is_root:
+            records = [r for r in state["records"] if r["epoch"] <= saved]
+            _write_log(log_path, records)  # in case the stop came between checkpoint and log
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        where = (f"the checkpoint after epoch {saved} is {checkpoint_path}; run the same "
+                 "command with --resume to continue") if saved > 0 else (
+                 "no epoch finished, no checkpoint")
+        raise TrainingInterrupted(f"{how} during epoch {saved + 1}: {where}") from None
 
     comm.barrier()  # the best model file is written
     return _finish(recipe, config, out, dev_examples, test_examples, state, loader, comm)
@@ -474,7 +701,8 @@ def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
         "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
         "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
-        "git_commit": state.get("git_commit"), "ranks": comm.size,
+        "git_commit": state.get("git_commit"), "environment": state.get("environment"),
+        "global_seed": dn.get_seed(), "ranks": comm.size,
     }
     if comm.is_root:
         _write_json(out / METRICS_FILE, metrics)

@@ -11,9 +11,22 @@ from typing import Any
 
 import numpy as np
 
+from .graph import SettingError
 from .params import Parameter, ParameterCollection
 
 STATE_FORMAT_VERSION = 1
+def _checked(name: str, value: Any, positive: bool = False) -> float:
+    """value as a finite float, > 0 (positive) or >= 0; else a SettingError naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise SettingError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, "
+                           f"not {value!r}")
+    return number
+
+
 _SCALARS = ("learning_rate", "initial_learning_rate", "learning_rate_decay", "epoch", "updates",
             "clips")
 
@@ -52,8 +65,11 @@ class Trainer:
                  learning_rate_decay: float = 0.0, l2: float = 0.0,
                  clip_threshold: float | None = 5.0, sparse_updates: bool = True) -> None:
         self.pc = pc
-        self.learning_rate = float(learning_rate)
-        self.initial_learning_rate = float(learning_rate)
+        learning_rate = _checked("learning_rate", learning_rate, positive=True)
+        learning_rate_decay = _checked("learning_rate_decay", learning_rate_decay)
+        l2 = _checked("l2", l2)
+        self.learning_rate = learning_rate
+        self.initial_learning_rate = learning_rate
         self.learning_rate_decay = float(learning_rate_decay)
         self.l2 = float(l2)
         self.clip_threshold: float | None = None
@@ -94,7 +110,8 @@ class Trainer:
         self._state.clear()
         self.updates = 0
         if learning_rate is not None:
-            self.learning_rate = self.initial_learning_rate = float(learning_rate)
+            self.learning_rate = self.initial_learning_rate = _checked(
+                "learning_rate", learning_rate, positive=True)
 
     # -- the step --------------------------------------------------------------------------------
     def update(self) -> None:

@@ -15,10 +15,10 @@ import numpy as np
 import regex
 
 import dynlp as dn
-from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
+from dynlp.data import Sentence, Vocab, check_annotation, read_conllu, write_conllu
 from dynlp.metrics import attachment_scores
 from dynlp.nn import Embedding
-from dynlp.train import RecipeModel, add_model_arguments
+from dynlp.train import MAX_SIZE, Limit, RecipeModel, add_model_arguments
 
 NAME = "parser"
 MAIN_METRIC = "las"
@@ -222,14 +222,35 @@ _HELP = {
 }
 
 
+# the allowed values of the model settings (checked on the command line and in model files)
+LIMITS = {
+    "word_dim": Limit(1, MAX_SIZE), "pos_dim": Limit(1, MAX_SIZE), "lstm_layers": Limit(1, 64),
+    "lstm_dim": Limit(2, MAX_SIZE, even=True), "mlp_dim": Limit(1, MAX_SIZE),
+    "dropout": Limit(0, 1, integer=False, open_high=True),
+    "word_dropout": Limit(0, 1e6, integer=False), "exploration": Limit(0, 1, integer=False),
+}
+# settings that name another model, and the recipe that model must be of
+MODEL_REFERENCES = {"tagger_model": "tagger"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model sizes, dropout, exploration and the optional tagger model for UPOS."""
     add_model_arguments(parser, DEFAULTS, _HELP, {"activation": ("tanh", "relu")})
 
 
-def read_examples(path: str | Path) -> list[Sentence]:
-    """CoNLL-U sentences (raises dynlp.data.CoNLLUError naming file and line)."""
-    return list(read_conllu(path))
+def read_examples(path: str | Path, purpose: str = "train",
+                  config: dict | None = None) -> list[Sentence]:
+    """CoNLL-U sentences (raises dynlp.data.CoNLLUError naming file and line). Training and
+    evaluation need trees (one root, no cycle) with DEPREL filled; every purpose needs UPOS
+    unless the model tags with its own tagger (`tagger_model`), at prediction nothing more."""
+    sentences = list(read_conllu(path))
+    tagged = bool((config or {}).get("tagger_model")) and purpose != "train"
+    columns = () if tagged else ("upos",)
+    if purpose == "predict":
+        check_annotation(sentences, columns, source=str(path))
+    else:
+        check_annotation(sentences, columns + ("deprel",), tree=True, source=str(path))
+    return sentences
 
 
 class Model(RecipeModel):

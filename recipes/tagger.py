@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 import dynlp as dn
-from dynlp.data import Sentence, Vocab, read_conllu, write_conllu
+from dynlp.data import Sentence, Vocab, check_annotation, read_conllu, write_conllu
 from dynlp.metrics import accuracy
 from dynlp.nn import MLP, BiRNNBuilder, CharacterEncoder, Embedding, LSTMBuilder
-from dynlp.train import RecipeModel, add_model_arguments
+from dynlp.train import MAX_SIZE, Limit, RecipeModel, add_model_arguments
 
 NAME = "tagger"
 MAIN_METRIC = "upos_accuracy"
@@ -48,14 +48,31 @@ _HELP = {
 }
 
 
+# the allowed values of the model settings (checked on the command line and in model files)
+LIMITS = {
+    "word_dim": Limit(1, MAX_SIZE), "char_dim": Limit(1, MAX_SIZE),
+    "char_hidden": Limit(2, MAX_SIZE, even=True), "max_word_chars": Limit(1, 10**4),
+    "lstm_layers": Limit(1, 64), "lstm_dim": Limit(2, MAX_SIZE, even=True),
+    "mlp_dim": Limit(1, MAX_SIZE),
+    "dropout": Limit(0, 1, integer=False, open_high=True),
+    "recurrent_dropout": Limit(0, 1, integer=False, open_high=True),
+    "word_dropout": Limit(0, 1e6, integer=False), "min_count": Limit(1, 10**9),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The model flags (`--word-dim` ...), with their defaults from DEFAULTS."""
     add_model_arguments(parser, DEFAULTS, _HELP)
 
 
-def read_examples(path: str | Path) -> list[Sentence]:
-    """The sentences of a CoNLL-U file (dynlp.data.CoNLLUError names file and line)."""
-    return read_conllu(path)
+def read_examples(path: str | Path, purpose: str = "train",
+                  config: dict | None = None) -> list[Sentence]:
+    """The sentences of a CoNLL-U file (dynlp.data.CoNLLUError names file and line). Training
+    and evaluation need the UPOS column filled; prediction only the forms."""
+    sentences = read_conllu(path)
+    if purpose != "predict":
+        check_annotation(sentences, ("upos",), source=str(path))
+    return sentences
 
 
 def _clip(form: str, limit: int) -> str:

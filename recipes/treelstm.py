@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 import dynlp as dn
-from dynlp.data import Tree, Vocab, binary_label, fine_label, read_trees, write_trees
+from dynlp.data import (Tree, TreeError, Vocab, binarize, binary_label, fine_label, read_trees,
+                        write_trees)
 from dynlp.metrics import accuracy
 from dynlp.nn import MLP, Embedding
-from dynlp.train import RecipeModel, add_model_arguments
+from dynlp.train import MAX_SIZE, Limit, RecipeModel, add_model_arguments
 
 NAME = "treelstm"
 MAIN_METRIC = "root_fine"
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.5,
     "word_dropout": 0.25,
     "lowercase": True,
+    "binarize": False,
     "epochs": 20,
     "batch_size": 25,
     "optimizer": "adagrad",
@@ -45,6 +47,18 @@ _HELP = {
     "word_dropout": "word dropout alpha: a word seen c times becomes UNK with probability "
                     "alpha / (alpha + c) (default %(default)s)",
     "lowercase": "lowercase words before the vocabulary lookup (default %(default)s)",
+    "binarize": "make non-binary input trees binary (a unary node becomes its child under the "
+                "upper label, a node of k > 2 children a right-branching chain under its label); "
+                "without it such trees are refused (default %(default)s)",
+}
+
+
+# the allowed values of the model settings (checked on the command line and in model files)
+LIMITS = {
+    "embedding_dim": Limit(1, MAX_SIZE), "hidden_dim": Limit(1, MAX_SIZE),
+    "embedding_dropout": Limit(0, 1, integer=False, open_high=True),
+    "dropout": Limit(0, 1, integer=False, open_high=True),
+    "word_dropout": Limit(0, 1e6, integer=False),
 }
 
 
@@ -53,9 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, DEFAULTS, _HELP)
 
 
-def read_examples(path: str | Path) -> list[Tree]:
-    """SST trees, one per line (raises dynlp.data.TreeError naming file, line and column)."""
-    return read_trees(path)
+def read_examples(path: str | Path, purpose: str = "train",
+                  config: dict | None = None) -> list[Tree]:
+    """SST trees, one per line (raises dynlp.data.TreeError naming file, line and column).
+    Every tree must be binary, or is made binary with the `binarize` setting; training and
+    evaluation also need labels 0-4 at every node."""
+    if (config or {}).get("binarize"):
+        trees = read_trees(path, fine_labels=purpose != "predict")
+        return [binarize(tree) for tree in trees]
+    try:
+        return read_trees(path, fine_labels=purpose != "predict", binary=True)
+    except TreeError as error:
+        if "children" not in error.problem:
+            raise
+        raise TreeError(error.source, error.line, error.column,
+                        error.problem + " (--binarize makes such trees binary)") from None
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

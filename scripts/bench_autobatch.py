@@ -57,7 +57,10 @@ from dynlp.nn import MLP, BiRNNBuilder, Embedding, LSTMBuilder, TreeLSTMBuilder 
 
 SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_DATA = SCRIPTS.parent.parent / "shared" / "data"
-STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late"}
+# a strategy, or (strategy, fuse): "late-unfused" is late scheduling with fusion off,
+# "late-regions" with the region pass on (Graph(fuse="regions")) as well
+STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late",
+              "late-unfused": ("late", False), "late-regions": ("late", "regions")}
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the DyNet benchmark suite's sizes (its autobatching paper's for treenn and the tagger; the
@@ -325,10 +328,11 @@ class DynlpModel:
     def batch_loss(self, batch: list) -> dn.Expression:
         return dn.esum([self.loss(example) for example in batch])
 
-    def step(self, batch: list, autobatch: bool | str) -> int:
+    def step(self, batch: list, autobatch: bool | str | tuple) -> int:
         if self.trainer is None:
             self.trainer = dn.AdamTrainer(self.pc)  # sparse table updates: the default
-        with dn.Graph(autobatch=autobatch) as g:
+        autobatch, fuse = autobatch if isinstance(autobatch, tuple) else (autobatch, True)
+        with dn.Graph(autobatch=autobatch, fuse=fuse) as g:
             total = self.batch_loss(batch)
             total.backward()
             total.scalar_value()
@@ -336,9 +340,10 @@ class DynlpModel:
         self.trainer.update()
         return nodes
 
-    def batch_loss_value(self, batch: list, autobatch: bool | str) -> float:
+    def batch_loss_value(self, batch: list, autobatch: bool | str | tuple) -> float:
         """The summed loss of a minibatch, without training (for tests)."""
-        with dn.Graph(autobatch=autobatch):
+        autobatch, fuse = autobatch if isinstance(autobatch, tuple) else (autobatch, True)
+        with dn.Graph(autobatch=autobatch, fuse=fuse):
             return self.batch_loss(batch).scalar_value()
 
 
@@ -914,7 +919,7 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
                 f"{_ratio(r.cpu_rate, off.cpu_rate) if ours else '-':>7} "
                 f"{_fmt(r.node_rate / 1e3 if r.node_rates else None, '8.1f')} "
                 f"{_fmt(r.nodes_per_sentence or None, '10.1f')} {_fmt(r.peak_mb, '8.1f')}")
-    ours = [s for s in ("late", "agenda") if s in strategies]
+    ours = [s for s in ("late", "late-unfused", "late-regions", "agenda") if s in strategies]
     for b in batch_sizes:
         for peer in workload.peers:
             theirs = by[b, peer]

@@ -191,3 +191,29 @@ def test_real_file_round_trip(tmp_path, path):
             sum(token.is_empty_node for token in tokens),
         )
         assert counts == expected
+
+
+def test_check_annotation_names_the_line_of_the_problem():
+    from dynlp.data import check_annotation
+
+    def sentence(*rows):
+        lines = ["# c"] + [f"{i}\tw\t_\t{upos}\t_\t_\t{head}\t{rel}\t_\t_"
+                           for i, (upos, head, rel) in enumerate(rows, start=1)]
+        return "\n".join(lines) + "\n\n"
+
+    good = sentence(("X", "2", "dep"), ("X", "0", "root"))
+    text = good + sentence(("X", "_", "_"), ("_", "0", "root"))
+    sentences = parse_conllu(text, "f")
+    check_annotation(sentences[:1], ("upos", "deprel"), tree=True, source="f")
+    with pytest.raises(CoNLLUError, match="f:6: word 1 has no HEAD"):
+        check_annotation(sentences, tree=True, source="f")
+    with pytest.raises(CoNLLUError, match="f:7: word 2 has no UPOS"):
+        check_annotation(sentences, ("upos",), source="f")
+    check_annotation(sentences, ("form",), source="f")  # unannotated input is fine to read
+    for rows, message in [((("X", "1", "a"), ("X", "0", "r")), "f:2: word 1 is its own head"),
+                          ((("X", "0", "a"), ("X", "0", "r")), "f:3: 2 words have HEAD 0"),
+                          ((("X", "2", "a"), ("X", "1", "r")), "f:2: no word has HEAD 0"),
+                          ((("X", "2", "a"), ("X", "3", "b"), ("X", "2", "c"), ("X", "0", "r")),
+                           r"cycle \(2 -> 3 -> 2\)")]:
+        with pytest.raises(CoNLLUError, match=message):
+            check_annotation(parse_conllu(sentence(*rows), "f"), tree=True, source="f")

@@ -126,3 +126,20 @@ def test_real_sst_round_trip(tmp_path, path):
     assert output.read_bytes() == path.read_bytes()
     expected = {"train.txt": (8544, 318582), "dev.txt": (1101, 41447), "test.txt": (2210, 82600)}
     assert (len(trees), sum(len(tree.nodes()) for tree in trees)) == expected[path.name]
+
+
+def test_strict_labels_binary_trees_and_binarize():
+    from dynlp.data import binarize
+
+    for label in ("03", "+3", " 3", "\u0663", "3.0", True, 5):
+        with pytest.raises(ValueError):
+            fine_label(label)
+    assert parse_tree("(x (y a) (z b))", binary=True).label == "x"
+    with pytest.raises(TreeError, match="s:4:1: node .* has 3 children"):
+        parse_tree("(2 (2 a) (2 b) (2 c))", "s", 4, binary=True)
+    with pytest.raises(TreeError, match="s:1:5: label '7'"):
+        parse_tree("(2 (7 a) (2 b))", "s", fine_labels=True)
+    chain = parse_tree("(1 " * 5000 + "(3 a)" + ")" * 5000)
+    assert str(binarize(chain)) == "(1 a)"
+    assert str(binarize(parse_tree("(4 (3 (2 a) (1 b) (0 c)) (2 (1 d)))"))) == (
+        "(4 (3 (2 a) (3 (1 b) (0 c))) (2 d))")

@@ -2,7 +2,7 @@
 process: sharding, per-example draws, and that the shares of a minibatch add up to its gradient
 for every recipe. Under `mpiexec -n 2` on localhost (skipped without mpi4py): the exchanges,
 `dynlp train` on 2 ranks against 1 process for the three recipes, resuming with another number
-of ranks, and a rank that dies."""
+of ranks, a run folder that rank 0 refuses, and a rank that dies."""
 
 from __future__ import annotations
 
@@ -150,6 +150,22 @@ def test_shares_of_a_minibatch_add_up_to_its_loss_and_gradients(make):
         np.testing.assert_allclose(got[name], grad, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["rank 0", "other ranks"])
+def test_a_refused_run_folder_is_said_once_and_ends_without_an_abort(quiet, monkeypatch,
+                                                                     tmp_path, capsys):
+    def refuse(*args, **kwargs):
+        raise train.RunRefused(f"{tmp_path} holds a run already", quiet=quiet)
+    monkeypatch.setattr(cli, "train", refuse)
+    aborted = []
+    monkeypatch.setattr(cli, "abort_launched", aborted.append)
+    monkeypatch.setenv("PMI_SIZE", "1")  # no MPI to start in this process
+    status = cli.main(["train", "tagger", "--train", str(DATA / "tiny-train.conllu"),
+                       "--dev", str(DATA / "tiny-dev.conllu"), "--out", str(tmp_path)])
+    assert status == 2 and not aborted
+    error = capsys.readouterr().err
+    assert error == ("" if quiet else f"dynlp: error: {tmp_path} holds a run already\n")
+
+
 def test_an_error_names_its_rank_under_mpiexec(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "4")
     monkeypatch.setenv("PMI_RANK", "3")
@@ -252,6 +268,25 @@ def test_a_run_of_two_ranks_resumes_on_one_and_back(tmp_path):
     _train("tagger", 2, resumed, "--epochs", "3", "--resume")
     assert [r["ranks"] for r in _log(resumed)] == [2, 1, 2]
     _same_training(straight, resumed)
+
+
+@needs_mpi
+def test_rank_0_alone_refuses_a_run_folder_and_every_rank_ends_cleanly(tmp_path):
+    out = tmp_path / "run"
+    _train("tagger", 2, out, "--epochs", "1")
+    before = {name: (out / name).stat().st_mtime_ns for name in train.RUN_FILES}
+    for more in ([], ["--resume", "--seed", "3"]):  # a run in the way; other settings
+        done = _launch(2, "-m", "dynlp", "train", "tagger", "--train",
+                       str(DATA / "tiny-train.conllu"), "--dev", str(DATA / "tiny-dev.conllu"),
+                       "--out", str(out), "--batch-size", "8", "--learning-rate", "0.01",
+                       *SMALL["tagger"], *more, check=False)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.count("dynlp: error:") == 1 and "the run stops" not in done.stderr
+        assert "--overwrite" in done.stderr if not more else "seed: 1 -> 3" in done.stderr
+        assert "BAD TERMINATION" not in done.stdout + done.stderr
+    assert {name: (out / name).stat().st_mtime_ns for name in train.RUN_FILES} == before
+    _train("tagger", 2, out, "--epochs", "1", "--overwrite")
+    assert [r["ranks"] for r in _log(out)] == [2]
 
 
 @needs_mpi

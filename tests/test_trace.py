@@ -195,7 +195,7 @@ def test_forward_and_reverse_agree_with_differences(text):
     ("", 1, "empty"), ("   ", 1, "empty"), ("x +", 4, "end of the formula"),
     ("sinh(x)", 1, "unknown function 'sinh'"), ("2x", 2, "'*' missing"),
     ("x y", 3, "found 'y'"), ("(x + 1", 7, "')' to close the '(' of column 1"),
-    ("x + 1)", 6, "unmatched ')'"), ("x**2", 2, "'^'"), ("sin x", 1, "sin(...)"),
+    ("x + 1)", 6, "unmatched ')'"), ("sin x", 1, "sin(...)"),
     ("x $ 2", 3, "unexpected character '$'"), ("x + ()", 6, "found ')'"),
     ("log(x, 2)", 6, "one argument"),
 ])
@@ -367,3 +367,11 @@ def test_cli_trace_usage_errors_return_two(capsys):
     assert "usage: dynlp trace" in capsys.readouterr().err
     assert cli_trace(["--help"]) == 0
     assert "--at NAME=VALUE" in capsys.readouterr().out
+
+
+def test_python_power_operator():
+    """`**` is read as `^`, as Python users type it."""
+    assert evaluation_trace("x**2 + x", {"x": 3}).value == pytest.approx(12.0)
+    assert str(parse_formula("x1 ** 2")) == str(parse_formula("x1 ^ 2"))
+    trace = evaluation_trace("-((y-mu)/sigma)**2/2", {"y": 1.0, "mu": 0.0, "sigma": 2.0})
+    assert trace.value == pytest.approx(-0.125)

@@ -10,14 +10,17 @@ from dynlp.data.conllu import (
     Sentence,
     SentenceList,
     Token,
+    check_annotation,
     parse_conllu,
     read_conllu,
     write_conllu,
 )
+from dynlp.data.files import atomic_write, input_problem, write_text_atomic
 from dynlp.data.registry import DATASETS, DataError, Dataset, fetch, list_datasets
 from dynlp.data.trees import (
     Tree,
     TreeError,
+    binarize,
     binary_label,
     fine_label,
     parse_tree,
@@ -37,15 +40,20 @@ __all__ = [
     "Tree",
     "TreeError",
     "Vocab",
+    "atomic_write",
     "batches",
+    "binarize",
     "binary_label",
+    "check_annotation",
     "fetch",
     "fine_label",
+    "input_problem",
     "list_datasets",
     "parse_conllu",
     "parse_tree",
     "read_conllu",
     "read_trees",
     "write_conllu",
+    "write_text_atomic",
     "write_trees",
 ]

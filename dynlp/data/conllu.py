@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Sequence
 
+from dynlp.data.files import UTF8_BOM, atomic_write, read_input_bytes
+
 COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 EDITABLE_COLUMNS = COLUMNS[1:]
 
@@ -82,6 +84,7 @@ class Sentence:
 
     tokens: list[Token]
     comments: list[str] = field(default_factory=list)
+    line: int = field(default=0, compare=False)  # of its first line in the file (0: unknown)
 
     @property
     def words(self) -> list[Token]:
@@ -109,8 +112,12 @@ class Sentence:
 
     @property
     def heads(self) -> list[int]:
-        """HEAD of every word as an int (0 is the root)."""
-        return [int(token.head) for token in self.words]
+        """HEAD of every word as an int (0 is the root); ValueError when a HEAD is `_`."""
+        words = self.words
+        for number, token in enumerate(words, start=1):
+            if not (token.head.isascii() and token.head.isdigit()):
+                raise ValueError(f"word {number} has no HEAD ({token.head!r})")
+        return [int(token.head) for token in words]
 
     @property
     def deprels(self) -> list[str]:
@@ -159,7 +166,7 @@ class Sentence:
                 token = token._replace(**changes)
                 position += 1
             tokens.append(token)
-        return Sentence(tokens, list(self.comments))
+        return Sentence(tokens, list(self.comments), self.line)
 
     def to_conllu(self) -> str:
         """The sentence block: comments, token lines and the closing blank line."""
@@ -273,9 +280,10 @@ def _parse_block(lines: list[str], start: int, end: int, source: str) -> Sentenc
         if ident == str(word_count + 1):
             word_count += 1
             head = fields[6]
-            if not (head.isascii() and head.isdigit()):
-                _fail(source, number, f"HEAD {head!r} is not a non-negative integer")
-            heads.append((int(head), number))
+            if head != "_":
+                if not (head.isascii() and head.isdigit()):
+                    _fail(source, number, f"HEAD {head!r} is not a non-negative integer or _")
+                heads.append((int(head), number))
         elif "-" in ident:
             range_ends.append((_check_range(ident, word_count, source, number), number))
         elif "." in ident:
@@ -296,7 +304,7 @@ def _parse_block(lines: list[str], start: int, end: int, source: str) -> Sentenc
     for last, number in range_ends:
         if last > word_count:
             _fail(source, number, f"multiword range ends at {last}, after the last word")
-    return Sentence(tokens, comments)
+    return Sentence(tokens, comments, start + 1)
 
 
 def _check_range(ident: str, word_count: int, source: str, number: int) -> int:
@@ -329,23 +337,75 @@ def read_conllu(path: str | os.PathLike, skip_bad: bool = False) -> SentenceList
 
     Every sentence must end with one blank line (so the file ends with ``\\n\\n``);
     comments come before the token lines; word IDs run 1..n; HEAD is an integer in
-    0..n. Multiword tokens and empty nodes are kept. CRLF line endings are rejected
-    with a CoNLLUError (even with ``skip_bad``), because they cannot round-trip.
+    0..n or ``_`` (unannotated input; ``check_annotation`` says what a task needs).
+    Multiword tokens and empty nodes are kept. CRLF line endings are rejected
+    with a CoNLLUError (even with ``skip_bad``), because they cannot round-trip; a
+    UTF-8 byte order mark at the start is skipped (and not written back). A directory,
+    a FIFO or another special file is refused with an OSError naming it.
     With ``skip_bad=True`` bad sentences are dropped instead of raising: the returned
     SentenceList has ``.skipped`` (count) and ``.errors`` (the CoNLLUErrors).
     """
-    data = _read_bytes(path)
+    data = read_input_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line_number = data.count(b"\n", 0, error.start) + 1
-        raise CoNLLUError(str(path), line_number, "not valid UTF-8") from error
-    return parse_conllu(text, source=str(path), skip_bad=skip_bad)
+        raise CoNLLUError(str(path), line_number, "not valid UTF-8") from None
+    return parse_conllu(text.removeprefix(UTF8_BOM), source=str(path), skip_bad=skip_bad)
 
 
-def _read_bytes(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+def check_annotation(sentences: Sequence[Sentence], columns: Iterable[str] = (),
+                     tree: bool = False, source: str = "<string>") -> None:
+    """CoNLLUError (naming source and line) unless every word has the given columns filled
+    (not ``_``) and, with ``tree``, the HEADs of each sentence form a tree: exactly one word
+    attached to 0, no word its own head, no cycle. What a task reads, it checks here."""
+    columns = tuple(columns) + (("head",) if tree and "head" not in columns else ())
+    for name in columns:
+        if name not in EDITABLE_COLUMNS:
+            raise ValueError(f"unknown column {name!r}")
+    position = {name: COLUMNS.index(name) for name in columns}
+    for sentence in sentences:
+        first = sentence.line + len(sentence.comments) if sentence.line else 0
+        lines = []  # the line of every word
+        for offset, token in enumerate(sentence.tokens):
+            if not token.id.isdigit():
+                continue
+            line = first + offset
+            lines.append(line)
+            for name, index in position.items():
+                if token[index] == "_":
+                    raise CoNLLUError(source, line, f"word {token.id} has no {name.upper()} "
+                                      "(_), which this task needs")
+        if tree:
+            _check_tree(sentence.heads, lines, source)
+
+
+def _check_tree(heads: list[int], lines: list[int], source: str) -> None:
+    roots = [word for word, head in enumerate(heads, start=1) if head == 0]
+    if not roots:
+        raise CoNLLUError(source, lines[0], "no word has HEAD 0: the sentence has no root")
+    if len(roots) > 1:
+        raise CoNLLUError(source, lines[roots[1] - 1], f"{len(roots)} words have HEAD 0 "
+                          f"(words {', '.join(map(str, roots))}): a sentence has one root")
+    for word, head in enumerate(heads, start=1):
+        if head == word:
+            raise CoNLLUError(source, lines[word - 1], f"word {word} is its own head")
+    reaches_root = [False] * (len(heads) + 1)
+    reaches_root[0] = True
+    for word in range(1, len(heads) + 1):
+        path = []
+        seen = set()
+        current = word
+        while not reaches_root[current]:
+            if current in seen:
+                cycle = path[path.index(current):] + [current]
+                raise CoNLLUError(source, lines[current - 1], "the heads form a cycle "
+                                  f"({' -> '.join(map(str, cycle))})")
+            seen.add(current)
+            path.append(current)
+            current = heads[current - 1]
+        for visited in path:
+            reaches_root[visited] = True
 
 
 def format_conllu(sentences: Iterable[Sentence]) -> str:
@@ -356,5 +416,5 @@ def format_conllu(sentences: Iterable[Sentence]) -> str:
 def write_conllu(sentences: Iterable[Sentence], path: str | os.PathLike) -> None:
     """Write sentences as UTF-8 CoNLL-U with LF line endings."""
     text = format_conllu(sentences)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -233,10 +233,17 @@ def _install(
             raise DataError(
                 f"{target.name}: sha256 mismatch for {origin}: expected {expected}, got {actual}"
             )
+        os.chmod(temporary, 0o666 & ~_umask())  # as a file made by open(); mkstemp's is 0600
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class _NoBar:
@@ -281,7 +288,7 @@ def _copy_from_mirror(
             with open(source, "rb") as handle:
                 _install(handle, folder / file, dataset.sha256[file], str(source))
         except OSError as error:
-            raise DataError(f"{file}: copy from {source} failed: {error}") from error
+            raise DataError(f"{file}: copy from {source} to {folder} failed: {error}") from error
 
 
 def _open_url(url: str) -> BinaryIO:
@@ -305,7 +312,7 @@ def _download_file(dataset: Dataset, file: str, folder: Path, progress: bool) ->
             _install(response, folder / file, dataset.sha256[file], url,
                      _content_length(response), progress)
     except (urllib.error.URLError, OSError) as error:
-        raise DataError(f"{file}: download from {url} failed: {error}") from error
+        raise DataError(f"{file}: download from {url} to {folder} failed: {error}") from error
 
 
 def _extract_from_archive(
@@ -377,6 +384,8 @@ def cli_data(argv: list[str]) -> int:
                 print(f"{split}\t{path}")
     except SystemExit as exit_request:
         return exit_request.code if isinstance(exit_request.code, int) else 0
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone: the caller exits quietly
     except (_ArgumentError, DataError, OSError) as error:
         print(f"dynlp data: error: {error}", file=sys.stderr)
         return 1

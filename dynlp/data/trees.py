@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
+from dynlp.data.files import UTF8_BOM, atomic_write, read_input_bytes
+
 FINE_LABELS = 5
+_FINE = tuple(str(value) for value in range(FINE_LABELS))
 
 
 class TreeError(ValueError):
@@ -103,15 +106,14 @@ class Tree:
 
 
 def fine_label(tree: Tree | str | int) -> int:
-    """The SST fine-grained label 0-4 of a tree (or of a label)."""
+    """The SST fine-grained label 0-4 of a tree (or of a label): exactly one of the strings
+    "0" to "4" (or those ints); ValueError for anything else ("03", "3.0", "٣", " 3")."""
     label = tree.label if isinstance(tree, Tree) else tree
-    try:
-        value = int(label)
-    except ValueError:
-        raise ValueError(f"label {label!r} is not an integer 0-4") from None
-    if not 0 <= value < FINE_LABELS:
-        raise ValueError(f"label {label!r} is not an integer 0-4")
-    return value
+    if isinstance(label, str) and label in _FINE:
+        return int(label)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < FINE_LABELS:
+        return label
+    raise ValueError(f"label {label!r} is not an integer 0-4")
 
 
 def binary_label(label: Tree | str | int) -> int | None:
@@ -120,6 +122,27 @@ def binary_label(label: Tree | str | int) -> int | None:
     if value == 2:
         return None
     return 0 if value < 2 else 1
+
+
+def binarize(tree: Tree) -> Tree:
+    """A binary copy of tree: a unary node becomes its child under the upper label (a chain
+    keeps its top label), and a node of k > 2 children becomes a right-branching chain of k - 1
+    binary nodes that all carry its label. Iterative, so any depth is fine."""
+    copies: dict[int, Tree] = {}
+    for node in tree.nodes():
+        if not node.children:
+            copies[id(node)] = Tree(node.label, word=node.word)
+            continue
+        children = [copies[id(child)] for child in node.children]
+        if len(children) == 1:
+            only = children[0]
+            copies[id(node)] = Tree(node.label, only.children, only.word)
+            continue
+        right = children[-1]
+        for child in reversed(children[1:-1]):
+            right = Tree(node.label, [child, right])
+        copies[id(node)] = Tree(node.label, [children[0], right])
+    return copies[id(tree)]
 
 
 def _tokens(text: str) -> list[str]:
@@ -146,16 +169,18 @@ def _token_columns(text: str) -> list[int]:
     return columns
 
 
-def parse_tree(text: str, source: str = "<string>", line: int = 1) -> Tree:
+def parse_tree(text: str, source: str = "<string>", line: int = 1, fine_labels: bool = False,
+               binary: bool = False) -> Tree:
     """Parse one bracketed tree such as ``(3 (2 It) (4 good))``.
 
     Labels and words are runs of characters other than space, TAB and parentheses
-    (so a word may hold a non-breaking space). Raises TreeError naming source, line,
-    column and the problem.
+    (so a word may hold a non-breaking space). fine_labels: every label must be one of
+    0-4 (SST); binary: every inner node must have exactly two children. Raises TreeError
+    naming source, line, column and the problem.
     """
     tokens = _tokens(text)
     try:
-        return _build(tokens)
+        return _build(tokens, fine_labels, binary)
     except _ParseProblem as problem:
         columns = _token_columns(text)
         if problem.position < len(columns):
@@ -172,12 +197,13 @@ class _ParseProblem(Exception):
         self.message = message
 
 
-def _build(tokens: list[str]) -> Tree:
+def _build(tokens: list[str], fine_labels: bool = False, binary: bool = False) -> Tree:
     if not tokens:
         raise _ParseProblem(0, "empty tree")
     if tokens[0] != "(":
         raise _ParseProblem(0, f"expected '(' at the start of a tree, found {tokens[0]!r}")
     stack: list[Tree] = []
+    starts: list[int] = []  # the position of each open node's '('
     position = 0
     count = len(tokens)
     while position < count:
@@ -187,6 +213,8 @@ def _build(tokens: list[str]) -> Tree:
             if label in ("(", ")"):
                 raise _ParseProblem(position + 1 if position + 1 < count else count,
                                     "missing label after '('")
+            if fine_labels and label not in _FINE:
+                raise _ParseProblem(position + 1, f"label {label!r} is not one of 0, 1, 2, 3, 4")
             node = Tree(label)
             if stack:
                 parent = stack[-1]
@@ -194,11 +222,16 @@ def _build(tokens: list[str]) -> Tree:
                     raise _ParseProblem(position, "a node cannot have both a word and children")
                 parent.children.append(node)
             stack.append(node)
+            starts.append(position)
             position += 2
         elif token == ")":
             node = stack.pop()
+            start = starts.pop()
             if node.word is None and not node.children:
                 raise _ParseProblem(position, f"empty node ({node.label}) has no word or children")
+            if binary and node.children and len(node.children) != 2:
+                raise _ParseProblem(start, f"node ({node.label} ...) has {len(node.children)} "
+                                    "children: a binary tree needs 2 at every inner node")
             if not stack:
                 if position + 1 < count:
                     raise _ParseProblem(position + 1, "junk after the tree")
@@ -215,35 +248,39 @@ def _build(tokens: list[str]) -> Tree:
     raise _ParseProblem(count, f"unbalanced brackets: {len(stack)} '(' not closed")
 
 
-def read_trees(path: str | os.PathLike) -> list[Tree]:
+def read_trees(path: str | os.PathLike, fine_labels: bool = False,
+               binary: bool = False) -> list[Tree]:
     """Read one tree per line from a UTF-8 file; blank lines are ignored.
 
     CR characters (CRLF line endings) are rejected with a TreeError, since they
-    cannot round-trip through ``write_trees``.
+    cannot round-trip through ``write_trees``; a UTF-8 byte order mark at the start is
+    skipped. fine_labels and binary: see ``parse_tree``. A directory, a FIFO or another
+    special file is refused with an OSError naming it.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
+    data = read_input_bytes(path)
     source = str(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line_number = data.count(b"\n", 0, error.start) + 1
-        raise TreeError(source, line_number, 1, "not valid UTF-8") from error
-    return list(iter_trees(text.split("\n"), source))
+        raise TreeError(source, line_number, 1, "not valid UTF-8") from None
+    return list(iter_trees(text.removeprefix(UTF8_BOM).split("\n"), source, fine_labels,
+                           binary))
 
 
-def iter_trees(lines: Iterable[str], source: str = "<string>") -> Iterator[Tree]:
+def iter_trees(lines: Iterable[str], source: str = "<string>", fine_labels: bool = False,
+               binary: bool = False) -> Iterator[Tree]:
     """Parse trees from lines (one per line), skipping blank lines."""
     for number, line in enumerate(lines, start=1):
         if "\r" in line:
             raise TreeError(source, number, line.index("\r") + 1,
                             "carriage return found: CRLF line endings are not supported")
         if line.strip(" \t"):
-            yield parse_tree(line, source, number)
+            yield parse_tree(line, source, number, fine_labels, binary)
 
 
 def write_trees(trees: Iterable[Tree], path: str | os.PathLike) -> None:
-    """Write one tree per line (UTF-8, LF line endings)."""
+    """Write one tree per line (UTF-8, LF line endings), whole or not at all."""
     text = "".join(f"{tree}\n" for tree in trees)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -13,6 +13,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from dynlp.data.files import write_text_atomic
+
 PAD = "<pad>"
 UNK = "<unk>"
 FORMAT = "dynlp-vocab"
@@ -171,14 +173,23 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Vocab:
+        """The Vocab of a `to_dict` description; ValueError for anything else (fields of the
+        wrong type, counts that are not non-negative integers, duplicates)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a vocabulary is a dictionary, not a {type(data).__name__}")
         if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"not a {FORMAT} version {FORMAT_VERSION} dictionary "
                 f"(format={data.get('format')!r}, version={data.get('version')!r})"
             )
-        tokens = list(data["tokens"])
-        counts = [int(count) for count in data["counts"]]
-        specials = tuple(data["specials"])
+        tokens, counts, specials = (data.get(key) for key in ("tokens", "counts", "specials"))
+        for key, value in (("tokens", tokens), ("specials", specials)):
+            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+                raise ValueError(f"vocabulary {key}: not a list of strings")
+        if not isinstance(counts, list) or not all(
+                type(c) is int and c >= 0 for c in counts):
+            raise ValueError("vocabulary counts: not a list of non-negative integers")
+        specials = tuple(specials)
         if len(tokens) != len(counts) or tuple(tokens[:len(specials)]) != specials:
             raise ValueError("inconsistent vocabulary dictionary")
         vocab = cls.__new__(cls)
@@ -186,10 +197,8 @@ class Vocab:
         return vocab
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary as JSON (UTF-8)."""
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, ensure_ascii=False)
-            handle.write("\n")
+        """Write the vocabulary as JSON (UTF-8), whole or not at all."""
+        write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

@@ -90,6 +90,10 @@ class MLP:
         self._node_attrs = (("activation", self.fused),) if (
             self.fused is not None and len(self.dims) > 2) else ()
 
+    def parameters(self) -> list[Parameter]:
+        """The weights and biases of every layer: [W0, b0, W1, b1, ...]."""
+        return [p for layer in self.layers for p in layer]
+
     def _finish(self) -> None:
         self._params = tuple(p for layer in self.layers for p in layer)
         # one node for the whole MLP: an activation the ops fuse, or a single (linear) layer
@@ -297,6 +301,10 @@ class Embedding:
     def __call__(self, index: int) -> Expression:
         return F.lookup(self.table, index)
 
+    def parameters(self) -> list[Parameter]:
+        """[the lookup table]"""
+        return [self.table]
+
 
 class CharacterEncoder:
     """A word from its characters: embeddings read by a forward and a backward LSTM of
@@ -314,6 +322,10 @@ class CharacterEncoder:
         self.embedding = Embedding(self.pc, num_chars, char_dim)
         self.forward = LSTMBuilder(1, char_dim, hidden_dim // 2, self.pc, name="forward")
         self.backward = LSTMBuilder(1, char_dim, hidden_dim // 2, self.pc, name="backward")
+
+    def parameters(self) -> list[Parameter]:
+        """This builder's parameters, in creation order (names under its subcollection)."""
+        return list(self.pc.parameters())
 
     def __call__(self, char_indices: Sequence[int]) -> Expression:
         indices = [int(c) for c in np.asarray(char_indices).reshape(-1)]

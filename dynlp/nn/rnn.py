@@ -419,6 +419,10 @@ class BiRNNBuilder:
                 (builder_class(1, width, half, self.pc.add_subcollection(f"forward{level}")),
                  builder_class(1, width, half, self.pc.add_subcollection(f"backward{level}"))))
 
+    def parameters(self) -> list[Parameter]:
+        """This builder's parameters, in creation order (names under its subcollection)."""
+        return list(self.pc.parameters())
+
     def transduce(self, xs: Iterable[Any]) -> list[Expression]:
         """xs: (input_dim,) each -> a list of (output_dim,) expressions."""
         xs = list(xs)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..graph import Deferred, Expression, Row, Slice, apply
 from ..ops import TABLE
-from ..params import ParameterCollection
+from ..params import Parameter, ParameterCollection
 from .rnn import ConstantLeaves, check_dims, graph_of, unique_subcollection
 
 KINDS = ("binary", "childsum")
@@ -86,6 +86,10 @@ class TreeLSTMBuilder:
         self._halves = _halves(hidden)
         self._state_shape = (2 * hidden,)
         self._zeros = ConstantLeaves()
+
+    def parameters(self) -> list[Parameter]:
+        """This builder's parameters, in creation order (names under its subcollection)."""
+        return list(self.pc.parameters())
 
     def _check_input(self, x: Any) -> None:
         shape = getattr(x, "shape", None)

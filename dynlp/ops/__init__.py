@@ -4,6 +4,7 @@
 """
 
 from . import cells, elementwise, linalg, losses, structure  # noqa: F401  (each registers its ops)
+from . import conv, special, tensor  # noqa: F401  (for DyNet's API)
 from .core import SHARED, STACK, TABLE, Case, Op, OuterProduct, Parts, SparseRows
 from .structure import LEAVES
 

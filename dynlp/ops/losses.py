@@ -17,7 +17,13 @@ def _softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-define("softmax", shape=lambda x: x, forward=_softmax,
+def _nonempty(x):
+    if not x or x[0] == 0:
+        raise ValueError("expects a nonempty vector or matrix of scores")
+    return x
+
+
+define("softmax", shape=_nonempty, forward=_softmax,
        vjp=lambda g, out, x: (out * (g - (g * out).sum(axis=1, keepdims=True)),),
        jvp=lambda ts, out, x: out * (ts[0] - (ts[0] * out).sum(axis=1, keepdims=True)),
        cases=[Case([(4,)]), Case([(3, 2)])])
@@ -29,15 +35,15 @@ def _log_softmax(x):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-define("log_softmax", shape=lambda x: x, forward=_log_softmax,
+define("log_softmax", shape=_nonempty, forward=_log_softmax,
        vjp=lambda g, out, x: (g - np.exp(out) * g.sum(axis=1, keepdims=True),),
        jvp=lambda ts, out, x: ts[0] - (np.exp(out) * ts[0]).sum(axis=1, keepdims=True),
        cases=[Case([(4,)]), Case([(3, 2)])])
 
 
 def _vector(x):
-    if len(x) != 1:
-        raise ValueError("expects a vector of scores")
+    if len(x) != 1 or x[0] == 0:
+        raise ValueError("expects a nonempty vector of scores")
     return ()
 
 
