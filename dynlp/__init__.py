@@ -22,6 +22,7 @@ from .graph import (Deferred, Expression, Graph, GraphError, Row, SettingError, 
                     Slice, current_graph, renew_cg)
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
+from . import distributed
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
 from .seeding import get_seed, seed
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = list(_functions) + [
     "abs", "seed", "get_seed", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError",
     "check_rule", "op_function", "Op", "Case", "STACK", "SHARED",
-    "Expression",
+    "Expression", "distributed",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
     "GraphError", "SettingError", "ShapeError", "current_graph", "renew_cg", "LookupParameter",

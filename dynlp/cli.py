@@ -25,9 +25,13 @@ import dynlp as dn
 
 from .autobatch import STRATEGIES
 from .data import CoNLLUError, DataError, TreeError, fetch, input_problem, write_text_atomic
+from .distributed import (DistributedError, abort_launched, ending_run_on_error, launched_rank,
+                          launched_size)
+from .distributed import setup as setup_ranks
 from .train import (
     COMMON_DEFAULTS,
     COMMON_LIMITS,
+    RunRefused,
     Terminated,
     TrainingError,
     TrainingInterrupted,
@@ -180,7 +184,9 @@ def _read(recipe: ModuleType, path: str | None, purpose: str, config: dict,
 def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
     args = train_parser(recipe).parse_args(argv)
     _check_flags(args, limits_of(recipe))
-    files = _training_files(args, recipe)
+    comm = setup_ranks()  # all the ranks under mpiexec, else this process alone
+    with comm.root_first():  # one rank fills the dataset cache
+        files = _training_files(args, recipe)
     parsed = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
     config = {**COMMON_DEFAULTS, **recipe.DEFAULTS, **parsed}
     examples = {split: _read(recipe, path, "train" if split == "train" else "evaluate",
@@ -188,11 +194,13 @@ def command_train(recipe: ModuleType, argv: Sequence[str]) -> int:
                 for split, path in files.items()}
     metrics = train(recipe, config, args.out, examples["train"] or [], examples["dev"] or [],
                     examples.get("test"), resume=args.resume, loader=load_any_model,
-                    overwrite=args.overwrite)
-    print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
-                      "best_epoch": metrics["best_epoch"]}, indent=2))
-    from .report import after_training
-    after_training(args.out, recipe, load_any_model, files["dev"])
+                    overwrite=args.overwrite, comm=comm)
+    if comm.is_root:
+        print(json.dumps({"dev": metrics["dev"], "test": metrics["test"],
+                          "best_epoch": metrics["best_epoch"]}, indent=2))
+        from .report import after_training
+        after_training(args.out, recipe, load_any_model, files["dev"])
+    comm.barrier()  # the other ranks wait for the report without spinning in MPI's finalize
     return 0
 
 
@@ -305,11 +313,15 @@ def _recipe_command(command: str, argv: Sequence[str]) -> int:
 
 
 def _message(error: BaseException) -> str:
-    """The error as one line."""
+    """The error as one line (saying which rank met it when mpiexec started several)."""
     if isinstance(error, OSError) and error.filename is not None:
         text = f"{error.filename}: {error.strerror or error}"
     else:
         text = str(error) or type(error).__name__
+    size = launched_size()
+    if size > 1:
+        text = (f"rank {launched_rank()} of {size}: {text}; the run stops (mpiexec ends the "
+                "other ranks)")
     return " ".join(text.split())
 
 
@@ -319,11 +331,22 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `dynlp` command line; returns the exit status. SIGTERM is handled as Ctrl-C
-    while it runs (on the main thread)."""
+    while it runs (on the main thread). Under mpiexec, a rank that fails ends every rank of the
+    run (a failing rank left to exit would wait for the others), unless all the ranks fail
+    together (RunRefused: rank 0 says why, the others leave quietly)."""
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        with ending_run_on_error():
+            try:
+                status = _main(list(sys.argv[1:] if argv is None else argv))
+            except RunRefused as refusal:  # every rank raised it: none waits for another
+                if not refusal.quiet:
+                    print(f"dynlp: error: {' '.join(str(refusal).split())}", file=sys.stderr)
+                return 2
+        if status != 0:
+            abort_launched(status)
+        return status
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)
@@ -368,7 +391,9 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 0
+    except RunRefused:
+        raise  # main() reports it, without ending the other ranks (they end too)
     except (UsageError, TrainingError, dn.ModelFileError, CoNLLUError, TreeError, DataError,
-            OSError) as error:
+            DistributedError, OSError) as error:
         print(f"dynlp: error: {_message(error)}", file=sys.stderr)
         return 2

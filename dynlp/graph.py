@@ -123,6 +123,8 @@ class Graph:
         self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
         self._uniforms_used = 0
+        self._own_rng = self.rng
+        self._streams: dict[int, tuple] = {}  # id(generator) -> (generator, uniforms, used)
         self.alive = True
         self.ops: list[Op] = []
         self.args: list[tuple[int, ...]] = []
@@ -450,6 +452,18 @@ class Graph:
                 memo[n] = d if args[n] else 0
                 stack.pop()
         return memo[node]
+
+    def use_generator(self, rng: np.random.Generator | None) -> None:
+        """Draw the masks and noise of the nodes built from now on from rng (None: the graph's
+        own generator), each generator with its own numbers drawn ahead. An example built with
+        a generator of its own gets the same masks whatever else the graph holds (data-parallel
+        training gives each example its generator, wherever it is computed)."""
+        rng = self._own_rng if rng is None else rng
+        if rng is self.rng:
+            return
+        self._streams[id(self.rng)] = (self.rng, self._uniforms, self._uniforms_used)
+        self.rng, self._uniforms, self._uniforms_used = self._streams.get(
+            id(rng), (rng, _NO_UNIFORMS, 0))
 
     def random_mask(self, shape: tuple[int, ...], p: float) -> np.ndarray:
         """An inverted-dropout mask: 0 with probability p, else 1 / (1 - p)."""

@@ -28,6 +28,7 @@ import dynlp as dn
 from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
 from .data.files import remove_stale_temporaries
+from .distributed import Communicator, setup
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
@@ -49,6 +50,17 @@ CHECKPOINT_VERSION = 1
 
 class TrainingError(Exception):
     """A run cannot start or continue: bad settings, no data, a mismatched checkpoint."""
+
+
+class RunRefused(TrainingError):
+    """The run folder does not fit the request (a run in the way, no checkpoint to resume,
+    other settings than the checkpoint's). Rank 0 alone checks, and every rank of a
+    data-parallel run raises this together, so the run ends without an abort; it is `quiet` on
+    the other ranks, which leave the saying to rank 0."""
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 class TrainingInterrupted(Exception):
@@ -427,6 +439,12 @@ def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
     return np.random.default_rng((seed, epoch, step))
 
 
+def example_rng(seed: int, epoch: int, step: int, position: int) -> np.random.Generator:
+    """The generator of the example at `position` in a step's minibatch, for its word dropout,
+    dropout masks and other draws: the same whichever rank (or how many) computes it."""
+    return np.random.default_rng((seed, epoch, step, position))
+
+
 # -------------------------------------------------------------------------------------------------
 # The loop
 
@@ -449,6 +467,32 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
                             "--resume, write to another folder, or replace it with --overwrite")
 
 
+def _agree_on_folder(comm: Communicator, out: Path, resume: bool, overwrite: bool,
+                     config: dict) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """Rank 0 alone checks the run folder (`_check_out`; with resume, the checkpoint and its
+    settings), clears what a killed run left there, and tells the other ranks what it found: a
+    problem is raised on every rank as RunRefused. Returns rank 0's read checkpoint (None on
+    the others, which read it once rank 0 has found it sound)."""
+    problem, checkpoint = None, None
+    if comm.is_root:
+        try:
+            _check_out(out, resume, overwrite)
+            if out.is_dir():
+                remove_stale_temporaries(out, RUN_FILES)  # what a killed run (SIGKILL) left
+            if resume:
+                checkpoint = read_checkpoint(out / CHECKPOINT_FILE)
+                changed = _differences(checkpoint[0]["config"], config)
+                if changed:
+                    raise TrainingError("the settings differ from the checkpoint's: "
+                                        + "; ".join(changed))
+        except TrainingError as err:
+            problem = str(err)
+    problem = comm.broadcast(problem)
+    if problem is not None:
+        raise RunRefused(problem, quiet=not comm.is_root)
+    return checkpoint
+
+
 def _fresh_state() -> dict:
     return {"epoch": 0, "best": None, "best_epoch": 0, "best_dev": None,
             "epochs_without_improvement": 0, "train_seconds": 0.0, "train_examples": 0}
@@ -457,7 +501,7 @@ def _fresh_state() -> dict:
 def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_examples: list,
           dev_examples: list, test_examples: list | None = None, resume: bool = False,
           progress: bool | None = None, loader: Callable[[str], Any] | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, comm: Communicator | None = None) -> dict:
     """Train `recipe.Model` under `out` and return the final metrics (also in metrics.json).
 
     config: every setting (COMMON_DEFAULTS keys and the recipe's DEFAULTS keys, plus anything
@@ -468,15 +512,17 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     holds a run already is refused unless `overwrite`, and even then its files are replaced
     only once the first epoch is done. Every file is written whole (a temporary file renamed)
     and log.jsonl always agrees with the checkpoint after a resume. progress: tqdm bar (None:
-    only on a terminal). loader: see `load_model`. Raises TrainingError (bad settings, a run in
-    the way, a model too large for the memory available), or TrainingInterrupted on Ctrl-C or
-    SIGTERM (`Terminated`).
+    only on a terminal). loader: see `load_model`. comm: the ranks to train on (default
+    `dynlp.distributed.setup()`: all the ranks of `mpiexec`, else this process); each computes
+    its share of every minibatch and of the evaluations, rank 0 alone checks the folder (its
+    refusal is raised on every rank as `RunRefused`), writes files and reports. Raises
+    TrainingError (bad settings, a run in the way, a model too large for the memory
+    available), or TrainingInterrupted on Ctrl-C or SIGTERM (`Terminated`).
     """
+    comm = setup() if comm is None else comm
     _check(recipe, config)
     out = Path(out)
-    _check_out(out, resume, overwrite)
-    if out.is_dir():
-        remove_stale_temporaries(out, RUN_FILES)  # what a killed run (SIGKILL) left
+    checkpoint = _agree_on_folder(comm, out, resume, overwrite, config)
     if config.get("limit") is not None:
         train_examples = train_examples[:int(config["limit"])]
     if not train_examples:
@@ -492,10 +538,7 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
 
     pc = dn.ParameterCollection(seed=seed, max_bytes=memory_budget())
     if resume:
-        header, arrays = read_checkpoint(checkpoint_path)
-        changed = _differences(header["config"], config)
-        if changed:
-            raise TrainingError("the settings differ from the checkpoint's: " + "; ".join(changed))
+        header, arrays = checkpoint or read_checkpoint(checkpoint_path)
     try:
         if resume:
             model = recipe.Model.from_metadata(pc, header["model"])
@@ -509,14 +552,22 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     trainer = make_trainer(config["optimizer"], pc, learning_rate=float(config["learning_rate"]))
     if resume:
         state = restore_checkpoint(header, arrays, pc, trainer)
-        if "records" in state:  # the log as the checkpoint knows it (lines of later epochs go)
-            _write_log(log_path, state["records"])
+        if "records" in state and comm.is_root:  # the log as the checkpoint knows it
+            _write_log(log_path, state["records"])  # (lines of later epochs go)
     else:
         state = _fresh_state()
-        state["git_commit"] = git_commit()  # the code that trains, not the code at the end
-        state["environment"] = environment()
-        out.mkdir(parents=True, exist_ok=True)
+        if comm.is_root:
+            state["git_commit"] = git_commit()  # the code that trains, not the code at the end
+            state["environment"] = environment()
+            out.mkdir(parents=True, exist_ok=True)
     state.setdefault("records", [])
+    comm.broadcast_parameters(pc)
+    if not comm.is_root:
+        progress = False
+    elif comm.size > 1:
+        print(f"training on {comm.size} ranks; should one fail, mpiexec ends them all and "
+              f"{checkpoint_path} keeps the last finished epoch: rerun with --resume (with any "
+              "number of ranks)", file=sys.stderr)
     metadata = model.metadata()
     strategy = graph_strategy(config)
 
@@ -525,37 +576,43 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     try:
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
-            loss, count, seconds = _train_epoch(model, trainer, train_examples, config, epoch,
-                                                strategy, progress)
+            loss, count, seconds, cpu = _train_epoch(model, trainer, train_examples, config,
+                                                     epoch, strategy, progress, comm)
             record: dict[str, Any] = {
                 "epoch": epoch, "train_loss": loss / count, "examples_per_second": count / seconds,
                 "seconds": seconds, "learning_rate": trainer.learning_rate, "dev": None,
+                "ranks": comm.size, "cpu_seconds": max(comm.allgather(cpu)),
             }
             state["train_seconds"] += seconds
             state["train_examples"] += count
-            if epoch == 1 and not resume:
+            if epoch == 1 and not resume and comm.is_root:
                 # a fresh run has something to write: what an older run left goes now
                 for name in (MODEL_FILE, METRICS_FILE, CHECKPOINT_FILE, LOG_FILE):
                     (out / name).unlink(missing_ok=True)
             if epoch % int(config["eval_every"]) == 0 or epoch == epochs:
                 start = time.perf_counter()
-                dev = model.evaluate(dev_during, batch_size=int(config["batch_size"]))
+                dev = comm.evaluate(model, dev_during, int(config["batch_size"]))
                 record["dev"] = dev
                 record["dev_seconds"] = time.perf_counter() - start
                 score = float(dev[recipe.MAIN_METRIC])
                 if state["best"] is None or score > state["best"]:
                     state.update(best=score, best_epoch=epoch, best_dev=dev)
-                    pc.save(out / MODEL_FILE, metadata=metadata)
+                    if comm.is_root:
+                        pc.save(out / MODEL_FILE, metadata=metadata)
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
             state["epoch"] = epoch
             state["records"] = state["records"] + [record]
             trainer.update_epoch()
-            save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
+            if comm.size > 1 and not comm.parameters_agree(pc):
+                raise TrainingError(f"the ranks' parameters differ after epoch {epoch}")
+            if comm.is_root:
+                save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
             saved = epoch
-            _write_log(log_path, state["records"])
-            _report(recipe, record, state)
+            if comm.is_root:
+                _write_log(log_path, state["records"])
+                _report(recipe, record, state)
     except KeyboardInterrupt as stop:
-        if saved > 0:
+        if saved > 0 and comm.is_root:
             records = [r for r in state["records"] if r["epoch"] <= saved]
             _write_log(log_path, records)  # in case the stop came between checkpoint and log
         how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
@@ -564,29 +621,27 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
                  "no epoch finished, no checkpoint")
         raise TrainingInterrupted(f"{how} during epoch {saved + 1}: {where}") from None
 
-    return _finish(recipe, config, out, dev_examples, test_examples, state, loader)
+    comm.barrier()  # the best model file is written
+    return _finish(recipe, config, out, dev_examples, test_examples, state, loader, comm)
 
 
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
-                 strategy: bool | str, progress: bool | None) -> tuple[float, int, float]:
-    """One pass over the shuffled examples: (summed loss, examples, seconds)."""
+                 strategy: bool | str, progress: bool | None,
+                 comm: Communicator) -> tuple[float, int, float, float]:
+    """One pass over the shuffled examples: (summed loss, examples, seconds, this process's
+    CPU seconds). Each rank computes its share of every minibatch, each example with its own
+    generator."""
     seed, size = int(config["seed"]), int(config["batch_size"])
     total_loss, count = 0.0, 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     disable = None if progress is None else not progress
     with tqdm(total=len(examples), desc=f"epoch {epoch}", unit="ex", disable=disable,
               leave=False, dynamic_ncols=True) as bar:
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
-            rng = step_rng(seed, epoch, step)
-            graph_seed = int(rng.integers(2**63 - 1))
-            with dn.Graph(autobatch=strategy, seed=graph_seed):
-                if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
-                    total = model.batch_loss(batch, rng)
-                else:
-                    total = dn.esum([model.loss(example, rng) for example in batch])
-                value = total.scalar_value()
-                total.backward()
+            value = _share_loss(model, batch, comm.shard_batch(batch), seed, epoch, step,
+                                strategy)
+            value = comm.sum_gradients(trainer.pc, value)
             trainer.update()
             if not np.isfinite(value):
                 raise TrainingError(f"the loss became {value} in epoch {epoch}, step {step}; "
@@ -595,7 +650,30 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
             count += len(batch)
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
-    return total_loss, count, time.perf_counter() - start
+    return total_loss, count, time.perf_counter() - start, time.process_time() - cpu
+
+
+def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch: int, step: int,
+                strategy: bool | str) -> float:
+    """Build, evaluate and backpropagate the summed loss of the examples at `positions` of a
+    minibatch (this rank's share); their gradients are left in the parameters."""
+    if not positions:
+        return 0.0
+    rng = step_rng(seed, epoch, step)
+    rngs = [example_rng(seed, epoch, step, i) for i in positions]
+    examples = [batch[i] for i in positions]
+    with dn.Graph(autobatch=strategy, seed=int(rng.integers(2**63 - 1))) as g:
+        if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
+            total = model.batch_loss(examples, rngs)
+        else:
+            losses = []
+            for example, example_generator in zip(examples, rngs):
+                g.use_generator(example_generator)
+                losses.append(model.loss(example, example_generator))
+            total = dn.esum(losses)
+        value = total.scalar_value()
+        total.backward()
+    return value
 
 
 def _report(recipe: ModuleType, record: dict, state: dict) -> None:
@@ -608,12 +686,15 @@ def _report(recipe: ModuleType, record: dict, state: dict) -> None:
 
 def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
             test_examples: list | None, state: dict,
-            loader: Callable[[str], Any] | None = None) -> dict:
-    """Evaluate the best model on the full dev and test sets; write and return metrics.json."""
+            loader: Callable[[str], Any] | None = None,
+            comm: Communicator | None = None) -> dict:
+    """Evaluate the best model on the full dev and test sets; write and return metrics.json
+    (rank 0 writes; every rank returns the metrics)."""
+    comm = Communicator() if comm is None else comm
     model = load_model(recipe, out / MODEL_FILE, loader)
     size = int(config["batch_size"])
-    dev = model.evaluate(dev_examples, batch_size=size)
-    test = model.evaluate(test_examples, batch_size=size) if test_examples else None
+    dev = comm.evaluate(model, dev_examples, size)
+    test = comm.evaluate(model, test_examples, size) if test_examples else None
     seconds = state["train_seconds"]
     metrics = {
         "recipe": recipe.NAME, "main_metric": recipe.MAIN_METRIC, "dev": dev, "test": test,
@@ -621,7 +702,8 @@ def _finish(recipe: ModuleType, config: dict, out: Path, dev_examples: list,
         "train_examples_per_second": state["train_examples"] / seconds if seconds else None,
         "config": config, "seed": int(config["seed"]), "dynlp_version": dn.__version__,
         "git_commit": state.get("git_commit"), "environment": state.get("environment"),
-        "global_seed": dn.get_seed(),
+        "global_seed": dn.get_seed(), "ranks": comm.size,
     }
-    _write_json(out / METRICS_FILE, metrics)
+    if comm.is_root:
+        _write_json(out / METRICS_FILE, metrics)
     return metrics

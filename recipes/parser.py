@@ -7,7 +7,7 @@ sentences of a minibatch in lockstep inside one graph. Must not import other rec
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,18 +324,25 @@ class Model(RecipeModel):
         """The loss of one sentence (the lockstep `batch_loss` of a batch of one)."""
         return self.batch_loss([example], rng)
 
-    def batch_loss(self, examples: list[Sentence], rng: np.random.Generator) -> dn.Expression:
+    def batch_loss(self, examples: list[Sentence],
+                   rng: np.random.Generator | Sequence[np.random.Generator]) -> dn.Expression:
         """Summed transition losses of a minibatch, parsed in lockstep in the current graph.
 
         At every step the scores of all unfinished sentences are evaluated by one forward call;
         their values pick the target (the best minimum-cost action) and the transition followed
-        (the target, or the model's wrong choice with probability `exploration`).
+        (the target, or the model's wrong choice with probability `exploration`). rng: one
+        generator for the batch, or one per sentence, which then draws all of that sentence's
+        word dropout, dropout masks and exploration (the same in any batch).
         """
         g = dn.current_graph()
         deprels = self.vocabs["deprel"]
         labels = self.labels
         explore = self.config["exploration"]
-        vectors = [self._encode(s, s.upos, rng) for s in examples]
+        rngs = [rng] * len(examples) if isinstance(rng, np.random.Generator) else list(rng)
+        vectors = []
+        for s, r in zip(examples, rngs):
+            g.use_generator(r)
+            vectors.append(self._encode(s, s.upos, r))
         # the encoder in one pass: the engine evaluates only what a forward needs, so the
         # first transitions would otherwise run the BiLSTM a few positions at a time
         g.forward([v for vs in vectors for v in vs])
@@ -343,7 +350,11 @@ class Model(RecipeModel):
                   for i, s in enumerate(examples)]
         losses = []
         while states:
-            scores = [self._scores(vectors[i], c) for i, c, _ in states]
+            scores = []
+            for i, c, _ in states:
+                g.use_generator(rngs[i])
+                scores.append(self._scores(vectors[i], c))
+            g.use_generator(None)
             g.forward(scores)
             for (i, c, oracle), score in zip(states, scores):
                 values = score.npvalue()
@@ -354,7 +365,7 @@ class Model(RecipeModel):
                 follow = target
                 if explore > 0:
                     predicted = int(np.argmax(np.where(legal_mask(c, labels), values, -np.inf)))
-                    if not best[predicted] and rng.random() < explore:
+                    if not best[predicted] and rngs[i].random() < explore:
                         follow = predicted
                 c.apply(*action_of(follow, labels))
             states = [state for state in states if not state[1].is_terminal()]
@@ -404,9 +415,16 @@ class Model(RecipeModel):
 
     def evaluate(self, examples: list[Sentence], batch_size: int = 64) -> dict:
         """UAS and LAS in percent (CoNLL 2018: punctuation included, LAS without subtypes)."""
-        predictions = self.predict(examples, batch_size)
-        return attachment_scores(examples, [p[0] for p in predictions],
-                                 [p[1] for p in predictions])
+        return self.score(examples, self.evaluation_outputs(examples, batch_size))
+
+    def evaluation_outputs(self, examples: list[Sentence], batch_size: int = 64) -> list:
+        """What `score` needs of each sentence: its predicted (heads, deprels, upos)."""
+        return self.predict(examples, batch_size)
+
+    def score(self, examples: list[Sentence], outputs: list) -> dict:
+        """The metrics of `evaluate` from the sentences' evaluation outputs (the work of
+        evaluation split across the ranks of a data-parallel run)."""
+        return attachment_scores(examples, [p[0] for p in outputs], [p[1] for p in outputs])
 
     def write_predictions(self, examples: list[Sentence], predictions: list, path) -> None:
         """CoNLL-U with the predicted HEAD and DEPREL and the UPOS the parse used; every other

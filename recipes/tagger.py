@@ -170,7 +170,15 @@ class Model(RecipeModel):
 
     def evaluate(self, examples: list[Sentence], batch_size: int = 64) -> dict:
         """{"upos_accuracy": percent of words tagged right, "words": how many}."""
-        predicted = self.predict(examples, batch_size)
+        return self.score(examples, self.evaluation_outputs(examples, batch_size))
+
+    def evaluation_outputs(self, examples: list[Sentence], batch_size: int = 64) -> list:
+        """What `score` needs of each sentence: its predicted tags."""
+        return self.predict(examples, batch_size)
+
+    def score(self, examples: list[Sentence], predicted: list[list[str]]) -> dict:
+        """The metrics of `evaluate` from the sentences' evaluation outputs (the work of
+        evaluation split across the ranks of a data-parallel run)."""
         gold = [s.upos for s in examples]
         return {MAIN_METRIC: accuracy(gold, predicted), "words": sum(len(s) for s in gold)}
 

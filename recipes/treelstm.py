@@ -178,17 +178,27 @@ class Model(RecipeModel):
         """root_fine: 5-class root accuracy; root_binary: positive vs negative root accuracy
         over non-neutral gold roots (p(0)+p(1) vs p(3)+p(4)); all_fine: 5-class accuracy over
         every node. Percentages."""
-        probabilities = self.node_probabilities(examples, batch_size)
+        return self.score(examples, self.evaluation_outputs(examples, batch_size))
+
+    def evaluation_outputs(self, examples: list[Tree], batch_size: int = 64) -> list:
+        """What `score` needs of each tree: [the fine labels of its nodes (post-order, root
+        last), its root's binary label (1 positive)]."""
+        return [[p.argmax(axis=1).tolist(), int(p[-1, 3:].sum() > p[-1, :2].sum())]
+                for p in self.node_probabilities(examples, batch_size)]
+
+    def score(self, examples: list[Tree], outputs: list) -> dict:
+        """The metrics of `evaluate` from the trees' evaluation outputs (the work of evaluation
+        split across the ranks of a data-parallel run)."""
         gold_roots = [fine_label(tree) for tree in examples]
-        root_predictions = [int(p[-1].argmax()) for p in probabilities]
+        root_predictions = [labels[-1] for labels, _ in outputs]
         gold_binary, predicted_binary = [], []
-        for tree, p in zip(examples, probabilities):
+        for tree, (_, binary) in zip(examples, outputs):
             gold = binary_label(tree)
             if gold is not None:
                 gold_binary.append(gold)
-                predicted_binary.append(int(p[-1, 3:].sum() > p[-1, :2].sum()))
+                predicted_binary.append(binary)
         gold_nodes = [fine_label(node) for tree in examples for node in tree.nodes()]
-        node_predictions = [int(label) for p in probabilities for label in p.argmax(axis=1)]
+        node_predictions = [label for labels, _ in outputs for label in labels]
         return {"root_fine": accuracy(gold_roots, root_predictions),
                 "root_binary": accuracy(gold_binary, predicted_binary),
                 "all_fine": accuracy(gold_nodes, node_predictions)}

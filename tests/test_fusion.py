@@ -276,7 +276,7 @@ def test_softmax_losses_over_affine_sums_are_one_node_per_sum(hidden, bias):
     for fuse in (False, True):
         pc = dn.ParameterCollection(seed=4, dtype=np.float64)
         H = pc.add_parameters((5, 6))
-        O = pc.add_parameters((3, 5 if hidden else 6))
+        O = pc.add_parameters((3, 5 if hidden else 6))  # noqa: E741
         c = pc.add_parameters(5)
         b = pc.add_parameters(3)
         rng = np.random.default_rng(2)
@@ -304,7 +304,7 @@ def test_softmax_losses_over_affine_sums_are_one_node_per_sum(hidden, bias):
 def test_a_sum_or_hidden_layer_read_by_a_fused_loss_says_it_has_no_gradient():
     pc = dn.ParameterCollection(seed=4)
     H = pc.add_parameters((5, 6))
-    O = pc.add_parameters((3, 5))
+    O = pc.add_parameters((3, 5))  # noqa: E741
     with dn.Graph():
         x = dn.inputs(np.ones(6))
         h = dn.tanh(H @ x)

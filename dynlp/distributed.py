@@ -1,0 +1,332 @@
+"""Data-parallel training over MPI processes (ranks): each rank computes its share of every
+minibatch, gradients are summed across ranks (dense parameters in one flat allreduce, lookup
+tables' touched rows gathered and summed, never densified) and every rank applies the same
+update. Reaches MPI through mpi4py, the optional extra `dynlp[mpi]`; without it, and outside
+`mpiexec`, `setup()` gives a one-process communicator whose operations do nothing. Imports
+nothing from dynlp but the parameter classes' interface (duck-typed) and never recipes.
+
+In one's own training loop (run with `mpiexec -n N python train.py`):
+
+    comm = dn.distributed.setup()
+    comm.broadcast_parameters(pc)                      # the same start on every rank
+    with dn.distributed.ending_run_on_error():         # one rank's error ends all ranks
+        for step, batch in enumerate(batches):
+            mine = comm.shard_batch(batch)             # this rank's positions in the batch
+            with dn.Graph() as g:
+                total = dn.esum([model.loss(batch[i]) for i in mine])
+                value = total.scalar_value()
+                total.backward()
+            value = comm.sum_gradients(pc, value)      # the whole batch's gradients and loss
+            trainer.update()                           # identical on every rank
+            if comm.is_root:
+                print(step, value)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+INSTALL_HINT = ("install the optional MPI support with pip install -e '.[mpi]' in a source "
+                "checkout of dynlp (or pip install 'dynlp[mpi]'): it brings mpi4py and MPICH, "
+                "whose mpiexec then starts the ranks")
+# variables that MPI launchers set in the processes they start: (rank, size)
+_LAUNCHER_VARIABLES = (("PMI_RANK", "PMI_SIZE"),                              # MPICH, Intel MPI
+                       ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"))      # Open MPI
+_POLL_SECONDS = 0.0002  # sleep between tests of a pending exchange (frees the core it waits on)
+
+
+class DistributedError(RuntimeError):
+    """MPI is asked for but missing, or the ranks of a run disagree."""
+
+
+def launched_size() -> int:
+    """The number of ranks an MPI launcher (mpiexec, srun) started this process among; 1 when
+    none did."""
+    for _, size in _LAUNCHER_VARIABLES:
+        value = os.environ.get(size, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def launched_rank() -> int:
+    """This process's rank among those an MPI launcher started; 0 when none did."""
+    for rank, _ in _LAUNCHER_VARIABLES:
+        value = os.environ.get(rank, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def setup(required: bool = False) -> "Communicator":
+    """The communicator of this process: all the ranks of COMM_WORLD when an MPI launcher
+    started more than one (or `required`), else a one-process communicator (no MPI needed).
+    Raises DistributedError, saying how to install MPI support, when mpi4py is missing."""
+    if launched_size() <= 1 and not required:
+        return Communicator(None)
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise DistributedError(f"this run needs MPI, but mpi4py cannot be imported ({err}); "
+                               f"{INSTALL_HINT}") from None
+    return Communicator(MPI.COMM_WORLD)
+
+
+def abort_launched(status: int) -> None:
+    """End every rank of the run now (MPI_Abort) when this process is one of several that an
+    MPI launcher started and MPI is running; else do nothing. A rank that leaves after an error
+    must: left to exit, it would wait in MPI's finalization for ranks that wait for it."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or launched_size() <= 1 or not mpi.Is_initialized() or mpi.Is_finalized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mpi.COMM_WORLD.Abort(status)
+
+
+@contextlib.contextmanager
+def ending_run_on_error() -> Iterator[None]:
+    """Around the training loop of one's own script: an exception on any rank prints its
+    traceback and ends every rank (instead of leaving the others waiting for it)."""
+    try:
+        yield
+    except SystemExit as leaving:
+        if leaving.code not in (0, None):
+            abort_launched(leaving.code if isinstance(leaving.code, int) else 1)
+        raise
+    except BaseException:
+        if launched_size() > 1:
+            traceback.print_exc()
+            abort_launched(1)
+        raise
+
+
+def example_cost(example: Any) -> int:
+    """The work of an example, for balancing: its len(), else the number of its words()
+    (trees), else 1."""
+    if hasattr(example, "__len__"):
+        return len(example)
+    if hasattr(example, "words"):
+        return len(example.words())
+    return 1
+
+
+def _dense_and_tables(pc: Any) -> tuple[list, list]:
+    dense, tables = [], []
+    for p in pc.parameters():
+        (tables if getattr(p, "is_lookup", False) else dense).append(p)
+    return dense, tables
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot send a {type(value).__name__} between ranks")
+
+
+class Communicator:
+    """The ranks of one run (a wrapped mpi4py communicator, or None for a single process).
+
+    rank: this process's number, 0..size-1; size: how many; is_root: rank 0, the one that
+    writes files and prints. Every method is collective: all ranks call it, in the same order.
+    """
+
+    def __init__(self, comm: Any = None) -> None:
+        self._comm = comm
+        self.rank = 0 if comm is None else comm.Get_rank()
+        self.size = 1 if comm is None else comm.Get_size()
+        self.is_root = self.rank == 0
+        self._flat = np.empty(0, dtype=np.float32)  # the dense gradients' buffer, reused
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    # -- sharing out work ------------------------------------------------------------------------
+    def shard(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's share of a dataset: items rank, rank + size, rank + 2 * size, ..."""
+        return list(items[self.rank::self.size])
+
+    def shard_batch(self, batch: Sequence[Any],
+                    cost: Callable[[Any], int] = example_cost) -> list[int]:
+        """The positions in a (global) minibatch that this rank computes, in increasing order.
+        Every rank gets about the same total cost: examples are dealt out from the costliest,
+        each to the rank with the least so far (ties: the lower rank), the same on all ranks."""
+        if self.size == 1:
+            return list(range(len(batch)))
+        costs = [cost(example) for example in batch]
+        order = sorted(range(len(batch)), key=lambda i: -costs[i])
+        loads = [0] * self.size
+        mine = []
+        for i in order:
+            least = loads.index(min(loads))
+            loads[least] += costs[i]
+            if least == self.rank:
+                mine.append(i)
+        return sorted(mine)
+
+    # -- gradients and parameters ----------------------------------------------------------------
+    def sum_gradients(self, pc: Any, loss: float = 0.0) -> float:
+        """Replace every rank's gradients in pc by their sum over all ranks and return the
+        summed `loss`. Dense parameters travel in one flat allreduce (their `grad` arrays become
+        views of one buffer, summed in place); each lookup table sends only its touched rows
+        (indices and values, gathered by every rank and summed in rank order, so that all ranks
+        hold the same bits). Call it between backward() and the trainer's update()."""
+        if self._comm is None:
+            return loss
+        from mpi4py import MPI
+        dense, tables = _dense_and_tables(pc)
+        requests = []
+        if dense:
+            flat = self._gradient_buffer(dense)
+            requests.append(self._comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
+        sparse = [table.sparse_grad() for table in tables]
+        header = np.array([loss] + [len(rows) for rows, _ in sparse], dtype=np.float64)
+        headers = np.empty((self.size, header.size), dtype=np.float64)
+        requests.append(self._comm.Iallgather(header, headers))
+        self._wait(requests)
+        if tables:
+            self._sum_rows(tables, sparse, headers[:, 1:].astype(np.int64))
+        return float(headers[:, 0].sum())
+
+    def _gradient_buffer(self, dense: list) -> np.ndarray:
+        """One flat array under the dense parameters' gradients: their `grad`s become views
+        of it (on the first call, or when parameters change), so it is summed in place."""
+        flat = self._flat
+        if all(p.grad.base is flat for p in dense) and sum(p.grad.size for p in dense) == flat.size:
+            return flat
+        flat = np.empty(sum(p.grad.size for p in dense), dtype=dense[0].grad.dtype)
+        offset = 0
+        for p in dense:
+            view = flat[offset:offset + p.grad.size].reshape(p.grad.shape)
+            view[...] = p.grad
+            p.grad = view
+            offset += p.grad.size
+        self._flat = flat
+        return flat
+
+    def _sum_rows(self, tables: list, sparse: list, rows: np.ndarray) -> None:
+        """rows[r, t]: how many rows of table t rank r touched."""
+        widths = np.array([int(np.prod(t.shape[1:])) for t in tables], dtype=np.int64)
+        index_counts = rows.sum(axis=1)
+        value_counts = (rows * widths).sum(axis=1)
+        dtype = tables[0].grad.dtype
+        indices = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in sparse])
+        values = np.concatenate([np.asarray(v, dtype=dtype).ravel() for _, v in sparse])
+        all_indices = np.empty(int(index_counts.sum()), dtype=np.int64)
+        all_values = np.empty(int(value_counts.sum()), dtype=dtype)
+        self._wait([self._comm.Iallgatherv(indices, [all_indices, index_counts]),
+                    self._comm.Iallgatherv(values, [all_values, value_counts])])
+        index_start = np.r_[0, np.cumsum(index_counts)[:-1]]
+        value_start = np.r_[0, np.cumsum(value_counts)[:-1]]
+        for t, table in enumerate(tables):
+            parts_i, parts_v = [], []
+            for r in range(self.size):
+                i0 = index_start[r] + rows[r, :t].sum()
+                v0 = value_start[r] + (rows[r, :t] * widths[:t]).sum()
+                n = rows[r, t]
+                parts_i.append(all_indices[i0:i0 + n])
+                parts_v.append(all_values[v0:v0 + n * widths[t]].reshape((n,) + table.shape[1:]))
+            table.clear_grad()
+            if sum(len(part) for part in parts_i):
+                table.accumulate_sparse(np.concatenate(parts_i), np.concatenate(parts_v))
+
+    def broadcast_parameters(self, pc: Any, root: int = 0) -> None:
+        """Give every rank the parameter values of rank `root` (one flat broadcast)."""
+        if self._comm is None:
+            return
+        params = list(pc.parameters())
+        if not params:
+            return
+        flat = np.concatenate([p.value.ravel() for p in params])
+        self._wait([self._comm.Ibcast(flat, root=root)])
+        offset = 0
+        for p in params:
+            p.value[...] = flat[offset:offset + p.value.size].reshape(p.value.shape)
+            offset += p.value.size
+
+    def parameters_agree(self, pc: Any) -> bool:
+        """Whether every rank holds the same parameter values as rank 0, bit for bit (a digest
+        of each rank's values is compared)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for p in pc.parameters():
+            digest.update(np.ascontiguousarray(p.value).tobytes())
+        return len(set(self.allgather(digest.hexdigest()))) == 1
+
+    # -- values ----------------------------------------------------------------------------------
+    def allgather(self, value: Any) -> list[Any]:
+        """Every rank's value (anything JSON can carry; numpy numbers and arrays become Python
+        numbers and lists), in rank order, on every rank. JSON, not pickle, crosses the wire."""
+        if self._comm is None:
+            return [json.loads(json.dumps(value, default=_json_default))]
+        data = np.frombuffer(json.dumps(value, default=_json_default).encode("utf-8"),
+                             dtype=np.uint8)
+        counts = np.empty(self.size, dtype=np.int64)
+        self._wait([self._comm.Iallgather(np.array([data.size], dtype=np.int64), counts)])
+        gathered = np.empty(int(counts.sum()), dtype=np.uint8)
+        self._wait([self._comm.Iallgatherv(data, [gathered, counts])])
+        starts = np.r_[0, np.cumsum(counts)]
+        return [json.loads(gathered[starts[r]:starts[r + 1]].tobytes().decode("utf-8"))
+                for r in range(self.size)]
+
+    def broadcast(self, value: Any, root: int = 0) -> Any:
+        """Rank `root`'s value on every rank (JSON, as for allgather)."""
+        return value if self._comm is None else self.allgather(value)[root]
+
+    def evaluate(self, model: Any, examples: list, batch_size: int = 64) -> dict:
+        """model.evaluate(examples) with the work split across ranks: each rank computes
+        `model.evaluation_outputs` of its share, every rank gathers them and scores them with
+        `model.score`. A model without those two is evaluated by rank 0 alone. Every rank gets
+        the metrics."""
+        if self._comm is None:
+            return model.evaluate(examples, batch_size=batch_size)
+        if not (hasattr(model, "evaluation_outputs") and hasattr(model, "score")):
+            metrics = model.evaluate(examples, batch_size=batch_size) if self.is_root else None
+            return self.broadcast(metrics)
+        share = model.evaluation_outputs(self.shard(examples), batch_size)
+        outputs: list[Any] = [None] * len(examples)
+        for r, part in enumerate(self.allgather(share)):
+            outputs[r::self.size] = part
+        return model.score(examples, outputs)
+
+    # -- order -----------------------------------------------------------------------------------
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self._comm is not None:
+            self._wait([self._comm.Ibarrier()])
+
+    @contextlib.contextmanager
+    def root_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (say, fetching a dataset into a shared cache), then the
+        others do."""
+        if not self.is_root:
+            self.barrier()
+        yield
+        if self.is_root:
+            self.barrier()
+
+    def abort(self, message: str, status: int = 1) -> None:
+        """Print message on stderr and end every rank of the run now."""
+        print(message, file=sys.stderr, flush=True)
+        if self._comm is None:
+            raise SystemExit(status)
+        sys.stdout.flush()
+        self._comm.Abort(status)
+
+    def _wait(self, requests: list) -> None:
+        """Wait for nonblocking exchanges, sleeping between tests: a rank that waits for a
+        slower one leaves the core to others instead of spinning."""
+        from mpi4py import MPI
+        while not MPI.Request.Testall(requests):
+            time.sleep(_POLL_SECONDS)

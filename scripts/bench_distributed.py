@@ -1,0 +1,105 @@
+"""Data-parallel training speed: examples per second of each recipe trained by 1 process and by
+N ranks (`mpiexec -n N dynlp train ...`) at the same global batch and seed, side by side, with
+the dev score each reaches after the same epochs, and the load average around each run (the
+1-minute figure, before or after, whichever is higher: above 1 for one process or 2 for two
+ranks, other work shared the cores and the speeds are low). The last column is the speed-up in
+examples per CPU second of the busiest rank (`cpu_seconds` of the log), what ranks with a core
+each would approach (it leaves out the time a rank waits for the other). Needs the optional MPI
+support (pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
+
+    python scripts/bench_distributed.py --mirror ../shared/data              # 1 epoch, all data
+    python scripts/bench_distributed.py --mirror ../shared/data --limit 2000 --recipes tagger
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RECIPES = ("tagger", "treelstm", "parser")
+MAIN_METRIC = {"tagger": "upos_accuracy", "treelstm": "root_fine", "parser": "las"}
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (the `mpich` wheel's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if found is None:
+        sys.exit("bench_distributed: no mpiexec; install MPI support with "
+                 "pip install -e '.[mpi]'")
+    return found
+
+
+def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
+    """Train with `ranks` processes; the last epoch's log record and the wall time."""
+    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "dynlp", "train", recipe,
+               "--out", str(out), "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    if args.mirror:
+        command += ["--mirror", args.mirror]
+    if args.limit:
+        command += ["--limit", str(args.limit)]
+    if args.dev_limit:
+        command += ["--dev-limit", str(args.dev_limit)]
+    if args.batch_size:
+        command += ["--batch-size", str(args.batch_size)]
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    load = max(load, os.getloadavg()[0])
+    if done.returncode != 0:
+        sys.exit(f"bench_distributed: {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    seconds = sum(r["seconds"] for r in records)
+    examples = sum(r["examples_per_second"] * r["seconds"] for r in records)
+    cpu = sum(r["cpu_seconds"] for r in records)
+    return {"examples_per_second": examples / seconds, "train_seconds": seconds,
+            "examples_per_cpu_second": examples / cpu,
+            "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
+            "wall_seconds": wall, "load": load}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--ranks", type=int, default=2, help="ranks to compare with 1 process")
+    parser.add_argument("--mirror", default=os.environ.get("DYNLP_DATA_MIRROR"),
+                        help="dataset mirror folder (default $DYNLP_DATA_MIRROR)")
+    parser.add_argument("--limit", type=int, help="train on the first N examples")
+    parser.add_argument("--dev-limit", type=int, help="score on the first N dev examples")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, help="global batch (default: the recipe's)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    args = parser.parse_args()
+
+    results = {}
+    print(f"{'recipe':<10} {'1 rank ex/s':>12} {f'{args.ranks} ranks ex/s':>13} {'speed-up':>9} "
+          f"{'dev 1':>7} {f'dev {args.ranks}':>7} {'loss 1':>9} {f'loss {args.ranks}':>9} "
+          f"{'load':>9} {'CPU-bound':>9}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_distributed_") as scratch:
+        for recipe in args.recipes:
+            one = run(recipe, 1, Path(scratch) / f"{recipe}-1", args)
+            many = run(recipe, args.ranks, Path(scratch) / f"{recipe}-{args.ranks}", args)
+            speedup = many["examples_per_second"] / one["examples_per_second"]
+            cpu_speedup = many["examples_per_cpu_second"] / one["examples_per_cpu_second"]
+            results[recipe] = {"1": one, str(args.ranks): many, "speedup": speedup,
+                               "cpu_speedup": cpu_speedup}
+            print(f"{recipe:<10} {one['examples_per_second']:>12.1f} "
+                  f"{many['examples_per_second']:>13.1f} {speedup:>8.2f}x "
+                  f"{one['dev']:>7.2f} {many['dev']:>7.2f} {one['loss']:>9.4f} "
+                  f"{many['loss']:>9.4f} {one['load']:>4.1f} {many['load']:>4.1f} "
+                  f"{cpu_speedup:>8.2f}x", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
