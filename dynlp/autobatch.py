@@ -661,6 +661,7 @@ class Engine:
             "seconds_backward_numpy": t["backward_numpy"],
             "seconds_backward_other": t["backward_total"] - t["backward_numpy"],
             "strategy": self.strategy or "off",
-            **(self.fuser.stats() if self.fuser is not None else
-               {"nodes_before_fusion": len(self.g.ops), "nodes_after_fusion": len(self.g.ops)}),
+            "nodes_before_fusion": len(self.g.ops) + self.g.folded,
+            "nodes_after_fusion": len(self.g.ops) - (
+                len(self.fuser.absorbed) if self.fuser is not None else 0),
         }

@@ -153,7 +153,6 @@ class Fuser:
         self.g = graph
         self.upto = 0          # nodes below this one have been through the pass
         self.absorbed: dict[int, tuple[int, int]] = {}  # node -> (fused node, position)
-        self.before = 0        # pending nodes that went through the pass
         # region structure (member signatures and wiring) -> (fused op, signature,
         # positions with batched attributes), or None for a region left unfused
         self.kinds: dict[tuple, tuple | None] = {}
@@ -170,7 +169,6 @@ class Fuser:
         uses = Counter(chain.from_iterable(args[lo:hi]))  # (counted in C)
         uses.update(targets)
         revived = bool(self.absorbed) and not uses.keys().isdisjoint(self.absorbed)
-        self.before += loc[lo:hi].count(-1)
         place = bytearray(hi - lo)    # 1: placed (a root, or in a region)
         pinned = g.pinned
         depths: dict[int, int] = {}
@@ -319,10 +317,6 @@ class Fuser:
         op = fused_op(key, steps, tuple(masks), tuple(battr_names), shapes[region[-1]])
         sig = g._intern(("fused", structure))
         return op, sig, tuple(with_battrs)
-
-    def stats(self) -> dict:
-        return {"nodes_before_fusion": self.before,
-                "nodes_after_fusion": self.before - len(self.absorbed)}
 
 
 __all__ = ["ABSORBED", "Fuser", "fusible", "STACK"]

@@ -145,6 +145,7 @@ class Graph:
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
+        self.folded = 0  # ops that fusion while building kept out of the graph (`stats()`)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
@@ -756,6 +757,7 @@ class Affine(Deferred):
                          self.out_shape)
             self._read_by(out)
             other._read_by(out)
+            g.folded += 1
             return out
         if isinstance(other, Expression):
             if other.g is not g:
@@ -771,6 +773,7 @@ class Affine(Deferred):
                 return None
         out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
         self._read_by(out)
+        g.folded += 1
         return out
 
     def _parts(self) -> tuple[tuple, tuple]:
@@ -808,10 +811,13 @@ class Affine(Deferred):
             early = Affine(g, now, self.biases, self.out_shape)
             rest = Affine(g, late, (), self.out_shape)
             total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
+            g.folded -= 1  # (the add node stands for one of the sum's adds)
             self._fused = True
             out = total if activation is None else g.add(TABLE[activation], (total.i,))
             self._read_by((out.i, activation, total.i))
             return out
+        if activation is None:
+            g.folded -= 1  # the node stands for the sum's last product or add
         if len(late) == 1 and not self.biases and activation is None:
             w, x = late[0]
             return g.add(_MATMUL, (w, x))
@@ -885,6 +891,7 @@ class AffineLoss(Deferred):
         if len(g.shapes[h]) != 1:
             return None
         b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+        g.folded += 1  # the loss op, until a node stands for it
         scores._fused = True
         scores._read_by(None)  # (a loss read it in place: no gradient of its own)
         ops, args, attrs = g.ops, g.args, g.attrs
@@ -908,6 +915,7 @@ class AffineLoss(Deferred):
 
     def _materialize(self) -> int:
         g = self._live()
+        g.folded -= 1
         return g.add(_MLP_LOSS, (self.x,) + self.layers, self._attrs(), g.single(self.label)).i
 
     @staticmethod
@@ -1052,6 +1060,7 @@ def matmul(a: Any, b: Any) -> Expression:
             shape = g.shapes[na]
             other = g.shapes[nb]
             if len(shape) == 2 and len(other) in (1, 2) and other[0] == shape[1]:
+                g.folded += 1
                 return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
         return g.add(_MATMUL, (na, nb))
     return g.add(_BATCHED_MATMUL, (na, nb))

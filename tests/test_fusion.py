@@ -327,3 +327,30 @@ def test_a_softmax_loss_over_many_scores_stays_an_affine_and_a_loss_node():
         loss = dn.pick_neg_log_softmax(W @ dn.inputs(np.ones(3)), 7)
         loss.forward()
         assert [g.ops[n].name for n in g.args[loss.i]] == ["matmul"]
+
+
+def test_stats_count_the_nodes_an_unfused_graph_would_have():
+    """nodes_before_fusion with fusion on is len(g) of the same model built with fuse=False."""
+    def build(fuse):
+        pc = dn.ParameterCollection(seed=1)
+        Wx, Wh, O = (pc.add_parameters(s) for s in ((4, 3), (4, 4), (5, 4)))
+        b, c = pc.add_parameters(4), pc.add_parameters(5)
+        E = pc.add_lookup_parameters((10, 3))
+        with dn.Graph(fuse=fuse) as g:
+            losses = []
+            for length in (3, 5):
+                h = dn.zeros(4)
+                for w in range(length):
+                    h = dn.tanh(Wx @ E[w] + Wh @ h + b)  # split terms from step 3 on
+                    losses.append(dn.pick_neg_log_softmax(O @ h + c, w % 5))
+                losses.append(dn.sum_elems(Wh @ h))       # a lone product
+                losses.append(dn.pick_neg_log_softmax(O @ h, 1) * 2.0)  # a loss made a node
+            total = dn.esum(losses)
+            total.forward()
+            return len(g), g.stats()
+    plain, plain_stats = build(False)
+    fused, stats = build(True)
+    assert plain_stats["nodes_before_fusion"] == plain_stats["nodes_after_fusion"] == plain
+    # the unfused graph, less the leaves and bookkeeping that fusion adds (one zero bias)
+    assert stats["nodes_before_fusion"] == plain + 1
+    assert stats["nodes_after_fusion"] == fused < plain
