@@ -333,7 +333,7 @@ def test_stats_count_the_nodes_an_unfused_graph_would_have():
     """nodes_before_fusion with fusion on is len(g) of the same model built with fuse=False."""
     def build(fuse):
         pc = dn.ParameterCollection(seed=1)
-        Wx, Wh, O = (pc.add_parameters(s) for s in ((4, 3), (4, 4), (5, 4)))
+        Wx, Wh, O = (pc.add_parameters(s) for s in ((4, 3), (4, 4), (5, 4)))  # noqa: E741
         b, c = pc.add_parameters(4), pc.add_parameters(5)
         E = pc.add_lookup_parameters((10, 3))
         with dn.Graph(fuse=fuse) as g:
