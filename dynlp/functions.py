@@ -10,6 +10,7 @@ import numpy as np
 
 from .graph import (Affine, AffineLoss, Expression, Row, SettingError, Slice, apply, arith,
                     current_graph, matmul, pick, unary)
+from . import graph as _graph
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
@@ -53,6 +54,11 @@ def ones(shape: Any) -> Expression:
 
 def parameter(p: Parameter) -> Expression:
     """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
+    g = _graph._current
+    if g is not None and g.alive:  # the usual case, once per parameter and graph: one lookup
+        e = g._param_exprs.get(id(p))
+        if e is not None:
+            return e
     return p.to_expression()
 
 
