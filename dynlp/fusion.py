@@ -24,6 +24,7 @@ from .ops import SHARED, STACK, Op, Parts
 
 ABSORBED = -3          # `loc` of a node that a fused node computes
 MAX_REGION = 48        # nodes per fused region at most
+MAX_FUSED_OPS = 1024   # fused ops remembered across graphs at most (then forgotten, remade)
 _FUSED: dict[tuple, Op] = {}  # structure -> fused op, shared by all graphs
 
 
@@ -131,6 +132,10 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
     op = _FUSED.get(key)
     if op is not None:
         return op
+    if len(_FUSED) >= MAX_FUSED_OPS:
+        # (the structure holds static attributes: a constant that changes with every graph,
+        # `x * (1 / temperature)`, would otherwise make a new op per graph, kept for good)
+        _FUSED.clear()
     program = Program(steps, len(masks), masks)
     name = "fused(" + ",".join(step[0].name for step in steps) + ")"
     op = Op(name, shape=_fixed_shape(shape), forward=program.forward, vjp=program.vjp,

@@ -548,6 +548,13 @@ class Expression:
         g = self._live()
         return np.array(g.engine.gradient(self.i))
 
+    def plain(self) -> "Expression":
+        """This expression, kept as a node of its own: a fused softmax loss built on it
+        (`pick_neg_log_softmax(O @ h.plain(), y)`) reads its value rather than reading
+        through it to its inputs, so that `gradient()` answers for it."""
+        self._live().pinned.add(self.i)
+        return self
+
     # -- operators -------------------------------------------------------------------------------
     def __add__(self, other):
         return arith("add", self, other)
@@ -808,8 +815,10 @@ class Affine(Deferred):
             early = Affine(g, now, self.biases, self.out_shape)
             rest = Affine(g, late, (), self.out_shape)
             total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
+            if activation is None:
+                return total  # (this sum's own node: `gradient()` reads it as such)
             self._fused = True
-            out = total if activation is None else g.add(TABLE[activation], (total.i,))
+            out = g.add(TABLE[activation], (total.i,))
             self._read_by((out.i, activation, total.i))
             return out
         if len(late) == 1 and not self.biases and activation is None:
