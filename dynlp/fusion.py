@@ -158,23 +158,30 @@ class Fuser:
         self.g = graph
         self.upto = 0          # nodes below this one have been through the pass
         self.absorbed: dict[int, tuple[int, int]] = {}  # node -> (fused node, position)
+        # absorbed nodes that nodes built later read, not computed again yet: until they are,
+        # each forward searches the graph for what it needs (which computes them again)
+        self.read: set[int] = set()
         self.before = 0        # pending nodes that went through the pass
         # region structure (member signatures and wiring) -> (fused op, signature,
         # positions with batched attributes), or None for a region left unfused
         self.kinds: dict[tuple, tuple | None] = {}
 
     def run(self, targets: list[int]) -> bool:
-        """Fuse the pending nodes built since the last pass. Returns True when a new node reads
-        a node absorbed earlier (which must then be computed again, by the full search)."""
+        """Fuse the pending nodes built since the last pass. Returns True when a node reads
+        a node absorbed earlier that is not computed again yet (the full search does that)."""
         g = self.g
         lo, hi = self.upto, len(g.ops)
         self.upto = hi
-        if hi <= lo:
-            return False
         loc, args, ops, sigs = g.loc, g.args, g.ops, g.sigs
+        if self.read:  # (those still absorbed: a forward that did not need their readers)
+            self.read = {a for a in self.read if loc[a] == ABSORBED}
+        if hi <= lo:
+            return bool(self.read)
         uses = Counter(chain.from_iterable(args[lo:hi]))  # (counted in C)
         uses.update(targets)
         revived = bool(self.absorbed) and not uses.keys().isdisjoint(self.absorbed)
+        if revived:
+            self.read.update(set(chain.from_iterable(args[lo:hi])).intersection(self.absorbed))
         self.before += loc[lo:hi].count(-1)
         place = bytearray(hi - lo)    # 1: placed (a root, or in a region)
         pinned = g.pinned
@@ -237,7 +244,7 @@ class Fuser:
                     break
             if len(region) > 1:
                 fuse(region)
-        return revived
+        return revived or bool(self.read)
 
     def _fuse(self, region: list[int]) -> None:
         """Make the newest node of the region (its root) the region's fused node."""

@@ -90,3 +90,59 @@ def test_fused_ops_are_not_kept_for_every_constant_ever_seen():
         total.backward()
         assert g.stats()["nodes_after_fusion"] < g.stats()["nodes_before_fusion"]
     assert len(fusion._FUSED) <= 1024
+
+
+def test_a_constant_added_per_example_batches_as_without_fusion():
+    """`tanh(W @ h + x)` with x a constant of each step and sentence (a feature vector): the
+    constant is no shared bias of one node per step (which would batch with nothing), so the
+    steps of all sentences batch as they do unfused."""
+    pc = dn.ParameterCollection(seed=1, dtype=np.float64)
+    W = pc.add_parameters((8, 8))
+    batches = {}
+    for fuse in FUSES:
+        rng = np.random.default_rng(5)
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            losses = []
+            for _ in range(16):
+                h = g.leaf(np.zeros(8))
+                for _ in range(4):
+                    h = dn.tanh(W @ h + g.leaf(rng.normal(size=8)))
+                losses.append(dn.sum_elems(h))
+            value = dn.esum(losses).scalar_value()
+            batches[fuse] = g.stats()["forward_batches"]
+        batches[fuse, "value"] = value
+    assert batches[True] <= batches[False]
+    assert batches[True, "value"] == pytest.approx(batches[False, "value"], rel=1e-12)
+
+
+@pytest.mark.parametrize("fuse", FUSES)
+def test_gradient_of_a_sum_before_backward_raises(fuse):
+    """Before any backward, `gradient()` of a sum of products raises, as of any expression
+    (not zeros for a sum nothing has read yet)."""
+    _, W, _, b, _ = _params()
+    with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+        s = W @ g.leaf(np.ones(4)) + b
+        with pytest.raises(dn.GraphError, match="backward"):
+            s.gradient()
+
+
+@pytest.mark.parametrize("autobatch", [False, "agenda", "depth", "late"])
+def test_a_node_read_after_fusion_absorbed_it_and_a_forward_that_did_not_need_it(autobatch):
+    """`a` is fused into `c`'s node by c's forward; `n` reads `a`; a forward of something else
+    runs before n's: n's value is still computed from a (not from a node never computed)."""
+    values = {}
+    for fuse in FUSES:
+        with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+            x = g.leaf(np.linspace(-1.0, 1.0, 5))
+            a = dn.tanh(x) * 2.0
+            c = dn.sum_elems(dn.exp(a))
+            c.value()
+            n = a * 3.0
+            dn.sum_elems(x * x).value()
+            values[fuse] = n.npvalue()
+            loss = dn.sum_elems(n) + c
+            loss.backward()
+            values[fuse, "grad"] = x.gradient()
+    for fuse in (True, "regions"):
+        np.testing.assert_allclose(values[fuse], 6.0 * np.tanh(np.linspace(-1.0, 1.0, 5)))
+        np.testing.assert_allclose(values[fuse, "grad"], values[False, "grad"], rtol=1e-12)
