@@ -146,3 +146,93 @@ def test_a_node_read_after_fusion_absorbed_it_and_a_forward_that_did_not_need_it
     for fuse in (True, "regions"):
         np.testing.assert_allclose(values[fuse], 6.0 * np.tanh(np.linspace(-1.0, 1.0, 5)))
         np.testing.assert_allclose(values[fuse, "grad"], values[False, "grad"], rtol=1e-12)
+
+
+def _random_program(seed, fuse, autobatch):
+    """A program as a user might write one, drawn at random: products with parameters, sums,
+    biases, activations, elementwise ops, softmax losses (over hidden layers too), dropout,
+    `value()` and `g.forward` of what is built so far at any point. Returns the loss, the
+    parameters' gradients, the JVP along fixed directions, and every expression's value and
+    gradient (None where a fused node read it in place and `gradient()` says so)."""
+    pc = dn.ParameterCollection(seed=1, dtype=np.float64)
+    Ws = [pc.add_parameters((5, 5), name=f"W{i}") for i in range(3)]
+    bs = [pc.add_parameters((5,), name=f"b{i}") for i in range(2)]
+    out, c = pc.add_parameters((3, 5), name="O"), pc.add_parameters((3,), name="c")
+    rng = np.random.default_rng(seed)
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch, seed=2) as g:
+        pool = [g.leaf(rng.normal(size=5)) for _ in range(3)]
+        losses = []
+
+        def pick():
+            return pool[rng.integers(len(pool))]
+
+        def weight():
+            return Ws[rng.integers(3)]
+
+        for _ in range(40):
+            k = rng.integers(15)
+            if k == 0:
+                pool.append(weight() @ pick())
+            elif k == 1:
+                pool.append(weight() @ pick() + weight() @ pick())
+            elif k == 2:
+                pool.append(pick() + bs[rng.integers(2)])
+            elif k == 3:
+                pool.append([dn.tanh, dn.logistic, dn.rectify][rng.integers(3)](pick()))
+            elif k == 4:
+                pool.append(pick() * pick())
+            elif k == 5:
+                pool.append(pick() - pick() if rng.random() < 0.5 else -pick())
+            elif k == 6:
+                scores = out @ pick() + c if rng.random() < 0.5 else out @ pick()
+                losses.append(dn.pick_neg_log_softmax(scores, int(rng.integers(3))))
+            elif k == 7:
+                losses.append(dn.sum_elems(pick()))
+            elif k == 8:
+                pick().value()
+            elif k == 9 and len(losses) > 1:
+                chosen = rng.choice(len(losses), size=min(3, len(losses)), replace=False)
+                losses.append(dn.esum([losses[i] for i in chosen]))
+            elif k == 10:
+                g.forward([pick(), pick()])
+            elif k == 11:
+                pool.append(pick() * 0.5 + pick())
+            elif k == 12:
+                hidden = dn.tanh(weight() @ pick() + bs[0])
+                losses.append(dn.pick_neg_log_softmax(out @ hidden + c, int(rng.integers(3))))
+            elif k == 13:
+                pool.append(dn.dropout(pick(), 0.3))
+            elif k == 14:
+                hidden = dn.rectify(Ws[0] @ pick() + bs[1])
+                losses.append(dn.esum([dn.pick_neg_log_softmax(out @ hidden, j) for j in range(3)]))
+                pool.append(hidden)
+        loss = dn.esum(losses + [dn.sum_elems(pool[-1]) * 0.1])
+        value = loss.scalar_value()
+        tangent = dn.jvp(loss, {p: np.full(p.shape, 0.01 * (i + 1))
+                                for i, p in enumerate(pc.parameters())})
+        loss.backward()
+        grads = {p.name: p.grad_as_array() for p in pc.parameters()}
+        readings = []
+        for e in pool + losses:
+            try:
+                gradient = e.gradient()
+            except dn.GraphError:
+                gradient = None
+            readings.append((e.npvalue(), gradient))
+    return value, grads, tangent, readings
+
+
+@pytest.mark.parametrize("seed", [5, 7, 35, 36])  # (these failed before the fixes)
+def test_random_user_programs_fused_equal_unfused(seed):
+    want = _random_program(seed, False, False)
+    for fuse in (True, "regions"):
+        for autobatch in (False, "agenda", "depth", "late"):
+            got = _random_program(seed, fuse, autobatch)
+            assert got[0] == pytest.approx(want[0], rel=1e-10)
+            for name, grad in want[1].items():
+                np.testing.assert_allclose(got[1][name], grad, rtol=1e-8, atol=1e-10)
+            assert got[2] == pytest.approx(want[2], rel=1e-8, abs=1e-10)
+            for (value, gradient), (want_value, want_gradient) in zip(got[3], want[3]):
+                np.testing.assert_allclose(value, want_value, rtol=1e-10, atol=1e-12)
+                if gradient is not None:
+                    np.testing.assert_allclose(gradient, want_gradient, rtol=1e-8, atol=1e-10)
