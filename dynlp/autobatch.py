@@ -71,6 +71,7 @@ class Engine:
         self.bufs: list[np.ndarray] = []        # one output array per batch (leaves too)
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
+        self.hit: set[int] = set()  # the batches the last backward reached
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -581,7 +582,7 @@ class Engine:
             else:
                 gw[row:row + height, col:col + width] += dense
         numpy_time += time.perf_counter() - t0
-        self.grads = grads
+        self.grads, self.hit = grads, hit
         for node, param in g.node_params.items():
             dense = grads[loc[node] >> _SHIFT]
             if dense is not None:
@@ -642,7 +643,7 @@ class Engine:
         if absorbed is not None:  # the part that flowed through the fused node
             root, p = absorbed
             there = loc[root]
-            if there >= 0 and (there >> _SHIFT) < len(self.grads):
+            if there >= 0 and (there >> _SHIFT) in self.hit:  # (reached by the last backward)
                 cts = self.batches[there >> _SHIFT].attrs["residual"][2]
                 if cts is not None and cts[p] is not None:
                     total = total + cts[p][there & _ROW]

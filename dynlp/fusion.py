@@ -24,6 +24,7 @@ from .ops import SHARED, STACK, Op, Parts
 
 ABSORBED = -3          # `loc` of a node that a fused node computes
 MAX_REGION = 48        # nodes per fused region at most
+MAX_FUSED_OPS = 1024   # fused ops remembered across graphs at most (then forgotten, remade)
 _FUSED: dict[tuple, Op] = {}  # structure -> fused op, shared by all graphs
 
 
@@ -131,6 +132,10 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
     op = _FUSED.get(key)
     if op is not None:
         return op
+    if len(_FUSED) >= MAX_FUSED_OPS:
+        # (the structure holds static attributes: a constant that changes with every graph,
+        # `x * (1 / temperature)`, would otherwise make a new op per graph, kept for good)
+        _FUSED.clear()
     program = Program(steps, len(masks), masks)
     name = "fused(" + ",".join(step[0].name for step in steps) + ")"
     op = Op(name, shape=_fixed_shape(shape), forward=program.forward, vjp=program.vjp,
@@ -153,22 +158,29 @@ class Fuser:
         self.g = graph
         self.upto = 0          # nodes below this one have been through the pass
         self.absorbed: dict[int, tuple[int, int]] = {}  # node -> (fused node, position)
+        # absorbed nodes that nodes built later read, not computed again yet: until they are,
+        # each forward searches the graph for what it needs (which computes them again)
+        self.read: set[int] = set()
         # region structure (member signatures and wiring) -> (fused op, signature,
         # positions with batched attributes), or None for a region left unfused
         self.kinds: dict[tuple, tuple | None] = {}
 
     def run(self, targets: list[int]) -> bool:
-        """Fuse the pending nodes built since the last pass. Returns True when a new node reads
-        a node absorbed earlier (which must then be computed again, by the full search)."""
+        """Fuse the pending nodes built since the last pass. Returns True when a node reads
+        a node absorbed earlier that is not computed again yet (the full search does that)."""
         g = self.g
         lo, hi = self.upto, len(g.ops)
         self.upto = hi
-        if hi <= lo:
-            return False
         loc, args, ops, sigs = g.loc, g.args, g.ops, g.sigs
+        if self.read:  # (those still absorbed: a forward that did not need their readers)
+            self.read = {a for a in self.read if loc[a] == ABSORBED}
+        if hi <= lo:
+            return bool(self.read)
         uses = Counter(chain.from_iterable(args[lo:hi]))  # (counted in C)
         uses.update(targets)
         revived = bool(self.absorbed) and not uses.keys().isdisjoint(self.absorbed)
+        if revived:
+            self.read.update(set(chain.from_iterable(args[lo:hi])).intersection(self.absorbed))
         place = bytearray(hi - lo)    # 1: placed (a root, or in a region)
         pinned = g.pinned
         depths: dict[int, int] = {}
@@ -230,7 +242,7 @@ class Fuser:
                     break
             if len(region) > 1:
                 fuse(region)
-        return revived
+        return revived or bool(self.read)
 
     def _fuse(self, region: list[int]) -> None:
         """Make the newest node of the region (its root) the region's fused node."""

@@ -549,6 +549,13 @@ class Expression:
         g = self._live()
         return np.array(g.engine.gradient(self.i))
 
+    def plain(self) -> "Expression":
+        """This expression, kept as a node of its own: a fused softmax loss built on it
+        (`pick_neg_log_softmax(O @ h.plain(), y)`) reads its value rather than reading
+        through it to its inputs, so that `gradient()` answers for it."""
+        self._live().pinned.add(self.i)
+        return self
+
     # -- operators -------------------------------------------------------------------------------
     def __add__(self, other):
         return arith("add", self, other)
@@ -710,8 +717,8 @@ class Row(Deferred):
 
 class Affine(Deferred):
     """W1 @ x1 + W2 @ x2 + ... + b, kept as its terms while the user builds: `W @ x` with a
-    weight (a parameter or a constant) and `+` of such sums and of a bias (a parameter or a
-    constant of the result's shape) make no node. An activation (tanh, logistic, rectify) over
+    weight (a parameter or a constant) and `+` of such sums and of a bias (a parameter of the
+    result's shape) make no node. An activation (tanh, logistic, rectify) over
     it makes one `affine_transform` node; anything else reading it makes that node without
     the activation (or a `matmul` node for a lone product). `dn.Graph(fuse=False)` keeps
     products and sums as nodes of their own.
@@ -763,8 +770,9 @@ class Affine(Deferred):
             if other.g is not g:
                 return None
             node = other.i
-            if g.ops[node] not in (_PARAMETER, _INPUT) or g.shapes[node] != self.out_shape:
-                return None
+            if g.ops[node] is not _PARAMETER or g.shapes[node] != self.out_shape:
+                return None  # (a constant may be one per example: added by its own node, it
+                # batches; as the shared bias of affine_transform, it would not)
         else:
             node = g.param_nodes.get(id(other))
             if node is None and hasattr(other, "to_expression"):
@@ -812,8 +820,10 @@ class Affine(Deferred):
             rest = Affine(g, late, (), self.out_shape)
             total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
             g.folded -= 1  # (the add node stands for one of the sum's adds)
+            if activation is None:
+                return total  # (this sum's own node: `gradient()` reads it as such)
             self._fused = True
-            out = total if activation is None else g.add(TABLE[activation], (total.i,))
+            out = g.add(TABLE[activation], (total.i,))
             self._read_by((out.i, activation, total.i))
             return out
         if activation is None:
@@ -836,6 +846,8 @@ class Affine(Deferred):
         """d loss / d this sum, after `backward()`: from its own node if it has one, and from
         the nodes that read it (an activation's input, a larger sum)."""
         g = self._live()
+        if g.engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
         total = np.zeros(self.out_shape, g.dtype)
         if self._node >= 0:
             total = total + g.engine.gradient(self._node)
