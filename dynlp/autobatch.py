@@ -111,7 +111,8 @@ class Engine:
             n = pop()
             emit(n)
             for a in args[n]:
-                if loc[a] == -1 or loc[a] == ABSORBED:  # (an absorbed node is computed again)
+                la = loc[a]
+                if la == -1 or la == ABSORBED:  # (an absorbed node is computed again)
                     loc[a] = -2
                     push(a)
         out.sort()

@@ -805,8 +805,7 @@ class Affine(Deferred):
             return self.biases[0]
         if not self.biases:
             return g.zero_bias(self.out_shape[:1])
-        return g.add(TABLE["add"], self.biases[:2]).i if len(self.biases) == 2 else \
-            apply("esum", *[Expression(g, b) for b in self.biases]).i
+        return apply("esum", *[Expression(g, b) for b in self.biases]).i
 
     def close(self, activation: str | None) -> Expression:
         """The node f(self) for an activation f (or None)."""
@@ -818,7 +817,7 @@ class Affine(Deferred):
         if now:
             early = Affine(g, now, self.biases, self.out_shape)
             rest = Affine(g, late, (), self.out_shape)
-            total = g.add(TABLE["add"], (rest.close(None).i, early.close(None).i))
+            total = g.add(_ADD, (rest.close(None).i, early.close(None).i))
             g.folded -= 1  # (the add node stands for one of the sum's adds)
             if activation is None:
                 return total  # (this sum's own node: `gradient()` reads it as such)

@@ -38,7 +38,36 @@ class ModelSizeError(ValueError):
     """Adding a parameter would take a collection past its `max_bytes`."""
 
 
-class Parameter:
+class ExpressionOperators:
+    """Arithmetic on an object that stands for an expression: each operator delegates to
+    `self.expr()`, its expression in the current graph (a parameter's node)."""
+
+    def expr(self) -> Any:
+        raise NotImplementedError
+
+    def __add__(self, o):
+        return self.expr() + o
+
+    def __radd__(self, o):
+        return o + self.expr()
+
+    def __sub__(self, o):
+        return self.expr() - o
+
+    def __rsub__(self, o):
+        return o - self.expr()
+
+    def __mul__(self, o):
+        return self.expr() * o
+
+    def __rmul__(self, o):
+        return o * self.expr()
+
+    def __truediv__(self, o):
+        return self.expr() / o
+
+
+class Parameter(ExpressionOperators):
     """A trainable array. Usable wherever an expression is: `W @ x + b`.
 
     `W.value` is the live array itself (an attribute, not a method: trainers update it in
@@ -93,28 +122,6 @@ class Parameter:
 
     def set_updated(self, updated: bool) -> None:
         self.updated = updated
-
-    # operators delegate to this parameter's node in the current graph
-    def __add__(self, o):
-        return self.expr() + o
-
-    def __radd__(self, o):
-        return o + self.expr()
-
-    def __sub__(self, o):
-        return self.expr() - o
-
-    def __rsub__(self, o):
-        return o - self.expr()
-
-    def __mul__(self, o):
-        return self.expr() * o
-
-    def __rmul__(self, o):
-        return o * self.expr()
-
-    def __truediv__(self, o):
-        return self.expr() / o
 
     def __matmul__(self, o):
         return graph.matmul(self, o)

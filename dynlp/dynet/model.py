@@ -144,7 +144,7 @@ def _initializer(shape: tuple[int, ...], init: Any, is_lookup: bool, scale: floa
 
 
 # -- parameters -----------------------------------------------------------------------------------
-class Parameters:
+class Parameters(P.ExpressionOperators):
     """A DyNet parameter; usable in expressions directly (`W * x`) or through `expr()`."""
 
     is_lookup = False
@@ -243,28 +243,8 @@ class Parameters:
             raise P.ModelFileError(f"{fname}: no parameter {name!r}")
         _assign(self, entries[name][1], fname, name)
 
-    # an expression's operators, on this parameter's node in the current graph
-    def __add__(self, o):
-        return self.expr() + o
-
-    def __radd__(self, o):
-        return o + self.expr()
-
-    def __sub__(self, o):
-        return self.expr() - o
-
-    def __rsub__(self, o):
-        return o - self.expr()
-
-    def __mul__(self, o):
-        return self.expr() * o
-
-    def __rmul__(self, o):
-        return o * self.expr()
-
-    def __truediv__(self, o):
-        return self.expr() / o
-
+    # an expression's operators (P.ExpressionOperators), on this parameter's node in the
+    # current graph
     def __neg__(self):
         return -self.expr()
 
