@@ -72,6 +72,7 @@ class Engine:
         self.batches: list[Batch | None] = []   # None for a leaf
         self.grads: list[np.ndarray | None] | None = None
         self.hit: set[int] = set()  # the batches the last backward reached
+        self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -154,9 +155,7 @@ class Engine:
             pending = self._pending(targets)
         try:
             if self.strategy is None:
-                run = self._run
-                for n in pending:
-                    run([n])
+                self._run_each(pending)
             elif self.strategy == "late":
                 self._late(reversed(pending), targets)
             elif self.strategy == "depth":
@@ -402,6 +401,7 @@ class Engine:
         where = np.array(places, dtype=np.int64)
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
+        self.gathered.update(sources)
         sizes = [len(bufs[b]) for b in sources]
         if count <= 128 or count * 4 < sum(sizes):
             rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
@@ -447,6 +447,54 @@ class Engine:
             out, attrs["residual"] = out
         self.times["forward_numpy"] += time.perf_counter() - start
         self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
+
+    def _run_each(self, pending: list[int]) -> None:
+        """Autobatching off: each node on its own. Every array stored holds one row, so an
+        argument is read as it is stored, with no gather."""
+        g = self.g
+        ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
+        loc, bufs, batches = g.loc, self.bufs, self.batches
+        clock = time.perf_counter
+        numpy_time = 0.0
+        for n in pending:
+            op = ops[n]
+            args = all_args[n]
+            mask = op.mask(len(args))
+            if op.ragged is not None or mask is None:
+                self._run([n])
+                continue
+            xs = []
+            plans = []
+            for a, m in zip(args, mask):
+                here = loc[a]
+                b = here >> _SHIFT
+                buf = bufs[b]
+                if m == SHARED:
+                    xs.append(buf[here & _ROW])
+                    plans.append(a)
+                elif len(buf) == 1:
+                    xs.append(buf)
+                    plans.append(("slice", b, 0))
+                else:
+                    r = here & _ROW
+                    xs.append(buf[r:r + 1])
+                    plans.append(("slice", b, r))
+            static = attrs_of[n]
+            attrs = dict(static) if static else {}
+            if op.batched_attrs:
+                for j, name in enumerate(op.batched_attrs):
+                    attrs[name] = np.array([battrs_of[n][j]])
+            start = clock()
+            out = op.forward(*xs, **attrs)
+            numpy_time += clock() - start
+            if op.residual:
+                out, attrs["residual"] = out
+            loc[n] = len(bufs) << _SHIFT
+            bufs.append(out)
+            batches.append(Batch(op, [n], xs, plans, attrs, mask, op.vjp))
+        self.counts["forward_batches"] += len(pending)
+        self.counts["forward_nodes"] += len(pending)
+        self.times["forward_numpy"] += numpy_time
 
     def _store(self, out: np.ndarray, batch: Batch) -> None:
         """Keep a batch and its output; its nodes' values are the output's rows, in order."""
@@ -560,7 +608,21 @@ class Engine:
                     continue
                 kind = plan[0]
                 if kind == "slice":
-                    grad_of(plan[1])[plan[2]:plan[2] + len(ct)] += ct
+                    sb, r = plan[1], plan[2]
+                    t = grads[sb]
+                    if t is None and r == 0 and ct.shape == bufs[sb].shape:
+                        # the whole of a source batch, not reached before: a copy of the
+                        # cotangent is its gradient (no zeros to add it to)
+                        grads[sb] = ct.astype(bufs[sb].dtype)
+                        hit.add(sb)
+                    elif t is None:
+                        grad_of(sb)[r:r + len(ct)] += ct
+                    else:
+                        if r == 0 and len(ct) == len(t):
+                            t += ct
+                        else:
+                            t[r:r + len(ct)] += ct
+                        hit.add(sb)  # (t may be an arena's view, given before any was hit)
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
@@ -602,12 +664,7 @@ class Engine:
         (array, row offset of each batch by batch index), the arena and offset of each such
         batch, and an empty set (for the batches hit). Fills `grads` with the views."""
         bufs = self.bufs
-        sources: set[int] = set()
-        for batch in self.batches[:last + 1]:
-            if batch is not None:
-                for plan in batch.plans:
-                    if type(plan) is tuple and plan[0] == "multi":
-                        sources.update(plan[1])
+        sources = [b for b in self.gathered if b <= last]
         kinds: dict[tuple, list[int]] = {}
         for b in sorted(sources):
             buf = bufs[b]
@@ -649,6 +706,17 @@ class Engine:
                 if cts is not None and cts[p] is not None:
                     total = total + cts[p][there & _ROW]
         return total
+
+    def inner_gradient(self, node: int, p: int) -> np.ndarray | None:
+        """The cotangent that the last backward formed at position p of the program of fused
+        node `node` (None when none flowed there)."""
+        here = self.g.loc[node]
+        if here < 0 or (here >> _SHIFT) not in self.hit:
+            return None
+        cts = self.batches[here >> _SHIFT].attrs["residual"][2]
+        if cts is None or cts[p] is None:
+            return None
+        return cts[p][here & _ROW]
 
     def stats(self) -> dict:
         c, t = self.counts, self.times

@@ -38,22 +38,29 @@ class Program:
     its batched attributes) in topological order, the root last. A reference k >= 0 is outside
     argument k, a reference -1 - p is position p's value."""
 
-    __slots__ = ("steps", "nargs", "masks")
+    __slots__ = ("steps", "nargs", "masks", "plan")
 
     def __init__(self, steps: list[tuple], nargs: int, masks: tuple[str, ...]) -> None:
         self.steps = steps
         self.nargs = nargs
         self.masks = masks
+        # per position: (op, its static attributes as a dict or None when it has none and no
+        # batched ones, references, batched attribute names), looked up once
+        self.plan = [(op, dict(static) if static or bnames else None, refs, bnames)
+                     for op, static, refs, bnames in steps]
 
     def forward(self, *xs: np.ndarray, **attrs: Any) -> tuple[np.ndarray, list]:
         values: list[Any] = []
         residuals: list[Any] = []
-        for op, static, refs, bnames in self.steps:
+        for op, static, refs, bnames in self.plan:
             ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
-            a = dict(static)
-            for name, key in bnames:
-                a[name] = attrs[key]
-            out = op.forward(*ins, **a)
+            if static is None:
+                out = op.forward(*ins)
+            else:
+                a = dict(static)
+                for name, key in bnames:
+                    a[name] = attrs[key]
+                out = op.forward(*ins, **a)
             if op.residual:
                 out, res = out
             else:
@@ -66,23 +73,26 @@ class Program:
     def vjp(self, g: np.ndarray, out: np.ndarray, *xs: np.ndarray, residual: list,
             **attrs: Any) -> list:
         values, residuals = residual[0], residual[1]
-        steps = self.steps
-        cts: list[Any] = [None] * len(steps)
+        plan = self.plan
+        cts: list[Any] = [None] * len(plan)
         cts[-1] = g
         outside: list[Any] = [None] * self.nargs
         masks = self.masks
-        for p in range(len(steps) - 1, -1, -1):
+        for p in range(len(plan) - 1, -1, -1):
             c = cts[p]
             if c is None:
                 continue
-            op, static, refs, bnames = steps[p]
+            op, static, refs, bnames = plan[p]
             ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
-            a = dict(static)
-            for name, key in bnames:
-                a[name] = attrs[key]
-            if op.residual:
-                a["residual"] = residuals[p]
-            parts = op.vjp(c, values[p], *ins, **a)
+            if static is None and not op.residual:
+                parts = op.vjp(c, values[p], *ins)
+            else:
+                a = {} if static is None else dict(static)
+                for name, key in bnames:
+                    a[name] = attrs[key]
+                if op.residual:
+                    a["residual"] = residuals[p]
+                parts = op.vjp(c, values[p], *ins, **a)
             for r, ct in zip(refs, parts):
                 if ct is None:
                     continue
@@ -144,6 +154,47 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
             doc="a region of nodes fused by the engine")
     op.program = program
     _FUSED[key] = op
+    return op
+
+
+_POINTWISE: dict[tuple, Op] = {}  # postfix program -> fused op, shared by all graphs
+
+
+def _same_shape(*shapes: tuple[int, ...], **attrs: Any) -> tuple[int, ...]:
+    return shapes[0]
+
+
+def pointwise_op(tokens: tuple, arity: dict) -> Op:
+    """The fused op of an elementwise expression written in postfix: `tokens` holds None for
+    an argument (the next one, in order) and, for an op, the op (or (op, static attrs)), which
+    takes the `arity[op]` values before it. Its rules are a `Program` over the ops' own; its
+    arguments all have the output's shape and stack. Made once per program."""
+    op = _POINTWISE.get(tokens)
+    if op is not None:
+        return op
+    if len(_POINTWISE) >= MAX_FUSED_OPS:
+        _POINTWISE.clear()
+    steps: list[tuple] = []
+    stack: list[int] = []
+    nargs = 0
+    for token in tokens:
+        if token is None:
+            stack.append(nargs)
+            nargs += 1
+            continue
+        prim, static = (token, ()) if type(token) is Op else token
+        n = arity[prim]
+        refs = tuple(stack[-n:])
+        del stack[-n:]
+        steps.append((prim, static, refs, ()))
+        stack.append(-len(steps))  # (the reference -1 - p of position p)
+    masks = (STACK,) * nargs
+    program = Program(steps, nargs, masks)
+    op = Op("fused(" + ",".join(step[0].name for step in steps) + ")", shape=_same_shape,
+            forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
+            cost=1, residual=True, doc="an elementwise expression fused while building")
+    op.program = program
+    _POINTWISE[tokens] = op
     return op
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .fusion import pointwise_op
 from .ops import SHARED, TABLE, Op
 from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
@@ -29,7 +30,16 @@ _CONCATENATE_RANGES = TABLE["concatenate_ranges"]
 _AFFINE = TABLE["affine_transform"]
 _MLP_LOSS = TABLE["mlp_pick_neg_log_softmax"]
 _ADD = TABLE["add"]
+_NEG = TABLE["neg"]
 _CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
+# elementwise ops that fusion while building composes (`Pointwise`), with their arities
+_ARITY = {TABLE[name]: 1 for name in (
+    "neg", "exp", "log", "sqrt", "square", "cube", "abs", "sin", "cos", "tanh", "logistic",
+    "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const")}
+_ARITY.update({TABLE[name]: 2 for name in ("add", "mul", "div")})
+_BINARY_TOKENS = {name: (None, None, TABLE[name]) for name in ("add", "mul", "div")}
+_LEAF = (None,)
+MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
 
 
@@ -145,6 +155,7 @@ class Graph:
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
+        self.pointwise: dict[int, Any] = {}  # fused elementwise node -> its Pointwise
         self.folded = 0  # ops that fusion while building kept out of the graph (`stats()`)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
@@ -188,6 +199,7 @@ class Graph:
             self._push_args = self.args.append
             self._memo, self._templates, self._info = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
+            self.pointwise = {}
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -196,6 +208,11 @@ class Graph:
     def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
             battrs: tuple | None = None) -> "Expression":
         """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
+        return Expression(self, self.add_node(op, args, attrs, battrs))
+
+    def add_node(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
+                 battrs: tuple | None = None) -> int:
+        """`add`, returning the new node's index."""
         shapes = self.shapes
         count = len(args)
         if count == 1:
@@ -234,7 +251,7 @@ class Graph:
         shapes.append(shape)
         self._push_sig(sig)
         self._push_loc(-1)
-        return Expression(self, node)
+        return node
 
     def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int] | None, state: int,
                   battrs: Sequence[tuple] | None = None) -> list[int]:
@@ -247,11 +264,11 @@ class Graph:
         count = len(battrs) if xs is None else len(xs)
         if not count:
             return out
-        add, shapes = self.add, self.shapes
+        add, shapes = self.add_node, self.shapes
 
         def step(k: int, previous: int) -> int:
             args = shared + (previous,) if xs is None else shared + (xs[k], previous)
-            return add(op, args, (), None if battrs is None else battrs[k]).i
+            return add(op, args, (), None if battrs is None else battrs[k])
 
         first = step(0, state)
         out.append(first)
@@ -705,7 +722,7 @@ class Row(Deferred):
 
     def _materialize(self) -> int:
         g = self._live()
-        return g.add(_LOOKUP, (self.table,), (), g.single(self.index)).i
+        return g.add_node(_LOOKUP, (self.table,), (), g.single(self.index))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -868,6 +885,127 @@ class Affine(Deferred):
         return total
 
 
+class Pointwise(Deferred):
+    """An elementwise expression over nodes (`+`, `*`, `/`, `-`, tanh, logistic, rectify, exp,
+    ... and arithmetic with constants, on operands of one shape), kept as a postfix program
+    while the user builds: the node it makes when read is one fused node whose rules compose
+    the op table's (`fusion.pointwise_op`), so that a cell written op by op (an LSTM's or
+    Tree-LSTM's `c = i * u + f * c1`, `h = o * tanh(c)`) is two nodes, not seven, and batches
+    across examples as one. A lone op makes its own primitive node. The first expression built
+    on a Pointwise takes its program in (and computes it again if its own node is made too:
+    cheap elementwise work); any later one reads its node: so `c`, read by `tanh(c)` in its
+    own cell and by the parent's cell, is not recomputed inside the parent's, whose program
+    then does not depend on the shape of the tree below.
+
+    `value()` and `gradient()` answer as for a plain node: the gradient of an expression read
+    inside fused nodes sums what flowed through each of them."""
+
+    __slots__ = ("tokens", "leaves", "kids", "out_shape", "taken")
+
+    def __init__(self, g: Graph, tokens: tuple, leaves: tuple, kids: tuple,
+                 shape: tuple[int, ...]) -> None:
+        self.g = g
+        self.taken = False      # an expression built on it has taken its program in
+        self.tokens = tokens    # postfix: None for the next leaf, else an op or (op, attrs)
+        self.leaves = leaves    # argument nodes, in the order the tokens read them
+        self.kids = kids        # the Pointwise operands composed in (None for a leaf)
+        self.out_shape = shape
+        self._node = -1
+        self._fused = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.out_shape
+
+    def _what(self) -> str:
+        names = [t.name if type(t) is Op else t[0].name for t in self.tokens if t is not None]
+        return " ".join(names) + f" over nodes {list(self.leaves)}"
+
+    def _materialize(self) -> int:
+        g = self._live()
+        tokens, leaves = self.tokens, self.leaves
+        g.folded -= 1  # (the node stands for one of the ops)
+        if len(tokens) == len(leaves) + 1:  # one op: its own primitive
+            last = tokens[-1]
+            if type(last) is Op:
+                return g.add_node(last, leaves)
+            return g.add_node(last[0], leaves, last[1])
+        node = g.add_node(pointwise_op(tokens, _ARITY), leaves)
+        g.pointwise[node] = self
+        return node
+
+    def _steps_of(self, target: "Pointwise", base: int, out: list) -> None:
+        """Program positions at which target's result is formed within this expression's
+        program, whose positions start at `base`."""
+        end = base + len(self.tokens) - len(self.leaves)  # (one past this root's position)
+        if self is target:
+            out.append(end - 1)
+        for kid in self.kids:
+            if kid is not None:
+                kid._steps_of(target, base, out)
+                base += len(kid.tokens) - len(kid.leaves)
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this expression, after `backward()`: from its own node if it has one,
+        and from the fused nodes that computed it inside."""
+        g = self._live()
+        engine = g.engine
+        if engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        total = np.zeros(self.out_shape, g.dtype)
+        if self._node >= 0:
+            total = total + engine.gradient(self._node)
+        for node, root in g.pointwise.items():
+            if node == self._node:
+                continue
+            steps: list[int] = []
+            root._steps_of(self, 0, steps)
+            for p in steps:
+                ct = engine.inner_gradient(node, p)
+                if ct is not None:
+                    total = total + ct
+        return total
+
+
+def _operand(x: Any) -> tuple:
+    """(tokens, leaves, kid) of an operand of a Pointwise being built: its program when it is
+    a Pointwise no expression has taken in yet, else its node as one leaf."""
+    if type(x) is Pointwise and x._node < 0 and not x.taken:
+        return x.tokens, x.leaves, x
+    return _LEAF, (x.i,), None
+
+
+def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointwise":
+    """token (an op, or (op, attrs)) over x, as a Pointwise."""
+    tx, lx, kx = _operand(x)
+    if len(tx) >= MAX_POINTWISE_TOKENS:
+        tx, lx, kx = _LEAF, (x.i,), None
+    if kx is not None:
+        kx.taken = True
+    g.folded += 1
+    return Pointwise(g, tx + (token,), lx, (kx,), shape)
+
+
+def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
+    """token (a binary op) over x and y of one shape, as a Pointwise."""
+    tx, lx, kx = _operand(x)
+    ty, ly, ky = _operand(y)
+    if len(tx) + len(ty) >= MAX_POINTWISE_TOKENS:  # the longer operand becomes a node
+        if len(tx) >= len(ty):
+            tx, lx, kx = _LEAF, (x.i,), None
+        else:
+            ty, ly, ky = _LEAF, (y.i,), None
+        if len(tx) + len(ty) >= MAX_POINTWISE_TOKENS:
+            tx, lx, kx = _LEAF, (x.i,), None
+            ty, ly, ky = _LEAF, (y.i,), None
+    if kx is not None:
+        kx.taken = True
+    if ky is not None:
+        ky.taken = True
+    g.folded += 1
+    return Pointwise(g, tx + ty + (token,), lx + ly, (kx, ky), shape)
+
+
 class AffineLoss(Deferred):
     """pick_neg_log_softmax(W @ h + b, label), deferred (the scores `W @ h + b` an Affine of one
     product): `dn.esum` of such losses over the same weights (a sentence's words, a tree's
@@ -927,7 +1065,8 @@ class AffineLoss(Deferred):
     def _materialize(self) -> int:
         g = self._live()
         g.folded -= 1
-        return g.add(_MLP_LOSS, (self.x,) + self.layers, self._attrs(), g.single(self.label)).i
+        return g.add_node(_MLP_LOSS, (self.x,) + self.layers, self._attrs(),
+                          g.single(self.label))
 
     @staticmethod
     def fuse_sum(terms: Sequence[Any]) -> Expression | None:
@@ -999,7 +1138,13 @@ def unary(name: str, x: Any) -> Expression:
     if type(x) is Affine and name in _CLOSING:
         return x.close(name)
     if isinstance(x, Expression):
-        return x._live().add(TABLE[name], (x.i,))
+        g = x.g
+        if not g.alive:
+            g._check_alive()
+        op = TABLE[name]
+        if g.fuse is True and op in _ARITY:
+            return _pointwise1(g, op, x, x.shape)
+        return g.add(op, (x.i,))
     return apply(name, x)
 
 
@@ -1009,8 +1154,23 @@ def _is_const(x: Any) -> bool:
 
 def arith(kind: str, x: Any, y: Any) -> Expression:
     """x + y, x - y, x * y, x / y with Python or numpy constants allowed on either side."""
-    if type(x) is Expression and type(y) is Expression and x.g is y.g and kind != "sub":
-        return x._live().add(TABLE[kind], (x.i, y.i))
+    tx, ty = type(x), type(y)
+    if (tx is Expression or tx is Pointwise) and (ty is Expression or ty is Pointwise) and \
+            x.g is y.g:
+        g = x.g
+        if not g.alive:
+            g._check_alive()
+        if g.fuse is True:
+            shape = x.out_shape if tx is Pointwise else g.shapes[x.i]
+            if shape == (y.out_shape if ty is Pointwise else g.shapes[y.i]):
+                if tx is Expression and ty is Expression and kind != "sub":
+                    g.folded += 1
+                    return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), shape)
+                if kind == "sub":
+                    return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, shape), shape)
+                return _pointwise2(g, TABLE[kind], x, y, shape)
+        if tx is Expression and ty is Expression and kind != "sub":
+            return g.add(TABLE[kind], (x.i, y.i))
     if kind == "add":
         if type(x) is Affine:
             total = x.plus(y)
@@ -1039,12 +1199,20 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
         if kind == "mul":
             return _const_op("mul_const", y, c)
         return _const_op("mul_const", _const_op("pow_const", y, -1.0), c)
+    if isinstance(x, Expression) and isinstance(y, Expression) and x.g is y.g and \
+            x.g.fuse is True and x.shape == y.shape:
+        g = x._live()
+        if kind == "sub":
+            return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, y.shape), x.shape)
+        return _pointwise2(g, TABLE[kind], x, y, x.shape)
     if kind == "sub":
         return apply("add", x, unary("neg", y))
     return apply(kind, x, y)
 
 
 def _const_op(name: str, x: Any, c: float) -> Expression:
+    if isinstance(x, Expression) and x.g.fuse is True:
+        return _pointwise1(x._live(), (TABLE[name], (("c", c),)), x, x.shape)
     return apply(name, x, attrs=(("c", c),))
 
 

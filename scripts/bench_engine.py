@@ -1,5 +1,7 @@
 """Engine overhead per node: build, forward and backward a long chain of small ops, beside the
-bare numpy calls that do the same arithmetic, measured in the same run.
+bare numpy calls that do the same arithmetic, measured in the same run. The engine rows build
+with fusion off (one node per op); the last dynlp row fuses while building (the chain's
+elementwise ops become a few fused nodes) and is given per op written, like the others.
 
     python scripts/bench_engine.py [--nodes 20000] [--dim 8] [--repeats 5]
 """
@@ -15,11 +17,11 @@ import numpy as np
 import dynlp as dn
 
 
-def chain(n: int, dim: int, autobatch) -> dict:
-    """x -> tanh(x) * c + x ... : n small nodes in one dependent chain (nothing to batch)."""
+def chain(n: int, dim: int, autobatch, fuse: bool = False) -> dict:
+    """x -> tanh(x) * c + x ... : n small ops in one dependent chain (nothing to batch)."""
     x0 = np.random.default_rng(0).normal(size=dim).astype(np.float32)
     t0 = time.perf_counter()
-    with dn.Graph(autobatch=autobatch) as g:
+    with dn.Graph(autobatch=autobatch, fuse=fuse) as g:
         x = dn.inputs(x0)
         h = x
         for i in range(n // 3):
@@ -30,7 +32,7 @@ def chain(n: int, dim: int, autobatch) -> dict:
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
-        nodes = len(g)
+        nodes = g.stats()["nodes_before_fusion"]
     return {"nodes": nodes, "build": t1 - t0, "forward": t2 - t1, "backward": t3 - t2}
 
 
@@ -68,6 +70,7 @@ def main() -> None:
     rows = {}
     for label, fn in (("dynlp autobatch", lambda: chain(args.nodes, args.dim, True)),
                       ("dynlp no batching", lambda: chain(args.nodes, args.dim, False)),
+                      ("dynlp fused, off", lambda: chain(args.nodes, args.dim, False, True)),
                       ("bare numpy", lambda: bare_numpy(args.nodes, args.dim))):
         runs = [fn() for _ in range(args.repeats)]
         rows[label] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}

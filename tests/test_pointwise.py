@@ -1,0 +1,217 @@
+"""Elementwise fusion while building (`Pointwise`, on by default): an expression written from
+`+`, `-`, `*`, `/`, elementwise functions and constants is one node when read, with the values,
+gradients and JVPs of the unfused graph (float64, every strategy); what a user reads of an
+intermediate expression keeps its value and gradient; cells written op by op batch across
+examples; long expressions are split."""
+
+import numpy as np
+import pytest
+
+import dynlp as dn
+from dynlp.graph import _ARITY, MAX_POINTWISE_TOKENS, Pointwise
+
+from test_autobatch import MODES
+
+UNARY = sorted(op.name for op, n in _ARITY.items() if n == 1 and not op.name.endswith("_const"))
+POSITIVE = {"log", "sqrt"}
+
+
+def _unary_chain(name, autobatch, fuse):
+    """Per example: name(x * 0.5 + 1.5) * y - x / y, summed: every op of the chain fusible."""
+    rng = np.random.default_rng(4)
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, fuse=fuse) as g:
+        xs, terms = [], []
+        for _ in range(3):
+            x = dn.inputs(rng.uniform(0.2, 0.9, size=4))
+            y = dn.inputs(rng.uniform(0.5, 1.5, size=4))
+            xs += [x, y]
+            inner = x * 0.5 + 1.5 if name in POSITIVE else x * 0.5 - 0.25
+            z = getattr(dn, {"abs": "absolute"}.get(name, name))(inner) * y - x / y
+            terms.append(dn.sum_elems(dn.square(z) + (z ** 2.0) * 0.1))
+        loss = dn.esum(terms)
+        loss.backward()
+        grads = [x.gradient() for x in xs]
+        directions = {x: rng.normal(size=x.shape) for x in xs}
+        return loss.scalar_value(), grads, dn.jvp(loss, directions), g.stats()
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_fused_elementwise_chains_equal_unfused(name):
+    want = _unary_chain(name, False, False)
+    for autobatch in MODES:
+        got = _unary_chain(name, autobatch, True)
+        assert got[0] == pytest.approx(want[0], rel=1e-12)
+        for a, b in zip(got[1], want[1]):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+        assert got[2] == pytest.approx(want[2], rel=1e-10)
+        stats = got[3]
+        assert stats["nodes_before_fusion"] == want[3]["nodes"]
+        assert stats["nodes_after_fusion"] < stats["nodes_before_fusion"]
+
+
+def _tree_cell(P, left, right):
+    """The DyNet benchmark's binary Tree-LSTM cell, written op by op."""
+    Ui, Uo, Uu, Uf1, Uf2, bi, bo, bu, bf = P
+    (h1, c1), (h2, c2) = left, right
+    e = dn.concatenate([h1, h2])
+    i = dn.logistic(Ui @ e + bi)
+    o = dn.logistic(Uo @ e + bo)
+    f1 = dn.logistic(Uf1 @ h1 + bf)
+    f2 = dn.logistic(Uf2 @ h2 + bf)
+    u = dn.tanh(Uu @ e + bu)
+    c = i * u + f1 * c1 + f2 * c2
+    return o * dn.tanh(c), c
+
+
+def _leaf_cell(P, W, x):
+    Wi, Wo, Wu = W
+    bi, bo, bu = P[5:8]
+    i = dn.logistic(Wi @ x + bi)
+    o = dn.logistic(Wo @ x + bo)
+    u = dn.tanh(Wu @ x + bu)
+    c = i * u
+    return o * dn.tanh(c), c
+
+
+def _trees(fuse, autobatch="late"):
+    dim = 3
+    pc = dn.ParameterCollection(seed=2, dtype=np.float64)
+    P = [pc.add_parameters(s, init="normal", scale=0.5) for s in
+         [(dim, 2 * dim)] * 3 + [(dim, dim)] * 2 + [(dim,)] * 4]
+    W = [pc.add_parameters((dim, dim), init="normal", scale=0.5) for _ in range(3)]
+    O = pc.add_parameters((2, dim))  # noqa: E741
+    rng = np.random.default_rng(6)
+
+    def tree(depth):  # random binary trees of up to `depth` levels
+        if depth == 0 or rng.random() < 0.3:
+            return _leaf_cell(P, W, dn.inputs(rng.normal(size=dim)))
+        return _tree_cell(P, tree(depth - 1), tree(depth - 1))
+
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+        roots = [tree(4) for _ in range(6)]
+        loss = dn.esum([dn.pick_neg_log_softmax(O @ h, k % 2) for k, (h, _) in
+                        enumerate(roots)])
+        loss.backward()
+        return (loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()], g.stats(),
+                {g.ops[n].name for n in range(len(g))})
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_a_tree_lstm_written_op_by_op_equals_unfused(autobatch):
+    v0, g0, s0, _ = _trees(False, autobatch)
+    v1, g1, s1, names = _trees(True, autobatch)
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert s1["nodes_before_fusion"] == s0["nodes"] + 1  # (+ the fused loss's zero bias)
+    assert s1["nodes_after_fusion"] < 0.7 * s0["nodes"]
+    if autobatch:
+        assert s1["forward_batches"] < s0["forward_batches"]
+
+
+def test_cells_are_two_fused_nodes_whatever_the_tree_below():
+    """c = i * u + f1 * c1 + f2 * c2 and h = o * tanh(c): one node each; the parent's cell reads
+    its children's c as nodes (not their programs), so every internal cell has the same two
+    fused ops, which batch across trees."""
+    _, _, _, names = _trees(True)
+    fused = {n for n in names if n.startswith("fused(")}
+    assert fused == {"fused(mul,mul,add,mul,add)", "fused(mul,mul,add,mul,add,tanh,mul)",
+                          "fused(mul,tanh,mul)"}
+
+
+def test_intermediate_expressions_keep_their_values_and_gradients():
+    """An expression taken into a fused node, then read again (its own node), or never read
+    itself: value() and gradient() answer as without fusion."""
+    rng = np.random.default_rng(8)
+    a0, b0, c0 = rng.normal(size=(3, 4))
+
+    def run(fuse):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            a, b, c = dn.inputs(a0), dn.inputs(b0), dn.inputs(c0)
+            ab = a * b                   # taken into t below, and read again by `late`
+            t = dn.tanh(ab + c)          # taken into y
+            y = dn.logistic(t) * t       # t read twice inside one program
+            late = ab * 3.0
+            loss = dn.sum_elems(y) + dn.sum_elems(late * c)
+            loss.backward()
+            return ([e.value() for e in (ab, t, y, late)],
+                    [e.gradient() for e in (a, b, c, ab, t, y, late)])
+
+    (v0, g0), (v1, g1) = run(False), run(True)
+    for x, y in zip(v1 + g1, v0 + g0):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_of_an_expression_fused_into_several_nodes():
+    with dn.Graph(dtype=np.float64):
+        x = dn.inputs(np.array([0.3, -0.2]))
+        u = dn.exp(x) * 2.0
+        v = dn.tanh(u)          # takes u's program
+        w = u * u               # reads u's node
+        loss = dn.sum_elems(v) + dn.sum_elems(w)
+        loss.backward()
+        assert type(u) is Pointwise
+        e = 2 * np.exp([0.3, -0.2])
+        np.testing.assert_allclose(u.gradient(), (1 - np.tanh(e) ** 2) + 2 * e, rtol=1e-12)
+        np.testing.assert_allclose(x.gradient(), ((1 - np.tanh(e) ** 2) + 2 * e) * e,
+                                   rtol=1e-12)
+
+
+def test_long_expressions_are_split_and_stay_exact():
+    rng = np.random.default_rng(9)
+    x0 = rng.uniform(-1, 1, size=5)
+
+    def run(fuse):
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            x = dn.inputs(x0)
+            h = x
+            for _ in range(100):
+                h = dn.tanh(h) * 0.9 + x
+            loss = dn.sum_elems(h)
+            loss.backward()
+            return loss.scalar_value(), x.gradient(), len(g)
+
+    (v0, g0, n0), (v1, g1, n1) = run(False), run(True)
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    np.testing.assert_allclose(g1, g0, rtol=1e-10)
+    assert n1 < n0 // 10
+    assert n1 >= 300 // MAX_POINTWISE_TOKENS
+
+
+def test_broadcasting_operands_and_fusion_off_build_primitive_nodes():
+    with dn.Graph() as g:
+        v = dn.inputs(np.ones(3))
+        m = dn.inputs(np.ones((3, 2)))
+        s = v * m + m            # shapes differ: a primitive node, then fusion goes on
+        assert s.shape == (3, 2)
+        np.testing.assert_allclose(s.value(), 2 * np.ones((3, 2)))
+    with dn.Graph(fuse=False) as g:
+        x = dn.inputs(np.ones(3))
+        y = dn.tanh(x * x + x)
+        assert type(y) is dn.Expression and len(g) == 4
+
+
+def test_a_lone_op_is_its_primitive_node():
+    with dn.Graph() as g:
+        x, y = dn.inputs(np.ones(2)), dn.inputs(np.ones(2))
+        z = x * y
+        z.forward()
+        assert g.ops[z.i].name == "mul"
+        assert g.stats()["nodes_before_fusion"] == g.stats()["nodes_after_fusion"] == 3
+
+
+def test_an_ended_graph_refuses_elementwise_expressions():
+    with dn.Graph():
+        x = dn.inputs(np.ones(2))
+        y = x * x
+    with pytest.raises(dn.GraphError):
+        x * x
+    with pytest.raises(dn.GraphError):
+        dn.tanh(y)
+
+
+def test_gradcheck_through_fused_elementwise_nodes():
+    def f(a, b):
+        c = a * b + dn.logistic(a) * 0.5
+        return dn.sum_elems(b * dn.tanh(c) - c / (b * b + 1.0))
+    dn.gradcheck(f, np.array([0.2, -0.4, 0.9]), np.array([1.1, 0.3, -0.7]))
