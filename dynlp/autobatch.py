@@ -210,33 +210,45 @@ class Engine:
                 if loc[a] < 0 and height[a] < up:
                     height[a] = up
             needed.append(n)
-        early, could = self._early(needed, height)
+        could, chosen = self._early(needed, height)
         # Early nodes run first, level by level from what is computed; the others as late as
         # their consumers allow. A costly node whose inputs are all computed (depth 0 among
-        # what could run early) runs first too.
-        for n in needed:
-            d = early.get(n)
-            if d is not None:
-                groups[first + (d << _SHIFT) + sigs[n]].append(n)
-            elif ops[n].cost != 1 and (could.get(n) == 0 or ops[n].batch is None and all(
+        # what could run early) runs first too. (Oldest first: each group comes out sorted.)
+        early: dict[int, int] = {}
+        get = early.get
+        for n in reversed(needed):
+            op = ops[n]
+            s = sigs[n]
+            if n in could and (op.cost == 1 or s in chosen):
+                d = 0
+                for a in args[n]:
+                    if loc[a] < 0:
+                        da = get(a)
+                        if da is None:
+                            break
+                        if da >= d:
+                            d = da + 1
+                else:
+                    early[n] = d
+                    groups[first + (d << _SHIFT) + s].append(n)
+                    continue
+            if op.cost != 1 and (could.get(n) == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
-                groups[first + sigs[n]].append(n)
+                groups[first + s].append(n)
             else:
-                groups[(-height[n] << _SHIFT) + sigs[n]].append(n)
-        for nodes in groups.values():
-            if len(nodes) > 1 and nodes[0] > nodes[-1]:
-                nodes.sort()
+                groups[(-height[n] << _SHIFT) + s].append(n)
         run = self._run
         for key in sorted(groups):
             run(groups[key])
 
-    def _early(self, needed: list[int], height: list[int]) -> tuple[dict, dict]:
-        """The needed nodes (newest first) that run before the late levels, with their depth among
-        them, and those that could (all that are batchable, with inputs computed or that could run
-        early themselves), with theirs. Those that do are nodes whose inputs are computed or early
-        themselves, of cheap ops (op cost 1: concatenations, masks, sums) and of the costly
-        signatures whose nodes could all run early and take at most 4/5 as many levels by depth as
-        by height (so they batch in fewer, larger batches early than late). A parser's word and tag
+    def _early(self, needed: list[int], height: list[int]) -> tuple[dict, set]:
+        """Of the needed nodes (newest first), those that could run before the late levels (all
+        that are batchable, with inputs computed or that could run early themselves), with their
+        depth among them, and the costly signatures chosen to run early. Those that do (`_late`)
+        are nodes whose inputs are computed or early themselves, of cheap ops (op cost 1:
+        concatenations, masks, sums) and of the costly signatures whose nodes could all run early
+        and take at most 4/5 as many levels by depth as by height (so they batch in fewer, larger
+        batches early than late). A parser's word and tag
         embeddings concatenated are one batch, not one per LSTM step; a tagger's character LSTMs,
         whose words sit at every height of the sentence's BiLSTM, run aligned by character; the
         first level of a stacked BiLSTM, whose steps feed the second level's two directions at
@@ -249,7 +261,6 @@ class Engine:
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
-        eligible = []  # the nodes of `could`, oldest first
         for n in reversed(needed):
             d = 0
             for a in args[n]:
@@ -263,7 +274,6 @@ class Engine:
             cheap = ops[n].cost == 1
             if d >= 0 and ops[n].batch is not None:
                 could[n] = d
-                eligible.append(n)
                 if cheap:
                     continue
                 s = sigs[n]
@@ -276,22 +286,7 @@ class Engine:
                 barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
-        early: dict[int, int] = {}
-        get = early.get
-        for n in eligible:
-            if ops[n].cost != 1 and sigs[n] not in chosen:
-                continue
-            d = 0
-            for a in args[n]:
-                if loc[a] < 0:
-                    da = get(a)
-                    if da is None:
-                        break
-                    if da >= d:
-                        d = da + 1
-            else:
-                early[n] = d
-        return early, could
+        return could, chosen
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""
@@ -420,6 +415,9 @@ class Engine:
         if op.ragged is not None:
             self._run_ragged(op, nodes)
             return
+        if len(nodes) == 1:
+            self._run_each(nodes)
+            return
         node_args = g.args[n0]
         mask = op.mask(len(node_args)) or ("stack",) * len(node_args)
         loc, bufs = g.loc, self.bufs
@@ -460,9 +458,11 @@ class Engine:
             op = ops[n]
             args = all_args[n]
             mask = op.mask(len(args))
-            if op.ragged is not None or mask is None:
-                self._run([n])
+            if op.ragged is not None:
+                self._run_ragged(op, [n])
                 continue
+            if mask is None:
+                mask = ("stack",) * len(args)
             xs = []
             plans = []
             for a, m in zip(args, mask):
@@ -587,20 +587,20 @@ class Engine:
             else:
                 grad_of(pb)[pr] += ct
 
+        clock = time.perf_counter
+        count = 0
         for b in range(last, -1, -1):
-            gout = grads[b]
             batch = batches[b]
             if batch is None or b not in hit:
                 continue
-            t0 = time.perf_counter()
-            cts = batch.vjp(gout, bufs[b], *batch.xs, **batch.attrs)
-            numpy_time += time.perf_counter() - t0
-            self.counts["backward_batches"] += 1
-            for k, ct in enumerate(cts):
+            t0 = clock()
+            cts = batch.vjp(grads[b], bufs[b], *batch.xs, **batch.attrs)
+            numpy_time += clock() - t0
+            count += 1
+            for ct, plan, m in zip(cts, batch.plans, batch.mask):
                 if ct is None:
                     continue
-                plan = batch.plans[k]
-                if batch.mask[k] == SHARED:
+                if m == SHARED:
                     # (a loop here, not recursion in to_shared: a closure that calls itself is
                     # a reference cycle, which would keep every gradient alive until the GC)
                     for part in ct.parts if type(ct) is Parts else (ct,):
@@ -632,6 +632,7 @@ class Engine:
                     arena, starts = arenas[offsets[sources[0]][0]]
                     _scatter_add(arena, starts[where >> _SHIFT] + (where & _ROW), ct)
                     hit.update(sources)
+        self.counts["backward_batches"] += count
         t0 = time.perf_counter()
         for (node, row, col, height, width), chunks in products.items():
             if len(chunks) == 1:
