@@ -41,6 +41,7 @@ _BINARY_TOKENS = {name: (None, None, TABLE[name]) for name in ("add", "mul", "di
 _LEAF = (None,)
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
+_ACTIVATION_ATTRS = {a: (("activation", a),) for a in _CLOSING}
 
 
 class ShapeError(ValueError):
@@ -826,7 +827,16 @@ class Affine(Deferred):
 
     def close(self, activation: str | None) -> Expression:
         """The node f(self) for an activation f (or None)."""
-        g = self._live()
+        g = self.g
+        if not g.alive:
+            g._check_alive()
+        if len(self.terms) == 1 and len(self.biases) == 1 and self._node < 0 and activation:
+            # the usual case, one product and its bias under an activation, the short way
+            (w, x), = self.terms
+            node = g.add_node(_AFFINE, (self.biases[0], w, x), _ACTIVATION_ATTRS[activation])
+            self._fused = True
+            self._read_by((node, activation, None))
+            return Expression(g, node)
         if self._node >= 0:  # a node already (its value was read): build on it
             return Expression(g, self._node) if activation is None else \
                 g.add(TABLE[activation], (self._node,))
@@ -848,7 +858,7 @@ class Affine(Deferred):
             w, x = late[0]
             return g.add(_MATMUL, (w, x))
         args = (self._bias(),) + tuple(chain.from_iterable(late))
-        attrs = () if activation is None else (("activation", activation),)
+        attrs = () if activation is None else _ACTIVATION_ATTRS[activation]
         out = g.add(_AFFINE, args, attrs)
         if activation is not None:
             self._fused = True
