@@ -9,7 +9,7 @@ Must not import autobatch or params.
 from __future__ import annotations
 
 import gc
-from itertools import accumulate, chain
+from itertools import chain
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -78,29 +78,8 @@ def renew_cg(**options: Any) -> "Graph":
     return _current
 
 
-class _FrozenArgs:
-    """The arguments of every node of an ended graph, as two flat lists of ints (two objects
-    for the collector to walk, not a tuple per node): `args[n]` is node n's tuple of argument
-    nodes, as before; nothing can be added."""
-
-    __slots__ = ("flat", "starts")
-
-    def __init__(self, args: list[tuple[int, ...]]) -> None:
-        self.flat = list(chain.from_iterable(args))
-        self.starts = list(accumulate(map(len, args), initial=0))
-
-    def __len__(self) -> int:
-        return len(self.starts) - 1
-
-    def __getitem__(self, node: int) -> tuple[int, ...]:
-        if node < 0:
-            node += len(self)
-        if not 0 <= node < len(self):
-            raise IndexError(f"node {node} out of range")
-        return tuple(self.flat[self.starts[node]:self.starts[node + 1]])
-
-    def append(self, args: tuple[int, ...]) -> None:
-        raise GraphError(_ENDED)
+def _ended(*args: Any) -> None:
+    raise GraphError(_ENDED)
 
 
 class Graph:
@@ -191,13 +170,10 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
-            # The arguments of the nodes, a new tuple per node, become two flat lists, while
-            # the cyclic collector is still paused (see __enter__): if the graph outlived the
-            # block (`with Graph() as g`), the collector's next pass would walk every tuple
-            # and move them to the older generations, whose passes walk the whole heap (a
-            # loaded corpus, say). The structure stays readable (`to_dot` after the block).
-            self.args = _FrozenArgs(self.args)
-            self._push_args = self.args.append
+            # The structure stays readable (`to_dot` after the block) and takes no new node.
+            # (The arguments, a tuple of ints per node, cost the cyclic collector one look:
+            # its first pass untracks tuples that hold only ints.)
+            self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise = {}
