@@ -1212,14 +1212,20 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
-    g = b._live() if type(b) is Expression else _graph_of((a, b))
+    expression = isinstance(b, Expression)
+    if expression:
+        g = b.g
+        if not g.alive:
+            g._check_alive()
+    else:
+        g = _graph_of((a, b))
     if type(a) is Expression and a.g is g:
         na = a.i
     else:
         na = g.param_nodes.get(id(a))
         if na is None:
             na = as_node(g, a)
-    nb = b.i if type(b) is Expression else as_node(g, b)
+    nb = b.i if expression and b.g is g else as_node(g, b)
     if g.ops[na] in (_PARAMETER, _INPUT):
         if g.fuse:
             shape = g.shapes[na]
