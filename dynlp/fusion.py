@@ -160,15 +160,23 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
 _POINTWISE: dict[tuple, Op] = {}  # postfix program -> fused op, shared by all graphs
 
 
-def _same_shape(*shapes: tuple[int, ...], **attrs: Any) -> tuple[int, ...]:
-    return shapes[0]
+def _program_shape(steps: list[tuple]) -> Callable:
+    """The output shape of a program from its arguments' shapes, by its ops' shape rules (the
+    arithmetic ops broadcast)."""
+    def shape(*shapes: tuple[int, ...], **attrs: Any) -> tuple[int, ...]:
+        values: list[tuple[int, ...]] = []
+        for op, static, refs, _ in steps:
+            ins = [shapes[r] if r >= 0 else values[-1 - r] for r in refs]
+            values.append(tuple(op.shape(*ins, **dict(static))))
+        return values[-1]
+    return shape
 
 
 def pointwise_op(tokens: tuple, arity: dict) -> Op:
     """The fused op of an elementwise expression written in postfix: `tokens` holds None for
     an argument (the next one, in order) and, for an op, the op (or (op, static attrs)), which
-    takes the `arity[op]` values before it. Its rules are a `Program` over the ops' own; its
-    arguments all have the output's shape and stack. Made once per program."""
+    takes the `arity[op]` values before it. Its rules, shape rule included, are a `Program`
+    over the ops' own; its arguments stack. Made once per program."""
     op = _POINTWISE.get(tokens)
     if op is not None:
         return op
@@ -190,7 +198,8 @@ def pointwise_op(tokens: tuple, arity: dict) -> Op:
         stack.append(-len(steps))  # (the reference -1 - p of position p)
     masks = (STACK,) * nargs
     program = Program(steps, nargs, masks)
-    op = Op("fused(" + ",".join(step[0].name for step in steps) + ")", shape=_same_shape,
+    op = Op("fused(" + ",".join(step[0].name for step in steps) + ")",
+            shape=_program_shape(steps),
             forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
             cost=1, residual=True, doc="an elementwise expression fused while building")
     op.program = program

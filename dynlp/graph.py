@@ -16,6 +16,7 @@ import numpy as np
 
 from .fusion import pointwise_op
 from .ops import SHARED, TABLE, Op
+from .ops.core import broadcast_shape
 from .ops.linalg import ACTIVATIONS
 from .ops.structure import dropout_mask
 from .seeding import generator
@@ -1148,12 +1149,15 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
             g._check_alive()
         if g.fuse is True:
             shape = x.out_shape if tx is Pointwise else g.shapes[x.i]
-            if shape == (y.out_shape if ty is Pointwise else g.shapes[y.i]):
+            other = y.out_shape if ty is Pointwise else g.shapes[y.i]
+            if shape != other:
+                shape = _broadcast(shape, other)
+            if shape is not None:
                 if tx is Expression and ty is Expression and kind != "sub":
                     g.folded += 1
                     return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), shape)
                 if kind == "sub":
-                    return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, shape), shape)
+                    return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, other), shape)
                 return _pointwise2(g, TABLE[kind], x, y, shape)
         if tx is Expression and ty is Expression and kind != "sub":
             return g.add(TABLE[kind], (x.i, y.i))
@@ -1186,14 +1190,25 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
             return _const_op("mul_const", y, c)
         return _const_op("mul_const", _const_op("pow_const", y, -1.0), c)
     if isinstance(x, Expression) and isinstance(y, Expression) and x.g is y.g and \
-            x.g.fuse is True and x.shape == y.shape:
+            x.g.fuse is True:
         g = x._live()
-        if kind == "sub":
-            return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, y.shape), x.shape)
-        return _pointwise2(g, TABLE[kind], x, y, x.shape)
+        shape = x.shape if x.shape == y.shape else _broadcast(x.shape, y.shape)
+        if shape is not None:
+            if kind == "sub":
+                return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, y.shape), shape)
+            return _pointwise2(g, TABLE[kind], x, y, shape)
     if kind == "sub":
         return apply("add", x, unary("neg", y))
     return apply(kind, x, y)
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape of an arithmetic op's result over shapes a and b (DyNet-style broadcasting),
+    or None when they do not broadcast (the op's own node then says why)."""
+    try:
+        return broadcast_shape(a, b)
+    except ValueError:
+        return None
 
 
 def _const_op(name: str, x: Any, c: float) -> Expression:

@@ -178,13 +178,37 @@ def test_long_expressions_are_split_and_stay_exact():
     assert n1 >= 300 // MAX_POINTWISE_TOKENS
 
 
-def test_broadcasting_operands_and_fusion_off_build_primitive_nodes():
-    with dn.Graph() as g:
-        v = dn.inputs(np.ones(3))
-        m = dn.inputs(np.ones((3, 2)))
-        s = v * m + m            # shapes differ: a primitive node, then fusion goes on
-        assert s.shape == (3, 2)
-        np.testing.assert_allclose(s.value(), 2 * np.ones((3, 2)))
+@pytest.mark.parametrize("autobatch", MODES)
+def test_broadcasting_operands_fuse_and_equal_unfused(autobatch):
+    """DyNet-style broadcasting ((d,) against (d, n), a scalar against anything) inside a fused
+    expression: values and gradients as unfused; operands that do not broadcast raise the
+    unfused op's ShapeError."""
+    rng = np.random.default_rng(12)
+    values = [rng.normal(size=s) for s in [(3,), (3, 2), (), (3, 1)]] * 2
+
+    def run(fuse):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, fuse=fuse) as g:
+            leaves = [dn.inputs(v) for v in values]
+            terms = []
+            for k in (0, 4):
+                v, m, c, col = leaves[k:k + 4]
+                s = dn.tanh(v * m + col) - c * m / (m * m + 1.0)
+                terms.append(dn.sum_elems(s * s))
+            loss = dn.esum(terms)
+            loss.backward()
+            return loss.scalar_value(), [x.gradient() for x in leaves], len(g)
+
+    (v0, g0, n0), (v1, g1, n1) = run(False), run(True)
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert n1 < n0
+    with dn.Graph():
+        with pytest.raises(dn.ShapeError, match=r"mul\(\(4,\), \(3,\)\)"):
+            dn.inputs(np.ones(4)) * dn.inputs(np.ones(3))
+
+
+def test_fusion_off_builds_every_op_as_its_node():
     with dn.Graph(fuse=False) as g:
         x = dn.inputs(np.ones(3))
         y = dn.tanh(x * x + x)
