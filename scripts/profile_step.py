@@ -4,10 +4,14 @@ as the parser's decisions), backward (the ops' numpy vs bookkeeping) and the Ada
 workload of `bench_autobatch.py`, and the numpy time of each op.
 
     python scripts/profile_step.py [--workload tagger-paper] [--strategy late] [--batch 64]
-        [--steps 20] [--data DIR]
+        [--steps 20] [--data DIR] [--model-code]
 
 Medians over `--steps` minibatches after two warm-up steps, measured with `time.process_time`
 around each phase; the per-op split wraps every op's forward and VJP in the same run.
+
+`--model-code` (treenn-user) also times the workload's model code over stub ops, each op a
+call that returns a bare object: what the model's own Python costs per minibatch, which no graph
+engine can take away; building the graph costs that plus the engine's recording.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Sequence
 
@@ -87,6 +92,43 @@ def profile(workload: bench.Workload, strategy: bool | str, batches: list[list])
     return medians, per_op, stats
 
 
+class _Stub:
+    """A stand-in expression: every operator makes another one, holding its operands."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: object = None, b: object = None) -> None:
+        self.a, self.b = a, b
+
+    def __add__(self, other: object) -> "_Stub":
+        return _Stub(self, other)
+
+    __mul__ = __matmul__ = __getitem__ = __add__
+
+
+def model_code_ms(workload: bench.Workload, batches: list[list]) -> float:
+    """Median CPU ms of the treenn-user model code per minibatch with every op a stub call."""
+    model = workload.dynlp
+    saved = dict(vars(model)), bench.dn
+    stub = SimpleNamespace(parameter=lambda p: p, logistic=_Stub, tanh=_Stub,
+                           concatenate=_Stub, pick_neg_log_softmax=_Stub, esum=_Stub)
+    for name in ("WS", "US", "UFS", "BS"):
+        setattr(model, name, [_Stub() for _ in getattr(model, name)])
+    model.E, model.W_ = _Stub(), _Stub()
+    bench.dn = stub
+    try:
+        times = []
+        for batch in batches:
+            start = time.process_time()
+            for example in batch:
+                model.loss(example)
+            times.append(time.process_time() - start)
+    finally:
+        vars(model).update(saved[0])
+        bench.dn = saved[1]
+    return float(np.median(times)) * 1000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(os.environ.get("DYNLP_DATA_MIRROR", bench.DEFAULT_DATA)),
                         help="the data mirror (default ../shared/data or DYNLP_DATA_MIRROR)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on generated data")
+    parser.add_argument("--model-code", action="store_true",
+                        help="also time the model code over stub ops (treenn-user only)")
     args = parser.parse_args(argv)
+    if args.model_code and args.workload != "treenn-user":
+        parser.error("--model-code: only the treenn-user workload has stub ops")
     strategy: bool | str = False if args.strategy == "off" else args.strategy
     rng = np.random.default_rng(0)
     data_dir = args.data if args.data.exists() else None
@@ -117,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:22s} {ms:7.2f}  {100 * ms / total:5.1f}%")
     print(f"  {'total':22s} {total:7.2f}  -> {args.batch / total * 1000:.0f} examples per "
           f"CPU second")
+    if args.model_code:
+        ms = model_code_ms(workload, batches)
+        print(f"  model code over stub ops {ms:5.2f} ms per minibatch (of the build's "
+              f"{medians[0]:.2f})")
     print("numpy time per op (CPU ms per step, mean):")
     for name, ms in sorted(per_op.items(), key=lambda item: -item[1]):
         if ms >= 0.05:

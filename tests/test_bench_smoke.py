@@ -199,6 +199,18 @@ def test_profile_step_splits_a_step_into_phases(bench, capsys):
     assert TABLE["lstm_step"].forward.__name__ != "wrapper"
 
 
+def test_profile_step_times_the_model_code_over_stub_ops(bench, capsys):
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT.parent / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--workload", "treenn-user", "--tiny", "--batch", "3", "--steps", "2",
+                        "--model-code"]) == 0
+    assert "model code over stub ops" in capsys.readouterr().out
+    assert module.bench.dn is __import__("dynlp")  # the real ops are back
+    with pytest.raises(SystemExit):
+        module.main(["--workload", "tagger-user", "--tiny", "--model-code"])
+
+
 @pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
                                              ("parser", "tiny-train.conllu"),
                                              ("treelstm", "tiny-train.trees")])
