@@ -91,9 +91,11 @@ class Graph:
     drawn when their nodes are built (None: from the global seed, `dn.seed`, when set).
     training: False makes dropout and noise the identity.
     fuse: True (the default) fuses while building: `W @ x` sums with a bias stay pending
-    until an activation closes them into one node; "regions" also fuses, before each forward
-    pass, regions of nodes whose intermediate results nothing else reads into single nodes
-    (values and gradients of every node stay readable); False builds every op as its node.
+    until an activation closes them into one node, and elementwise expressions are one node
+    each when read (`Pointwise`); "regions" keeps the sums pending but leaves elementwise ops
+    to a pass that fuses, before each forward pass, regions of nodes whose intermediate results
+    nothing else reads into single nodes (values and gradients of every node stay readable);
+    False builds every op as its node.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
