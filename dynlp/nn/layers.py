@@ -1,5 +1,5 @@
-"""Feed-forward building blocks: `MLP` (one node for all its layers, or for the layers and their
-cross-entropy, with or without dropout), `Embedding` (a lookup table with
+"""Feed-forward building blocks: `MLP` (one node for all its layers, with or without dropout, or
+for the layers and their cross-entropy), `Embedding` (a lookup table with
 sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
@@ -18,6 +18,7 @@ from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
 
 _AFFINE = TABLE["affine_transform"]
+_PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
 
 ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
     "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
@@ -29,17 +30,17 @@ class MLP:
     """dims = [input, hidden ..., output]: affine layers with `activation` between them and
     dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,);
     `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores. With an
-    activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp`, or
-    `mlp_pick_neg_log_softmax`, or their `_dropout` forms while training with dropout (the masks
-    drawn when the node is made, as the chain of nodes would draw them). A Slice input (a
+    activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp` (or
+    `mlp_dropout` while training with dropout, the masks drawn when the node is made, as the
+    chain of nodes would draw them), `mlp_pick_neg_log_softmax` (with dropout: an `mlp_dropout`
+    node and a `pick_neg_log_softmax` node; `dn.esum` of one MLP's losses is one node with or
+    without dropout, see `LossTerm`). A Slice input (a
     BiLSTM output, a Tree-LSTM `h()`) is read in place and has no gradient of its own.
     """
 
     _SCORES = TABLE["mlp"]
     _LOSS = TABLE["mlp_pick_neg_log_softmax"]
-    # the same with dropout after the hidden layers
-    _WITH_DROPOUT = {_SCORES: TABLE["mlp_dropout"],
-                     _LOSS: TABLE["mlp_pick_neg_log_softmax_dropout"]}
+    _SCORES_DROPOUT = TABLE["mlp_dropout"]  # the scores with dropout after the hidden layers
 
     def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
                  dropout: float = 0.0, name: str = "mlp") -> None:
@@ -133,8 +134,8 @@ class MLP:
     def pick_neg_log_softmax(self, x: Any, label: int) -> Expression:
         """-log softmax(mlp(x))[label] -> (): the layers and the loss as one graph node, with
         the value and gradients of `F.pick_neg_log_softmax(mlp(x), label)` (with dropout while
-        training: the `_dropout` form). An activation the node does not fuse (elu, selu,
-        softplus) builds that chain of nodes instead.
+        training: the `mlp_dropout` node and a `pick_neg_log_softmax` node). An activation the
+        node does not fuse (elu, selu, softplus) builds that chain of nodes instead.
         """
         label = int(label)
         if not 0 <= label < self.dims[-1]:
@@ -161,7 +162,8 @@ class MLP:
     def _one_node(self, op: Any, x: Any, label: int | None = None, settled: bool = False,
                   masks: tuple | None = None) -> Expression | None:
         """The node of op (`mlp`, or `mlp_pick_neg_log_softmax` with label) over x and the
-        layers, or of its dropout form when dropout applies (training); None when x or the
+        layers; when dropout applies (training), the `mlp_dropout` node (and with label, the
+        `pick_neg_log_softmax` node over it); None when x or the
         settings need the chain of nodes (an unfused activation, x not an expression). A Slice
         of the input size is read in place, through windows. The first such node of a graph
         goes through `add`, which checks the shapes; the next ones with inputs of the same
@@ -189,10 +191,13 @@ class MLP:
             battrs = None if label is None else g.single(label)
             rate = None
         else:
+            if label is not None:  # the scores' dropout node and the loss over them
+                scores = self._one_node(self._SCORES, x, settled=True, masks=masks)
+                return g.add(_PICK_NEG_LOG_SOFTMAX, (scores.i,), (), g.single(label))
             uniform, rate = masks
-            op = self._WITH_DROPOUT[op]
+            op = self._SCORES_DROPOUT
             attrs += (("rate", rate),)
-            battrs = (uniform,) if label is None else (label, uniform)
+            battrs = (uniform,)
         key = (op, windows, shapes[sources[0]], shapes[sources[-1]], rate)
         args = sources + g.param_nodes_of(self, self._params)
         like = g.template(self, key)
@@ -219,7 +224,7 @@ class LossTerm(Deferred):
     (`mlp_loss_sum_dropout_L` for terms made while training with dropout, whose masks' numbers
     they keep), and the minibatch's terms then run as one batch; read any other way (`value()`,
     an op built on it, a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax`
-    (or `_dropout`) node."""
+    node (with dropout, an `mlp_dropout` node and a `pick_neg_log_softmax` node)."""
 
     __slots__ = ("mlp", "x", "label", "masks")
 
