@@ -384,7 +384,7 @@ def test_loss_terms_are_not_made_with_an_unfused_activation_or_too_many_layers()
             term = mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 1)
             assert type(term) is dn.Expression
     mlp = MLP(pc, [3, 4, 2], dropout=0.5, name="eval")
-    for training, op in ((False, "mlp_loss_sum_2"), (True, "mlp_loss_sum_dropout_2")):
+    for training, op in ((False, "mlp_loss_sum_2"), (True, "mlp_loss_sum_1")):
         with dn.Graph(dtype=np.float64, training=training, seed=1) as g:
             total = dn.esum([mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), k)
                              for k in (0, 1)])
@@ -1088,11 +1088,12 @@ def test_mlp_dropout_forms_equal_the_chain_of_nodes(autobatch, dims, activation)
 
     want, want_grads, _ = run(False)
     got, got_grads, names = run(True)
-    layers = len(dims) - 1
-    assert names.count(f"mlp_loss_sum_dropout_{layers}") == 1
+    hidden = len(dims) - 2
+    # the summed losses: per term, its hidden layers and their dropout, and one mlp_loss_sum_1
+    assert names.count("mlp_loss_sum_1") == 1
+    assert names.count("affine_transform") == names.count("dropout") == 3 * hidden
     # the single loss: an mlp_dropout node and a pick_neg_log_softmax node
     assert names.count("mlp_dropout") == 2 and names.count("pick_neg_log_softmax") == 1
-    assert "dropout" not in names
     assert got == pytest.approx(want, rel=1e-12)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

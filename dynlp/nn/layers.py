@@ -19,6 +19,8 @@ from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
 
 _AFFINE = TABLE["affine_transform"]
 _PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
+_DROPOUT = TABLE["dropout"]
+_LAST_LOSS_SUM = TABLE["mlp_loss_sum_1"]
 
 ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
     "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
@@ -101,8 +103,6 @@ class MLP:
         self._single_node = self.fused is not None or len(self.layers) == 1
         # and the op that sums many of its losses in one node, if there is one for its depth
         self._loss_sum = TABLE.get(f"mlp_loss_sum_{len(self.layers)}") if (
-            self._single_node) else None
-        self._loss_sum_dropout = TABLE.get(f"mlp_loss_sum_dropout_{len(self.layers)}") if (
             self._single_node) else None
         self._input_shape = (self.dims[0],)
         self._hidden_size = sum(self.dims[1:-1])  # the units that dropout masks
@@ -211,6 +211,29 @@ class MLP:
         """The static attributes of this MLP's one-node ops, reading x through `windows`."""
         return self._node_attrs if windows is None else self._node_attrs + (("windows", windows),)
 
+    def _dropout_loss_sum(self, g: Any, terms: Sequence["LossTerm"],
+                          labels: list[int]) -> Expression:
+        """The sum of loss terms made under dropout: each term's hidden layers as nodes (an
+        `affine_transform` node with the activation, then a `dropout` node over the numbers
+        the term drew), and one `mlp_loss_sum_1` node for the last layer and all the losses."""
+        params = g.param_nodes_of(self, self._params)
+        activation = (("activation", self.fused),)
+        rate = (("rate", terms[0].masks[1]),)
+        sizes = self.dims[1:-1]
+        add = g.add
+        hidden = []
+        for term in terms:
+            term._fused = True
+            node = term.x.i
+            uniform = term.masks[0]
+            at = 0
+            for k, size in enumerate(sizes):
+                node = add(_AFFINE, (params[2 * k + 1], params[2 * k], node), activation).i
+                node = add(_DROPOUT, (node,), rate, (uniform[at:at + size],)).i
+                at += size
+            hidden.append(node)
+        return add(_LAST_LOSS_SUM, params[-2:] + tuple(hidden), (), (tuple(labels),))
+
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)
 
@@ -220,9 +243,10 @@ class MLP:
 
 class LossTerm(Deferred):
     """`mlp.pick_neg_log_softmax(x, label)`, deferred: `dn.esum` of the terms of one MLP (the
-    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node
-    (`mlp_loss_sum_dropout_L` for terms made while training with dropout, whose masks' numbers
-    they keep), and the minibatch's terms then run as one batch; read any other way (`value()`,
+    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node, and the
+    minibatch's terms then run as one batch (for terms made while training with dropout, whose
+    masks' numbers they keep: each term's hidden layers and their dropout as nodes, and one
+    `mlp_loss_sum_1` node for the last layer and the losses); read any other way (`value()`,
     an op built on it, a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax`
     node (with dropout, an `mlp_dropout` node and a `pick_neg_log_softmax` node)."""
 
@@ -252,7 +276,8 @@ class LossTerm(Deferred):
     @staticmethod
     def fuse_sum(terms: Sequence[Any]) -> Expression | None:
         """One node for the sum of terms of one MLP (none made into nodes yet, inputs of one
-        shape and windows), else None."""
+        shape and windows; under dropout, their hidden layers' nodes and one node), else
+        None."""
         first = terms[0]
         mlp, g, x = first.mlp, first.g, first.x
         windows = x.windows if type(x) is Slice else None
@@ -279,15 +304,14 @@ class LossTerm(Deferred):
                 sources.append(x.i)
             labels.append(term.label)
         g._check_alive()
+        if rate is not None:
+            return mlp._dropout_loss_sum(g, terms, labels)
         for term in terms:  # read in place: no node, no gradient of their own
             term._fused = True
             if windows is not None:
                 term.x._fused = True
         args = g.param_nodes_of(mlp, mlp._params) + tuple(sources)
-        if rate is None:
-            return g.add(mlp._loss_sum, args, mlp._attrs(windows), (tuple(labels),))
-        return g.add(mlp._loss_sum_dropout, args, mlp._attrs(windows) + (("rate", rate),),
-                     (tuple(labels), tuple(term.masks[0] for term in terms)))
+        return g.add(mlp._loss_sum, args, mlp._attrs(windows), (tuple(labels),))
 
 
 class Embedding:
