@@ -1097,3 +1097,39 @@ def test_mlp_dropout_forms_equal_the_chain_of_nodes(autobatch, dims, activation)
     assert got == pytest.approx(want, rel=1e-12)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("autobatch", [False, "late"])
+def test_summed_mlp_losses_under_dropout_over_tree_states_equal_the_chain_of_nodes(autobatch):
+    # a Tree-LSTM state's h() (a slice of [c; h]) under the summed losses of an MLP with dropout
+    def run(fused):
+        pc = collection(seed=3)
+        embed = Embedding(pc, 7, 3)
+        tree = TreeLSTMBuilder(3, 4, pc)
+        mlp = MLP(pc, [4, 5, 3], dropout=0.5)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=1) as g:
+            sums = []
+            for words in ([1, 4, 4], [6, 0]):
+                states = [tree.leaf(embed(w)) for w in words]
+                terms = []
+                while len(states) > 1:
+                    states = [tree.node([states[0], states[1]])] + states[2:]
+                    label = len(terms) % 3
+                    if fused:
+                        terms.append(mlp.pick_neg_log_softmax(states[0].h(), label))
+                    else:
+                        h = dn.pick_range(states[0].state, 4, 8)
+                        terms.append(dn.pick_neg_log_softmax(_chain(mlp, h), label))
+                sums.append(dn.esum(terms))
+            loss = dn.esum(sums)
+            loss.backward()
+            return (loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
+                    [op.name for op in g.ops])
+
+    want, want_grads, _ = run(False)
+    got, got_grads, names = run(True)
+    assert names.count("mlp_loss_sum_1") == 2 and names.count("dropout") == 3
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
