@@ -1,5 +1,5 @@
-"""Feed-forward building blocks: `MLP` (one node for all its layers, with or without dropout, or
-for the layers and their cross-entropy), `Embedding` (a lookup table with
+"""Feed-forward building blocks: `MLP` (one node for all its layers, with or without dropout, or,
+without dropout, for the layers and their cross-entropy), `Embedding` (a lookup table with
 sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
@@ -35,8 +35,8 @@ class MLP:
     activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp` (or
     `mlp_dropout` while training with dropout, the masks drawn when the node is made, as the
     chain of nodes would draw them), `mlp_pick_neg_log_softmax` (with dropout: an `mlp_dropout`
-    node and a `pick_neg_log_softmax` node; `dn.esum` of one MLP's losses is one node with or
-    without dropout, see `LossTerm`). A Slice input (a
+    node and a `pick_neg_log_softmax` node); `dn.esum` of one MLP's losses is one node (under
+    dropout, the terms' hidden layers as nodes and one node; see `LossTerm`). A Slice input (a
     BiLSTM output, a Tree-LSTM `h()`) is read in place and has no gradient of its own.
     """
 
