@@ -155,8 +155,9 @@ def test_tree_state_h_is_read_in_place_by_the_mlp(autobatch):
     # dropout while training: the MLP's dropout forms read the slices in place too
     want, want_grads, _, _ = _tree_losses(explicit, autobatch, dropout=0.5)
     got, got_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch, dropout=0.5)
-    assert "pick_range" not in names and names.count("mlp_dropout") == 2
-    assert names.count("mlp_pick_neg_log_softmax_dropout") == 3
+    assert "pick_range" not in names
+    # (a single loss under dropout: the mlp_dropout node and a pick_neg_log_softmax node)
+    assert names.count("mlp_dropout") == 5 and names.count("pick_neg_log_softmax") == 3
     assert got == pytest.approx(want, rel=1e-13)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -383,7 +384,7 @@ def test_loss_terms_are_not_made_with_an_unfused_activation_or_too_many_layers()
             term = mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), 1)
             assert type(term) is dn.Expression
     mlp = MLP(pc, [3, 4, 2], dropout=0.5, name="eval")
-    for training, op in ((False, "mlp_loss_sum_2"), (True, "mlp_loss_sum_dropout_2")):
+    for training, op in ((False, "mlp_loss_sum_2"), (True, "mlp_loss_sum_1")):
         with dn.Graph(dtype=np.float64, training=training, seed=1) as g:
             total = dn.esum([mlp.pick_neg_log_softmax(dn.inputs(np.ones(3)), k)
                              for k in (0, 1)])
@@ -1087,10 +1088,48 @@ def test_mlp_dropout_forms_equal_the_chain_of_nodes(autobatch, dims, activation)
 
     want, want_grads, _ = run(False)
     got, got_grads, names = run(True)
-    layers = len(dims) - 1
-    assert names.count(f"mlp_loss_sum_dropout_{layers}") == 1
-    assert names.count("mlp_pick_neg_log_softmax_dropout") == 1
-    assert names.count("mlp_dropout") == 1 and "dropout" not in names
+    hidden = len(dims) - 2
+    # the summed losses: per term, its hidden layers and their dropout, and one mlp_loss_sum_1
+    assert names.count("mlp_loss_sum_1") == 1
+    assert names.count("affine_transform") == names.count("dropout") == 3 * hidden
+    # the single loss: an mlp_dropout node and a pick_neg_log_softmax node
+    assert names.count("mlp_dropout") == 2 and names.count("pick_neg_log_softmax") == 1
     assert got == pytest.approx(want, rel=1e-12)
     for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("autobatch", [False, "late"])
+def test_summed_mlp_losses_under_dropout_over_tree_states_equal_the_chain_of_nodes(autobatch):
+    # a Tree-LSTM state's h() (a slice of [c; h]) under the summed losses of an MLP with dropout
+    def run(fused):
+        pc = collection(seed=3)
+        embed = Embedding(pc, 7, 3)
+        tree = TreeLSTMBuilder(3, 4, pc)
+        mlp = MLP(pc, [4, 5, 3], dropout=0.5)
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, seed=1) as g:
+            sums = []
+            for words in ([1, 4, 4], [6, 0]):
+                states = [tree.leaf(embed(w)) for w in words]
+                terms = []
+                while len(states) > 1:
+                    states = [tree.node([states[0], states[1]])] + states[2:]
+                    label = len(terms) % 3
+                    if fused:
+                        terms.append(mlp.pick_neg_log_softmax(states[0].h(), label))
+                    else:
+                        h = dn.pick_range(states[0].state, 4, 8)
+                        terms.append(dn.pick_neg_log_softmax(_chain(mlp, h), label))
+                sums.append(dn.esum(terms))
+            loss = dn.esum(sums)
+            loss.backward()
+            return (loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()],
+                    [op.name for op in g.ops])
+
+    want, want_grads, _ = run(False)
+    got, got_grads, names = run(True)
+    assert names.count("mlp_loss_sum_1") == 2 and names.count("dropout") == 3
+    assert got == pytest.approx(want, rel=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        assert np.any(b != 0.0)
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

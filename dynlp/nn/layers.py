@@ -1,5 +1,5 @@
-"""Feed-forward building blocks: `MLP` (one node for all its layers, or for the layers and their
-cross-entropy, with or without dropout), `Embedding` (a lookup table with
+"""Feed-forward building blocks: `MLP` (one node for all its layers, with or without dropout, or,
+without dropout, for the layers and their cross-entropy), `Embedding` (a lookup table with
 sparse gradients) and `CharacterEncoder` (a character BiLSTM word encoder, Plank et al. 2016).
 Builds on dynlp's functions, params and the recurrent builders; must not import dynlp.data or
 recipes.
@@ -18,6 +18,9 @@ from ..params import LookupParameter, Parameter, ParameterCollection
 from .rnn import LSTMBuilder, check_dims, check_rate, unique_subcollection
 
 _AFFINE = TABLE["affine_transform"]
+_PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
+_DROPOUT = TABLE["dropout"]
+_LAST_LOSS_SUM = TABLE["mlp_loss_sum_1"]
 
 ACTIVATIONS: dict[str, Callable[[Any], Expression]] = {
     "tanh": F.tanh, "relu": F.rectify, "rectify": F.rectify, "sigmoid": F.logistic,
@@ -29,17 +32,17 @@ class MLP:
     """dims = [input, hidden ..., output]: affine layers with `activation` between them and
     dropout on the hidden layers while training; the last layer is linear. `mlp(x)` -> (output,);
     `mlp.pick_neg_log_softmax(x, label)` -> () is the cross-entropy of those scores. With an
-    activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp`, or
-    `mlp_pick_neg_log_softmax`, or their `_dropout` forms while training with dropout (the masks
-    drawn when the node is made, as the chain of nodes would draw them). A Slice input (a
+    activation the ops fuse (tanh, rectify, logistic), each is one graph node: `mlp` (or
+    `mlp_dropout` while training with dropout, the masks drawn when the node is made, as the
+    chain of nodes would draw them), `mlp_pick_neg_log_softmax` (with dropout: an `mlp_dropout`
+    node and a `pick_neg_log_softmax` node); `dn.esum` of one MLP's losses is one node (under
+    dropout, the terms' hidden layers as nodes and one node; see `LossTerm`). A Slice input (a
     BiLSTM output, a Tree-LSTM `h()`) is read in place and has no gradient of its own.
     """
 
     _SCORES = TABLE["mlp"]
     _LOSS = TABLE["mlp_pick_neg_log_softmax"]
-    # the same with dropout after the hidden layers
-    _WITH_DROPOUT = {_SCORES: TABLE["mlp_dropout"],
-                     _LOSS: TABLE["mlp_pick_neg_log_softmax_dropout"]}
+    _SCORES_DROPOUT = TABLE["mlp_dropout"]  # the scores with dropout after the hidden layers
 
     def __init__(self, pc: ParameterCollection, dims: Sequence[int], activation: str = "tanh",
                  dropout: float = 0.0, name: str = "mlp") -> None:
@@ -101,8 +104,6 @@ class MLP:
         # and the op that sums many of its losses in one node, if there is one for its depth
         self._loss_sum = TABLE.get(f"mlp_loss_sum_{len(self.layers)}") if (
             self._single_node) else None
-        self._loss_sum_dropout = TABLE.get(f"mlp_loss_sum_dropout_{len(self.layers)}") if (
-            self._single_node) else None
         self._input_shape = (self.dims[0],)
         self._hidden_size = sum(self.dims[1:-1])  # the units that dropout masks
 
@@ -133,8 +134,8 @@ class MLP:
     def pick_neg_log_softmax(self, x: Any, label: int) -> Expression:
         """-log softmax(mlp(x))[label] -> (): the layers and the loss as one graph node, with
         the value and gradients of `F.pick_neg_log_softmax(mlp(x), label)` (with dropout while
-        training: the `_dropout` form). An activation the node does not fuse (elu, selu,
-        softplus) builds that chain of nodes instead.
+        training: the `mlp_dropout` node and a `pick_neg_log_softmax` node). An activation the
+        node does not fuse (elu, selu, softplus) builds that chain of nodes instead.
         """
         label = int(label)
         if not 0 <= label < self.dims[-1]:
@@ -161,7 +162,8 @@ class MLP:
     def _one_node(self, op: Any, x: Any, label: int | None = None, settled: bool = False,
                   masks: tuple | None = None) -> Expression | None:
         """The node of op (`mlp`, or `mlp_pick_neg_log_softmax` with label) over x and the
-        layers, or of its dropout form when dropout applies (training); None when x or the
+        layers; when dropout applies (training), the `mlp_dropout` node (and with label, the
+        `pick_neg_log_softmax` node over it); None when x or the
         settings need the chain of nodes (an unfused activation, x not an expression). A Slice
         of the input size is read in place, through windows. The first such node of a graph
         goes through `add`, which checks the shapes; the next ones with inputs of the same
@@ -189,10 +191,13 @@ class MLP:
             battrs = None if label is None else g.single(label)
             rate = None
         else:
+            if label is not None:  # the scores' dropout node and the loss over them
+                scores = self._one_node(self._SCORES, x, settled=True, masks=masks)
+                return g.add(_PICK_NEG_LOG_SOFTMAX, (scores.i,), (), g.single(label))
             uniform, rate = masks
-            op = self._WITH_DROPOUT[op]
+            op = self._SCORES_DROPOUT
             attrs += (("rate", rate),)
-            battrs = (uniform,) if label is None else (label, uniform)
+            battrs = (uniform,)
         key = (op, windows, shapes[sources[0]], shapes[sources[-1]], rate)
         args = sources + g.param_nodes_of(self, self._params)
         like = g.template(self, key)
@@ -206,6 +211,29 @@ class MLP:
         """The static attributes of this MLP's one-node ops, reading x through `windows`."""
         return self._node_attrs if windows is None else self._node_attrs + (("windows", windows),)
 
+    def _dropout_loss_sum(self, g: Any, terms: Sequence["LossTerm"],
+                          labels: list[int]) -> Expression:
+        """The sum of loss terms made under dropout: each term's hidden layers as nodes (an
+        `affine_transform` node with the activation, then a `dropout` node over the numbers
+        the term drew), and one `mlp_loss_sum_1` node for the last layer and all the losses."""
+        params = g.param_nodes_of(self, self._params)
+        activation = (("activation", self.fused),)
+        rate = (("rate", terms[0].masks[1]),)
+        sizes = self.dims[1:-1]
+        add = g.add
+        hidden = []
+        for term in terms:
+            term._fused = True
+            node = term.x.i
+            uniform = term.masks[0]
+            at = 0
+            for k, size in enumerate(sizes):
+                node = add(_AFFINE, (params[2 * k + 1], params[2 * k], node), activation).i
+                node = add(_DROPOUT, (node,), rate, (uniform[at:at + size],)).i
+                at += size
+            hidden.append(node)
+        return add(_LAST_LOSS_SUM, params[-2:] + tuple(hidden), (), (tuple(labels),))
+
     def set_dropout(self, rate: float) -> None:
         self.dropout = check_rate(rate)
 
@@ -215,11 +243,12 @@ class MLP:
 
 class LossTerm(Deferred):
     """`mlp.pick_neg_log_softmax(x, label)`, deferred: `dn.esum` of the terms of one MLP (the
-    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node
-    (`mlp_loss_sum_dropout_L` for terms made while training with dropout, whose masks' numbers
-    they keep), and the minibatch's terms then run as one batch; read any other way (`value()`,
+    losses of a sentence's words, of a tree's nodes) is one `mlp_loss_sum_L` node, and the
+    minibatch's terms then run as one batch (for terms made while training with dropout, whose
+    masks' numbers they keep: each term's hidden layers and their dropout as nodes, and one
+    `mlp_loss_sum_1` node for the last layer and the losses); read any other way (`value()`,
     an op built on it, a sum of mixed terms), a term becomes its own `mlp_pick_neg_log_softmax`
-    (or `_dropout`) node."""
+    node (with dropout, an `mlp_dropout` node and a `pick_neg_log_softmax` node)."""
 
     __slots__ = ("mlp", "x", "label", "masks")
 
@@ -247,7 +276,8 @@ class LossTerm(Deferred):
     @staticmethod
     def fuse_sum(terms: Sequence[Any]) -> Expression | None:
         """One node for the sum of terms of one MLP (none made into nodes yet, inputs of one
-        shape and windows), else None."""
+        shape and windows; under dropout, their hidden layers' nodes and one node), else
+        None."""
         first = terms[0]
         mlp, g, x = first.mlp, first.g, first.x
         windows = x.windows if type(x) is Slice else None
@@ -274,15 +304,14 @@ class LossTerm(Deferred):
                 sources.append(x.i)
             labels.append(term.label)
         g._check_alive()
+        if rate is not None:
+            return mlp._dropout_loss_sum(g, terms, labels)
         for term in terms:  # read in place: no node, no gradient of their own
             term._fused = True
             if windows is not None:
                 term.x._fused = True
         args = g.param_nodes_of(mlp, mlp._params) + tuple(sources)
-        if rate is None:
-            return g.add(mlp._loss_sum, args, mlp._attrs(windows), (tuple(labels),))
-        return g.add(mlp._loss_sum_dropout, args, mlp._attrs(windows) + (("rate", rate),),
-                     (tuple(labels), tuple(term.masks[0] for term in terms)))
+        return g.add(mlp._loss_sum, args, mlp._attrs(windows), (tuple(labels),))
 
 
 class Embedding:

@@ -298,8 +298,8 @@ def _mlp_cases(labeled):
             _mlp_case([5, 3], labeled=labeled, inputs=(2, 3))]
 
 
-# The rules of both ops below serve their `_dropout` forms too: with `uniform` and `rate`
-# (see `_masks_of`), each hidden layer's output is masked as a `dropout` node after it would.
+# The rules of `mlp` serve its `_dropout` form too: with `uniform` and `rate` (see
+# `_masks_of`), each hidden layer's output is masked as a `dropout` node after it would.
 
 
 def _mlp_shape(*shapes, activation=None, windows=None, rate=None):
@@ -332,32 +332,28 @@ define("mlp", shape=_mlp_shape, batch=_mlp_mask, cost=4, residual=True, forward=
            "makes the first layer read those slices of them")
 
 
-def _mlp_loss_shape(*shapes, activation=None, windows=None, rate=None):
-    _mlp_shape(*shapes, activation=activation, windows=windows, rate=rate)
+def _mlp_loss_shape(*shapes, activation=None, windows=None):
+    _mlp_shape(*shapes, activation=activation, windows=windows)
     return ()
 
 
-def _mlp_loss_forward(*args, label, activation=None, windows=None, uniform=None, rate=None):
+def _mlp_loss_forward(*args, label, activation=None, windows=None):
     """The loss, and the residual (inputs of every layer, softmax of the scores)."""
-    z, inputs = _mlp_forward(*args, activation=activation, windows=windows, uniform=uniform,
-                             rate=rate)
+    z, inputs = _mlp_forward(*args, activation=activation, windows=windows)
     out, e, total = _cross_entropy(z, label)
     return out, (inputs, e / total[:, None])
 
 
-def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None, uniform=None,
-                  rate=None):
+def _mlp_loss_vjp(g, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
     return _mlp_vjp(_cross_entropy_vjp(p, g, label), out, *args, residual=inputs,
-                    activation=activation, windows=windows, uniform=uniform, rate=rate)
+                    activation=activation, windows=windows)
 
 
-def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None, uniform=None,
-                  rate=None):
+def _mlp_loss_jvp(ts, out, *args, label, residual, activation=None, windows=None):
     inputs, p = residual
     return _cross_entropy_jvp(p, _mlp_jvp(ts, out, *args, residual=inputs,
-                                          activation=activation, windows=windows,
-                                          uniform=uniform, rate=rate), label)
+                                          activation=activation, windows=windows), label)
 
 
 define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
@@ -369,9 +365,11 @@ define("mlp_pick_neg_log_softmax", shape=_mlp_loss_shape, batch=_mlp_mask,
            "and windows as in mlp")
 
 
-# The same two with dropout on the hidden layers while training: `rate` (static) and, per
-# example, `uniform` (the hidden sizes summed) drawn when the node is built; the masks are
+# `mlp` with dropout on the hidden layers while training: `rate` (static) and, per example,
+# `uniform` (the hidden sizes summed) drawn when the node is built; the masks are
 # (uniform >= rate) / (1 - rate), as `dropout` nodes after each hidden layer would make them.
+# (`MLP` makes a single loss under dropout this node and a `pick_neg_log_softmax` node, and
+# the losses that `dn.esum` sums the hidden layers' nodes and one `mlp_loss_sum_1` node.)
 
 
 def _dropout_case(case, hidden, rate=0.4):
@@ -381,25 +379,17 @@ def _dropout_case(case, hidden, rate=0.4):
     return Case(case.shapes, {**case.attrs, "rate": rate}, batched)
 
 
-def _mlp_dropout_cases(labeled):
-    return [_dropout_case(_mlp_case([4, 6, 3], "tanh", labeled), 6),
-            _dropout_case(_mlp_case([3, 5, 4, 3], "rectify", labeled), 9, 0.5),
-            _dropout_case(_mlp_case([3, 4, 2], "logistic", labeled), 4),
-            _dropout_case(_mlp_case([4, 5, 3], "tanh", labeled, windows=((1, 3), (2, 4)),
-                                    inputs=(4, 4)), 5)]
-
+_MLP_DROPOUT_CASES = [
+    _dropout_case(_mlp_case([4, 6, 3], "tanh"), 6),
+    _dropout_case(_mlp_case([3, 5, 4, 3], "rectify"), 9, 0.5),
+    _dropout_case(_mlp_case([3, 4, 2], "logistic"), 4),
+    _dropout_case(_mlp_case([4, 5, 3], "tanh", windows=((1, 3), (2, 4)), inputs=(4, 4)), 5)]
 
 define("mlp_dropout", shape=_mlp_shape, batch=_mlp_mask, batched_attrs=("uniform",),
        cost=4, residual=True, forward=_mlp_forward, vjp=_mlp_vjp, jvp=_mlp_jvp,
-       cases=_mlp_dropout_cases(labeled=False),
+       cases=_MLP_DROPOUT_CASES,
        doc="mlp with dropout after each hidden layer: masks (uniform >= rate) / (1 - rate) "
            "from `uniform`, the hidden layers' sizes summed, drawn when the node is built")
-
-define("mlp_pick_neg_log_softmax_dropout", shape=_mlp_loss_shape, batch=_mlp_mask,
-       batched_attrs=("label", "uniform"), cost=4, residual=True,
-       forward=_mlp_loss_forward, vjp=_mlp_loss_vjp, jvp=_mlp_loss_jvp,
-       cases=_mlp_dropout_cases(labeled=True),
-       doc="mlp_pick_neg_log_softmax with dropout after each hidden layer, as in mlp_dropout")
 
 
 # The sum of many MLP losses in one node: mlp_loss_sum_L(W1, b1, ..., WL, bL, x_1, x_2, ...;
@@ -421,47 +411,40 @@ def _loss_sum_terms(x, counts, windows):
     return [grouped[:, k] for k in range(inputs)], counts // inputs
 
 
-def _loss_sum_terms_forward(x, ws, counts, label, activation, windows, masks):
+def _loss_sum_terms_forward(x, ws, counts, label, activation, windows):
     """The terms' inputs, their count per node, the MLP's layer inputs, each term's loss and
     the softmax of its scores."""
     xs, terms = _loss_sum_terms(x, counts, windows)
-    z, inputs = _layers_forward(_first_input(xs, windows), ws, activation, masks)
+    z, inputs = _layers_forward(_first_input(xs, windows), ws, activation)
     losses, e, total = _cross_entropy(z, label)
     return xs, terms, inputs, losses, e / total[:, None]
 
 
-def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None, uniform=None,
-                      rate=None):
-    _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows,
-                                                     _masks_of(ws, uniform, rate))
+def _loss_sum_forward(x, *ws, counts, label, activation=None, windows=None):
+    _, terms, _, losses, _ = _loss_sum_terms_forward(x, ws, counts, label, activation, windows)
     return segment_sum(losses, terms)
 
 
-def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None, uniform=None,
-                  rate=None):
-    masks = _masks_of(ws, uniform, rate)
+def _loss_sum_vjp(g, out, x, *ws, counts, label, activation=None, windows=None):
     xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
-                                                      windows, masks)
+                                                      windows)
     gz = _cross_entropy_vjp(p, np.repeat(g, terms), label)
-    cts = _layers_vjp(gz, inputs, ws, activation, masks)
+    cts = _layers_vjp(gz, inputs, ws, activation)
     parts = _input_cotangents(cts[0], xs, windows)
     ct = parts[0] if len(parts) == 1 else np.stack(parts, axis=1).reshape(x.shape)
     return [ct] + cts[1:]
 
 
-def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None,
-                  uniform=None, rate=None):
-    masks = _masks_of(ws, uniform, rate)
+def _loss_sum_jvp(t, out, x, *ws, counts, tws, label, activation=None, windows=None):
     xs, terms, inputs, _, p = _loss_sum_terms_forward(x, ws, counts, label, activation,
-                                                      windows, masks)
+                                                      windows)
     ts, _ = _loss_sum_terms(t, counts, windows)
-    tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws, masks)
+    tz = _layers_jvp(_first_input(ts, windows), inputs, ws, activation, tws)
     return segment_sum(_cross_entropy_jvp(p, tz, label), terms)
 
 
 def _loss_sum_shape(layers):
-    def shape(*shapes, activation=None, windows=None, rate=None):
-        _check_rate(rate)
+    def shape(*shapes, activation=None, windows=None):
         xs = shapes[2 * layers:]
         inputs = 1 if windows is None else len(windows)
         if not xs or len(xs) % inputs:
@@ -503,29 +486,6 @@ for _layers in LOSS_SUM_LAYERS:
                f"{_layers} layer(s): W1, b1, ... shared, then the terms' inputs (one each, or "
                f"two with two windows); one label per term; nodes of any number of terms "
                f"batch together")
-
-
-def _loss_sum_dropout_case(case, hidden, terms, rate=0.4):
-    batched = dict(case.batched)
-    batched["uniform"] = lambda rng: tuple(rng.random(hidden) for _ in range(terms))
-    return Case(case.shapes, {**case.attrs, "rate": rate}, batched)
-
-
-_LOSS_SUM_DROPOUT_CASES = {
-    2: [_loss_sum_dropout_case(_loss_sum_case([4, 5, 3], 3, "tanh"), 5, 3),
-        _loss_sum_dropout_case(_loss_sum_case([4, 3, 2], 2, "rectify", windows=((1, 3), (0, 2)),
-                                              inputs=(4, 4)), 3, 2, 0.5)],
-    3: [_loss_sum_dropout_case(_loss_sum_case([3, 4, 3, 2], 2, "logistic"), 7, 2)],
-    4: [_loss_sum_dropout_case(_loss_sum_case([2, 3, 3, 2, 2], 2, "tanh"), 8, 2)],
-}
-
-for _layers in _LOSS_SUM_DROPOUT_CASES:
-    ragged(f"mlp_loss_sum_dropout_{_layers}", shape=_loss_sum_shape(_layers),
-           shared=2 * _layers, batched_attrs=("label", "uniform"), cost=4,
-           forward=_loss_sum_forward, vjp=_loss_sum_vjp, jvp=_loss_sum_jvp,
-           cases=_LOSS_SUM_DROPOUT_CASES[_layers],
-           doc=f"mlp_loss_sum_{_layers} with dropout after each hidden layer, as in "
-               f"mlp_dropout: a label and uniform numbers per term")
 
 
 def _hinge_active(x, index, margin):
