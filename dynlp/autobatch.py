@@ -610,7 +610,8 @@ class Engine:
                 if kind == "slice":
                     sb, r = plan[1], plan[2]
                     t = grads[sb]
-                    if t is None and r == 0 and ct.shape == bufs[sb].shape:
+                    if t is None and r == 0 and type(ct) is np.ndarray and \
+                            ct.shape == bufs[sb].shape:
                         # the whole of a source batch, not reached before: a copy of the
                         # cotangent is its gradient (no zeros to add it to)
                         grads[sb] = ct.astype(bufs[sb].dtype)
