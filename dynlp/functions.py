@@ -270,6 +270,10 @@ def concatenate(xs: Sequence[Any]) -> Expression:
     """Rows: (d1,), (d2,) -> (d1 + d2,); matrices along their first axis."""
     if len(xs) == 1 and isinstance(xs[0], Expression):
         return xs[0]
+    if type(xs[0]) is Slice:
+        joined = Slice.concatenation(xs)
+        if joined is not None:
+            return joined
     return apply("concatenate", *xs)
 
 

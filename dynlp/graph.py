@@ -658,7 +658,7 @@ class Slice(Deferred):
     the h half of a Tree-LSTM state, or the h halves of a BiLSTM's two directions, that only
     the classifier reads."""
 
-    __slots__ = ("sources", "windows", "width")
+    __slots__ = ("sources", "windows", "width", "readers", "counted")
 
     def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
                  windows: tuple | None = None) -> None:
@@ -670,8 +670,58 @@ class Slice(Deferred):
         self.width = (end - start) * len(sources)
         self._node = -1
         self._fused = False
+        # (concatenation, position) that read this in place (the concatenation holds no
+        # reference back: no cycle for the collector)
+        self.readers: list | None = None
+        self.counted = False  # stands in `g.folded` for a node that fuse=False would make
+
+    @staticmethod
+    def concatenation(xs: Sequence[Any]) -> "Slice | None":
+        """[x1; x2; ...] of single-source Slices over one window, with no node of their own
+        yet, as one Slice (a `concatenate_ranges` node when made, read in place by the
+        consumers that know Slices), else None. `dn.concatenate([f.output(), b.output()])`
+        of two LSTM states is then one node, not three."""
+        first = xs[0]
+        g = first.g
+        if not g.fuse or len(xs) < 2:
+            return None
+        window = first.windows[0]
+        for x in xs:
+            if type(x) is not Slice or x._node >= 0 or x.g is not g or len(x.sources) != 1 \
+                    or x.windows[0] != window:
+                return None
+        g._check_alive()
+        out = Slice(g, tuple([x.sources[0] for x in xs]), window[0], window[1])
+        out.counted = True  # (the concatenate node)
+        g.folded += 1
+        for k, x in enumerate(xs):
+            if not x.counted:  # (the pick_range node it would be)
+                x.counted = True
+                g.folded += 1
+            if x.readers is None:
+                x.readers = [(out, k)]
+            else:
+                x.readers.append((out, k))
+        return out
+
+    def gradient(self) -> np.ndarray:
+        """d loss / d this slice, after `backward()`: from its own node if it has one, and from
+        the concatenations that read it in place (their share of their gradient)."""
+        if self._fused:
+            return super().gradient()  # (raises: a fused node read it in place)
+        g = self._live()
+        if g.engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        total = np.zeros(self.shape, g.dtype)
+        if self._node >= 0:
+            total = total + g.engine.gradient(self._node)
+        for reader, k in self.readers or ():
+            total = total + reader.gradient()[k * self.width:(k + 1) * self.width]
+        return total
 
     def _materialize(self) -> int:
+        if self.counted:
+            self.g.folded -= 1
         start, end = self.windows[0]
         if len(self.sources) == 1:
             return self._live().add(_PICK_RANGE, self.sources,

@@ -344,7 +344,9 @@ class LSTMBuilder(RecurrentBuilder):
                 pc.add_parameters((4 * hidden,), init=bias, name="b"))
 
     def _hidden(self, state):
-        return F.pick_range(state, self.hidden_dim, 2 * self.hidden_dim)
+        # deferred: a concatenation of two directions, an MLP or dropout reads it in place;
+        # anything else makes the pick_range node
+        return Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim)
 
     def hidden_range(self):
         return (self.hidden_dim, 2 * self.hidden_dim) if len(self.params) == 1 else None
