@@ -350,13 +350,15 @@ def test_deferred_expressions_read_in_place_have_no_gradient_of_their_own():
         leaf, other = tree.leaf(row), tree.leaf(kept)
         run = [embed(3), embed(4)]
         outputs = birnn.transduce(run)  # a BiRNN's first layer reads the rows in place
-        unfused = [embed(5)]
-        state = lstm.initial_state().add_input(unfused[0])  # (step by step: a lookup node)
+        step = [embed(5)]
+        state = lstm.initial_state().add_input(step[0])  # (a step reads its row in place too)
+        unfused = [embed(0).plain()]
+        later = lstm.initial_state().add_input(dn.tanh(unfused[0]))
         term = mlp.pick_neg_log_softmax(leaf.h(), 2)
         loss = dn.esum([term, mlp.pick_neg_log_softmax(other.h(), 0)]) + dn.esum(
-            [dn.sum_elems(o) for o in outputs + [state.output()]])
+            [dn.sum_elems(o) for o in outputs + [state.output(), later.output()]])
         loss.backward()
-        for x in (row, run[0], leaf.h(), term):
+        for x in (row, run[0], step[0], leaf.h(), term):
             with pytest.raises(dn.GraphError, match="read this expression in place"):
                 x.gradient()
         assert np.any(kept.gradient() != 0.0) and np.any(unfused[0].gradient() != 0.0)

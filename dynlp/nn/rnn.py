@@ -114,7 +114,16 @@ class RNNState:
     def add_inputs(self, xs: Iterable[Any]) -> list["RNNState"]:
         """The states after each of xs, in order."""
         b, out, prev = self.builder, [], self
-        for layer_states, hs in self._steps(list(xs)):
+        xs = list(xs)
+        if xs and len(b.params) == 1 and all(m is None and r is None for m, r in self.masks):
+            # one layer, no dropout: the steps as one chain (embedding rows read in place)
+            g = graph_of(list(self.states) + xs)
+            for node in self._steps(xs, top_only=True):
+                state = RNNState(b, [Expression(g, node)], self.masks, False, prev)
+                out.append(state)
+                prev = state
+            return out
+        for layer_states, hs in self._steps(xs):
             state = RNNState(b, layer_states, self.masks, False, prev)
             state._h = hs
             out.append(state)
