@@ -633,7 +633,7 @@ class Deferred(Expression):
     def plain(self) -> Expression:
         """The same value as an ordinary Expression (adding the node if it is not there); build
         on it to keep a node of its own, with its own gradient."""
-        return Expression(self.g, self.i)
+        return Expression(self._live(), self.i)
 
     def gradient(self) -> np.ndarray:
         """d loss / d this expression, after `backward()`; an error if a fused node read it in

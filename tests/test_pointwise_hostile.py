@@ -202,3 +202,198 @@ def test_plain_of_an_expression_taken_into_a_program_keeps_its_whole_gradient(au
     want = _plain(False, False)
     for a, b in zip(_plain(True, autobatch), want):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _dynet_program(dy, seed):
+    """A DyNet program written op by op: a gated cell over a batch of 3, `-x`, `1 - x`,
+    `x / 2`, cmult, cdiv, colwise_add and a scalar (1,) broadcast."""
+    rng = np.random.default_rng(seed)
+    m = dy.ParameterCollection()
+    W = m.parameters_from_numpy(rng.normal(size=(D, D)) * 0.5)
+    U = m.parameters_from_numpy(rng.normal(size=(D, D)) * 0.5)
+    b = m.parameters_from_numpy(rng.normal(size=(D,)) * 0.5)
+    O = m.parameters_from_numpy(  # noqa: E741
+        rng.normal(size=(2, D)) * 0.5)
+    dy.renew_cg()
+    x = dy.inputTensor(rng.normal(size=(D, 3)), batched=True)
+    h = dy.inputTensor(rng.normal(size=(D, 3)), batched=True)
+    s = dy.scalarInput(0.7)
+    i = dy.logistic(W * x + b)
+    u = dy.tanh(U * h)
+    c = dy.cmult(i, u) + dy.cmult(1 - i, h) * s
+    out = dy.cmult(-c, dy.cdiv(u, dy.square(c) + 2.0)) / 2
+    mid = out.npvalue()
+    scores = O * (out + c)
+    loss = dy.sum_batches(dy.pickneglogsoftmax_batch(scores, [0, 1, 1]))
+    loss.forward()
+    loss.backward()
+    return ([loss.scalar_value(), mid] + [e.gradient() for e in (i, u, c, out, x, h)]
+            + [p.grad_as_array() for p in (W, U, b, O)]), type(c.es[0]).__name__
+
+
+def test_the_dynet_layer_building_elementwise_expressions_equals_unfused(monkeypatch):
+    import dynlp.dynet as dy
+    from dynlp import graph as G
+    got, kind = _dynet_program(dy, 3)
+    assert kind == "Pointwise"
+    renew = G.renew_cg
+    monkeypatch.setattr(G, "renew_cg", lambda **options: renew(fuse=False, **options))
+    want, kind = _dynet_program(dy, 3)
+    assert kind == "Expression"
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_equal_cells_across_examples_share_one_fused_op_and_batch():
+    """The same expression written per example (constants on either side, a shared weight
+    read through a product): one fused op, one signature, one batch forward."""
+    rng = np.random.default_rng(7)
+    pc = dn.ParameterCollection(seed=1)
+    W = pc.add_parameters((D, D))
+    with dn.Graph() as g:
+        outs = []
+        for _ in range(5):
+            x, y = dn.inputs(rng.normal(size=D)), dn.inputs(rng.normal(size=D))
+            h = W @ x
+            z = (1.0 - dn.logistic(h)) * y + 2.0 / (dn.square(y) + 1.0) - h * 0.5
+            outs.append(z)
+        nodes = [z.i for z in outs]
+        assert len({g.ops[n] for n in nodes}) == 1
+        assert len({g.sigs[n] for n in nodes}) == 1
+        assert g.ops[nodes[0]].name.startswith("fused(")
+        before = g.stats()["forward_batches"]
+        g.forward(outs)
+        # h read by logistic (an affine_transform node) and by `h * 0.5` (a matmul node): the
+        # five of each in one batch, the five fused cells in another
+        assert g.stats()["forward_batches"] - before == 3
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_float32_fused_equals_unfused(autobatch):
+    def run(fuse, ab):
+        got = _random_dag(4, fuse, ab, dtype=np.float32)
+        return got
+    want = run(False, False)
+    got = run(True, autobatch)
+    _assert_same(got, want, rtol=2e-4, atol=1e-5)
+
+
+def test_shape_errors_name_the_op_and_leave_the_graph_usable():
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            x, y = dn.inputs(np.ones(3)), dn.inputs(np.ones(4))
+            t = dn.tanh(x) * 2.0          # a Pointwise operand
+            for build, name in [(lambda: t * y, "mul"), (lambda: y / t, "div"),
+                                (lambda: t + y, "add"), (lambda: t - y, "add"),
+                                (lambda: y - dn.tanh(t), "add"), (lambda: x * y, "mul")]:
+                with pytest.raises(dn.ShapeError, match=rf"^{name}\(\((3|4),\), \((3|4),\)\)"):
+                    build()
+            loss = dn.sum_elems(t * x)
+            loss.backward()
+            np.testing.assert_allclose(t.gradient(), np.ones(3))
+            np.testing.assert_allclose(x.gradient(), 2 * (1 - np.tanh(1.0) ** 2) + 2 * np.tanh(1))
+
+
+def test_expressions_of_an_ended_graph_raise_graph_errors():
+    with dn.Graph() as g:
+        x = dn.inputs(np.ones(2))
+        taken = x * x + 1.0
+        later = dn.tanh(taken)    # takes taken's program
+        kept = later * 2.0
+        kept.value()              # its node
+        pending = kept - x        # never read
+    uses = [lambda e: e * e, lambda e: e * 2.0, lambda e: 1.0 - e, lambda e: 2.0 / e,
+            lambda e: -e, lambda e: dn.tanh(e), lambda e: e ** 2, lambda e: e.value(),
+            lambda e: e.gradient(), lambda e: e.plain(), lambda e: dn.sum_elems(e),
+            lambda e: dn.esum([e, e]), lambda e: dn.dropout(e, 0.5), lambda e: e - e]
+    for e in (x, taken, later, kept, pending):
+        for use in uses:
+            with pytest.raises(dn.GraphError):
+                use(e)
+    assert g.stats()["nodes_before_fusion"] == 7
+    with dn.Graph():
+        y = dn.inputs(np.ones(2))
+        for e in (taken, pending):
+            for use in (lambda e: e * y, lambda e: y - e, lambda e: y + e):
+                with pytest.raises(dn.GraphError):
+                    use(e)
+
+
+def test_expressions_of_two_live_graphs_do_not_mix():
+    g1, g2 = dn.Graph(dtype=np.float64), dn.Graph(dtype=np.float64)
+    a = g1.leaf(np.array([0.5, -0.5]))
+    b = g2.leaf(np.array([0.25, 1.0]))
+    pa, pb = dn.tanh(a) * 2.0 + a, dn.tanh(b) * 2.0 + b   # the same program in both
+    for build in (lambda: pa * pb, lambda: pa - pb, lambda: pa + b, lambda: a * pb,
+                  lambda: pb / a):
+        with pytest.raises(dn.GraphError):
+            build()
+    la, lb = dn.sum_elems(pa * pa), dn.sum_elems(pb * pb)
+    la.backward()
+    lb.backward()
+    for e, v in ((a, [0.5, -0.5]), (b, [0.25, 1.0])):
+        v = np.array(v)
+        p = 2 * np.tanh(v) + v
+        np.testing.assert_allclose(e.gradient(), 2 * p * (2 * (1 - np.tanh(v) ** 2) + 1))
+    np.testing.assert_allclose(pa.gradient(), 2 * (2 * np.tanh([0.5, -0.5]) + [0.5, -0.5]))
+    g1.close()
+    g2.close()
+
+
+@pytest.mark.parametrize("autobatch", [False, True])
+def test_gradcheck_through_broadcasting_fused_expressions(autobatch):
+    def f(v, m, c, col):
+        t = dn.tanh(v * m + col) - c * m / (m * m + 1.0)
+        u = 1.0 - t * 0.5
+        return dn.sum_elems(u * t + 2.0 / (dn.square(u) + 1.0)) + dn.sum_elems(-v * c)
+    rng = np.random.default_rng(2)
+    dn.gradcheck(f, *[rng.normal(size=s) for s in SHAPES], autobatch=autobatch)
+
+
+def _jvps(fuse, autobatch):
+    rng = np.random.default_rng(9)
+    x0, y0, tx, ty = rng.normal(size=(4, D))
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch):
+        x, y = dn.inputs(x0), dn.inputs(y0)
+        a = x * y - 1.0
+        b = dn.tanh(a) / (dn.square(y) + 1.0)   # takes a
+        c = b * a                                # a's node, b's node
+        d = -c + 0.5 * b
+        return [np.atleast_1d(dn.jvp(e, {x: tx, y: ty})) for e in (d, a, b, c)]
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_jvp_of_intermediate_expressions(autobatch):
+    for a, b in zip(_jvps(True, autobatch), _jvps(False, False)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _losses(fuse, autobatch):
+    """Pointwise expressions read by softmax losses (over an Affine with a bias, and over
+    the expression itself), esum, lookups and `.plain()`; sparse lookup gradients."""
+    pc = dn.ParameterCollection(seed=3, dtype=np.float64)
+    E = pc.add_lookup_parameters((5, D), init="normal", scale=0.5)
+    O = pc.add_parameters((4, D), init="normal", scale=0.5)  # noqa: E741
+    bo = pc.add_parameters((4,), init="normal", scale=0.5)
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+        terms, hs = [], []
+        for k in range(4):
+            e1, e2 = dn.lookup(E, k), dn.lookup(E, (k + 2) % 5)
+            h = dn.tanh(e1 * e2 + e1) * (1.0 - dn.logistic(e2))
+            hs.append(h)
+            terms.append(dn.pick_neg_log_softmax(O @ h + bo, k % 4))
+            terms.append(dn.pick_neg_log_softmax(h * 2.0 - e2, k % D))
+            terms.append(dn.pick_neg_log_softmax(O @ (h * 0.5).plain() + bo, 1))
+        loss = dn.esum(terms) + dn.esum([dn.sum_elems(h) for h in hs]) * 0.1
+        loss.backward()
+        return ([loss.scalar_value()] + [h.gradient() for h in hs]
+                + [p.grad_as_array() for p in pc.parameters()], len(g), g.stats())
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_losses_over_pointwise_expressions(autobatch):
+    want = _losses(False, False)
+    got = _losses(True, autobatch)
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert got[2]["nodes_before_fusion"] == want[1]
