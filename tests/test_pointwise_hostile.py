@@ -279,8 +279,9 @@ def test_float32_fused_equals_unfused(autobatch):
 
 
 def test_shape_errors_name_the_op_and_leave_the_graph_usable():
+    counts = []
     for fuse in (False, True):
-        with dn.Graph(dtype=np.float64, fuse=fuse):
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
             x, y = dn.inputs(np.ones(3)), dn.inputs(np.ones(4))
             t = dn.tanh(x) * 2.0          # a Pointwise operand
             for build, name in [(lambda: t * y, "mul"), (lambda: y / t, "div"),
@@ -292,6 +293,8 @@ def test_shape_errors_name_the_op_and_leave_the_graph_usable():
             loss.backward()
             np.testing.assert_allclose(t.gradient(), np.ones(3))
             np.testing.assert_allclose(x.gradient(), 2 * (1 - np.tanh(1.0) ** 2) + 2 * np.tanh(1))
+            counts.append(g.stats()["nodes_before_fusion"])
+    assert counts[0] == counts[1]
 
 
 def test_expressions_of_an_ended_graph_raise_graph_errors():
@@ -397,3 +400,62 @@ def test_losses_over_pointwise_expressions(autobatch):
     for a, b in zip(got[0], want[0]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     assert got[2]["nodes_before_fusion"] == want[1]
+
+
+def _builders(fuse, autobatch):
+    """Builders fed Pointwise expressions: an LSTM and a BiRNN over elementwise inputs, a
+    Tree-LSTM leaf over one and a node over [c; h] states made elementwise, an MLP (with and
+    without dropout) and its loss over one; builder outputs then read elementwise."""
+    rng = np.random.default_rng(13)
+    pc = dn.ParameterCollection(seed=5, dtype=np.float64)
+    lstm = dn.LSTMBuilder(1, D, 4, pc)
+    bi = dn.BiRNNBuilder(1, D, 4, pc, dn.LSTMBuilder)
+    tree = dn.TreeLSTMBuilder(D, 2, pc)
+    mlp = dn.MLP(pc, [4, 5, 3])
+    mlp_drop = dn.MLP(pc, [4, 5, 3], dropout=0.3, name="mlp_drop")
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch, seed=2) as g:
+        xs = [dn.inputs(rng.normal(size=D)) for _ in range(4)]
+        ins = [dn.tanh(x) * 2.0 - x for x in xs]
+        hs = lstm.initial_state().transduce(ins)
+        bs = bi.transduce(ins)
+        leaves = [tree.leaf(e * 0.5) for e in ins[:2]]
+        states = [dn.concatenate([s.c() * 0.9, dn.tanh(s.h())]) * 1.0 for s in leaves]
+        root = tree.node(states)
+        terms = []
+        for k, (h, b) in enumerate(zip(hs, bs)):
+            z = h * dn.logistic(h) + 1.0 - h
+            terms.append(mlp.pick_neg_log_softmax(z, k % 3))
+            terms.append(dn.sum_elems(mlp_drop(z * 0.5) * 2.0))
+            terms.append(dn.sum_elems(b[:4] * z))
+        terms.append(dn.sum_elems(root.h() * root.h()))
+        loss = dn.esum(terms)
+        loss.backward()
+        return ([loss.scalar_value()] + [e.gradient() for e in ins + xs]
+                + [p.grad_as_array() for p in pc.parameters()], len(g), g.stats())
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_builders_over_pointwise_expressions(autobatch):
+    want = _builders(False, False)
+    got = _builders(True, autobatch)
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_jvp_seeding_some_broadcasting_inputs(autobatch):
+    rng = np.random.default_rng(21)
+    values = [rng.normal(size=s) for s in SHAPES]
+    tangents = [rng.normal(size=s) for s in SHAPES]
+
+    def run(fuse, ab, which):
+        with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=ab):
+            v, m, c, col = leaves = [dn.inputs(a) for a in values]
+            t = dn.tanh(v * m + col) - c * m / (m * m + 1.0)
+            u = (1.0 - t) * c + v
+            seeds = {leaves[k]: tangents[k] for k in which}
+            return [dn.jvp(e, seeds) for e in (u, t, dn.sum_elems(u * t))]
+
+    for which in ([0], [1], [2], [3], [0, 2], [1, 3]):
+        for a, b in zip(run(True, autobatch, which), run(False, False, which)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
