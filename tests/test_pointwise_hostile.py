@@ -60,11 +60,13 @@ def _safe_binary(rng, x, y):
     return (x * 0.5 + y) * dn.tanh(y - x)
 
 
-def _random_dag(seed, fuse, autobatch, dtype=np.float64, steps=24, examples=2):
+def _random_dag(seed, fuse, autobatch, dtype=np.float64, steps=24, examples=2, rounds=False):
     """Per example, a random DAG over leaves and parameters of SHAPES; elementwise nodes
     mixed with products, sums, picks and concatenations; values read in the middle of
     building; a loss over some of the expressions (others never read). Returns what a user
-    can read: values, gradients of every expression, leaf and parameter, and a JVP."""
+    can read: values, gradients of every expression, leaf and parameter, and a JVP. With
+    `rounds`, a backward pass after each example too (the next example reads the previous
+    ones' expressions) and the gradients it gives."""
     rng = np.random.default_rng(seed)
     pc = dn.ParameterCollection(seed=seed, dtype=np.float64)
     W = pc.add_parameters((D, D), init="normal", scale=0.5)
@@ -73,7 +75,7 @@ def _random_dag(seed, fuse, autobatch, dtype=np.float64, steps=24, examples=2):
     with dn.Graph(dtype=dtype, autobatch=autobatch, fuse=fuse, seed=seed) as g:
         leaves, exprs, mids, losses = [], [], [], []
         for _ in range(examples):
-            pool = []
+            pool = [] if not rounds else [e for e in exprs if rng.random() < 0.3]
             for s in SHAPES:
                 x = dn.inputs(rng.normal(size=s))
                 leaves.append(x)
@@ -102,9 +104,12 @@ def _random_dag(seed, fuse, autobatch, dtype=np.float64, steps=24, examples=2):
                 exprs.append(e)
                 if rng.random() < 0.15:  # read in the middle of building
                     mids.append(np.array(pool[rng.integers(len(pool))].value()))
-            chosen = [e for e in pool[2 * len(SHAPES):] if rng.random() < 0.6] or pool[-1:]
+            chosen = [e for e in pool if rng.random() < 0.6 and e not in leaves] or pool[-1:]
             weights = [dn.inputs(rng.normal(size=e.shape)) for e in chosen]
             losses.append(dn.esum([dn.sum_elems(e * w) for e, w in zip(chosen, weights)]))
+            if rounds:
+                losses[-1].backward()
+                mids += [e.gradient() for e in exprs + leaves]
         loss = dn.esum(losses)
         loss.backward()
         values = [np.array(e.value()) for e in exprs]
@@ -132,6 +137,15 @@ def test_random_dags_fused_equal_unfused(seed):
         _assert_same(got, want)
         assert got[6]["nodes_before_fusion"] == want[7]
         assert got[7] <= want[7]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_dags_backward_after_each_example(seed):
+    want = _random_dag(seed, False, False, examples=3, rounds=True)
+    for autobatch in MODES:
+        got = _random_dag(seed, True, autobatch, examples=3, rounds=True)
+        _assert_same(got, want)
+        assert got[6]["nodes_before_fusion"] == want[7]
 
 
 def _deep(fuse, autobatch, steps=40):
