@@ -473,3 +473,85 @@ def test_jvp_seeding_some_broadcasting_inputs(autobatch):
     for which in ([0], [1], [2], [3], [0, 2], [1, 3]):
         for a, b in zip(run(True, autobatch, which), run(False, False, which)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _xor(dy):
+    """DyNet's xor example's shape: one graph built once, its inputs set and recomputed each
+    step (the engine forgets its values), elementwise expressions read in between."""
+    rng = np.random.default_rng(17)
+    m = dy.ParameterCollection()
+    W = m.parameters_from_numpy(rng.normal(size=(4, 2)) * 0.5)
+    b = m.parameters_from_numpy(rng.normal(size=(4,)) * 0.5)
+    V = m.parameters_from_numpy(rng.normal(size=(1, 4)) * 0.5)
+    trainer = dy.SimpleSGDTrainer(m, 0.1)
+    dy.renew_cg()
+    x = dy.vecInput(2)
+    y = dy.scalarInput(0)
+    h = dy.tanh(W * x + b)
+    g = dy.cmult(h, 1 - h) + h / 2
+    out = dy.logistic(V * g)
+    loss = -(y * dy.log(out)) - (1 - y) * dy.log(1 - out)
+    seen = []
+    for step in range(6):
+        a, c = step % 2, (step // 2) % 2
+        x.set([a, c])
+        y.set(a != c)
+        seen.append(loss.scalar_value())
+        seen.append(g.npvalue())
+        loss.backward()
+        seen += [e.gradient() for e in (h, g, out)]
+        trainer.update()
+    return seen + [W.as_array(), V.as_array()]
+
+
+def test_dynet_inputs_set_and_recomputed_equal_unfused(monkeypatch):
+    import dynlp.dynet as dy
+    from dynlp import graph as G
+    got = _xor(dy)
+    renew = G.renew_cg
+    monkeypatch.setattr(G, "renew_cg", lambda **options: renew(fuse=False, **options))
+    want = _xor(dy)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+CONSUMERS = {
+    "elementwise": lambda p, z: dn.sum_elems(p * z),
+    "constant": lambda p, z: dn.sum_elems(1.0 - p) * 0.5,
+    "product": lambda p, z: dn.sum_elems(dn.inputs(np.eye(D)) @ p),
+    "loss": lambda p, z: dn.pick_neg_log_softmax(p, 1),
+    "twice": lambda p, z: dn.sum_elems(dn.tanh(p) * p),
+}
+
+
+def _orders(order, read, fuse, autobatch):
+    rng = np.random.default_rng(19)
+    x0, y0, z0 = rng.normal(size=(3, D))
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch):
+        x, y, z = dn.inputs(x0), dn.inputs(y0), dn.inputs(z0)
+        p = dn.tanh(x * y) + x
+        unread = p * 3.0 - y   # never read
+        terms = []
+        for k, name in enumerate(order):
+            if read == k:
+                p.value()
+            terms.append(CONSUMERS[name](p, z))
+        loss = dn.esum(terms)
+        loss.backward()
+        return [p.gradient(), unread.gradient(), x.gradient(), y.gradient()] + \
+            [t.gradient() for t in terms] + [np.array(t.value()) for t in terms]
+
+
+@pytest.mark.parametrize("read", [None, 0, 1, 2])
+@pytest.mark.parametrize("order", [("elementwise", "product", "twice"),
+                                   ("product", "elementwise", "constant"),
+                                   ("twice", "constant", "elementwise"),
+                                   ("loss", "twice", "product"),
+                                   ("constant",), ("twice",), ("product", "loss")])
+def test_one_pointwise_read_in_every_order(order, read):
+    """p read by one, two or three consumers (elementwise, products, a loss, p twice inside one
+    program), its value read before any, after one or two of them, or never."""
+    want = _orders(order, read, False, False)
+    for autobatch in MODES:
+        for a, b in zip(_orders(order, read, True, autobatch), want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
