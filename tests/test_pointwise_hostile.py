@@ -290,6 +290,7 @@ def test_float32_fused_equals_unfused(autobatch):
     want = run(False, False)
     got = run(True, autobatch)
     _assert_same(got, want, rtol=2e-4, atol=1e-5)
+    assert {a.dtype for a in got[3]} == {np.dtype(np.float32)}
 
 
 def test_shape_errors_name_the_op_and_leave_the_graph_usable():
@@ -454,6 +455,7 @@ def test_builders_over_pointwise_expressions(autobatch):
     got = _builders(True, autobatch)
     for a, b in zip(got[0], want[0]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert got[2]["nodes_before_fusion"] == want[1]
 
 
 @pytest.mark.parametrize("autobatch", MODES)
