@@ -557,3 +557,45 @@ def test_one_pointwise_read_in_every_order(order, read):
     for autobatch in MODES:
         for a, b in zip(_orders(order, read, True, autobatch), want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.xfail(strict=True, reason="0.0 == -0.0: `x * 0.0` and `x * -0.0` make equal "
+                   "programs (fusion.pointwise_op's cache) and equal signatures (Graph.add_node"
+                   "'s, unfused too), so the second reuses the first's constant")
+def test_a_negative_zero_constant_keeps_its_sign():
+    with dn.Graph(dtype=np.float64, autobatch=False):
+        x = dn.inputs(np.ones(2))
+        a = dn.exp(x * 0.0)      # the program (mul_const 0.0, exp)
+        b = dn.exp(x * -0.0)
+        with np.errstate(divide="ignore"):
+            inverses = (1.0 / (x * -0.0)).value(), (1.0 / (x * 0.0)).value()
+        np.testing.assert_array_equal(a.value(), b.value())
+        np.testing.assert_array_equal(inverses[0], -np.inf)
+        np.testing.assert_array_equal(inverses[1], np.inf)
+
+
+def _dropped(fuse, autobatch):
+    rng = np.random.default_rng(23)
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch, seed=4) as g:
+        terms, ps, leaves = [], [], []
+        for _ in range(3):
+            x, y = dn.inputs(rng.normal(size=(D, N))), dn.inputs(rng.normal(size=D))
+            p = dn.tanh(x) * y - 1.0          # (D, N) against (D,)
+            q = dn.dropout(p, 0.5)
+            r = dn.dropout(q * q + p, 0.25) * 2.0
+            terms.append(dn.sum_elems(r - dn.noise(p, 0.1)))
+            ps += [p, q, r]
+            leaves += [x, y]
+        loss = dn.esum(terms)
+        loss.backward()
+        return ([loss.scalar_value()] + [e.gradient() for e in ps + leaves]
+                + [np.array(e.value()) for e in ps], len(g), g.stats())
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_dropout_and_noise_on_pointwise_expressions(autobatch):
+    want = _dropped(False, False)
+    got = _dropped(True, autobatch)
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert got[2]["nodes_before_fusion"] == want[1]
