@@ -599,3 +599,42 @@ def test_dropout_and_noise_on_pointwise_expressions(autobatch):
     for a, b in zip(got[0], want[0]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     assert got[2]["nodes_before_fusion"] == want[1]
+
+
+def _tree_states(fuse, autobatch):
+    """Random Tree-LSTMs written op by op (tests/test_pointwise.py's cells), some cells' c read
+    while building: the gradients of every cell's h and c."""
+    from test_pointwise import _leaf_cell, _tree_cell
+    dim = 3
+    pc = dn.ParameterCollection(seed=2, dtype=np.float64)
+    P = [pc.add_parameters(s, init="normal", scale=0.5) for s in
+         [(dim, 2 * dim)] * 3 + [(dim, dim)] * 2 + [(dim,)] * 4]
+    W = [pc.add_parameters((dim, dim), init="normal", scale=0.5) for _ in range(3)]
+    O = pc.add_parameters((2, dim))  # noqa: E741
+    B = pc.add_parameters((2,), init="normal", scale=0.5)
+    rng = np.random.default_rng(6)
+    cells = []
+
+    def tree(depth):
+        if depth == 0 or rng.random() < 0.3:
+            out = _leaf_cell(P, W, dn.inputs(rng.normal(size=dim)))
+        else:
+            out = _tree_cell(P, tree(depth - 1), tree(depth - 1))
+        cells.append(out)
+        if rng.random() < 0.2:
+            out[1].value()
+        return out
+
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch):
+        roots = [tree(4) for _ in range(4)]
+        loss = dn.esum([dn.pick_neg_log_softmax(O @ h + B, k % 2)
+                        for k, (h, _) in enumerate(roots)])
+        loss.backward()
+        return [e.gradient() for cell in cells for e in cell] + \
+            [p.grad_as_array() for p in pc.parameters()]
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_tree_lstm_cells_keep_the_gradients_of_their_states(autobatch):
+    for a, b in zip(_tree_states(True, autobatch), _tree_states(False, False)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
