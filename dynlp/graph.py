@@ -139,6 +139,8 @@ class Graph:
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self.pointwise: dict[int, Any] = {}  # fused elementwise node -> its Pointwise
+        # node of a Pointwise whose program others took in -> it: the node's gradient() is its
+        self.inlined: dict[int, Any] = {}
         self.folded = 0  # ops that fusion while building kept out of the graph (`stats()`)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
@@ -179,7 +181,7 @@ class Graph:
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
-            self.pointwise = {}
+            self.pointwise, self.inlined = {}, {}
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -544,6 +546,9 @@ class Expression:
     def gradient(self) -> np.ndarray:
         """d loss / d this expression, after `backward()`."""
         g = self._live()
+        inlined = g.inlined.get(self.i)
+        if inlined is not None and inlined is not self:  # (`plain()` of a Pointwise)
+            return inlined.gradient()
         return np.array(g.engine.gradient(self.i))
 
     def plain(self) -> "Expression":
@@ -628,7 +633,7 @@ class Deferred(Expression):
     def plain(self) -> Expression:
         """The same value as an ordinary Expression (adding the node if it is not there); build
         on it to keep a node of its own, with its own gradient."""
-        return Expression(self.g, self.i)
+        return Expression(self._live(), self.i)
 
     def gradient(self) -> np.ndarray:
         """d loss / d this expression, after `backward()`; an error if a fused node read it in
@@ -967,10 +972,14 @@ class Pointwise(Deferred):
         if len(tokens) == len(leaves) + 1:  # one op: its own primitive
             last = tokens[-1]
             if type(last) is Op:
-                return g.add_node(last, leaves)
-            return g.add_node(last[0], leaves, last[1])
-        node = g.add_node(pointwise_op(tokens, _ARITY), leaves)
-        g.pointwise[node] = self
+                node = g.add_node(last, leaves)
+            else:
+                node = g.add_node(last[0], leaves, last[1])
+        else:
+            node = g.add_node(pointwise_op(tokens, _ARITY), leaves)
+            g.pointwise[node] = self
+        if self.taken:  # (other nodes compute it too: an Expression of this node sums theirs)
+            g.inlined[node] = self
         return node
 
     def _steps_of(self, target: "Pointwise", base: int, out: list) -> None:
