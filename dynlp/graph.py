@@ -139,7 +139,8 @@ class Graph:
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self.pointwise: dict[int, Any] = {}  # fused elementwise node -> its Pointwise
-        # node of a Pointwise whose program others took in -> it: the node's gradient() is its
+        # node of a Pointwise whose program others took in -> it: an Expression of that node
+        # answers gradient() with the Pointwise's, which adds what flowed through those others
         self.inlined: dict[int, Any] = {}
         self.folded = 0  # ops that fusion while building kept out of the graph (`stats()`)
         self._zeros: dict[tuple, int] = {}
