@@ -73,13 +73,19 @@ def _leaf_cell(P, W, x):
     return o * dn.tanh(c), c
 
 
-def _trees(fuse, autobatch="late"):
-    dim = 3
+def _tree_params(dim):
+    """The cells' parameters (P for `_tree_cell`, W for `_leaf_cell`) and a (2, dim) output
+    layer, in a float64 collection."""
     pc = dn.ParameterCollection(seed=2, dtype=np.float64)
     P = [pc.add_parameters(s, init="normal", scale=0.5) for s in
          [(dim, 2 * dim)] * 3 + [(dim, dim)] * 2 + [(dim,)] * 4]
     W = [pc.add_parameters((dim, dim), init="normal", scale=0.5) for _ in range(3)]
-    O = pc.add_parameters((2, dim))  # noqa: E741
+    return pc, P, W, pc.add_parameters((2, dim))
+
+
+def _trees(fuse, autobatch="late"):
+    dim = 3
+    pc, P, W, O = _tree_params(dim)  # noqa: E741
     rng = np.random.default_rng(6)
 
     def tree(depth):  # random binary trees of up to `depth` levels

@@ -128,6 +128,16 @@ def _assert_same(got, want, rtol=1e-10, atol=1e-12):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
     assert got[5] == pytest.approx(want[5], rel=rtol, abs=atol)
 
+def _same_as_unfused(build, autobatch, rtol, atol):
+    """build(fuse, autobatch) -> (numbers, len(g), stats): fused under `autobatch` against
+    unfused and unbatched, number by number, and the node count fusion reports."""
+    want = build(False, False)
+    got = build(True, autobatch)
+    assert len(got[0]) == len(want[0])
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    assert got[2]["nodes_before_fusion"] == want[1]
+
 
 @pytest.mark.parametrize("seed", range(12))
 def test_random_dags_fused_equal_unfused(seed):
@@ -410,11 +420,7 @@ def _losses(fuse, autobatch):
 
 @pytest.mark.parametrize("autobatch", MODES)
 def test_losses_over_pointwise_expressions(autobatch):
-    want = _losses(False, False)
-    got = _losses(True, autobatch)
-    for a, b in zip(got[0], want[0]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    assert got[2]["nodes_before_fusion"] == want[1]
+    _same_as_unfused(_losses, autobatch, 1e-10, 1e-12)
 
 
 def _builders(fuse, autobatch):
@@ -451,11 +457,7 @@ def _builders(fuse, autobatch):
 
 @pytest.mark.parametrize("autobatch", MODES)
 def test_builders_over_pointwise_expressions(autobatch):
-    want = _builders(False, False)
-    got = _builders(True, autobatch)
-    for a, b in zip(got[0], want[0]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    assert got[2]["nodes_before_fusion"] == want[1]
+    _same_as_unfused(_builders, autobatch, 1e-10, 1e-12)
 
 
 @pytest.mark.parametrize("autobatch", MODES)
@@ -594,23 +596,15 @@ def _dropped(fuse, autobatch):
 
 @pytest.mark.parametrize("autobatch", MODES)
 def test_dropout_and_noise_on_pointwise_expressions(autobatch):
-    want = _dropped(False, False)
-    got = _dropped(True, autobatch)
-    for a, b in zip(got[0], want[0]):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    assert got[2]["nodes_before_fusion"] == want[1]
+    _same_as_unfused(_dropped, autobatch, 1e-12, 1e-14)
 
 
 def _tree_states(fuse, autobatch):
     """Random Tree-LSTMs written op by op (tests/test_pointwise.py's cells), some cells' c read
     while building: the gradients of every cell's h and c."""
-    from test_pointwise import _leaf_cell, _tree_cell
+    from test_pointwise import _leaf_cell, _tree_cell, _tree_params
     dim = 3
-    pc = dn.ParameterCollection(seed=2, dtype=np.float64)
-    P = [pc.add_parameters(s, init="normal", scale=0.5) for s in
-         [(dim, 2 * dim)] * 3 + [(dim, dim)] * 2 + [(dim,)] * 4]
-    W = [pc.add_parameters((dim, dim), init="normal", scale=0.5) for _ in range(3)]
-    O = pc.add_parameters((2, dim))  # noqa: E741
+    pc, P, W, O = _tree_params(dim)  # noqa: E741
     B = pc.add_parameters((2,), init="normal", scale=0.5)
     rng = np.random.default_rng(6)
     cells = []
