@@ -248,11 +248,11 @@ class Engine:
         are nodes whose inputs are computed or early themselves, of cheap ops (op cost 1:
         concatenations, masks, sums) and of the costly signatures whose nodes could all run early
         and take at most 4/5 as many levels by depth as by height (so they batch in fewer, larger
-        batches early than late). A parser's word and tag
-        embeddings concatenated are one batch, not one per LSTM step; a tagger's character LSTMs,
-        whose words sit at every height of the sentence's BiLSTM, run aligned by character; the
-        first level of a stacked BiLSTM, whose steps feed the second level's two directions at
-        heights that differ by sentence length, runs aligned by position."""
+        batches early than late). A parser's word and tag embeddings concatenated are one batch,
+        not one per LSTM step; a tagger's character LSTMs, whose words sit at every height of the
+        sentence's BiLSTM, run aligned by character; the first level of a stacked BiLSTM, whose
+        steps feed the second level's two directions at heights that differ by sentence length,
+        runs aligned by position."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
         # what could run early: depths by signature, against heights, for costly signatures
@@ -447,8 +447,9 @@ class Engine:
         self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
 
     def _run_each(self, pending: list[int]) -> None:
-        """Autobatching off: each node on its own. Every array stored holds one row, so an
-        argument is read as it is stored, with no gather."""
+        """Each node on its own (autobatching off, or a batch of one node): an argument is read
+        as it is stored, the whole array when it holds one row (always, without autobatching),
+        else a view of its row; no gather."""
         g = self.g
         ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
         loc, bufs, batches = g.loc, self.bufs, self.batches
