@@ -931,8 +931,8 @@ class Affine(Deferred):
 
 
 class Pointwise(Deferred):
-    """An elementwise expression over nodes (`+`, `*`, `/`, `-`, tanh, logistic, rectify, exp,
-    ... and arithmetic with constants, on operands of one shape), kept as a postfix program
+    """An elementwise expression over nodes (`+`, `*`, `/`, `-` with DyNet-style broadcasting,
+    tanh, logistic, rectify, exp, ... and arithmetic with constants), kept as a postfix program
     while the user builds: the node it makes when read is one fused node whose rules compose
     the op table's (`fusion.pointwise_op`), so that a cell written op by op (an LSTM's or
     Tree-LSTM's `c = i * u + f * c1`, `h = o * tanh(c)`) is two nodes, not seven, and batches
