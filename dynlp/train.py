@@ -12,13 +12,16 @@ import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -313,6 +316,21 @@ def _decode(value: Any, arrays: Any) -> Any:
     return value
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (where the
+    platform can hold signals back): what the block writes and records happens whole."""
+    hold = getattr(signal, "pthread_sigmask", None)
+    if hold is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = hold(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        hold(signal.SIG_SETMASK, previous)
+
+
 def save_checkpoint(path: str | os.PathLike, pc: dn.ParameterCollection, trainer: Any,
                     state: dict, config: dict, model_metadata: dict) -> None:
     """Write parameters, trainer state and loop state to `path` (temporary file, then rename)."""
@@ -605,9 +623,10 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
             trainer.update_epoch()
             if comm.size > 1 and not comm.parameters_agree(pc):
                 raise TrainingError(f"the ranks' parameters differ after epoch {epoch}")
-            if comm.is_root:
-                save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
-            saved = epoch
+            with _signals_deferred():  # (the checkpoint on disk and `saved` move together)
+                if comm.is_root:
+                    save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
+                saved = epoch
             if comm.is_root:
                 _write_log(log_path, state["records"])
                 _report(recipe, record, state)

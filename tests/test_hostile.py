@@ -670,6 +670,27 @@ def test_interrupt_during_a_write(where, straight, tmp_path, capsys, monkeypatch
     assert losses[0] == losses[1]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_right_after_a_checkpoint_counts_that_epoch(signum, tmp_path, capsys,
+                                                             monkeypatch):
+    """A signal that arrives the moment epoch 1's checkpoint is in place (before the run has
+    noted it): the message, the log and the checkpoint agree that epoch 1 is saved."""
+    from dynlp import train
+    real = train.save_checkpoint
+
+    def signalling(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(train, "save_checkpoint", signalling)
+    code, _, err = run(capsys, [*INTERRUPTED, "--out", tmp_path / "run"])  # (SIGTERM: cli's)
+    assert code == (130 if signum == signal.SIGINT else 143)
+    assert "after epoch 1 " in err
+    out = tmp_path / "run"
+    assert [json.loads(r)["epoch"] for r in (out / "log.jsonl").read_text().splitlines()] == [1]
+    assert len(read_npz(out / "checkpoint.npz")[0]["state"]["__dict__"]["records"]) == 1
+
+
 def test_rerun_without_resume_never_destroys_a_finished_run(runs, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [*finished_tagger_run(runs, out), "--epochs", "1"]
