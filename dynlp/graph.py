@@ -142,6 +142,9 @@ class Graph:
         # node of a Pointwise whose program others took in -> it: an Expression of that node
         # answers gradient() with the Pointwise's, which adds what flowed through those others
         self.inlined: dict[int, Any] = {}
+        # (len(pointwise), id(Pointwise) -> [(fused node, position)]): where each elementwise
+        # expression is computed inside fused nodes, for gradient() (ids: no cycle)
+        self._inside: tuple | None = None
         self.folded = 0  # ops that fusion while building kept out of the graph (`stats()`)
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
@@ -182,7 +185,7 @@ class Graph:
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
-            self.pointwise, self.inlined = {}, {}
+            self.pointwise, self.inlined, self._inside = {}, {}, None
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -983,15 +986,19 @@ class Pointwise(Deferred):
             g.inlined[node] = self
         return node
 
-    def _steps_of(self, target: "Pointwise", base: int, out: list) -> None:
-        """Program positions at which target's result is formed within this expression's
-        program, whose positions start at `base`."""
-        end = base + len(self.tokens) - len(self.leaves)  # (one past this root's position)
-        if self is target:
-            out.append(end - 1)
+    def _index(self, node: int, base: int, table: dict) -> None:
+        """Record, for this expression and each one composed into it, where its result is
+        formed in fused node `node`'s program (whose positions of this subprogram start at
+        `base`): table[id(expression)] lists (node, position)."""
+        position = base + len(self.tokens) - len(self.leaves) - 1  # (this root's position)
+        places = table.get(id(self))
+        if places is None:
+            table[id(self)] = [(node, position)]
+        else:
+            places.append((node, position))
         for kid in self.kids:
             if kid is not None:
-                kid._steps_of(target, base, out)
+                kid._index(node, base, table)
                 base += len(kid.tokens) - len(kid.leaves)
 
     def gradient(self) -> np.ndarray:
@@ -1004,12 +1011,14 @@ class Pointwise(Deferred):
         total = np.zeros(self.out_shape, g.dtype)
         if self._node >= 0:
             total = total + engine.gradient(self._node)
-        for node, root in g.pointwise.items():
-            if node == self._node:
-                continue
-            steps: list[int] = []
-            root._steps_of(self, 0, steps)
-            for p in steps:
+        index = g._inside
+        if index is None or index[0] != len(g.pointwise):  # (made once per set of nodes)
+            table: dict[int, list] = {}
+            for node, root in g.pointwise.items():
+                root._index(node, 0, table)
+            index = g._inside = (len(g.pointwise), table)
+        for node, p in index[1].get(id(self), ()):
+            if node != self._node:
                 ct = engine.inner_gradient(node, p)
                 if ct is not None:
                     total = total + ct
