@@ -9,6 +9,7 @@ Must not import autobatch or params.
 from __future__ import annotations
 
 import gc
+import math
 from itertools import chain
 from typing import Any, Iterable, Sequence
 
@@ -1283,6 +1284,13 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None
 
 
 def _const_op(name: str, x: Any, c: float) -> Expression:
+    if c == 0.0 and math.copysign(1.0, c) < 0.0:
+        # -0.0 equals 0.0 and hashes alike, so in a signature or a program it would stand for
+        # 0.0: x * -0.0 is written -(x * 0.0), and x + -0.0, which is x exactly, x * 1.0
+        if name == "mul_const":
+            return unary("neg", _const_op(name, x, 0.0))
+        if name == "add_const":
+            return _const_op("mul_const", x, 1.0)
     if isinstance(x, Expression) and x.g.fuse is True:
         return _pointwise1(x._live(), (TABLE[name], (("c", c),)), x, x.shape)
     return apply(name, x, attrs=(("c", c),))

@@ -561,19 +561,25 @@ def test_one_pointwise_read_in_every_order(order, read):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.xfail(strict=True, reason="0.0 == -0.0: `x * 0.0` and `x * -0.0` make equal "
-                   "programs (fusion.pointwise_op's cache) and equal signatures (Graph.add_node"
-                   "'s, unfused too), so the second reuses the first's constant")
-def test_a_negative_zero_constant_keeps_its_sign():
-    with dn.Graph(dtype=np.float64, autobatch=False):
-        x = dn.inputs(np.ones(2))
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("autobatch", MODES)
+def test_a_negative_zero_constant_keeps_its_sign(fuse, autobatch):
+    """0.0 == -0.0 (and they hash alike): as a constant of a node's signature or of a fused
+    program, -0.0 would be taken for 0.0, so arithmetic with -0.0 is written without it."""
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, fuse=fuse):
+        x = dn.inputs(np.array([1.0, -2.0]))
         a = dn.exp(x * 0.0)      # the program (mul_const 0.0, exp)
         b = dn.exp(x * -0.0)
         with np.errstate(divide="ignore"):
             inverses = (1.0 / (x * -0.0)).value(), (1.0 / (x * 0.0)).value()
         np.testing.assert_array_equal(a.value(), b.value())
-        np.testing.assert_array_equal(inverses[0], -np.inf)
-        np.testing.assert_array_equal(inverses[1], np.inf)
+        np.testing.assert_array_equal(inverses[0], [-np.inf, np.inf])
+        np.testing.assert_array_equal(inverses[1], [np.inf, -np.inf])
+        zeros = dn.inputs(np.array([0.0, -0.0]))
+        for got, want in (((zeros + -0.0).value(), np.array([0.0, -0.0]) + -0.0),
+                          ((zeros + 0.0).value(), np.array([0.0, -0.0]) + 0.0),
+                          ((x * -0.0).value(), np.array([1.0, -2.0]) * -0.0)):
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
 
 
 def _dropped(fuse, autobatch):
