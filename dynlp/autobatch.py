@@ -423,14 +423,16 @@ class Engine:
         loc, bufs = g.loc, self.bufs
         xs = []
         plans = []
-        all_args = g.args
-        for k, m in enumerate(mask):
+        place = loc.__getitem__
+        # the nodes' arguments, position by position (one transposition, not a lookup of each
+        # node's arguments per position)
+        columns = zip(*map(g.args.__getitem__, nodes))
+        for m, a, column in zip(mask, node_args, columns):
             if m == SHARED:
-                a = node_args[k]
                 xs.append(bufs[loc[a] >> _SHIFT][loc[a] & _ROW])
                 plans.append(a)
             else:
-                x, plan = self._gather([loc[all_args[n][k]] for n in nodes])
+                x, plan = self._gather(list(map(place, column)))
                 xs.append(x)
                 plans.append(plan)
         static = g.attrs[n0]
