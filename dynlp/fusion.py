@@ -1,6 +1,8 @@
-"""Automatic fusion: before a forward pass, regions of a graph's fresh nodes whose intermediate
-results only the region reads become one node each, whose rules are composed from the op
-table's (no derivative is written per pattern).
+"""Fused ops, whose rules are composed from the op table's (no derivative is written per
+pattern): `pointwise_op` for the elementwise expressions that graphs fuse while they are built
+(graph.Pointwise), and the region pass of `fuse="regions"` (`Fuser`): before a forward pass,
+regions of a graph's fresh nodes whose intermediate results only the region reads become one
+node each.
 
 A region grows from a root (the newest node not yet placed) through the arguments whose every
 consumer is in the region. The root keeps its node index and takes the fused op, over the
