@@ -309,3 +309,30 @@ def test_fused_expressions_leave_no_reference_cycle():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.4])
+def test_mlp_and_dropout_read_concatenated_lstm_outputs_in_place(rate):
+    def run(fuse):
+        pc = dn.ParameterCollection(seed=3, dtype=np.float64)
+        fwd, bwd = dn.LSTMBuilder(1, 4, 3, pc), dn.LSTMBuilder(1, 4, 3, pc)
+        mlp = dn.MLP(pc, [6, 5, 2], dropout=rate)
+        rng = np.random.default_rng(1)
+        with dn.Graph(dtype=np.float64, fuse=fuse, seed=7) as g:
+            losses = []
+            for length in (3, 5):
+                xs = [dn.inputs(rng.normal(size=4)) for _ in range(length)]
+                fs = fwd.initial_state().transduce(xs)
+                bs = bwd.initial_state().transduce(xs[::-1])[::-1]
+                for f, b in zip(fs, bs):
+                    losses.append(mlp.pick_neg_log_softmax(dn.concatenate([f, b]), length % 2))
+                    losses.append(dn.sum_elems(dn.dropout(dn.concatenate([f, b]), 0.3)))
+            loss = dn.esum(losses)
+            loss.backward()
+            return loss.scalar_value(), [p.grad_as_array() for p in pc.parameters()], len(g)
+
+    (v0, g0, n0), (v1, g1, n1) = run(False), run(True)
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert n1 < n0
