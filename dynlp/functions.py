@@ -292,7 +292,7 @@ def reshape(x: Any, shape: Any) -> Expression:
     order: [[0, 1, 2], [3, 4, 5]] -> (3, 2) is [[0, 1], [2, 3], [4, 5]]); DyNet reads in
     column-major order, so a port from DyNet that reshapes matrices may need a transpose."""
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-    return apply("reshape", x, attrs=(("shape", shape),))
+    return _graph.reshaped(x, shape)
 
 
 def pick_range(x: Any, start: int, end: int, dim: int = 0) -> Expression:

@@ -33,11 +33,12 @@ _AFFINE = TABLE["affine_transform"]
 _MLP_LOSS = TABLE["mlp_pick_neg_log_softmax"]
 _ADD = TABLE["add"]
 _NEG = TABLE["neg"]
+_RESHAPE = TABLE["reshape"]
 _CLOSING = frozenset(ACTIVATIONS) - {None}  # activations an affine_transform node applies
 # elementwise ops that fusion while building composes (`Pointwise`), with their arities
 _ARITY = {TABLE[name]: 1 for name in (
     "neg", "exp", "log", "sqrt", "square", "cube", "abs", "sin", "cos", "tanh", "logistic",
-    "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const")}
+    "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const", "reshape")}
 _ARITY.update({TABLE[name]: 2 for name in ("add", "mul", "div")})
 _BINARY_TOKENS = {name: (None, None, TABLE[name]) for name in ("add", "mul", "div")}
 _LEAF = (None,)
@@ -824,8 +825,8 @@ class Affine(Deferred):
             g.folded += 1
             return out
         if isinstance(other, Expression):
-            if other.g is not g:
-                return None
+            if other.g is not g or isinstance(other, Deferred) and other._node < 0:
+                return None  # (a pending expression is no parameter: left pending)
             node = other.i
             if g.ops[node] is not _PARAMETER or g.shapes[node] != self.out_shape:
                 return None  # (a constant may be one per example: added by its own node, it
@@ -1281,6 +1282,21 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None
         return broadcast_shape(a, b)
     except ValueError:
         return None
+
+
+def reshaped(x: Any, shape: tuple[int, ...]) -> Expression:
+    """x in another shape (row-major); inside an elementwise expression when fusing (a
+    reshape is a view: `w1 + reshape(w2, (d, 1))` is one fused node with what follows)."""
+    attrs = (("shape", shape),)
+    if isinstance(x, Expression) and x.g.fuse is True:
+        g = x._live()
+        try:
+            out = tuple(_RESHAPE.shape(x.shape, shape=shape))
+        except (ValueError, TypeError):
+            out = None  # (the node says why)
+        if out is not None:
+            return _pointwise1(g, (_RESHAPE, attrs), x, out)
+    return apply("reshape", x, attrs=attrs)
 
 
 def _const_op(name: str, x: Any, c: float) -> Expression:

@@ -12,7 +12,8 @@ from dynlp.graph import _ARITY, MAX_POINTWISE_TOKENS, Pointwise
 
 from test_autobatch import MODES
 
-UNARY = sorted(op.name for op, n in _ARITY.items() if n == 1 and not op.name.endswith("_const"))
+UNARY = sorted(op.name for op, n in _ARITY.items()
+               if n == 1 and not op.name.endswith("_const") and op.name != "reshape")
 POSITIVE = {"log", "sqrt"}
 
 
@@ -336,3 +337,32 @@ def test_mlp_and_dropout_read_concatenated_lstm_outputs_in_place(rate):
     for a, b in zip(g1, g0):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
     assert n1 < n0
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_a_reshape_inside_an_elementwise_expression(autobatch):
+    """MLP attention's `tanh(W1 H + reshape(W2 s, (d, 1)))`: the reshape is a step of the
+    fused program; values and gradients as unfused, and a reshape that cannot be raises."""
+    rng = np.random.default_rng(5)
+    values = [(rng.normal(size=(3, k)), rng.normal(size=3)) for k in (2, 4, 2)]
+
+    def run(fuse):
+        with dn.Graph(dtype=np.float64, autobatch=autobatch, fuse=fuse) as g:
+            leaves, terms = [], []
+            for m, v in values:
+                m, v = dn.inputs(m), dn.inputs(v)
+                leaves += [m, v]
+                scores = dn.tanh(m + dn.reshape(v * 2.0, (3, 1)))
+                terms.append(dn.sum_elems(dn.reshape(scores, (scores.shape[0] * scores.shape[1],))))
+            loss = dn.esum(terms)
+            loss.backward()
+            return loss.scalar_value(), [x.gradient() for x in leaves], len(g)
+
+    (v0, g0, n0), (v1, g1, n1) = run(False), run(True)
+    assert v1 == pytest.approx(v0, rel=1e-12)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert n1 < n0
+    with dn.Graph():
+        with pytest.raises(dn.ShapeError, match="reshape"):
+            dn.reshape(dn.inputs(np.ones(3)), (4,))
