@@ -318,17 +318,28 @@ def _decode(value: Any, arrays: Any) -> Any:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (where the
-    platform can hold signals back): what the block writes and records happens whole."""
-    hold = getattr(signal, "pthread_sigmask", None)
-    if hold is None or threading.current_thread() is not threading.main_thread():
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends, as the handlers
+    in place would have taken them: what the block writes and records happens whole. (Python
+    runs signal handlers in the main thread whichever thread the signal reached, so holding
+    them back there is enough.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = hold(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    names = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in names}
     try:
         yield
     finally:
-        hold(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(caught[0])
 
 
 def save_checkpoint(path: str | os.PathLike, pc: dn.ParameterCollection, trainer: Any,

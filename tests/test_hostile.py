@@ -683,7 +683,13 @@ def test_a_signal_right_after_a_checkpoint_counts_that_epoch(signum, tmp_path, c
         os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(train, "save_checkpoint", signalling)
-    code, _, err = run(capsys, [*INTERRUPTED, "--out", tmp_path / "run"])  # (SIGTERM: cli's)
+    # Ctrl-C as a terminal sends it, whatever an earlier test left as the process's handler
+    # (SIGTERM's is the command's own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, _, err = run(capsys, [*INTERRUPTED, "--out", tmp_path / "run"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == (130 if signum == signal.SIGINT else 143)
     assert "after epoch 1 " in err
     out = tmp_path / "run"
