@@ -1221,17 +1221,14 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
         if not g.alive:
             g._check_alive()
         if g.fuse is True:
-            shape = x.out_shape if tx is Pointwise else g.shapes[x.i]
-            other = y.out_shape if ty is Pointwise else g.shapes[y.i]
-            if shape != other:
-                shape = _broadcast(shape, other)
-            if shape is not None:
-                if tx is Expression and ty is Expression and kind != "sub":
-                    g.folded += 1
-                    return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), shape)
-                if kind == "sub":
-                    return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, other), shape)
-                return _pointwise2(g, TABLE[kind], x, y, shape)
+            sx = x.out_shape if tx is Pointwise else g.shapes[x.i]
+            sy = y.out_shape if ty is Pointwise else g.shapes[y.i]
+            if tx is Expression and ty is Expression and kind != "sub" and sx == sy:
+                g.folded += 1  # (the usual case, two nodes of one shape, the short way)
+                return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), sx)
+            fused = _fused_arith(g, kind, x, y, sx, sy)
+            if fused is not None:
+                return fused
         if tx is Expression and ty is Expression and kind != "sub":
             return g.add(TABLE[kind], (x.i, y.i))
     if kind == "add":
@@ -1264,15 +1261,24 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
         return _const_op("mul_const", _const_op("pow_const", y, -1.0), c)
     if isinstance(x, Expression) and isinstance(y, Expression) and x.g is y.g and \
             x.g.fuse is True:
-        g = x._live()
-        shape = x.shape if x.shape == y.shape else _broadcast(x.shape, y.shape)
-        if shape is not None:
-            if kind == "sub":
-                return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, y.shape), shape)
-            return _pointwise2(g, TABLE[kind], x, y, shape)
+        fused = _fused_arith(x._live(), kind, x, y, x.shape, y.shape)
+        if fused is not None:
+            return fused
     if kind == "sub":
         return apply("add", x, unary("neg", y))
     return apply(kind, x, y)
+
+
+def _fused_arith(g: Graph, kind: str, x: Any, y: Any, sx: tuple[int, ...],
+                 sy: tuple[int, ...]) -> "Pointwise | None":
+    """x kind y (add, sub, mul, div) over expressions of shapes sx and sy as a Pointwise, or
+    None when the shapes do not broadcast (the op's own node then says why)."""
+    shape = sx if sx == sy else _broadcast(sx, sy)
+    if shape is None:
+        return None
+    if kind == "sub":
+        return _pointwise2(g, _ADD, x, _pointwise1(g, _NEG, y, sy), shape)
+    return _pointwise2(g, TABLE[kind], x, y, shape)
 
 
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
