@@ -24,6 +24,7 @@ DEFAULT_STRATEGY = "late"
 # A computed node's place is one int, (batch << _SHIFT) | row: -1 pending, -2 being scheduled.
 _SHIFT = 32
 _ROW = (1 << _SHIFT) - 1
+_NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never written)
 
 
 def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -73,6 +74,7 @@ class Engine:
         self.grads: list[np.ndarray | None] | None = None
         self.hit: set[int] = set()  # the batches the last backward reached
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
+        self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -237,9 +239,22 @@ class Engine:
                 groups[first + s].append(n)
             else:
                 groups[(-height[n] << _SHIFT) + s].append(n)
-        run = self._run
-        for key in sorted(groups):
-            run(groups[key])
+        self._run_groups([groups[key] for key in sorted(groups)])
+
+    def _run_groups(self, groups: list[list[int]]) -> None:
+        """Run the groups in order; groups of one node in a row run in one `_run_each` call."""
+        run, each = self._run, self._run_each
+        alone: list[int] = []
+        for nodes in groups:
+            if len(nodes) == 1:
+                alone.append(nodes[0])
+                continue
+            if alone:
+                each(alone)
+                alone = []
+            run(nodes)
+        if alone:
+            each(alone)
 
     def _early(self, needed: list[int], height: list[int]) -> tuple[dict, set]:
         """Of the needed nodes (newest first), those that could run before the late levels (all
@@ -312,8 +327,7 @@ class Engine:
                 groups[key] = [n]
             else:
                 group.append(n)
-        for key in sorted(groups):
-            self._run(groups[key])
+        self._run_groups([groups[key] for key in sorted(groups)])
 
     def _agenda(self, pending: list[int]) -> None:
         """DyNet's agenda: run the ready signature group of lowest mean depth, until nothing is
@@ -377,15 +391,15 @@ class Engine:
         count = len(places)
         if count == 1:
             here = places[0]
-            b, r = here >> _SHIFT, here & _ROW
-            return bufs[b][r:r + 1], ("slice", b, r)
+            r = here & _ROW
+            return bufs[here >> _SHIFT][r:r + 1], here
         lo, hi = min(places), max(places)
         b0 = lo >> _SHIFT
         if hi >> _SHIFT == b0:
             buf = bufs[b0]
             r0 = lo & _ROW
             if hi - lo == count - 1 and places[0] == lo and places == list(range(lo, hi + 1)):
-                return buf[r0:r0 + count], ("slice", b0, r0)
+                return buf[r0:r0 + count], lo
             if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
@@ -419,7 +433,8 @@ class Engine:
             self._run_each(nodes)
             return
         node_args = g.args[n0]
-        mask = op.mask(len(node_args)) or ("stack",) * len(node_args)
+        rule = self._rules.get((op, len(node_args)))
+        mask = (rule or self._rule(op, len(node_args)))[0]
         loc, bufs = g.loc, self.bufs
         xs = []
         plans = []
@@ -449,55 +464,81 @@ class Engine:
         self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
 
     def _run_each(self, pending: list[int]) -> None:
-        """Each node on its own (autobatching off, or a batch of one node): an argument is read
+        """Each node on its own (autobatching off, or batches of one node): an argument is read
         as it is stored, the whole array when it holds one row (always, without autobatching),
-        else a view of its row; no gather."""
+        else a view of its row; no gather. A stacked argument's plan is its place (an int)."""
         g = self.g
         ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
         loc, bufs, batches = g.loc, self.bufs, self.batches
+        rules = self._rules
         clock = time.perf_counter
         numpy_time = 0.0
+        ragged = 0
         for n in pending:
             op = ops[n]
             args = all_args[n]
-            mask = op.mask(len(args))
-            if op.ragged is not None:
+            rule = rules.get((op, len(args)))
+            if rule is None:
+                rule = self._rule(op, len(args))
+            mask, shared, forward, vjp = rule
+            if forward is None:  # ragged (`_store` counts it)
                 self._run_ragged(op, [n])
+                ragged += 1
                 continue
-            if mask is None:
-                mask = ("stack",) * len(args)
-            xs = []
-            plans = []
-            for a, m in zip(args, mask):
-                here = loc[a]
-                b = here >> _SHIFT
-                buf = bufs[b]
-                if m == SHARED:
-                    xs.append(buf[here & _ROW])
-                    plans.append(a)
-                elif len(buf) == 1:
-                    xs.append(buf)
-                    plans.append(("slice", b, 0))
-                else:
-                    r = here & _ROW
-                    xs.append(buf[r:r + 1])
-                    plans.append(("slice", b, r))
+            if shared:
+                xs = []
+                plans = []
+                for a, m in zip(args, mask):
+                    here = loc[a]
+                    buf = bufs[here >> _SHIFT]
+                    if m == SHARED:
+                        xs.append(buf[here & _ROW])
+                        plans.append(a)
+                    elif len(buf) == 1:
+                        xs.append(buf)
+                        plans.append(here)
+                    else:
+                        r = here & _ROW
+                        xs.append(buf[r:r + 1])
+                        plans.append(here)
+            else:  # (every argument stacked: the plans are the places)
+                plans = [loc[a] for a in args]
+                xs = []
+                for here in plans:
+                    buf = bufs[here >> _SHIFT]
+                    if len(buf) == 1:
+                        xs.append(buf)
+                    else:
+                        r = here & _ROW
+                        xs.append(buf[r:r + 1])
             static = attrs_of[n]
-            attrs = dict(static) if static else {}
             if op.batched_attrs:
+                attrs = dict(static) if static else {}
                 for j, name in enumerate(op.batched_attrs):
                     attrs[name] = np.array([battrs_of[n][j]])
+            elif static or op.residual:
+                attrs = dict(static)
+            else:
+                attrs = _NO_ATTRS
             start = clock()
-            out = op.forward(*xs, **attrs)
+            out = forward(*xs, **attrs)
             numpy_time += clock() - start
             if op.residual:
                 out, attrs["residual"] = out
             loc[n] = len(bufs) << _SHIFT
             bufs.append(out)
-            batches.append(Batch(op, [n], xs, plans, attrs, mask, op.vjp))
-        self.counts["forward_batches"] += len(pending)
-        self.counts["forward_nodes"] += len(pending)
+            batches.append(Batch(op, [n], xs, plans, attrs, mask, vjp))
+        self.counts["forward_batches"] += len(pending) - ragged
+        self.counts["forward_nodes"] += len(pending) - ragged
         self.times["forward_numpy"] += numpy_time
+
+    def _rule(self, op: Any, nargs: int) -> tuple:
+        """(mask, whether any argument is shared, forward, vjp) of op with nargs arguments, the
+        rules None for a ragged op; cached per engine."""
+        mask = op.mask(nargs) or (STACK,) * nargs
+        rule = (mask, SHARED in mask, None if op.ragged is not None else op.forward, op.vjp)
+        self._rules[(op, nargs)] = rule
+        return rule
 
     def _store(self, out: np.ndarray, batch: Batch) -> None:
         """Keep a batch and its output; its nodes' values are the output's rows, in order."""
@@ -609,9 +650,8 @@ class Engine:
                     for part in ct.parts if type(ct) is Parts else (ct,):
                         to_shared(plan, part)
                     continue
-                kind = plan[0]
-                if kind == "slice":
-                    sb, r = plan[1], plan[2]
+                if type(plan) is int:  # rows r, r + 1, ... of batch sb, in order
+                    sb, r = plan >> _SHIFT, plan & _ROW
                     t = grads[sb]
                     if t is None and r == 0 and type(ct) is np.ndarray and \
                             ct.shape == bufs[sb].shape:
@@ -627,7 +667,9 @@ class Engine:
                         else:
                             t[r:r + len(ct)] += ct
                         hit.add(sb)  # (t may be an arena's view, given before any was hit)
-                elif kind == "same":
+                    continue
+                kind = plan[0]
+                if kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
                     _scatter_add(grad_of(plan[1]), plan[2], ct)
