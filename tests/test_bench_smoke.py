@@ -211,6 +211,26 @@ def test_profile_step_times_the_model_code_over_stub_ops(bench, capsys):
         module.main(["--workload", "tagger-user", "--tiny", "--model-code"])
 
 
+def test_profile_step_prints_the_floor_of_a_python_engine(bench, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT.parent / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "_dynet_imports", lambda: False)
+    assert module.main(["--workload", "treenn-user", "--tiny", "--batch", "3", "--steps", "2",
+                        "--floor"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split("  ")[1].strip(): line for line in out.splitlines()
+             if line.startswith("  ") and "  " in line[2:]}
+    recorded = float(lines["model code over a minimal recorder"].split()[6])
+    numpy_ms = float(lines["the ops' numpy, forward and backward"].split()[6])
+    floor = float(lines["floor: recorder + numpy"].split()[4])
+    assert recorded > 0 and numpy_ms > 0 and floor == pytest.approx(recorded + numpy_ms, abs=0.02)
+    assert "TreeLSTMBuilder's whole step" in out and "DyNet" not in out
+    assert module.bench.dn is __import__("dynlp")  # the real ops are back
+    with pytest.raises(SystemExit):
+        module.main(["--workload", "tagger-user", "--tiny", "--floor"])
+
+
 @pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
                                              ("parser", "tiny-train.conllu"),
                                              ("treelstm", "tiny-train.trees")])
