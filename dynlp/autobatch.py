@@ -57,6 +57,23 @@ class Batch:
         self.vjp = vjp  # vjp(g, out, *xs, **attrs) -> one cotangent per entry of xs
 
 
+class PaddedBatch(Batch):
+    """A batch of nodes whose shapes differ along the op's padded axes (`Op.pad`): each node's
+    value is its own entry of `bufs`, a view of the padded output cut back to its shape. `out`
+    is the padded
+    output, `cuts[i]` the index of node i's part of it, `first` the first entry; every entry
+    of `batches` it made holds it (its backward runs at the last)."""
+
+    __slots__ = ("out", "cuts", "first")
+
+    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp, out, cuts, first) -> None:
+        super().__init__(op, nodes, xs, plans, attrs, mask, vjp)
+        self.out = out
+        self.cuts = cuts
+        self.first = first
+
+
+
 class Engine:
     """Evaluates one graph. strategy: True (the default), False (one node per call) or a name."""
 
@@ -74,6 +91,7 @@ class Engine:
         self.grads: list[np.ndarray | None] | None = None
         self.hit: set[int] = set()  # the batches the last backward reached
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
+        self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
@@ -432,6 +450,9 @@ class Engine:
         if len(nodes) == 1:
             self._run_each(nodes)
             return
+        if op.pad is not None and self._lengths_differ(op, nodes):
+            self._run_padded(op, nodes)
+            return
         node_args = g.args[n0]
         rule = self._rules.get((op, len(node_args)))
         mask = (rule or self._rule(op, len(node_args)))[0]
@@ -462,6 +483,106 @@ class Engine:
             out, attrs["residual"] = out
         self.times["forward_numpy"] += time.perf_counter() - start
         self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
+
+    def _lengths_differ(self, op: Any, nodes: list[int]) -> bool:
+        """Whether nodes of one signature of an op that pads differ in length."""
+        shapes, k = self.g.shapes, op.pad_probe
+        if k is None:
+            first = shapes[nodes[0]]
+            return any(shapes[n] != first for n in nodes)
+        args = self.g.args
+        first = shapes[args[nodes[0]][k]]
+        return any(shapes[args[n][k]] != first for n in nodes)
+
+    def _run_padded(self, op: Any, nodes: list[int]) -> None:
+        """Nodes of an op that pads whose lengths differ: those whose lengths are within a
+        factor of two of each other run as one batch padded to the longest (so that padding is
+        at most half of it), the others as batches of their own."""
+        g = self.g
+        shapes, all_args = g.shapes, g.args
+        n0 = nodes[0]
+        rule = op.pad(tuple(shapes[a] for a in all_args[n0]), shapes[n0])
+        k = op.pad_probe
+        axis = rule[1] if k is None else rule[0][k]
+        buckets: defaultdict[int, list[int]] = defaultdict(list)
+        for n in nodes:
+            length = (shapes[n] if k is None else shapes[all_args[n][k]])[axis]
+            buckets[length.bit_length()].append(n)
+        for _, members in sorted(buckets.items()):
+            if len(members) == 1:
+                self._run_each(members)
+            elif self._lengths_differ(op, members):
+                self._pad_group(op, members, rule)
+            else:
+                self._run(members)
+
+    def _pad_group(self, op: Any, nodes: list[int], rule: tuple) -> None:
+        g = self.g
+        shapes, all_args, loc, bufs = g.shapes, g.args, g.loc, self.bufs
+        axes, out_axis, fills = rule
+        n0 = nodes[0]
+        mask = (self._rules.get((op, len(all_args[n0]))) or self._rule(op, len(all_args[n0])))[0]
+        count = len(nodes)
+        xs: list = []
+        plans: list = []
+        for j, (m, axis, fill) in enumerate(zip(mask, axes, fills)):
+            column = [all_args[n][j] for n in nodes]
+            if m == SHARED:
+                here = loc[column[0]]
+                xs.append(bufs[here >> _SHIFT][here & _ROW])
+                plans.append(column[0])
+                continue
+            places = [loc[a] for a in column]
+            if axis is None:
+                x, plan = self._gather(places)
+                xs.append(x)
+                plans.append(plan)
+                continue
+            lengths = [shapes[a][axis] for a in column]
+            width = max(lengths)
+            row = list(shapes[column[0]])
+            row[axis] = width
+            if fill == "edge":
+                x = np.empty((count, *row), g.dtype)
+            else:
+                x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
+            cuts = []
+            for i, (here, length) in enumerate(zip(places, lengths)):
+                value = bufs[here >> _SHIFT][here & _ROW]
+                cut = (i,) + (slice(None),) * axis + (slice(0, length),)
+                if fill == "edge" and length < width:
+                    x[i] = np.take(value, np.minimum(np.arange(width), length - 1), axis=axis)
+                else:
+                    x[cut] = value
+                cuts.append(cut)
+            xs.append(x)
+            plans.append(("padded", places, cuts))
+        static = g.attrs[n0]
+        attrs = dict(static) if static else {}
+        if op.batched_attrs:
+            battrs = g.battrs
+            for j, name in enumerate(op.batched_attrs):
+                attrs[name] = np.array([battrs[n][j] for n in nodes])
+        start = time.perf_counter()
+        out = op.forward(*xs, **attrs)
+        if op.residual:
+            out, attrs["residual"] = out
+        self.times["forward_numpy"] += time.perf_counter() - start
+        if out_axis is None:  # (the lengths were contracted: one output shape)
+            self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
+            return
+        first = len(bufs)
+        cuts = []
+        for i, n in enumerate(nodes):
+            cut = (i,) + (slice(None),) * out_axis + (slice(0, shapes[n][out_axis]),)
+            cuts.append(cut)
+            loc[n] = len(bufs) << _SHIFT
+            bufs.append(out[(slice(i, i + 1),) + cut[1:]])
+        batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, cuts, first)
+        self.batches.extend([batch] * count)
+        self.padded[len(bufs) - 1] = range(first, len(bufs))
+        self.counts["forward_batches"] += 1
+        self.counts["forward_nodes"] += count
 
     def _run_each(self, pending: list[int]) -> None:
         """Each node on its own (autobatching off, or batches of one node): an argument is read
@@ -633,12 +754,22 @@ class Engine:
 
         clock = time.perf_counter
         count = 0
+        padded = self.padded
         for b in range(last, -1, -1):
             batch = batches[b]
-            if batch is None or b not in hit:
+            if batch is None:
                 continue
+            if b in padded:  # (a padded batch's last entry: its backward)
+                grad = self._padded_grad(batch, grads)
+                if grad is None:
+                    continue
+                out = batch.out
+            elif b not in hit or type(batch) is PaddedBatch:
+                continue
+            else:
+                grad, out = grads[b], bufs[b]
             t0 = clock()
-            cts = batch.vjp(grads[b], bufs[b], *batch.xs, **batch.attrs)
+            cts = batch.vjp(grad, out, *batch.xs, **batch.attrs)
             numpy_time += clock() - t0
             count += 1
             for ct, plan, m in zip(cts, batch.plans, batch.mask):
@@ -669,7 +800,10 @@ class Engine:
                         hit.add(sb)  # (t may be an arena's view, given before any was hit)
                     continue
                 kind = plan[0]
-                if kind == "same":
+                if kind == "padded":  # each node's part, cut back to its shape
+                    for here, cut in zip(plan[1], plan[2]):
+                        grad_of(here >> _SHIFT)[here & _ROW] += ct[cut]
+                elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
                     _scatter_add(grad_of(plan[1]), plan[2], ct)
@@ -705,6 +839,19 @@ class Engine:
                 param.accumulate_sparse(idx, vals)
         self.times["backward_total"] += time.perf_counter() - start
         self.times["backward_numpy"] += numpy_time
+
+    @staticmethod
+    def _padded_grad(batch: PaddedBatch, grads: list) -> np.ndarray | None:
+        """A padded batch's gradient, padded: its nodes' gradients, zero elsewhere (None when
+        none of its nodes has one)."""
+        out = None
+        for i, cut in enumerate(batch.cuts):
+            t = grads[batch.first + i]
+            if t is not None:
+                if out is None:
+                    out = np.zeros(batch.out.shape, batch.out.dtype)
+                out[cut] = t[0]
+        return out
 
     def _arenas(self, grads: list, last: int) -> tuple[list, dict, set]:
         """Arenas for the sources of multi-source gathers up to batch `last`: a list of
@@ -758,12 +905,20 @@ class Engine:
         """The cotangent that the last backward formed at position p of the program of fused
         node `node` (None when none flowed there)."""
         here = self.g.loc[node]
-        if here < 0 or (here >> _SHIFT) not in self.hit:
+        if here < 0:
             return None
-        cts = self.batches[here >> _SHIFT].attrs["residual"][2]
+        b, row = here >> _SHIFT, here & _ROW
+        batch = self.batches[b]
+        if type(batch) is PaddedBatch:  # (its padded row: the caller cuts it back)
+            row = b - batch.first
+            if self.hit.isdisjoint(range(batch.first, batch.first + len(batch.nodes))):
+                return None
+        elif b not in self.hit:
+            return None
+        cts = batch.attrs["residual"][2]
         if cts is None or cts[p] is None:
             return None
-        return cts[p][here & _ROW]
+        return cts[p][row]
 
     def stats(self) -> dict:
         c, t = self.counts, self.times

@@ -306,9 +306,14 @@ class Graph:
             # unbatchable: never cached, so that every node gets a signature of its own
             return (shape, None, self._intern(("unbatchable", len(self._sig_ids))))
         shared = tuple(k for k, m in enumerate(mask) if m == SHARED) or None
-        # a ragged op batches nodes of any number of arguments: its signature leaves out how many
-        sig = self._intern((op, "ragged", shapes[:op.ragged_shared + 1], attrs) if op.ragged
-                           else key)
+        # a ragged op batches nodes of any number of arguments: its signature leaves out how
+        # many; an op that pads leaves out the lengths along its padded axes
+        if op.ragged:
+            sig = self._intern((op, "ragged", shapes[:op.ragged_shared + 1], attrs))
+        elif op.pad is not None and self.fuse != "regions":
+            sig = self._intern(_padded_key(key, shape))
+        else:
+            sig = self._intern(key)
         info = self._info[key] = (shape, shared, sig)
         return info
 
@@ -495,6 +500,20 @@ class Graph:
     def stats(self) -> dict:
         """Nodes, batches run forward and backward, mean batch size, scheduling and numpy time."""
         return self.engine.stats() if self.alive else self._final_stats
+
+
+def _padded_key(key: tuple, shape: tuple[int, ...]) -> tuple:
+    """The signature key of a node of an op that pads (`Op.pad`): the shapes with -1 along the
+    padded axes, so that nodes that differ only in those lengths batch together."""
+    op, shapes, attrs = key
+    rule = op.pad(shapes, shape)
+    if rule is None:
+        return key
+    axes, out_axis, _ = rule
+    shapes = tuple(s if a is None else s[:a] + (-1,) + s[a + 1:] for s, a in zip(shapes, axes))
+    if out_axis is not None:
+        shape = shape[:out_axis] + (-1,) + shape[out_axis + 1:]
+    return (op, shapes, attrs, shape, "padded")
 
 
 class Expression:
@@ -1023,6 +1042,8 @@ class Pointwise(Deferred):
             if node != self._node:
                 ct = engine.inner_gradient(node, p)
                 if ct is not None:
+                    if ct.shape != self.out_shape:  # (a padded batch's row: cut back)
+                        ct = ct[tuple(slice(0, n) for n in self.out_shape)]
                     total = total + ct
         return total
 

@@ -103,6 +103,13 @@ class Op:
     forward computed on the way (gates, concatenated inputs) that the derivatives reuse.
     ragged: set by `ragged()`: (forward, vjp, jvp) over all arguments of a batch as one flat
     array, so that nodes of any number of arguments batch together.
+    pad: set per op: pad(argument shapes, output shape) -> (axis per argument, output axis,
+    fill per argument) or None: the axes along which nodes whose shapes differ only there (a
+    length) still batch, their arguments padded to the longest with the fill ("edge": the last
+    entry repeated, "zero", or "-inf"), and the output (None: it has no such axis) cut back
+    per node. The rules must compute each node's entries from its own, unpadded ones (columns
+    computed independently, a contraction over zero padding, a softmax over -inf padding).
+    pad_probe: the argument whose shape tells nodes of one batch apart (None: the output).
     """
 
     def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
@@ -125,6 +132,8 @@ class Op:
         self.ragged: tuple[Callable, Callable, Callable] | None = None
         self.ragged_shared = 0  # leading shared arguments of a ragged op
         self._masks: dict[int, tuple[str, ...] | None] = {}
+        self.pad: Callable | None = None
+        self.pad_probe: int | None = None
 
     def mask(self, nargs: int) -> tuple[str, ...] | None:
         """The batching mask for a node with `nargs` arguments (None: unbatchable)."""

@@ -4,7 +4,7 @@ transpose, outer, sums, extrema, logsumexp, norms. Imports only the op-table cor
 
 import numpy as np
 
-from .core import SHARED, STACK, Case, OuterProduct, bilinear, define, linear, ragged
+from .core import SHARED, STACK, TABLE, Case, OuterProduct, bilinear, define, linear, ragged
 
 
 def _matmul_shape(a, b):
@@ -35,6 +35,14 @@ bilinear("matmul", shape=_matmul_shape, batch=(SHARED, STACK), cost=4,
          doc="a @ b with a shared across the batch (a weight): (m, n) @ (n,) or (n, k)")
 
 
+def _matmul_pad(shapes, out):
+    """W @ X: X's columns (a sequence's vectors) are computed independently."""
+    return ((None, 1), 1, (None, "edge")) if len(shapes[1]) == 2 else None
+
+
+TABLE["matmul"].pad = _matmul_pad
+
+
 def _bmm(a, b):
     if b.ndim == 2:
         return np.matmul(a, b[:, :, None])[:, :, 0]
@@ -51,6 +59,9 @@ def _bmm_vjp(g, out, a, b):
 bilinear("batched_matmul", shape=_matmul_shape, batch=STACK, cost=4,
          forward=_bmm, vjp=_bmm_vjp, cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
          doc="a @ b with a different left matrix per example")
+# a contraction over a length: zero padding on both sides adds nothing
+TABLE["batched_matmul"].pad = lambda shapes, out: ((1, 0), None, ("zero", "zero"))
+TABLE["batched_matmul"].pad_probe = 0
 
 
 def _affine_mask(nargs):
@@ -128,6 +139,17 @@ define("affine_transform", shape=_affine_shape, batch=_affine_mask, cost=4,
            "activation (tanh, rectify, logistic) fused into the same node")
 
 
+def _affine_pad(shapes, out):
+    """f(b + W1 @ X1 + ...) over matrices X: columns computed independently (b a column)."""
+    xs = shapes[2::2]
+    if len(out) != 2 or any(len(x) != 2 for x in xs):
+        return None
+    return (None,) + (None, 1) * len(xs), 1, (None,) + (None, "edge") * len(xs)
+
+
+TABLE["affine_transform"].pad = _affine_pad
+
+
 def _transpose_shape(x):
     if len(x) == 1:
         return (1, x[0])
@@ -146,6 +168,8 @@ def _transpose_vjp(g, out, x):
 
 linear("transpose", shape=_transpose_shape, forward=_transpose, vjp=_transpose_vjp,
        cases=[Case([(3,)]), Case([(2, 3)])])
+TABLE["transpose"].pad = lambda shapes, out: (
+    ((0,), 1, ("edge",)) if len(shapes[0]) == 1 else ((1,), 0, ("edge",)))
 
 
 def _outer_shape(x, y):
