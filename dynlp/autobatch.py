@@ -64,13 +64,25 @@ class PaddedBatch(Batch):
     output, `cuts[i]` the index of node i's part of it, `first` the first entry; every entry
     of `batches` it made holds it (its backward runs at the last)."""
 
-    __slots__ = ("out", "cuts", "first")
+    __slots__ = ("out", "cuts", "first", "axis", "edge", "grad")
 
-    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp, out, cuts, first) -> None:
+    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp, out, cuts, first, axis,
+                 edge) -> None:
         super().__init__(op, nodes, xs, plans, attrs, mask, vjp)
         self.out = out
         self.cuts = cuts
         self.first = first
+        self.axis = axis  # the padded axis of out (after the batch axis)
+        self.edge = edge  # out's padding repeats each node's last entry (as "edge" padding)
+        self.grad = None  # the last backward's gradient of out, zero in the padding
+
+    def inside(self) -> np.ndarray:
+        """True at out's entries that belong to a node (not padding), broadcastable to out."""
+        axis, width = self.axis, self.out.shape[self.axis + 1]
+        lengths = np.array([cut[axis + 1].stop for cut in self.cuts])
+        inside = np.arange(width) < lengths[:, None]
+        return inside.reshape((len(lengths),) + (1,) * axis + (width,)
+                              + (1,) * (self.out.ndim - axis - 2))
 
 
 
@@ -542,21 +554,32 @@ class Engine:
             width = max(lengths)
             row = list(shapes[column[0]])
             row[axis] = width
+            lead = (slice(None),) * axis
+            cuts = [(i,) + lead + (slice(0, length),) for i, length in enumerate(lengths)]
+            plans.append(("padded", places, cuts, axis))
+            source = self._padded_source(places, axis, count)
+            if source is not None and source.out.shape[1:] == tuple(row):
+                # the nodes of one padded batch, in order: its output, refilled if need be
+                if fill == "edge" and source.edge:
+                    xs.append(source.out)
+                    continue
+                if fill != "edge":
+                    inside = np.arange(width) < np.array(lengths)[:, None]
+                    inside = inside.reshape((count,) + (1,) * axis + (width,)
+                                            + (1,) * (len(row) - axis - 1))
+                    xs.append(np.where(inside, source.out, 0.0 if fill == "zero" else -np.inf))
+                    continue
             if fill == "edge":
                 x = np.empty((count, *row), g.dtype)
             else:
                 x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
-            cuts = []
             for i, (here, length) in enumerate(zip(places, lengths)):
                 value = bufs[here >> _SHIFT][here & _ROW]
-                cut = (i,) + (slice(None),) * axis + (slice(0, length),)
-                if fill == "edge" and length < width:
-                    x[i] = np.take(value, np.minimum(np.arange(width), length - 1), axis=axis)
-                else:
-                    x[cut] = value
-                cuts.append(cut)
+                x[cuts[i]] = value
+                if fill == "edge" and length < width:  # (the last entry, repeated)
+                    x[(i,) + lead + (slice(length, None),)] = \
+                        value[lead + (slice(length - 1, length),)]
             xs.append(x)
-            plans.append(("padded", places, cuts))
         static = g.attrs[n0]
         attrs = dict(static) if static else {}
         if op.batched_attrs:
@@ -578,11 +601,25 @@ class Engine:
             cuts.append(cut)
             loc[n] = len(bufs) << _SHIFT
             bufs.append(out[(slice(i, i + 1),) + cut[1:]])
-        batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, cuts, first)
+        edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
+        batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, cuts, first,
+                            out_axis, edge)
         self.batches.extend([batch] * count)
         self.padded[len(bufs) - 1] = range(first, len(bufs))
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += count
+
+    def _padded_source(self, places: list[int], axis: int, count: int) -> "PaddedBatch | None":
+        """The padded batch whose nodes, all of them in order, are at `places`, padded along
+        `axis`, if there is one."""
+        b = places[0] >> _SHIFT
+        source = self.batches[b]
+        if type(source) is not PaddedBatch or source.first != b or source.axis != axis or \
+                len(source.nodes) != count:
+            return None
+        step = 1 << _SHIFT
+        return source if places == list(range(places[0], places[0] + count * step, step)) \
+            else None
 
     def _run_each(self, pending: list[int]) -> None:
         """Each node on its own (autobatching off, or batches of one node): an argument is read
@@ -755,12 +792,17 @@ class Engine:
         clock = time.perf_counter
         count = 0
         padded = self.padded
+        # padded gradients that padded batches deliver to the padded batch whose nodes, all
+        # of them in order, they read: last entry of that batch -> sum
+        self.accumulated = accumulated = {}
+        for b in padded:
+            batches[b].grad = None
         for b in range(last, -1, -1):
             batch = batches[b]
             if batch is None:
                 continue
             if b in padded:  # (a padded batch's last entry: its backward)
-                grad = self._padded_grad(batch, grads)
+                grad = self._padded_grad(batch, grads, accumulated.pop(b, None))
                 if grad is None:
                     continue
                 out = batch.out
@@ -800,8 +842,18 @@ class Engine:
                         hit.add(sb)  # (t may be an arena's view, given before any was hit)
                     continue
                 kind = plan[0]
-                if kind == "padded":  # each node's part, cut back to its shape
-                    for here, cut in zip(plan[1], plan[2]):
+                if kind == "padded":
+                    _, places, cuts, axis = plan
+                    source = self._padded_source(places, axis, len(places))
+                    if source is not None and source.out.shape == ct.shape:
+                        # (to the padded batch it read, whole: summed padded, cut there)
+                        key = source.first + len(source.nodes) - 1
+                        if key in accumulated:
+                            accumulated[key] += ct
+                        else:
+                            accumulated[key] = ct.astype(source.out.dtype)
+                        continue
+                    for here, cut in zip(places, cuts):  # each node's part, cut back
                         grad_of(here >> _SHIFT)[here & _ROW] += ct[cut]
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
@@ -841,16 +893,19 @@ class Engine:
         self.times["backward_numpy"] += numpy_time
 
     @staticmethod
-    def _padded_grad(batch: PaddedBatch, grads: list) -> np.ndarray | None:
-        """A padded batch's gradient, padded: its nodes' gradients, zero elsewhere (None when
-        none of its nodes has one)."""
-        out = None
+    def _padded_grad(batch: PaddedBatch, grads: list, summed: np.ndarray | None
+                     ) -> np.ndarray | None:
+        """A padded batch's gradient, padded: what padded batches delivered to it whole
+        (`summed`) and to its nodes one by one, zero in the padding (None when nothing
+        reached it). Kept as `batch.grad`."""
+        out = None if summed is None else np.where(batch.inside(), summed, 0.0)
         for i, cut in enumerate(batch.cuts):
             t = grads[batch.first + i]
             if t is not None:
                 if out is None:
                     out = np.zeros(batch.out.shape, batch.out.dtype)
-                out[cut] = t[0]
+                out[cut] += t[0]
+        batch.grad = out
         return out
 
     def _arenas(self, grads: list, last: int) -> tuple[list, dict, set]:
@@ -890,6 +945,9 @@ class Engine:
         here = loc[node]
         b = here >> _SHIFT
         t = self.grads[b] if 0 <= b < len(self.grads) else None
+        batch = self.batches[b] if 0 <= b < len(self.batches) else None
+        if type(batch) is PaddedBatch:  # (its padded gradient holds all that reached it)
+            t = None if batch.grad is None else batch.grad[batch.cuts[b - batch.first]][None]
         total = np.zeros(self.g.shapes[node], self.g.dtype) if t is None else t[here & _ROW]
         absorbed = self.fuser.absorbed.get(node) if self.fuser is not None else None
         if absorbed is not None:  # the part that flowed through the fused node
@@ -911,7 +969,7 @@ class Engine:
         batch = self.batches[b]
         if type(batch) is PaddedBatch:  # (its padded row: the caller cuts it back)
             row = b - batch.first
-            if self.hit.isdisjoint(range(batch.first, batch.first + len(batch.nodes))):
+            if batch.grad is None:
                 return None
         elif b not in self.hit:
             return None
