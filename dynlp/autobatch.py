@@ -557,18 +557,20 @@ class Engine:
             lead = (slice(None),) * axis
             cuts = [(i,) + lead + (slice(0, length),) for i, length in enumerate(lengths)]
             plans.append(("padded", places, cuts, axis))
-            source = self._padded_source(places, axis, count)
-            if source is not None and source.out.shape[1:] == tuple(row):
-                # the nodes of one padded batch, in order: its output, refilled if need be
-                if fill == "edge" and source.edge:
-                    xs.append(source.out)
-                    continue
+            source, rows = self._padded_source(places, axis)
+            if source is not None and (fill != "edge" or source.edge):
+                # nodes of one padded batch: its padded output's rows (all of them, in order:
+                # the output itself), cut to this width, refilled if need be
+                x = source.out if rows is None else source.out[rows]
+                if x.shape[axis + 1] != width:
+                    x = x[(slice(None),) + lead + (slice(0, width),)]
                 if fill != "edge":
                     inside = np.arange(width) < np.array(lengths)[:, None]
                     inside = inside.reshape((count,) + (1,) * axis + (width,)
                                             + (1,) * (len(row) - axis - 1))
-                    xs.append(np.where(inside, source.out, 0.0 if fill == "zero" else -np.inf))
-                    continue
+                    x = np.where(inside, x, 0.0 if fill == "zero" else -np.inf)
+                xs.append(x)
+                continue
             if fill == "edge":
                 x = np.empty((count, *row), g.dtype)
             else:
@@ -609,17 +611,23 @@ class Engine:
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += count
 
-    def _padded_source(self, places: list[int], axis: int, count: int) -> "PaddedBatch | None":
-        """The padded batch whose nodes, all of them in order, are at `places`, padded along
-        `axis`, if there is one."""
+    def _padded_source(self, places: list[int], axis: int) -> tuple:
+        """(the padded batch, padded along `axis`, whose nodes are at `places`, their rows in
+        its output or None when they are all its nodes in order), or (None, None) when they
+        are not all nodes of one padded batch."""
         b = places[0] >> _SHIFT
         source = self.batches[b]
-        if type(source) is not PaddedBatch or source.first != b or source.axis != axis or \
-                len(source.nodes) != count:
-            return None
+        if type(source) is not PaddedBatch or source.axis != axis:
+            return None, None
+        first, count = source.first, len(source.nodes)
         step = 1 << _SHIFT
-        return source if places == list(range(places[0], places[0] + count * step, step)) \
-            else None
+        if b == first and len(places) == count and \
+                places == list(range(places[0], places[0] + count * step, step)):
+            return source, None
+        rows = (np.array(places) >> _SHIFT) - first
+        if rows.min() < 0 or rows.max() >= count:
+            return None, None
+        return source, rows
 
     def _run_each(self, pending: list[int]) -> None:
         """Each node on its own (autobatching off, or batches of one node): an argument is read
@@ -844,14 +852,23 @@ class Engine:
                 kind = plan[0]
                 if kind == "padded":
                     _, places, cuts, axis = plan
-                    source = self._padded_source(places, axis, len(places))
-                    if source is not None and source.out.shape == ct.shape:
-                        # (to the padded batch it read, whole: summed padded, cut there)
+                    source, rows = self._padded_source(places, axis)
+                    if source is not None:
+                        # (to the padded batch it read: summed padded, cut there)
                         key = source.first + len(source.nodes) - 1
-                        if key in accumulated:
-                            accumulated[key] += ct
+                        total = accumulated.get(key)
+                        if total is None:
+                            if rows is None:
+                                accumulated[key] = ct.astype(source.out.dtype)
+                                continue
+                            total = accumulated[key] = np.zeros_like(source.out)
+                        if ct.shape[axis + 1] != total.shape[axis + 1]:
+                            total = total[(slice(None),) + (slice(None),) * axis
+                                          + (slice(0, ct.shape[axis + 1]),)]
+                        if rows is None:
+                            total += ct
                         else:
-                            accumulated[key] = ct.astype(source.out.dtype)
+                            _scatter_add(total, rows, ct)
                         continue
                     for here, cut in zip(places, cuts):  # each node's part, cut back
                         grad_of(here >> _SHIFT)[here & _ROW] += ct[cut]
