@@ -25,6 +25,9 @@ DEFAULT_STRATEGY = "late"
 _SHIFT = 32
 _ROW = (1 << _SHIFT) - 1
 _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never written)
+# nodes of one length that run as a batch of their own rather than padded with other lengths
+# (a padded batch copies its arguments node by node; a batch of one shape gathers them at once)
+PAD_ALONE = 16
 
 
 def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -507,19 +510,25 @@ class Engine:
         return any(shapes[args[n][k]] != first for n in nodes)
 
     def _run_padded(self, op: Any, nodes: list[int]) -> None:
-        """Nodes of an op that pads whose lengths differ: those whose lengths are within a
-        factor of two of each other run as one batch padded to the longest (so that padding is
-        at most half of it), the others as batches of their own."""
+        """Nodes of an op that pads whose lengths differ: the nodes of a length that has
+        PAD_ALONE of them or more run as a batch of their own; of the others, those whose
+        lengths are within a factor of two of each other run as one batch padded to the
+        longest (so that padding is at most half of it)."""
         g = self.g
         shapes, all_args = g.shapes, g.args
         n0 = nodes[0]
         rule = op.pad(tuple(shapes[a] for a in all_args[n0]), shapes[n0])
         k = op.pad_probe
         axis = rule[1] if k is None else rule[0][k]
-        buckets: defaultdict[int, list[int]] = defaultdict(list)
+        by_length: defaultdict[int, list[int]] = defaultdict(list)
         for n in nodes:
-            length = (shapes[n] if k is None else shapes[all_args[n][k]])[axis]
-            buckets[length.bit_length()].append(n)
+            by_length[(shapes[n] if k is None else shapes[all_args[n][k]])[axis]].append(n)
+        buckets: defaultdict[int, list[int]] = defaultdict(list)
+        for length, members in sorted(by_length.items()):
+            if len(members) >= PAD_ALONE:
+                self._run(members)
+            else:
+                buckets[length.bit_length()].extend(members)
         for _, members in sorted(buckets.items()):
             if len(members) == 1:
                 self._run_each(members)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import dynlp as dn
+from dynlp import autobatch
 from dynlp.autobatch import PaddedBatch
 
 MODES = ["depth", "agenda", "late"]
@@ -223,6 +224,19 @@ def test_lengths_far_apart_run_in_batches_of_their_own():
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     products = [b for b in batches if b.op.name == "matmul"]
     assert sorted(len(b.nodes) for b in products) == [1, 1, 2]
+
+
+def test_many_nodes_of_one_length_run_as_a_batch_of_their_own(monkeypatch):
+    lengths = (3,) * 5 + (4, 5, 6)
+    want_loss, want_grads, _ = _op_graph(_matmul, False, lengths=lengths)
+    monkeypatch.setattr(autobatch, "PAD_ALONE", 5)
+    got_loss, got_grads, batches = _op_graph(_matmul, "late", lengths=lengths)
+    assert got_loss == pytest.approx(want_loss, rel=1e-12)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    products = [b for b in batches if b.op.name == "matmul"]
+    assert sorted((len(b.nodes), type(b) is PaddedBatch) for b in products) == \
+        [(3, True), (5, False)]
 
 
 def test_regions_fusion_keeps_exact_signatures():
