@@ -465,7 +465,7 @@ class Engine:
         if len(nodes) == 1:
             self._run_each(nodes)
             return
-        if op.pad is not None and self._lengths_differ(op, nodes):
+        if op in g.mixed_ops and self._lengths_differ(op, nodes):
             self._run_padded(op, nodes)
             return
         node_args = g.args[n0]

@@ -151,6 +151,8 @@ class Graph:
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
+        self._padded_keys: dict[tuple, tuple] = {}  # padded signature key -> a key it stands for
+        self.mixed_ops: set = set()  # ops with a padded signature over several shapes
         self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
         self._previous: Graph | None = None
@@ -185,7 +187,7 @@ class Graph:
             # (The arguments, a tuple of ints per node, cost the cyclic collector one look:
             # its first pass untracks tuples that hold only ints.)
             self._push_op = self._push_args = _ended
-            self._memo, self._templates, self._info = {}, {}, {}
+            self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
@@ -311,7 +313,10 @@ class Graph:
         if op.ragged:
             sig = self._intern((op, "ragged", shapes[:op.ragged_shared + 1], attrs))
         elif op.pad is not None and self.fuse != "regions":
-            sig = self._intern(_padded_key(key, shape))
+            padded = _padded_key(key, shape)
+            sig = self._intern(padded)
+            if self._padded_keys.setdefault(padded, key) != key:
+                self.mixed_ops.add(op)  # (its batches may need padding)
         else:
             sig = self._intern(key)
         info = self._info[key] = (shape, shared, sig)
