@@ -64,16 +64,16 @@ class PaddedBatch(Batch):
     """A batch of nodes whose shapes differ along the op's padded axes (`Op.pad`): each node's
     value is its own entry of `bufs`, a view of the padded output cut back to its shape. `out`
     is the padded
-    output, `cuts[i]` the index of node i's part of it, `first` the first entry; every entry
+    output, `lengths[i]` node i's length along `axis`, `first` the first entry; every entry
     of `batches` it made holds it (its backward runs at the last)."""
 
-    __slots__ = ("out", "cuts", "first", "axis", "edge", "grad")
+    __slots__ = ("out", "lengths", "first", "axis", "edge", "grad")
 
-    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp, out, cuts, first, axis,
+    def __init__(self, op, nodes, xs, plans, attrs, mask, vjp, out, lengths, first, axis,
                  edge) -> None:
         super().__init__(op, nodes, xs, plans, attrs, mask, vjp)
         self.out = out
-        self.cuts = cuts
+        self.lengths = lengths
         self.first = first
         self.axis = axis  # the padded axis of out (after the batch axis)
         self.edge = edge  # out's padding repeats each node's last entry (as "edge" padding)
@@ -82,7 +82,7 @@ class PaddedBatch(Batch):
     def inside(self) -> np.ndarray:
         """True at out's entries that belong to a node (not padding), broadcastable to out."""
         axis, width = self.axis, self.out.shape[self.axis + 1]
-        lengths = np.array([cut[axis + 1].stop for cut in self.cuts])
+        lengths = np.array(self.lengths)
         inside = np.arange(width) < lengths[:, None]
         return inside.reshape((len(lengths),) + (1,) * axis + (width,)
                               + (1,) * (self.out.ndim - axis - 2))
@@ -564,8 +564,7 @@ class Engine:
             row = list(shapes[column[0]])
             row[axis] = width
             lead = (slice(None),) * axis
-            cuts = [(i,) + lead + (slice(0, length),) for i, length in enumerate(lengths)]
-            plans.append(("padded", places, cuts, axis))
+            plans.append(("padded", places, lengths, axis))
             source, rows = self._padded_source(places, axis)
             if source is not None and (fill != "edge" or source.edge):
                 # nodes of one padded batch: its padded output's rows (all of them, in order:
@@ -586,7 +585,7 @@ class Engine:
                 x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
             for i, (here, length) in enumerate(zip(places, lengths)):
                 value = bufs[here >> _SHIFT][here & _ROW]
-                x[cuts[i]] = value
+                x[(i,) + lead + (slice(0, length),)] = value
                 if fill == "edge" and length < width:  # (the last entry, repeated)
                     x[(i,) + lead + (slice(length, None),)] = \
                         value[lead + (slice(length - 1, length),)]
@@ -606,14 +605,18 @@ class Engine:
             self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
             return
         first = len(bufs)
-        cuts = []
+        lengths = [shapes[n][out_axis] for n in nodes]
+        if out_axis == out.ndim - 2:  # (the last axis)
+            views = [out[i:i + 1, ..., :length] for i, length in enumerate(lengths)]
+        else:
+            lead = (slice(None),) * out_axis
+            views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
+                     for i, length in enumerate(lengths)]
         for i, n in enumerate(nodes):
-            cut = (i,) + (slice(None),) * out_axis + (slice(0, shapes[n][out_axis]),)
-            cuts.append(cut)
-            loc[n] = len(bufs) << _SHIFT
-            bufs.append(out[(slice(i, i + 1),) + cut[1:]])
+            loc[n] = (first + i) << _SHIFT
+        bufs.extend(views)
         edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
-        batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, cuts, first,
+        batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, lengths, first,
                             out_axis, edge)
         self.batches.extend([batch] * count)
         self.padded[len(bufs) - 1] = range(first, len(bufs))
@@ -860,7 +863,7 @@ class Engine:
                     continue
                 kind = plan[0]
                 if kind == "padded":
-                    _, places, cuts, axis = plan
+                    _, places, lengths, axis = plan
                     source, rows = self._padded_source(places, axis)
                     if source is not None:
                         # (to the padded batch it read: summed padded, cut there)
@@ -879,8 +882,11 @@ class Engine:
                         else:
                             _scatter_add(total, rows, ct)
                         continue
-                    for here, cut in zip(places, cuts):  # each node's part, cut back
-                        grad_of(here >> _SHIFT)[here & _ROW] += ct[cut]
+                    lead = (slice(None),) * axis
+                    for i, (here, length) in enumerate(zip(places, lengths)):
+                        # (each node's part, cut back)
+                        grad_of(here >> _SHIFT)[here & _ROW] += ct[(i,) + lead
+                                                                   + (slice(0, length),)]
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
@@ -925,12 +931,12 @@ class Engine:
         (`summed`) and to its nodes one by one, zero in the padding (None when nothing
         reached it). Kept as `batch.grad`."""
         out = None if summed is None else np.where(batch.inside(), summed, 0.0)
-        for i, cut in enumerate(batch.cuts):
-            t = grads[batch.first + i]
+        lead = (slice(None),) * batch.axis
+        for i, t in enumerate(grads[batch.first:batch.first + len(batch.nodes)]):
             if t is not None:
                 if out is None:
                     out = np.zeros(batch.out.shape, batch.out.dtype)
-                out[cut] += t[0]
+                out[(i,) + lead + (slice(0, batch.lengths[i]),)] += t[0]
         batch.grad = out
         return out
 
@@ -973,7 +979,9 @@ class Engine:
         t = self.grads[b] if 0 <= b < len(self.grads) else None
         batch = self.batches[b] if 0 <= b < len(self.batches) else None
         if type(batch) is PaddedBatch:  # (its padded gradient holds all that reached it)
-            t = None if batch.grad is None else batch.grad[batch.cuts[b - batch.first]][None]
+            i = b - batch.first
+            t = None if batch.grad is None else batch.grad[
+                (i,) + (slice(None),) * batch.axis + (slice(0, batch.lengths[i]),)][None]
         total = np.zeros(self.g.shapes[node], self.g.dtype) if t is None else t[here & _ROW]
         absorbed = self.fuser.absorbed.get(node) if self.fuser is not None else None
         if absorbed is not None:  # the part that flowed through the fused node
