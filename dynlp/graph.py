@@ -98,13 +98,16 @@ class Graph:
     to a pass that fuses, before each forward pass, regions of nodes whose intermediate results
     nothing else reads into single nodes (values and gradients of every node stay readable);
     False builds every op as its node.
+    pad: True (the default) batches nodes whose shapes differ only in a length, padded to the
+    longest (attention over sentences of different lengths; `Op.pad`); False batches only
+    equal shapes. (`fuse="regions"` batches only equal shapes.)
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True,
-                 fuse: bool | str = True) -> None:
+                 fuse: bool | str = True, pad: bool = True) -> None:
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
@@ -114,6 +117,9 @@ class Graph:
         if fuse not in (True, False, "regions"):
             raise SettingError(f"Graph: fuse must be True, False or 'regions', not {fuse!r}")
         self.fuse = fuse
+        if pad not in (True, False):
+            raise SettingError(f"Graph: pad must be True or False, not {pad!r}")
+        self.pad = bool(pad) and fuse != "regions"
         self.training = training
         self.rng = generator(seed)  # without a seed: the global one's (dn.seed), if set
         self._uniforms = _NO_UNIFORMS  # drawn ahead from rng for masks (see `uniform`)
@@ -312,7 +318,7 @@ class Graph:
         # many; an op that pads leaves out the lengths along its padded axes
         if op.ragged:
             sig = self._intern((op, "ragged", shapes[:op.ragged_shared + 1], attrs))
-        elif op.pad is not None and self.fuse != "regions":
+        elif op.pad is not None and self.pad:
             padded = _padded_key(key, shape)
             sig = self._intern(padded)
             if self._padded_keys.setdefault(padded, key) != key:

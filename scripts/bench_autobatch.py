@@ -57,10 +57,19 @@ from dynlp.nn import MLP, BiRNNBuilder, Embedding, LSTMBuilder, TreeLSTMBuilder 
 
 SCRIPTS = Path(__file__).resolve().parent
 DEFAULT_DATA = SCRIPTS.parent.parent / "shared" / "data"
-# a strategy, or (strategy, fuse): "late-unfused" is late scheduling with fusion off,
-# "late-regions" with the region pass on (Graph(fuse="regions")) as well
+# a strategy, or (strategy, fuse[, pad]): "late-unfused" is late scheduling with fusion off,
+# "late-regions" with the region pass on (Graph(fuse="regions")) as well, "late-unpadded" with
+# batches of equal shapes only (Graph(pad=False))
 STRATEGIES = {"off": False, "depth": "depth", "agenda": "agenda", "late": "late",
-              "late-unfused": ("late", False), "late-regions": ("late", "regions")}
+              "late-unfused": ("late", False), "late-regions": ("late", "regions"),
+              "late-unpadded": ("late", True, False)}
+
+
+def _settings(autobatch: bool | str | tuple) -> tuple:
+    """(autobatch, fuse, pad) of a STRATEGIES value."""
+    if not isinstance(autobatch, tuple):
+        return autobatch, True, True
+    return (autobatch + (True,))[:3]
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
@@ -334,8 +343,8 @@ class DynlpModel:
         if self.trainer is None:
             # sparse table updates: the default
             self.trainer = dn.AdamTrainer(self.pc, clip_threshold=self.clip_threshold)
-        autobatch, fuse = autobatch if isinstance(autobatch, tuple) else (autobatch, True)
-        with dn.Graph(autobatch=autobatch, fuse=fuse) as g:
+        autobatch, fuse, pad = _settings(autobatch)
+        with dn.Graph(autobatch=autobatch, fuse=fuse, pad=pad) as g:
             total = self.batch_loss(batch)
             total.backward()
             total.scalar_value()
@@ -345,8 +354,8 @@ class DynlpModel:
 
     def batch_loss_value(self, batch: list, autobatch: bool | str | tuple) -> float:
         """The summed loss of a minibatch, without training (for tests)."""
-        autobatch, fuse = autobatch if isinstance(autobatch, tuple) else (autobatch, True)
-        with dn.Graph(autobatch=autobatch, fuse=fuse):
+        autobatch, fuse, pad = _settings(autobatch)
+        with dn.Graph(autobatch=autobatch, fuse=fuse, pad=pad):
             return self.batch_loss(batch).scalar_value()
 
 
@@ -930,7 +939,8 @@ def report(workload: Workload, rows: list[Row], strategies: Sequence[str]) -> li
                 f"{_ratio(r.cpu_rate, off.cpu_rate) if ours else '-':>7} "
                 f"{_fmt(r.node_rate / 1e3 if r.node_rates else None, '8.1f')} "
                 f"{_fmt(r.nodes_per_sentence or None, '10.1f')} {_fmt(r.peak_mb, '8.1f')}")
-    ours = [s for s in ("late", "late-unfused", "late-regions", "agenda") if s in strategies]
+    ours = [s for s in ("late", "late-unfused", "late-unpadded", "late-regions", "agenda")
+            if s in strategies]
     for b in batch_sizes:
         for peer in workload.peers:
             theirs = by[b, peer]

@@ -37,7 +37,7 @@ def test_workload_trains_one_step_batched_and_not(bench, data, name):
     batch = workload.examples[:3]
     model = workload.dynlp
     losses, nodes = {}, {}
-    for strategy in ("off", "late", "agenda", "depth"):
+    for strategy in ("off", "late", "agenda", "depth", "late-unpadded"):
         before = [p.as_array().copy() for p in model.pc.parameters()]
         total = model.batch_loss_value(batch, bench.STRATEGIES[strategy])
         nodes[strategy] = model.step(batch, bench.STRATEGIES[strategy])

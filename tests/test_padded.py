@@ -239,13 +239,21 @@ def test_many_nodes_of_one_length_run_as_a_batch_of_their_own(monkeypatch):
         [(3, True), (5, False)]
 
 
-def test_regions_fusion_keeps_exact_signatures():
+@pytest.mark.parametrize("settings", [{"fuse": "regions"}, {"pad": False}])
+def test_regions_fusion_and_pad_false_keep_exact_signatures(settings):
     """fuse="regions" groups regions by their members' signatures: no padding there."""
-    with dn.Graph(fuse="regions", dtype=np.float64) as g:
+    with dn.Graph(dtype=np.float64, **settings) as g:
         w = g.leaf(np.ones((2, 3)))
-        outs = [w @ g.leaf(np.ones((3, n))) for n in (2, 3)]
+        outs = [dn.tanh(w @ g.leaf(np.ones((3, n)))) for n in (2, 3)]
         assert g.sigs[outs[0].i] != g.sigs[outs[1].i]
+        assert not g.mixed_ops
+    with pytest.raises(dn.SettingError, match="pad must be True or False"):
+        dn.Graph(pad="yes")
+
+
+def test_lengths_share_a_signature():
     with dn.Graph(dtype=np.float64) as g:
         w = g.leaf(np.ones((2, 3)))
         outs = [dn.tanh(w @ g.leaf(np.ones((3, n)))) for n in (2, 3)]
         assert g.sigs[outs[0].i] == g.sigs[outs[1].i]
+        assert g.mixed_ops
