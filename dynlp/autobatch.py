@@ -486,17 +486,7 @@ class Engine:
                 x, plan = self._gather(list(map(place, column)))
                 xs.append(x)
                 plans.append(plan)
-        static = g.attrs[n0]
-        attrs = dict(static) if static else {}
-        if op.batched_attrs:
-            battrs = g.battrs
-            for j, name in enumerate(op.batched_attrs):
-                attrs[name] = np.array([battrs[n][j] for n in nodes])
-        start = time.perf_counter()
-        out = op.forward(*xs, **attrs)
-        if op.residual:
-            out, attrs["residual"] = out
-        self.times["forward_numpy"] += time.perf_counter() - start
+        out, attrs = self._call(op, nodes, xs)
         self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
 
     def _lengths_differ(self, op: Any, nodes: list[int]) -> bool:
@@ -590,17 +580,7 @@ class Engine:
                     x[(i,) + lead + (slice(length, None),)] = \
                         value[lead + (slice(length - 1, length),)]
             xs.append(x)
-        static = g.attrs[n0]
-        attrs = dict(static) if static else {}
-        if op.batched_attrs:
-            battrs = g.battrs
-            for j, name in enumerate(op.batched_attrs):
-                attrs[name] = np.array([battrs[n][j] for n in nodes])
-        start = time.perf_counter()
-        out = op.forward(*xs, **attrs)
-        if op.residual:
-            out, attrs["residual"] = out
-        self.times["forward_numpy"] += time.perf_counter() - start
+        out, attrs = self._call(op, nodes, xs)
         if out_axis is None:  # (the lengths were contracted: one output shape)
             self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
             return
@@ -640,6 +620,23 @@ class Engine:
         if rows.min() < 0 or rows.max() >= count:
             return None, None
         return source, rows
+
+    def _call(self, op: Any, nodes: list[int], xs: list) -> tuple[np.ndarray, dict]:
+        """The op's forward over a batch's gathered arguments: (output, the attributes, static
+        and batched, with the residual if the op keeps one)."""
+        g = self.g
+        static = g.attrs[nodes[0]]
+        attrs = dict(static) if static else {}
+        if op.batched_attrs:
+            battrs = g.battrs
+            for j, name in enumerate(op.batched_attrs):
+                attrs[name] = np.array([battrs[n][j] for n in nodes])
+        start = time.perf_counter()
+        out = op.forward(*xs, **attrs)
+        if op.residual:
+            out, attrs["residual"] = out
+        self.times["forward_numpy"] += time.perf_counter() - start
+        return out, attrs
 
     def _run_each(self, pending: list[int]) -> None:
         """Each node on its own (autobatching off, or batches of one node): an argument is read
