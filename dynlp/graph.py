@@ -841,6 +841,15 @@ class Affine(Deferred):
         else:
             self.readers.append(reader)
 
+    # (`plus` first: what `arith` would do first for a sum, without its dispatch)
+    def __add__(self, other):
+        total = self.plus(other)
+        return arith("add", self, other) if total is None else total
+
+    def __radd__(self, other):
+        total = self.plus(other)
+        return arith("add", other, self) if total is None else total
+
     def plus(self, other: Any) -> "Affine | None":
         """self + other as a new Affine, or None when other is neither an Affine of the same
         graph and shape nor a bias."""
@@ -905,7 +914,10 @@ class Affine(Deferred):
             (w, x), = self.terms
             node = g.add_node(_AFFINE, (self.biases[0], w, x), _ACTIVATION_ATTRS[activation])
             self._fused = True
-            self._read_by((node, activation, None))
+            if self.readers is None:
+                self.readers = [(node, activation, None)]
+            else:
+                self.readers.append((node, activation, None))
             return Expression(g, node)
         if self._node >= 0:  # a node already (its value was read): build on it
             return Expression(g, self._node) if activation is None else \
@@ -1360,6 +1372,20 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
+    if type(a) is Expression and isinstance(b, Expression):  # (the usual case, the short way)
+        g = a.g
+        if b.g is g and g.alive:
+            na = a.i
+            op = g.ops[na]
+            if op is _PARAMETER or op is _INPUT:
+                nb = b.i
+                if g.fuse:
+                    shape, other = g.shapes[na], g.shapes[nb]
+                    if len(shape) == 2 and len(other) in (1, 2) and other[0] == shape[1]:
+                        g.folded += 1
+                        return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
+                return g.add(_MATMUL, (na, nb))
+            return g.add(_BATCHED_MATMUL, (na, b.i))
     expression = isinstance(b, Expression)
     if expression:
         g = b.g
