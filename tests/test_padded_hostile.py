@@ -74,9 +74,10 @@ def _weighted(x, rng):
 
 
 def _readers(g, rng, lengths=(1, 2, 3, 3, 5, 6, 7)):
-    """W @ X_i padded, then read by: a padded tanh over all (in order), a padded batch over a
-    subset in another order with a row repeated, an ordinary batch (sum_elems), a singleton
-    (a log of one), a concatenation, esum of the equal-length ones, and as loss terms."""
+    """W @ X_i padded, then read by: a padded batch over all (tanh(W @ X): affine_transform,
+    in order), padded batches over subsets in other orders with rows repeated, an ordinary
+    batch (sum_elems), a singleton (a log of one), a concatenation, esum of the equal-length
+    ones, a transpose."""
     w = g.leaf(rng.normal(size=(3, 4)))
     xs = [g.leaf(rng.normal(size=(4, n))) for n in lengths]
     ms = [w @ x for x in xs]
@@ -118,15 +119,16 @@ def test_padded_readers_float32():
 
 
 def _two_padded_readers(g, rng):
-    """One padded batch A read whole by two different padded batches (softmax: -inf refill;
-    a contraction: zero refill), and in part by a third (rows in reverse order)."""
+    """One padded batch A (scores (n, 1)) read whole by two different batches that pad
+    (softmax: -inf refill; a contraction: zero refill), and in part by a third contraction
+    (rows in another order, one repeated)."""
     lengths = (2, 3, 3, 4, 1)
     w = g.leaf(rng.normal(size=(1, 3)))
     hs = [g.leaf(rng.normal(size=(3, n))) for n in lengths]
     a = [dn.transpose(w @ h) for h in hs]               # (n, 1)
     probs = [dn.softmax(s) for s in a]                  # reads all of A: -inf refill
-    ctx = [h @ dn.reshape(s, (s.shape[0],)) for h, s in zip(hs, a)]  # zero refill
-    back = [dn.tanh(a[i] * 2.0) for i in (3, 1, 0)]      # a subset, other order
+    ctx = [dn.tanh(h) @ s for h, s in zip(hs, a)]      # zero refill
+    back = [dn.logistic(hs[i]) @ a[i] for i in (3, 1, 0, 1)]  # a subset, other order
     terms = [_weighted(p, rng) for p in probs] + [_weighted(c, rng) for c in ctx]
     terms += [_weighted(b, rng) for b in back]
     return dn.esum(terms), [w] + hs, a + probs + back
@@ -137,8 +139,8 @@ def test_a_padded_batch_read_by_several_padded_batches():
 
 
 def _read_twice(g, rng):
-    """One padded batch reads the same padded node twice (x * x, x / x + x), and h @ softmax
-    reads h once as a matrix and a softmax of it."""
+    """One padded batch reads the same padded node m four times (m * m + m / (m * m + 1)), and
+    q @ softmax(q's first row) reads q as a matrix and through its softmax."""
     lengths = (1, 2, 3, 4, 6)
     w = g.leaf(rng.normal(size=(2, 3)))
     xs = [g.leaf(rng.uniform(0.5, 1.5, size=(3, n))) for n in lengths]
@@ -250,15 +252,10 @@ def test_lengths_one_equal_and_far_apart(lengths):
         terms = [_weighted(c, rng) for c in ctx]
         return dn.esum(terms), [w, v] + hs, e + att + ctx
 
-    want = _check(build, want_padded=False)
+    _check(build, want_padded=False)
     got = _run(build, "late")
-    widths = sorted(b.out.shape[-1] for b in _padded(got["batches"]) if b.op.name == "softmax"
-                    or b.out.ndim == 3 and b.axis == 1)
-    assert all(w <= 2 * min(lengths) or w >= 2 for w in widths)
-    for b in _padded(got["batches"]):  # at most half of a padded batch is padding
-        assert max(b.lengths) < 2 * min(b.lengths) or max(b.lengths) == 1 or \
-            max(b.lengths).bit_length() == min(b.lengths).bit_length()
-    assert want["loss"] == pytest.approx(got["loss"], rel=1e-12)
+    for b in _padded(got["batches"]):  # less than half of each node's row is padding
+        assert max(b.lengths) < 2 * min(b.lengths), b.lengths
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -458,3 +455,18 @@ def test_jvp_and_gradcheck_through_readers():
 
 # ---------------------------------------------------------------------------------------------
 # recipes and the DyNet layer: their own tests (run in the suite) cover them
+
+
+@pytest.mark.xfail(strict=True, reason="a lone elementwise op (tanh(x), x * x, log(x)) is its "
+                   "own primitive node, and primitives have no Op.pad: nodes of different "
+                   "lengths run one batch per length, although README and PERFORMANCE.md say "
+                   "elementwise expressions batch across lengths (two ops or more do)")
+def test_a_lone_elementwise_op_batches_across_lengths():
+    with dn.Graph(dtype=np.float64) as g:
+        xs = [g.leaf(np.full((3, n), 0.5)) for n in (2, 3)]
+        outs = [dn.tanh(x) for x in xs] + [x * x for x in xs] + [dn.log(x) for x in xs]
+        g.forward(outs)
+        for out, x in zip(outs, xs * 3):
+            assert out.npvalue().shape == x.shape
+        ran = [b.op.name for b in _batches(g)]
+    assert len(ran) == 3, ran  # one batch per op, not one per op and length
