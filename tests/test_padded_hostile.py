@@ -280,6 +280,35 @@ def test_many_nodes_of_one_length_with_few_of_others(mode):
     assert sizes[-1] == autobatch.PAD_ALONE + 2
 
 
+def _wide_gathers(g, rng):
+    """Ten padded batches (fifteen products of length 3 and one of length 2 each, one weight
+    each) read by one ordinary batch of 150 nodes (a gather of more than 128 rows from 150
+    padded entries: one copy of the sources), and one padded batch's nodes of length 3 read
+    five times each by a program: PAD_ALONE nodes of one length, a batch of their own, that
+    gathers padded entries, rows repeated."""
+    leaves, ms = [], []
+    for _ in range(10):
+        w = g.leaf(rng.normal(size=(2, 3)))
+        leaves.append(w)
+        for n in (3,) * 15 + (2,):
+            leaves.append(g.leaf(rng.normal(size=(3, n))))
+            ms.append(w @ leaves[-1])
+    three = [m for m in ms if m.shape[1] == 3]
+    terms = [dn.sum_elems(dn.tanh(m) * dn.inputs(rng.normal(size=(2, 3)))) for m in three]
+    terms += [dn.sum_elems(dn.square(m)) for m in ms]
+    repeated = [m for m in ms[:16] for _ in range(5 if m.shape[1] == 3 else 1)]
+    terms += [_weighted(dn.exp(m * 0.5) + m, rng) for m in repeated]
+    return dn.esum(terms), leaves, ms[:20]
+
+
+def test_wide_gathers_and_pad_alone_batches_read_padded_entries():
+    want = _check(_wide_gathers)
+    got = _run(_wide_gathers, "late")
+    programs = [b for b in got["batches"] if b.op.name.startswith("fused(mul_const")]
+    assert max(len(b.nodes) for b in programs) >= autobatch.PAD_ALONE
+    assert len(want["grads"]) == 170
+
+
 # ---------------------------------------------------------------------------------------------
 # elementwise programs
 
