@@ -499,3 +499,13 @@ def test_a_lone_elementwise_op_batches_across_lengths():
             assert out.npvalue().shape == x.shape
         ran = [b.op.name for b in _batches(g)]
     assert len(ran) == 3, ran  # one batch per op, not one per op and length
+
+
+@pytest.mark.xfail(strict=True, reason="affine_transform's shape rule accepts a bias whose "
+                   "trailing axes differ from the products' ((2, 4) for (2, 3) products): the "
+                   "graph builds, and the forward pass fails in numpy broadcasting")
+def test_affine_rejects_a_matrix_bias_of_another_length_when_built():
+    with dn.Graph(dtype=np.float64) as g:
+        b, w, x = g.leaf(np.ones((2, 4))), g.leaf(np.ones((2, 3))), g.leaf(np.ones((3, 3)))
+        with pytest.raises(dn.ShapeError):
+            dn.affine_transform([b, w, x])
