@@ -502,8 +502,8 @@ class Engine:
     def _run_padded(self, op: Any, nodes: list[int]) -> None:
         """Nodes of an op that pads whose lengths differ: the nodes of a length that has
         PAD_ALONE of them or more run as a batch of their own; of the others, those whose
-        lengths are within a factor of two of each other run as one batch padded to the
-        longest (so that padding is at most half of it)."""
+        lengths fall in one power-of-two range (1, 2-3, 4-7, ...) run as one batch padded to
+        the longest (so that padding is at most half of it)."""
         g = self.g
         shapes, all_args = g.shapes, g.args
         n0 = nodes[0]

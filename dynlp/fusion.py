@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .ops import SHARED, STACK, Op, Parts
+from .ops.core import pad_elementwise
 
 ABSORBED = -3          # `loc` of a node that a fused node computes
 MAX_REGION = 48        # nodes per fused region at most
@@ -205,21 +206,9 @@ def pointwise_op(tokens: tuple, arity: dict) -> Op:
             forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
             cost=1, residual=True, doc="an elementwise expression fused while building")
     op.program = program
-    op.pad = _pointwise_pad
+    op.pad = pad_elementwise
     _POINTWISE[tokens] = op
     return op
-
-
-def _pointwise_pad(shapes: tuple, out: tuple[int, ...]) -> tuple | None:
-    """An elementwise program pads along its output's last axis: the arguments of the output's
-    rank and last size (the others broadcast along it; arguments align from the first axis).
-    A reshape in the program reads values of a fixed size, so one that varies across a batch
-    is never reshaped."""
-    if not out:
-        return None
-    last = len(out) - 1
-    axes = tuple(last if len(s) == len(out) and s[-1] == out[-1] else None for s in shapes)
-    return axes, last, tuple(None if a is None else "edge" for a in axes)
 
 
 def _fixed_shape(shape: tuple[int, ...]) -> Callable:

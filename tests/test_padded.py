@@ -81,7 +81,7 @@ def test_attention_over_sequences_of_every_length_batches_padded(mode):
     padded = [b for b in got["batches"] if type(b) is PaddedBatch]
     assert {b.op.name for b in padded} >= {"softmax", "transpose", "matmul"}
     softmaxes = [b for b in got["batches"] if b.op.name == "softmax"]
-    # lengths within a factor of two pad together: 1 | 2, 3, 3 | 5, 7 | 8, 13, at each step
+    # lengths in one power-of-two range pad together: 1 | 2, 3, 3 | 5, 7 | 8, 13, at each step
     assert len(softmaxes) <= 4 * 3 < sum(1 + k % 3 for k in range(len(LENGTHS)))
     contractions = [b for b in got["batches"] if b.op.name == "batched_matmul"]
     assert len(contractions) <= 4 * 3
@@ -144,6 +144,20 @@ def _pointwise(g, rng, n, shared):
     return out, [x, y, z]
 
 
+def _column(g, rng, n, shared):
+    """An elementwise program over (L, 1) columns (a sequence's scores) pads along the rows; a
+    (1,) operand broadcasts along them (its gradient sums over them)."""
+    x = g.leaf(rng.uniform(0.5, 2.0, size=(n, 1)))
+    y = g.leaf(rng.normal(size=1))
+    return dn.tanh(x) * 2.0 + dn.log(x) * y, [x, y]
+
+
+def _lone(g, rng, n, shared):
+    """A lone elementwise op is a primitive node; it pads as well."""
+    x = g.leaf(rng.uniform(0.5, 2.0, size=(2, n)))
+    return dn.log(x), [x]
+
+
 def _matmul(g, rng, n, shared):
     x = g.leaf(rng.normal(size=(4, n)))
     return _weight(g, shared, "w", (2, 4), rng) @ x, [x]
@@ -196,8 +210,8 @@ def _contract_matrix(g, rng, n, shared):
     return dn.tanh(raw) @ x, [raw, x]
 
 
-BUILDS = [_pointwise, _matmul, _affine, _transpose_vector, _transpose_matrix, _softmax_vector,
-          _softmax_matrix, _contract_vector, _contract_matrix]
+BUILDS = [_pointwise, _column, _lone, _matmul, _affine, _transpose_vector, _transpose_matrix,
+          _softmax_vector, _softmax_matrix, _contract_vector, _contract_matrix]
 
 
 @pytest.mark.parametrize("build", BUILDS, ids=lambda f: f.__name__.strip("_"))

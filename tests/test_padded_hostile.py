@@ -486,10 +486,6 @@ def test_jvp_and_gradcheck_through_readers():
 # recipes and the DyNet layer: their own tests (run in the suite) cover them
 
 
-@pytest.mark.xfail(strict=True, reason="a lone elementwise op (tanh(x), x * x, log(x)) is its "
-                   "own primitive node, and primitives have no Op.pad: nodes of different "
-                   "lengths run one batch per length, although README and PERFORMANCE.md say "
-                   "elementwise expressions batch across lengths (two ops or more do)")
 def test_a_lone_elementwise_op_batches_across_lengths():
     with dn.Graph(dtype=np.float64) as g:
         xs = [g.leaf(np.full((3, n), 0.5)) for n in (2, 3)]
@@ -501,9 +497,6 @@ def test_a_lone_elementwise_op_batches_across_lengths():
     assert len(ran) == 3, ran  # one batch per op, not one per op and length
 
 
-@pytest.mark.xfail(strict=True, reason="affine_transform's shape rule accepts a bias whose "
-                   "trailing axes differ from the products' ((2, 4) for (2, 3) products): the "
-                   "graph builds, and the forward pass fails in numpy broadcasting")
 def test_affine_rejects_a_matrix_bias_of_another_length_when_built():
     with dn.Graph(dtype=np.float64) as g:
         b, w, x = g.leaf(np.ones((2, 4))), g.leaf(np.ones((2, 3))), g.leaf(np.ones((3, 3)))

@@ -212,6 +212,25 @@ def zeros_like_tangents(ts, xs):
 # Derivative shortcuts
 
 
+def pad_elementwise(shapes: Sequence[tuple[int, ...]],
+                    out: tuple[int, ...]) -> tuple | None:
+    """`Op.pad` of an elementwise op or program: along the output's last axis, or along the
+    rows of a column (L, 1) (a sequence's scores); the arguments that span that axis pad by
+    repeating their last entry, the others broadcast along it (arguments align from the first
+    axis, lower ranks taking trailing 1s). A reshape inside a program reads values of a size
+    fixed by its target, so one whose length varies across a batch is never reshaped."""
+    if not out:
+        return None
+    if len(out) == 2 and out[1] == 1:
+        axis = 0
+        axes = tuple(0 if s and s[0] == out[0] else None for s in shapes)
+    else:
+        axis = len(out) - 1
+        axes = tuple(axis if len(s) == len(out) and s[-1] == out[-1] else None
+                     for s in shapes)
+    return axes, axis, tuple(None if a is None else "edge" for a in axes)
+
+
 def elementwise(name: str, f: Callable, df: Callable, *, domain: str = "real",
                 attrs: dict | None = None, shapes=((3,), (2, 3)), doc: str = "") -> Op:
     """A unary elementwise op from its function f(x, **a) and derivative df(x, out, **a)."""
@@ -223,8 +242,10 @@ def elementwise(name: str, f: Callable, df: Callable, *, domain: str = "real",
         return ts[0] * df(x, out, **a)
 
     cases = [Case([s], attrs) for s in shapes]
-    return define(name, shape=same_shape, forward=f, vjp=vjp, jvp=jvp, batch=STACK,
-                  domain=domain, cases=cases, doc=doc)
+    op = define(name, shape=same_shape, forward=f, vjp=vjp, jvp=jvp, batch=STACK,
+                domain=domain, cases=cases, doc=doc)
+    op.pad = pad_elementwise
+    return op
 
 
 def linear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw: Any) -> Op:

@@ -4,8 +4,8 @@ and arithmetic with constants. Each op is one block; imports only the op-table c
 
 import numpy as np
 
-from .core import (STACK, Case, bilinear, broadcast_shape, define, elementwise, linear, pad_to,
-                   same_shape, unbroadcast)
+from .core import (STACK, TABLE, Case, bilinear, broadcast_shape, define, elementwise, linear,
+                   pad_elementwise, pad_to, same_shape, unbroadcast)
 
 SELU_ALPHA = 1.6732632423543772
 SELU_SCALE = 1.0507009873554805
@@ -90,6 +90,8 @@ def _div_jvp(ts, out, x, y):
 
 define("div", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES, domain="nonzero",
        forward=lambda x, y: np.divide(*_pair(x, y)), vjp=_div_vjp, jvp=_div_jvp)
+# (binary arithmetic pads as elementwise programs do: repeating the last entry, never a zero)
+TABLE["add"].pad = TABLE["mul"].pad = TABLE["div"].pad = pad_elementwise
 
 
 def _select_binary(name, pick_x):

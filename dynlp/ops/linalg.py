@@ -79,7 +79,8 @@ def _affine_shape(b, *rest, activation=None):
         if out is not None and s != out:
             raise ValueError("products have different shapes")
         out = s
-    if b[:1] != out[:1] or len(b) > len(out):
+    if b[:1] != out[:1] or len(b) > len(out) or \
+            any(d not in (1, o) for d, o in zip(b[1:], out[1:])):
         raise ValueError("bias does not match the products")
     return out
 
