@@ -155,6 +155,9 @@ class Communicator:
         self.size = 1 if comm is None else comm.Get_size()
         self.is_root = self.rank == 0
         self._flat = np.empty(0, dtype=np.float32)  # the dense gradients' buffer, reused
+        # seconds spent in sum_gradients waiting for the other ranks to come to it (their
+        # shares took longer), as against exchanging: a measure of imbalance
+        self.waiting_seconds = 0.0
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
@@ -201,7 +204,9 @@ class Communicator:
         header = np.array([loss] + [len(rows) for rows, _ in sparse], dtype=np.float64)
         headers = np.empty((self.size, header.size), dtype=np.float64)
         requests.append(self._comm.Iallgather(header, headers))
+        start = time.perf_counter()
         self._wait(requests[-1:])  # every rank is here (the wait for the slowest sleeps) ...
+        self.waiting_seconds += time.perf_counter() - start
         self._wait(requests, _SPIN_ALL_THERE_SECONDS)  # ... and the rest goes without pauses
         if tables:
             self._sum_rows(tables, sparse, headers[:, 1:].astype(np.int64))
