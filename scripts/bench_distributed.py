@@ -64,11 +64,12 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
     seconds = sum(r["seconds"] for r in records)
     examples = sum(r["examples_per_second"] * r["seconds"] for r in records)
     cpu = sum(r["cpu_seconds"] for r in records)
-    steps = sum(r["steps"] for r in records)
+    steps = sum(r.get("steps", 0) for r in records)  # (logs of older versions lack them)
     phases = {k: [1000 * sum(r["phase_seconds"][k][rank] for r in records) / steps
-                  for rank in range(ranks)] for k in records[0]["phase_seconds"]}
+                  for rank in range(ranks)] for k in records[0].get("phase_seconds", ())}
     return {"examples_per_second": examples / seconds, "train_seconds": seconds,
-            "examples_per_cpu_second": examples / cpu, "step_ms": 1000 * seconds / steps,
+            "examples_per_cpu_second": examples / cpu,
+            "step_ms": 1000 * seconds / steps if steps else None,
             "phase_ms": phases,
             "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
             "wall_seconds": wall, "load": load}
@@ -111,6 +112,8 @@ def main() -> None:
     for recipe, result in results.items():
         for ranks in ("1", str(args.ranks)):
             run_ = result[ranks]
+            if not run_["phase_ms"]:
+                continue
             cells = " ".join(f"{'/'.join(f'{ms:.1f}' for ms in run_['phase_ms'][k]):>15}"
                              for k in PHASES)
             print(f"{recipe:<10} {ranks:>5} {run_['step_ms']:>7.1f}  {cells}")
