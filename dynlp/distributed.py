@@ -45,10 +45,12 @@ _LAUNCHER_VARIABLES = (("PMI_RANK", "PMI_SIZE"),                              # 
 _POLL_SECONDS = 0.0002  # sleep between tests of a pending exchange (frees the core it waits on)
 # how long a wait tests without sleeping before it starts to sleep between tests: MPI moves a
 # large message in rounds, each only while both ranks test, so an exchange whose ranks are all
-# there goes several times faster tested without pause (a 1.2 MB allreduce of 2 ranks: 1 ms
-# against 5 ms with sleeps between tests)
+# there goes several times faster tested without pause (the Tree-LSTM recipe's step, 1.2 MB of
+# dense gradients and its rows, between 2 ranks: 1.2 ms against 5.2 ms with sleeps)
 _SPIN_SECONDS = 0.001
-_SPIN_ALL_THERE_SECONDS = 0.05  # once every rank has come to the exchange
+# ... and once every rank has come to the exchange (past it, on a busy machine, a rank that
+# lost its core is waited for sleeping)
+_SPIN_ALL_THERE_SECONDS = 0.01
 
 
 class DistributedError(RuntimeError):

@@ -7,7 +7,8 @@ examples per CPU second of the busiest rank (`cpu_seconds` of the log), what ran
 each would approach (it leaves out the time a rank waits for the other). A second table splits
 each rank's step: its share's compute (graph, forward, backward), the wait in sum_gradients
 for the other ranks' shares, the exchange itself, and the trainer's update (the log's
-`phase_seconds`; the loop's own work is the rest of the step). Needs the optional MPI
+`phase_seconds`; the loop's own work is the rest of the step), and the seconds of the dev
+evaluations during training (split across the ranks). Needs the optional MPI
 support (pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
 
     python scripts/bench_distributed.py --mirror ../shared/data              # 1 epoch, all data
@@ -70,7 +71,7 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
     return {"examples_per_second": examples / seconds, "train_seconds": seconds,
             "examples_per_cpu_second": examples / cpu,
             "step_ms": 1000 * seconds / steps if steps else None,
-            "phase_ms": phases,
+            "phase_ms": phases, "dev_seconds": sum(r.get("dev_seconds") or 0 for r in records),
             "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
             "wall_seconds": wall, "load": load}
 
@@ -108,7 +109,7 @@ def main() -> None:
                   f"{cpu_speedup:>8.2f}x", flush=True)
     print(f"\nwhere a step's time goes (wall ms per step, each rank; `phase_seconds` of the log):"
           f"\n{'recipe':<10} {'ranks':>5} {'step':>7}  "
-          + " ".join(f"{k:>15}" for k in PHASES), flush=True)
+          + " ".join(f"{k:>15}" for k in PHASES) + f" {'dev s':>7}", flush=True)
     for recipe, result in results.items():
         for ranks in ("1", str(args.ranks)):
             run_ = result[ranks]
@@ -116,7 +117,8 @@ def main() -> None:
                 continue
             cells = " ".join(f"{'/'.join(f'{ms:.1f}' for ms in run_['phase_ms'][k]):>15}"
                              for k in PHASES)
-            print(f"{recipe:<10} {ranks:>5} {run_['step_ms']:>7.1f}  {cells}")
+            print(f"{recipe:<10} {ranks:>5} {run_['step_ms']:>7.1f}  {cells} "
+                  f"{run_['dev_seconds']:>7.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
