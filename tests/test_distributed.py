@@ -202,6 +202,7 @@ def test_two_ranks_sum_gradients_and_share_values(tmp_path):
         assert (seen["rank"], seen["size"]) == (rank, 2)
         assert not seen["agree_before"] and seen["agree_after"]
         assert seen["loss"] == 3.0
+        assert seen["waited"] >= (0.02 if rank == 0 else 0.0)  # rank 1 came 0.1 s late
         np.testing.assert_array_equal(seen["dense"], np.full((3, 2), 3.0))
         # rows 0, 2 from rank 0 and 1, 3 from rank 1: summed, never densified
         assert seen["rows"] == [0, 1, 2, 3]
