@@ -349,3 +349,5 @@ class Communicator:
         while not test(requests):
             if time.perf_counter() > until:
                 time.sleep(_POLL_SECONDS)
+            else:  # (lets a process waiting for this core run: on a busy machine, the other rank)
+                os.sched_yield()
