@@ -605,12 +605,15 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     try:
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
-            loss, count, seconds, cpu = _train_epoch(model, trainer, train_examples, config,
-                                                     epoch, strategy, progress, comm)
+            loss, count, seconds, cpu, phases = _train_epoch(
+                model, trainer, train_examples, config, epoch, strategy, progress, comm)
+            ranks = comm.allgather([cpu, phases])
             record: dict[str, Any] = {
                 "epoch": epoch, "train_loss": loss / count, "examples_per_second": count / seconds,
                 "seconds": seconds, "learning_rate": trainer.learning_rate, "dev": None,
-                "ranks": comm.size, "cpu_seconds": max(comm.allgather(cpu)),
+                "ranks": comm.size, "cpu_seconds": max(r[0] for r in ranks),
+                "steps": phases["steps"],
+                "phase_seconds": {k: [r[1][k] for r in ranks] for k in PHASES},
             }
             state["train_seconds"] += seconds
             state["train_examples"] += count
@@ -655,24 +658,40 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
     return _finish(recipe, config, out, dev_examples, test_examples, state, loader, comm)
 
 
+# where a training step's time goes (seconds of the epoch, per rank, in the log's
+# `phase_seconds`): building, evaluating and backpropagating the rank's share; waiting in
+# sum_gradients for the other ranks' shares; exchanging gradients; the trainer's update
+PHASES = ("compute", "waiting", "exchange", "update")
+
+
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
                  strategy: bool | str, progress: bool | None,
-                 comm: Communicator) -> tuple[float, int, float, float]:
+                 comm: Communicator) -> tuple[float, int, float, float, dict]:
     """One pass over the shuffled examples: (summed loss, examples, seconds, this process's
-    CPU seconds). Each rank computes its share of every minibatch, each example with its own
-    generator."""
+    CPU seconds, its `PHASES` seconds and steps). Each rank computes its share of every
+    minibatch, each example with its own generator."""
     seed, size = int(config["seed"]), int(config["batch_size"])
     total_loss, count = 0.0, 0
-    start, cpu = time.perf_counter(), time.process_time()
+    clock = time.perf_counter
+    start, cpu = clock(), time.process_time()
+    phases: dict[str, Any] = {**dict.fromkeys(PHASES, 0.0), "steps": 0}
+    waited = comm.waiting_seconds
     disable = None if progress is None else not progress
     with tqdm(total=len(examples), desc=f"epoch {epoch}", unit="ex", disable=disable,
               leave=False, dynamic_ncols=True) as bar:
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
+            began = clock()
             value = _share_loss(model, batch, comm.shard_batch(batch), seed, epoch, step,
                                 strategy)
+            computed = clock()
             value = comm.sum_gradients(trainer.pc, value)
+            exchanged = clock()
             trainer.update()
+            phases["compute"] += computed - began
+            phases["exchange"] += exchanged - computed
+            phases["update"] += clock() - exchanged
+            phases["steps"] += 1
             if not np.isfinite(value):
                 raise TrainingError(f"the loss became {value} in epoch {epoch}, step {step}; "
                                     "try a smaller learning rate")
@@ -680,7 +699,9 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
             count += len(batch)
             bar.update(len(batch))
             bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
-    return total_loss, count, time.perf_counter() - start, time.process_time() - cpu
+    phases["waiting"] = comm.waiting_seconds - waited
+    phases["exchange"] -= phases["waiting"]
+    return total_loss, count, clock() - start, time.process_time() - cpu, phases
 
 
 def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch: int, step: int,

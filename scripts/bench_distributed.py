@@ -4,7 +4,11 @@ the dev score each reaches after the same epochs, and the load average around ea
 1-minute figure, before or after, whichever is higher: above 1 for one process or 2 for two
 ranks, other work shared the cores and the speeds are low). The last column is the speed-up in
 examples per CPU second of the busiest rank (`cpu_seconds` of the log), what ranks with a core
-each would approach (it leaves out the time a rank waits for the other). Needs the optional MPI
+each would approach (it leaves out the time a rank waits for the other). A second table splits
+each rank's step: its share's compute (graph, forward, backward), the wait in sum_gradients
+for the other ranks' shares, the exchange itself, and the trainer's update (the log's
+`phase_seconds`; the loop's own work is the rest of the step), and the seconds of the dev
+evaluations during training (split across the ranks). Needs the optional MPI
 support (pip install -e '.[mpi]'); reads the recipes' datasets from a mirror or the cache.
 
     python scripts/bench_distributed.py --mirror ../shared/data              # 1 epoch, all data
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 RECIPES = ("tagger", "treelstm", "parser")
+PHASES = ("compute", "waiting", "exchange", "update")
 MAIN_METRIC = {"tagger": "upos_accuracy", "treelstm": "root_fine", "parser": "las"}
 
 
@@ -60,8 +65,13 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
     seconds = sum(r["seconds"] for r in records)
     examples = sum(r["examples_per_second"] * r["seconds"] for r in records)
     cpu = sum(r["cpu_seconds"] for r in records)
+    steps = sum(r.get("steps", 0) for r in records)  # (logs of older versions lack them)
+    phases = {k: [1000 * sum(r["phase_seconds"][k][rank] for r in records) / steps
+                  for rank in range(ranks)] for k in records[0].get("phase_seconds", ())}
     return {"examples_per_second": examples / seconds, "train_seconds": seconds,
             "examples_per_cpu_second": examples / cpu,
+            "step_ms": 1000 * seconds / steps if steps else None,
+            "phase_ms": phases, "dev_seconds": sum(r.get("dev_seconds") or 0 for r in records),
             "dev": records[-1]["dev"][MAIN_METRIC[recipe]], "loss": records[-1]["train_loss"],
             "wall_seconds": wall, "load": load}
 
@@ -97,6 +107,18 @@ def main() -> None:
                   f"{one['dev']:>7.2f} {many['dev']:>7.2f} {one['loss']:>9.4f} "
                   f"{many['loss']:>9.4f} {one['load']:>4.1f} {many['load']:>4.1f} "
                   f"{cpu_speedup:>8.2f}x", flush=True)
+    print(f"\nwhere a step's time goes (wall ms per step, each rank; `phase_seconds` of the log):"
+          f"\n{'recipe':<10} {'ranks':>5} {'step':>7}  "
+          + " ".join(f"{k:>15}" for k in PHASES) + f" {'dev s':>7}", flush=True)
+    for recipe, result in results.items():
+        for ranks in ("1", str(args.ranks)):
+            run_ = result[ranks]
+            if not run_["phase_ms"]:
+                continue
+            cells = " ".join(f"{'/'.join(f'{ms:.1f}' for ms in run_['phase_ms'][k]):>15}"
+                             for k in PHASES)
+            print(f"{recipe:<10} {ranks:>5} {run_['step_ms']:>7.1f}  {cells} "
+                  f"{run_['dev_seconds']:>7.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def exchange(out: Path) -> None:
     dense, rows, values = contribution(comm.rank)
     weight.accumulate_grad(dense)
     table.accumulate_sparse(rows, values)
+    if comm.rank == 1:
+        time.sleep(0.1)  # rank 0 waits for rank 1, and says so
     loss = comm.sum_gradients(pc, float(comm.rank + 1))
     touched, sums = table.sparse_grad()
 
@@ -56,7 +59,8 @@ def exchange(out: Path) -> None:
 
     result = {
         "rank": comm.rank, "size": comm.size, "agree_before": agree_before,
-        "agree_after": agree_after, "loss": loss, "dense": weight.grad.tolist(),
+        "agree_after": agree_after, "loss": loss, "waited": comm.waiting_seconds,
+        "dense": weight.grad.tolist(),
         "rows": touched.tolist(), "sums": sums.tolist(), "values": weight.value.tolist(),
         "gathered": comm.allgather({"rank": comm.rank, "n": np.int64(7)}),
         "broadcast": comm.broadcast(f"from {comm.rank}"),

@@ -202,6 +202,7 @@ def test_two_ranks_sum_gradients_and_share_values(tmp_path):
         assert (seen["rank"], seen["size"]) == (rank, 2)
         assert not seen["agree_before"] and seen["agree_after"]
         assert seen["loss"] == 3.0
+        assert seen["waited"] >= (0.02 if rank == 0 else 0.0)  # rank 1 came 0.1 s late
         np.testing.assert_array_equal(seen["dense"], np.full((3, 2), 3.0))
         # rows 0, 2 from rank 0 and 1, 3 from rank 1: summed, never densified
         assert seen["rows"] == [0, 1, 2, 3]
@@ -254,6 +255,12 @@ def test_two_ranks_train_as_one_process_does(recipe, tmp_path):
     _train(recipe, 2, two, "--epochs", "2")
     _same_training(one, two)
     assert [r["ranks"] for r in _log(two)] == [2, 2]  # rank 0 alone wrote the log
+    for one_record, record in zip(_log(one), _log(two)):  # each rank's phases of a step
+        assert record["steps"] == one_record["steps"] == 8  # 60 examples, 8 a minibatch
+        assert set(record["phase_seconds"]) == set(train.PHASES)
+        assert [len(seconds) for seconds in record["phase_seconds"].values()] == [2] * 4
+        assert sum(record["phase_seconds"]["compute"]) > 0
+        assert one_record["phase_seconds"]["waiting"] == [0.0]
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["ranks"] == 2 and metrics["epochs_trained"] == 2
     assert metrics["dev"] == json.loads((one / "metrics.json").read_text())["dev"]
