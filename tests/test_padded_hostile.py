@@ -13,17 +13,11 @@ import pytest
 import dynlp as dn
 from dynlp import autobatch
 from dynlp.autobatch import PaddedBatch
+from test_padded import _batches
 
 MODES = ["late", "depth", "agenda"]
 
 
-def _batches(g):
-    seen, out = set(), []
-    for b in g.engine.batches:
-        if b is not None and id(b) not in seen:
-            seen.add(id(b))
-            out.append(b)
-    return out
 
 
 def _padded(batches):
@@ -239,9 +233,8 @@ def test_gradient_of_a_padded_node_the_second_loss_does_not_reach_is_zero():
 # lengths
 
 
-@pytest.mark.parametrize("lengths", [(1, 1, 1), (4, 4, 4), (1, 2), (1, 100), (1, 100, 60, 2),
-                                     (100, 51, 99, 64, 1, 1, 2)])
-def test_lengths_one_equal_and_far_apart(lengths):
+def _attention(lengths, watch_contexts=False):
+    """A build: scores of tanh(W H) over each length, their softmax, the contexts H a."""
     def build(g, rng):
         w = g.leaf(rng.normal(size=(2, 3)))
         v = g.leaf(rng.normal(size=(1, 2)))
@@ -249,9 +242,15 @@ def test_lengths_one_equal_and_far_apart(lengths):
         e = [dn.tanh(w @ h) for h in hs]
         att = [dn.softmax(dn.transpose(v @ x)) for x in e]
         ctx = [h @ a for h, a in zip(hs, att)]
-        terms = [_weighted(c, rng) for c in ctx]
-        return dn.esum(terms), [w, v] + hs, e + att + ctx
+        watched = e + att + ctx if watch_contexts else e + att
+        return dn.esum([_weighted(c, rng) for c in ctx]), [w, v] + hs, watched
+    return build
 
+
+@pytest.mark.parametrize("lengths", [(1, 1, 1), (4, 4, 4), (1, 2), (1, 100), (1, 100, 60, 2),
+                                     (100, 51, 99, 64, 1, 1, 2)])
+def test_lengths_one_equal_and_far_apart(lengths):
+    build = _attention(lengths, watch_contexts=True)
     _check(build, want_padded=False)
     got = _run(build, "late")
     for b in _padded(got["batches"]):  # less than half of each node's row is padding
@@ -264,14 +263,7 @@ def test_many_nodes_of_one_length_with_few_of_others(mode):
     many) and 4 to 7 pad; all read by a padded softmax and a contraction."""
     lengths = (3,) * (autobatch.PAD_ALONE + 2) + (2, 4, 5, 7, 6, 1)
 
-    def build(g, rng):
-        w = g.leaf(rng.normal(size=(2, 3)))
-        v = g.leaf(rng.normal(size=(1, 2)))
-        hs = [g.leaf(rng.normal(size=(3, n))) for n in lengths]
-        e = [dn.tanh(w @ h) for h in hs]
-        att = [dn.softmax(dn.transpose(v @ x)) for x in e]
-        ctx = [h @ a for h, a in zip(hs, att)]
-        return dn.esum([_weighted(c, rng) for c in ctx]), [w, v] + hs, e + att
+    build = _attention(lengths)
 
     want = _run(build, False)
     got = _run(build, mode)
