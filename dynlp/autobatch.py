@@ -528,6 +528,10 @@ class Engine:
                 self._run(members)
 
     def _pad_group(self, op: Any, nodes: list[int], rule: tuple) -> None:
+        """One padded batch: each padded argument brought to the longest length (copied node
+        by node, or read from the padded batch whose nodes it is), one forward call, and each
+        node's entry cut back from the padded output (or, when the op contracts the lengths,
+        one row per node as in any batch)."""
         g = self.g
         shapes, all_args, loc, bufs = g.shapes, g.args, g.loc, self.bufs
         axes, out_axis, fills = rule
