@@ -63,9 +63,8 @@ class Batch:
 class PaddedBatch(Batch):
     """A batch of nodes whose shapes differ along the op's padded axes (`Op.pad`): each node's
     value is its own entry of `bufs`, a view of the padded output cut back to its shape. `out`
-    is the padded
-    output, `lengths[i]` node i's length along `axis`, `first` the first entry; every entry
-    of `batches` it made holds it (its backward runs at the last)."""
+    is the padded output, `lengths[i]` node i's length along `axis`, `first` the first entry;
+    every entry of `batches` it made holds it (its backward runs at the last)."""
 
     __slots__ = ("out", "lengths", "first", "axis", "edge", "grad")
 
@@ -79,14 +78,16 @@ class PaddedBatch(Batch):
         self.edge = edge  # out's padding repeats each node's last entry (as "edge" padding)
         self.grad = None  # the last backward's gradient of out, zero in the padding
 
-    def inside(self) -> np.ndarray:
-        """True at out's entries that belong to a node (not padding), broadcastable to out."""
-        axis, width = self.axis, self.out.shape[self.axis + 1]
-        lengths = np.array(self.lengths)
-        inside = np.arange(width) < lengths[:, None]
-        return inside.reshape((len(lengths),) + (1,) * axis + (width,)
-                              + (1,) * (self.out.ndim - axis - 2))
+    def part(self, i: int) -> tuple:
+        """The index of node i's part of `out`."""
+        return (i,) + (slice(None),) * self.axis + (slice(0, self.lengths[i]),)
 
+
+def _inside(lengths: list[int], width: int, axis: int, ndim: int) -> np.ndarray:
+    """True where a padded batch's array (batch axis first, `ndim` axes in all, padded along
+    per-example `axis` to `width`) holds a node's entries, not padding; broadcastable to it."""
+    inside = np.arange(width) < np.array(lengths)[:, None]
+    return inside.reshape((len(lengths),) + (1,) * axis + (width,) + (1,) * (ndim - axis - 2))
 
 
 class Engine:
@@ -469,8 +470,7 @@ class Engine:
             self._run_padded(op, nodes)
             return
         node_args = g.args[n0]
-        rule = self._rules.get((op, len(node_args)))
-        mask = (rule or self._rule(op, len(node_args)))[0]
+        mask = self._mask(op, len(node_args))
         loc, bufs = g.loc, self.bufs
         xs = []
         plans = []
@@ -536,7 +536,7 @@ class Engine:
         shapes, all_args, loc, bufs = g.shapes, g.args, g.loc, self.bufs
         axes, out_axis, fills = rule
         n0 = nodes[0]
-        mask = (self._rules.get((op, len(all_args[n0]))) or self._rule(op, len(all_args[n0])))[0]
+        mask = self._mask(op, len(all_args[n0]))
         count = len(nodes)
         xs: list = []
         plans: list = []
@@ -567,10 +567,8 @@ class Engine:
                 if x.shape[axis + 1] != width:
                     x = x[(slice(None),) + lead + (slice(0, width),)]
                 if fill != "edge":
-                    inside = np.arange(width) < np.array(lengths)[:, None]
-                    inside = inside.reshape((count,) + (1,) * axis + (width,)
-                                            + (1,) * (len(row) - axis - 1))
-                    x = np.where(inside, x, 0.0 if fill == "zero" else -np.inf)
+                    x = np.where(_inside(lengths, width, axis, len(row) + 1), x,
+                                 0.0 if fill == "zero" else -np.inf)
                 xs.append(x)
                 continue
             if fill == "edge":
@@ -711,6 +709,11 @@ class Engine:
         self.counts["forward_nodes"] += len(pending) - ragged
         self.times["forward_numpy"] += numpy_time
 
+    def _mask(self, op: Any, nargs: int) -> tuple[str, ...]:
+        """The batching mask of op with nargs arguments (`_rule`'s)."""
+        rule = self._rules.get((op, nargs))
+        return (rule or self._rule(op, nargs))[0]
+
     def _rule(self, op: Any, nargs: int) -> tuple:
         """(mask, whether any argument is shared, forward, vjp) of op with nargs arguments, the
         rules None for a ragged op; cached per engine."""
@@ -815,7 +818,7 @@ class Engine:
         padded = self.padded
         # padded gradients that padded batches deliver to the padded batch whose nodes, all
         # of them in order, they read: last entry of that batch -> sum
-        self.accumulated = accumulated = {}
+        accumulated: dict[int, np.ndarray] = {}
         for b in padded:
             batches[b].grad = None
         for b in range(last, -1, -1):
@@ -876,7 +879,7 @@ class Engine:
                                 continue
                             total = accumulated[key] = np.zeros_like(source.out)
                         if ct.shape[axis + 1] != total.shape[axis + 1]:
-                            total = total[(slice(None),) + (slice(None),) * axis
+                            total = total[(slice(None),) * (axis + 1)
                                           + (slice(0, ct.shape[axis + 1]),)]
                         if rows is None:
                             total += ct
@@ -931,13 +934,14 @@ class Engine:
         """A padded batch's gradient, padded: what padded batches delivered to it whole
         (`summed`) and to its nodes one by one, zero in the padding (None when nothing
         reached it). Kept as `batch.grad`."""
-        out = None if summed is None else np.where(batch.inside(), summed, 0.0)
-        lead = (slice(None),) * batch.axis
+        shape = batch.out.shape
+        out = None if summed is None else np.where(
+            _inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed, 0.0)
         for i, t in enumerate(grads[batch.first:batch.first + len(batch.nodes)]):
             if t is not None:
                 if out is None:
-                    out = np.zeros(batch.out.shape, batch.out.dtype)
-                out[(i,) + lead + (slice(0, batch.lengths[i]),)] += t[0]
+                    out = np.zeros(shape, batch.out.dtype)
+                out[batch.part(i)] += t[0]
         batch.grad = out
         return out
 
@@ -980,9 +984,7 @@ class Engine:
         t = self.grads[b] if 0 <= b < len(self.grads) else None
         batch = self.batches[b] if 0 <= b < len(self.batches) else None
         if type(batch) is PaddedBatch:  # (its padded gradient holds all that reached it)
-            i = b - batch.first
-            t = None if batch.grad is None else batch.grad[
-                (i,) + (slice(None),) * batch.axis + (slice(0, batch.lengths[i]),)][None]
+            t = None if batch.grad is None else batch.grad[batch.part(b - batch.first)][None]
         total = np.zeros(self.g.shapes[node], self.g.dtype) if t is None else t[here & _ROW]
         absorbed = self.fuser.absorbed.get(node) if self.fuser is not None else None
         if absorbed is not None:  # the part that flowed through the fused node

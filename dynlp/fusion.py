@@ -204,9 +204,9 @@ def pointwise_op(tokens: tuple, arity: dict) -> Op:
     op = Op("fused(" + ",".join(step[0].name for step in steps) + ")",
             shape=_program_shape(steps),
             forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
-            cost=1, residual=True, doc="an elementwise expression fused while building")
+            cost=1, residual=True, pad=pad_elementwise,
+            doc="an elementwise expression fused while building")
     op.program = program
-    op.pad = pad_elementwise
     _POINTWISE[tokens] = op
     return op
 

@@ -681,6 +681,17 @@ class Deferred(Expression):
                 "x.plain() instead of x")
         return super().gradient()
 
+    def _own_gradient(self, shape: tuple[int, ...]) -> tuple["Graph", np.ndarray]:
+        """(its graph, the gradient that reached this expression's own node, zeros when it has
+        none), after `backward()`: what a subclass adds its in-place readers' shares to."""
+        g = self._live()
+        if g.engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        total = np.zeros(shape, g.dtype)
+        if self._node >= 0:
+            total = total + g.engine.gradient(self._node)
+        return g, total
+
     def dim(self) -> tuple[int, ...]:
         return self.shape  # (subclasses know their shape without a node)
 
@@ -750,12 +761,7 @@ class Slice(Deferred):
         the concatenations that read it in place (their share of their gradient)."""
         if self._fused:
             return super().gradient()  # (raises: a fused node read it in place)
-        g = self._live()
-        if g.engine.grads is None:
-            raise GraphError("gradient() needs backward() first")
-        total = np.zeros(self.shape, g.dtype)
-        if self._node >= 0:
-            total = total + g.engine.gradient(self._node)
+        _, total = self._own_gradient(self.shape)
         for reader, k in self.readers or ():
             total = total + reader.gradient()[k * self.width:(k + 1) * self.width]
         return total
@@ -914,10 +920,7 @@ class Affine(Deferred):
             (w, x), = self.terms
             node = g.add_node(_AFFINE, (self.biases[0], w, x), _ACTIVATION_ATTRS[activation])
             self._fused = True
-            if self.readers is None:
-                self.readers = [(node, activation, None)]
-            else:
-                self.readers.append((node, activation, None))
+            self._read_by((node, activation, None))
             return Expression(g, node)
         if self._node >= 0:  # a node already (its value was read): build on it
             return Expression(g, self._node) if activation is None else \
@@ -953,12 +956,7 @@ class Affine(Deferred):
     def gradient(self) -> np.ndarray:
         """d loss / d this sum, after `backward()`: from its own node if it has one, and from
         the nodes that read it (an activation's input, a larger sum)."""
-        g = self._live()
-        if g.engine.grads is None:
-            raise GraphError("gradient() needs backward() first")
-        total = np.zeros(self.out_shape, g.dtype)
-        if self._node >= 0:
-            total = total + g.engine.gradient(self._node)
+        g, total = self._own_gradient(self.out_shape)
         for reader in self.readers or ():
             if reader is None:
                 raise GraphError(
@@ -1048,13 +1046,8 @@ class Pointwise(Deferred):
     def gradient(self) -> np.ndarray:
         """d loss / d this expression, after `backward()`: from its own node if it has one,
         and from the fused nodes that computed it inside."""
-        g = self._live()
+        g, total = self._own_gradient(self.out_shape)
         engine = g.engine
-        if engine.grads is None:
-            raise GraphError("gradient() needs backward() first")
-        total = np.zeros(self.out_shape, g.dtype)
-        if self._node >= 0:
-            total = total + engine.gradient(self._node)
         index = g._inside
         if index is None or index[0] != len(g.pointwise):  # (made once per set of nodes)
             table: dict[int, list] = {}
@@ -1372,35 +1365,26 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
-    if type(a) is Expression and isinstance(b, Expression):  # (the usual case, the short way)
-        g = a.g
-        if b.g is g and g.alive:
+    g = a.g if type(a) is Expression else None
+    if g is not None and isinstance(b, Expression) and b.g is g and g.alive:
+        na, nb = a.i, b.i  # (the usual case: two expressions of a live graph)
+    else:
+        expression = isinstance(b, Expression)
+        if expression:
+            g = b.g
+            if not g.alive:
+                g._check_alive()
+        else:
+            g = _graph_of((a, b))
+        if type(a) is Expression and a.g is g:
             na = a.i
-            op = g.ops[na]
-            if op is _PARAMETER or op is _INPUT:
-                nb = b.i
-                if g.fuse:
-                    shape, other = g.shapes[na], g.shapes[nb]
-                    if len(shape) == 2 and len(other) in (1, 2) and other[0] == shape[1]:
-                        g.folded += 1
-                        return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
-                return g.add(_MATMUL, (na, nb))
-            return g.add(_BATCHED_MATMUL, (na, b.i))
-    expression = isinstance(b, Expression)
-    if expression:
-        g = b.g
-        if not g.alive:
-            g._check_alive()
-    else:
-        g = _graph_of((a, b))
-    if type(a) is Expression and a.g is g:
-        na = a.i
-    else:
-        na = g.param_nodes.get(id(a))
-        if na is None:
-            na = as_node(g, a)
-    nb = b.i if expression and b.g is g else as_node(g, b)
-    if g.ops[na] in (_PARAMETER, _INPUT):
+        else:
+            na = g.param_nodes.get(id(a))
+            if na is None:
+                na = as_node(g, a)
+        nb = b.i if expression and b.g is g else as_node(g, b)
+    op = g.ops[na]
+    if op is _PARAMETER or op is _INPUT:
         if g.fuse:
             shape = g.shapes[na]
             other = g.shapes[nb]

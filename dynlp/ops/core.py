@@ -103,7 +103,7 @@ class Op:
     forward computed on the way (gates, concatenated inputs) that the derivatives reuse.
     ragged: set by `ragged()`: (forward, vjp, jvp) over all arguments of a batch as one flat
     array, so that nodes of any number of arguments batch together.
-    pad: set per op: pad(argument shapes, output shape) -> (axis per argument, output axis,
+    pad: pad(argument shapes, output shape) -> (axis per argument, output axis,
     fill per argument) or None: the axes along which nodes whose shapes differ only there (a
     length) still batch, their arguments padded to the longest with the fill ("edge": the last
     entry repeated, "zero", or "-inf"), and the output (None: it has no such axis) cut back
@@ -115,7 +115,8 @@ class Op:
     def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
                  jvp: Callable, batch: Any = STACK, batched_attrs: Sequence[str] = (),
                  domain: str = "real", cases: Sequence[Case] = (), grad_scale: float = 1.0,
-                 cost: int = 1, residual: bool = False, doc: str = "") -> None:
+                 cost: int = 1, residual: bool = False, doc: str = "",
+                 pad: Callable | None = None, pad_probe: int | None = None) -> None:
         self.name = name
         self.shape = shape
         self.forward = forward
@@ -132,8 +133,8 @@ class Op:
         self.ragged: tuple[Callable, Callable, Callable] | None = None
         self.ragged_shared = 0  # leading shared arguments of a ragged op
         self._masks: dict[int, tuple[str, ...] | None] = {}
-        self.pad: Callable | None = None
-        self.pad_probe: int | None = None
+        self.pad = pad
+        self.pad_probe = pad_probe
 
     def mask(self, nargs: int) -> tuple[str, ...] | None:
         """The batching mask for a node with `nargs` arguments (None: unbatchable)."""
@@ -208,10 +209,6 @@ def zeros_like_tangents(ts, xs):
     return [np.zeros_like(x) if t is None else t for t, x in zip(ts, xs)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Derivative shortcuts
-
-
 def pad_elementwise(shapes: Sequence[tuple[int, ...]],
                     out: tuple[int, ...]) -> tuple | None:
     """`Op.pad` of an elementwise op or program: along the output's last axis, or along the
@@ -231,6 +228,10 @@ def pad_elementwise(shapes: Sequence[tuple[int, ...]],
     return axes, axis, tuple(None if a is None else "edge" for a in axes)
 
 
+# ---------------------------------------------------------------------------------------------
+# Derivative shortcuts
+
+
 def elementwise(name: str, f: Callable, df: Callable, *, domain: str = "real",
                 attrs: dict | None = None, shapes=((3,), (2, 3)), doc: str = "") -> Op:
     """A unary elementwise op from its function f(x, **a) and derivative df(x, out, **a)."""
@@ -242,10 +243,8 @@ def elementwise(name: str, f: Callable, df: Callable, *, domain: str = "real",
         return ts[0] * df(x, out, **a)
 
     cases = [Case([s], attrs) for s in shapes]
-    op = define(name, shape=same_shape, forward=f, vjp=vjp, jvp=jvp, batch=STACK,
-                domain=domain, cases=cases, doc=doc)
-    op.pad = pad_elementwise
-    return op
+    return define(name, shape=same_shape, forward=f, vjp=vjp, jvp=jvp, batch=STACK,
+                  domain=domain, cases=cases, doc=doc, pad=pad_elementwise)
 
 
 def linear(name: str, *, shape: Callable, forward: Callable, vjp: Callable, **kw: Any) -> Op:

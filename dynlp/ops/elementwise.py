@@ -4,7 +4,7 @@ and arithmetic with constants. Each op is one block; imports only the op-table c
 
 import numpy as np
 
-from .core import (STACK, TABLE, Case, bilinear, broadcast_shape, define, elementwise, linear,
+from .core import (STACK, Case, bilinear, broadcast_shape, define, elementwise, linear,
                    pad_elementwise, pad_to, same_shape, unbroadcast)
 
 SELU_ALPHA = 1.6732632423543772
@@ -56,8 +56,9 @@ def _binary_shape(x, y):
 
 _BINARY_CASES = [Case([(3,), (3,)]), Case([(2, 3), (2, 3)]), Case([(2, 3), (2,)]),
                  Case([(), (3,)]), Case([(2, 1), (2, 3)])]
+# (binary arithmetic pads as elementwise programs do: repeating the last entry, never a zero)
 
-linear("add", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES,
+linear("add", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES, pad=pad_elementwise,
        forward=lambda x, y: np.add(*_pair(x, y)),
        vjp=lambda g, out, x, y: (unbroadcast(g, x), unbroadcast(g, y)))
 
@@ -67,7 +68,7 @@ def _mul_vjp(g, out, x, y):
     return unbroadcast(g * py, x), unbroadcast(g * px, y)
 
 
-bilinear("mul", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES,
+bilinear("mul", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES, pad=pad_elementwise,
          forward=lambda x, y: np.multiply(*_pair(x, y)), vjp=_mul_vjp)
 
 
@@ -89,9 +90,8 @@ def _div_jvp(ts, out, x, y):
 
 
 define("div", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES, domain="nonzero",
-       forward=lambda x, y: np.divide(*_pair(x, y)), vjp=_div_vjp, jvp=_div_jvp)
-# (binary arithmetic pads as elementwise programs do: repeating the last entry, never a zero)
-TABLE["add"].pad = TABLE["mul"].pad = TABLE["div"].pad = pad_elementwise
+       forward=lambda x, y: np.divide(*_pair(x, y)), vjp=_div_vjp, jvp=_div_jvp,
+       pad=pad_elementwise)
 
 
 def _select_binary(name, pick_x):

@@ -4,7 +4,7 @@ transpose, outer, sums, extrema, logsumexp, norms. Imports only the op-table cor
 
 import numpy as np
 
-from .core import SHARED, STACK, TABLE, Case, OuterProduct, bilinear, define, linear, ragged
+from .core import SHARED, STACK, Case, OuterProduct, bilinear, define, linear, ragged
 
 
 def _matmul_shape(a, b):
@@ -29,18 +29,15 @@ def _mm_grads(g, a, b):
     return np.tensordot(g, b, axes=([0, 2], [0, 2])), np.matmul(a.T, g)
 
 
-bilinear("matmul", shape=_matmul_shape, batch=(SHARED, STACK), cost=4,
-         forward=_mm, vjp=lambda g, out, a, b: _mm_grads(g, a, b),
-         cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
-         doc="a @ b with a shared across the batch (a weight): (m, n) @ (n,) or (n, k)")
-
-
 def _matmul_pad(shapes, out):
     """W @ X: X's columns (a sequence's vectors) are computed independently."""
     return ((None, 1), 1, (None, "edge")) if len(shapes[1]) == 2 else None
 
 
-TABLE["matmul"].pad = _matmul_pad
+bilinear("matmul", shape=_matmul_shape, batch=(SHARED, STACK), cost=4,
+         forward=_mm, vjp=lambda g, out, a, b: _mm_grads(g, a, b), pad=_matmul_pad,
+         cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
+         doc="a @ b with a shared across the batch (a weight): (m, n) @ (n,) or (n, k)")
 
 
 def _bmm(a, b):
@@ -58,10 +55,9 @@ def _bmm_vjp(g, out, a, b):
 
 bilinear("batched_matmul", shape=_matmul_shape, batch=STACK, cost=4,
          forward=_bmm, vjp=_bmm_vjp, cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
+         # a contraction over a length: zero padding on both sides adds nothing
+         pad=lambda shapes, out: ((1, 0), None, ("zero", "zero")), pad_probe=0,
          doc="a @ b with a different left matrix per example")
-# a contraction over a length: zero padding on both sides adds nothing
-TABLE["batched_matmul"].pad = lambda shapes, out: ((1, 0), None, ("zero", "zero"))
-TABLE["batched_matmul"].pad_probe = 0
 
 
 def _affine_mask(nargs):
@@ -130,16 +126,6 @@ def _affine_jvp(ts, out, b, *rest, activation=None):
     return result if activation is None else result * ACTIVATIONS[activation][1](out)
 
 
-define("affine_transform", shape=_affine_shape, batch=_affine_mask, cost=4,
-       forward=_affine_forward, vjp=_affine_vjp, jvp=_affine_jvp,
-       cases=[Case([(3,), (3, 4), (4,)]), Case([(3,), (3, 4), (4,), (3, 2), (2,)]),
-              Case([(3,), (3, 4), (4, 2)]), Case([(3,), (3, 4), (4,)], {"activation": "tanh"}),
-              Case([(3,), (3, 4), (4,)], {"activation": "logistic"}),
-              Case([(3,), (3, 4), (4, 2)], {"activation": "tanh"})],
-       doc="f(b + W1 @ x1 + W2 @ x2 + ...) with b and the W shared; f is the identity or an "
-           "activation (tanh, rectify, logistic) fused into the same node")
-
-
 def _affine_pad(shapes, out):
     """f(b + W1 @ X1 + ...) over matrices X: columns computed independently (b a column)."""
     xs = shapes[2::2]
@@ -148,7 +134,15 @@ def _affine_pad(shapes, out):
     return (None,) + (None, 1) * len(xs), 1, (None,) + (None, "edge") * len(xs)
 
 
-TABLE["affine_transform"].pad = _affine_pad
+define("affine_transform", shape=_affine_shape, batch=_affine_mask, cost=4,
+       forward=_affine_forward, vjp=_affine_vjp, jvp=_affine_jvp, pad=_affine_pad,
+       cases=[Case([(3,), (3, 4), (4,)]), Case([(3,), (3, 4), (4,), (3, 2), (2,)]),
+              Case([(3,), (3, 4), (4, 2)]), Case([(3,), (3, 4), (4,)], {"activation": "tanh"}),
+              Case([(3,), (3, 4), (4,)], {"activation": "logistic"}),
+              Case([(3,), (3, 4), (4, 2)], {"activation": "tanh"})],
+       doc="f(b + W1 @ x1 + W2 @ x2 + ...) with b and the W shared; f is the identity or an "
+           "activation (tanh, rectify, logistic) fused into the same node")
+
 
 
 def _transpose_shape(x):
@@ -168,9 +162,9 @@ def _transpose_vjp(g, out, x):
 
 
 linear("transpose", shape=_transpose_shape, forward=_transpose, vjp=_transpose_vjp,
+       pad=lambda shapes, out: ((0,), 1, ("edge",)) if len(shapes[0]) == 1
+       else ((1,), 0, ("edge",)),
        cases=[Case([(3,)]), Case([(2, 3)])])
-TABLE["transpose"].pad = lambda shapes, out: (
-    ((0,), 1, ("edge",)) if len(shapes[0]) == 1 else ((1,), 0, ("edge",)))
 
 
 def _outer_shape(x, y):

@@ -23,12 +23,11 @@ def _nonempty(x):
     return x
 
 
-softmax = define("softmax", shape=_nonempty, forward=_softmax,
-                 vjp=lambda g, out, x: (out * (g - (g * out).sum(axis=1, keepdims=True)),),
-                 jvp=lambda ts, out, x: out * (ts[0] - (ts[0] * out).sum(axis=1,
-                                                                         keepdims=True)),
-                 cases=[Case([(4,)]), Case([(3, 2)])])
-softmax.pad = lambda shapes, out: ((0,), 0, ("-inf",))  # (-inf scores: zero probability)
+define("softmax", shape=_nonempty, forward=_softmax,
+       vjp=lambda g, out, x: (out * (g - (g * out).sum(axis=1, keepdims=True)),),
+       jvp=lambda ts, out, x: out * (ts[0] - (ts[0] * out).sum(axis=1, keepdims=True)),
+       pad=lambda shapes, out: ((0,), 0, ("-inf",)),  # (-inf scores: zero probability)
+       cases=[Case([(4,)]), Case([(3, 2)])])
 
 
 def _log_softmax(x):
