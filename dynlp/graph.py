@@ -847,15 +847,6 @@ class Affine(Deferred):
         else:
             self.readers.append(reader)
 
-    # (`plus` first: what `arith` would do first for a sum, without its dispatch)
-    def __add__(self, other):
-        total = self.plus(other)
-        return arith("add", self, other) if total is None else total
-
-    def __radd__(self, other):
-        total = self.plus(other)
-        return arith("add", other, self) if total is None else total
-
     def plus(self, other: Any) -> "Affine | None":
         """self + other as a new Affine, or None when other is neither an Affine of the same
         graph and shape nor a bias."""
