@@ -70,6 +70,8 @@ def _settings(autobatch: bool | str | tuple) -> tuple:
     if not isinstance(autobatch, tuple):
         return autobatch, True, True
     return (autobatch + (True,))[:3]
+
+
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
