@@ -23,6 +23,7 @@ from .graph import (Deferred, Expression, Graph, GraphError, Row, SettingError, 
 from .nn import (MLP, BiRNNBuilder, CharacterEncoder, Embedding, GRUBuilder, LSTMBuilder,
                  SimpleRNNBuilder, TreeLSTMBuilder)
 from . import distributed
+from .traced import FusedFunction, Window, fused
 from .params import (LookupParameter, ModelFileError, Parameter, ParameterCollection,
                      read_metadata)
 from .seeding import get_seed, seed
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = list(_functions) + [
     "abs", "seed", "get_seed", "grad", "jvp", "value_and_grad", "gradcheck", "GradcheckError",
     "check_rule", "op_function", "Op", "Case", "STACK", "SHARED",
-    "Expression", "distributed",
+    "Expression", "distributed", "fused", "FusedFunction", "Window",
     "blas_threads", "set_blas_threads",
     "Deferred", "Row", "Slice", "Graph",
     "GraphError", "SettingError", "ShapeError", "current_graph", "renew_cg", "LookupParameter",

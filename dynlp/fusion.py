@@ -149,14 +149,21 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
         # (the structure holds static attributes: a constant that changes with every graph,
         # `x * (1 / temperature)`, would otherwise make a new op per graph, kept for good)
         _FUSED.clear()
-    program = Program(steps, len(masks), masks)
     name = "fused(" + ",".join(step[0].name for step in steps) + ")"
+    op = _FUSED[key] = program_op(name, steps, masks, battr_names, shape,
+                                  doc="a region of nodes fused by the engine")
+    return op
+
+
+def program_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names: tuple,
+               shape: tuple[int, ...], doc: str) -> Op:
+    """An op whose rules are the `Program` of `steps` over arguments batched by `masks`, of
+    output shape `shape` whatever its arguments' (they are fixed by whoever made it)."""
+    program = Program(steps, len(masks), masks)
     op = Op(name, shape=_fixed_shape(shape), forward=program.forward, vjp=program.vjp,
             jvp=program.jvp, batch=masks, batched_attrs=battr_names,
-            cost=max(step[0].cost for step in steps), residual=True,
-            doc="a region of nodes fused by the engine")
+            cost=max(step[0].cost for step in steps), residual=True, doc=doc)
     op.program = program
-    _FUSED[key] = op
     return op
 
 

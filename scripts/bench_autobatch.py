@@ -506,6 +506,50 @@ class UserTreeNN(DynlpModel):
         return dn.esum(losses)
 
 
+class UserTreeNNFused(UserTreeNN):
+    """treenn-user with its two cells written as functions under `@dn.fused` (one node per
+    cell): the same model, parameters and numbers, the script's lines moved into two
+    functions."""
+
+    @dn.fused
+    def leaf(self, emb):
+        Wi, Wo, Wu = [dn.parameter(w) for w in self.WS]
+        bi, bo, bu, _ = [dn.parameter(b) for b in self.BS]
+        i = dn.logistic(Wi @ emb + bi)
+        o = dn.logistic(Wo @ emb + bo)
+        u = dn.tanh(Wu @ emb + bu)
+        c = i * u
+        return o * dn.tanh(c), c
+
+    @dn.fused
+    def node(self, e1, c1, e2, c2):
+        Ui, Uo, Uu = [dn.parameter(u) for u in self.US]
+        Uf1, Uf2 = [dn.parameter(u) for u in self.UFS]
+        bi, bo, bu, bf = [dn.parameter(b) for b in self.BS]
+        e = dn.concatenate([e1, e2])
+        i = dn.logistic(Ui @ e + bi)
+        o = dn.logistic(Uo @ e + bi)
+        f1 = dn.logistic(Uf1 @ e1 + bf)
+        f2 = dn.logistic(Uf2 @ e2 + bf)
+        u = dn.tanh(Uu @ e + bu)
+        c = i * u + f1 * c1 + f2 * c2
+        return o * dn.tanh(c), c
+
+    def loss(self, example):
+        word_ids, left, right, labels = example
+        W = dn.parameter(self.W_)
+        hs, cs, losses = [], [], []
+        for word, a, b, label in zip(word_ids, left, right, labels):
+            if word >= 0:
+                h, c = self.leaf(self.E[word])
+            else:
+                h, c = self.node(hs[a], cs[a], hs[b], cs[b])
+            hs.append(h)
+            cs.append(c)
+            losses.append(dn.pick_neg_log_softmax(W @ h, label))
+        return dn.esum(losses)
+
+
 class UserTagger(DynlpModel):
     """dynet-py/bilstm-tagger.py: lookup (words seen 5 times or fewer -> UNK) -> forward and
     backward LSTMBuilder -> concatenate -> O tanh(H x) (no biases) -> softmax loss per word."""

@@ -1,0 +1,299 @@
+"""`dn.fused`: a function of expressions (a cell) made one node per call.
+
+The function runs once per kind of call (its arguments' shapes and whatever else it is given)
+on stand-in arguments in a graph of its own; the nodes it builds there become the steps of one
+fused op (`fusion.Program`: forward, VJP and JVP composed from the op table's rules), and each
+call adds one node of that op to the caller's graph. Calls of one kind over the same
+parameters batch across examples like any node. A call costs a few microseconds of Python
+however many ops the function holds: a Tree-LSTM cell written op by op, about twenty ops and
+eight nodes when fused while building, is one node.
+
+The function must be a function of its expression arguments: what it computes may depend on
+their shapes and on its other arguments (ints, strings, objects, part of the kind of call),
+never on their values. Constants it makes are kept from its first run; it cannot draw random
+numbers (dropout) or take per-call data (`lookup`, `pick` with an index): do those outside and
+pass the result in.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from .fusion import program_op
+from .graph import Expression, Graph, GraphError, Slice, current_graph
+from .ops import SHARED, TABLE, Op
+
+_PARAMETER = TABLE["parameter"]
+_PICK_RANGE = TABLE["pick_range"]
+
+
+def _identity_vjp(g: np.ndarray, out: np.ndarray, x: np.ndarray) -> tuple:
+    return (g,)
+
+
+# the stand-in of an argument while a function is traced: a leaf that is neither a parameter
+# nor a constant, so that `W @ x` over it is a per-example product, as over any node
+_ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity_vjp,
+               jvp=lambda ts, out, x: ts[0], doc="an argument of a fused function, traced")
+
+
+_NODE, _WINDOW = "node", "window"  # (how a call reads an expression argument)
+
+
+def _no_values(*args: Any, **kw: Any) -> None:
+    raise GraphError("dn.fused: a fused function runs once per kind of call, on stand-ins for "
+                     "its arguments, so it cannot read values (value(), forward()); compute "
+                     "what depends on values outside it")
+
+
+class Window(Slice):
+    """Output k of a fused call: rows [start, end) of the call's node. Another fused call
+    reads it in place; anything else reading it as a node makes a `pick_range` node.
+    `value()` and `gradient()` are the window's of the call's node."""
+
+    __slots__ = ()
+
+    def npvalue(self) -> np.ndarray:
+        if self._node >= 0:
+            return super().npvalue()
+        start, end = self.windows[0]
+        return np.array(self._live().engine.value(self.sources[0])[start:end])
+
+    def gradient(self) -> np.ndarray:
+        g = self._live()
+        if g.engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        start, end = self.windows[0]
+        return np.array(g.engine.gradient(self.sources[0])[start:end])
+
+
+class _Trace:
+    """One kind of call: the fused op, its outside arguments and its outputs."""
+
+    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused")
+
+    def __init__(self, op: Op, layout: tuple, params: tuple, constants: tuple,
+                 outputs: tuple | None, unfused: int) -> None:
+        self.op = op
+        self.unfused = unfused      # the nodes a call makes under fuse=False (`stats()`)
+        self.layout = layout        # per outside argument: k >= 0 call argument k, else -1 - j
+        self.params = params        # shared j < len(params): parameter objects
+        self.constants = constants  # then constant arrays
+        self.outputs = outputs      # (start, end) per output, or None for one output
+
+    def shared_nodes(self, g: Graph) -> tuple[int, ...]:
+        """The parameters' and constants' nodes in graph g (made once per graph)."""
+        memo = g._memo.get(id(self))
+        if memo is None or memo[0] is not self:
+            nodes = tuple([g.param_node(p) for p in self.params] +
+                          [g.leaf(c).i for c in self.constants])
+            memo = g._memo[id(self)] = (self, nodes)
+        return memo[1]
+
+
+class FusedFunction:
+    """A function of expressions whose calls are one node each (`fused`)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.traces: dict[tuple, _Trace] = {}
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)  # (a method: `self` is a static argument)
+
+    def __repr__(self) -> str:
+        return f"fused({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+    def __call__(self, *args: Any) -> Any:
+        g = None
+        for a in args:
+            if isinstance(a, Expression):
+                g = a._live()
+                break
+        if g is None:
+            g = current_graph()
+        if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
+            return self.fn(*args)
+        kinds: list[Any] = []
+        nodes: list[int] = []
+        for a in args:
+            if isinstance(a, Expression):
+                if a.g is not g:
+                    raise GraphError("expressions from different graphs were combined")
+                if type(a) is Window and a._node < 0:
+                    source = a.sources[0]
+                    kinds.append((_WINDOW, g.shapes[source], a.windows[0]))
+                    nodes.append(source)
+                else:
+                    node = a.i
+                    kinds.append((_NODE, g.shapes[node]))
+                    nodes.append(node)
+            else:
+                kinds.append((type(a), a))
+                nodes.append(-1)
+        key = (g.dtype, tuple(kinds))
+        try:
+            trace = self.traces.get(key)
+        except TypeError:
+            raise GraphError(f"{self!r}: its arguments other than expressions must be "
+                             "hashable (they tell kinds of calls apart)") from None
+        if trace is None:
+            trace = self.traces[key] = self._trace(g.dtype, args, kinds)
+        shared = trace.shared_nodes(g)
+        node = g.add_node(trace.op, tuple([nodes[k] if k >= 0 else shared[-1 - k]
+                                           for k in trace.layout]))
+        g.folded += trace.unfused - 1
+        if trace.outputs is None:
+            return Expression(g, node)
+        out = tuple([Window(g, (node,), start, end) for start, end in trace.outputs])
+        for w in out:
+            w.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
+        return out
+
+    def _trace(self, dtype: np.dtype, args: tuple, kinds: list) -> _Trace:
+        name = getattr(self.fn, "__qualname__", "function")
+        with Graph(autobatch=False, dtype=dtype, pad=False) as t:
+            t.engine.forward = _no_values  # type: ignore[method-assign]
+            stand_ins: list[Any] = []
+            arguments: dict[int, int] = {}  # stand-in leaf -> call argument
+            for k, (a, kind) in enumerate(zip(args, kinds)):
+                if not isinstance(a, Expression):
+                    stand_ins.append(a)
+                    continue
+                leaf = t._leaf(_ARGUMENT, np.zeros(kind[1], dtype))
+                arguments[leaf.i] = k
+                if kind[0] is _WINDOW:  # (read in place: the source node, sliced in the op)
+                    start, end = kind[2]
+                    leaf = t.add(_PICK_RANGE, (leaf.i,), (("start", start), ("end", end),
+                                                          ("dim", 0)))
+                stand_ins.append(leaf)
+            result = self.fn(*stand_ins)
+            single = isinstance(result, Expression)
+            outs = [result] if single else list(result) if isinstance(result, (tuple, list)) \
+                else None
+            if not outs or any(not isinstance(o, Expression) or o.g is not t for o in outs):
+                raise GraphError(f"dn.fused: {name} must return an expression of its graph, or "
+                                 "a tuple of them")
+            out_nodes = [o.i for o in outs]
+            windows = None
+            if not single:
+                if any(len(t.shapes[n]) != 1 for n in out_nodes):
+                    raise GraphError(f"dn.fused: {name} returns several expressions, so each "
+                                     "must be a vector (they are one node's value, stacked)")
+                windows, start = [], 0
+                for n in out_nodes:
+                    windows.append((start, start + t.shapes[n][0]))
+                    start += t.shapes[n][0]
+                root = t.add(TABLE["concatenate"], tuple(out_nodes)).i
+            else:
+                root = out_nodes[0]
+            op, layout, params, constants = _program(t, root, arguments, name)
+        return _Trace(op, layout, params, constants, None if windows is None else
+                      tuple(windows), self._count(dtype, args, kinds))
+
+    def _count(self, dtype: np.dtype, args: tuple, kinds: list) -> int:
+        """The nodes a call of this kind makes under fuse=False (beside parameters')."""
+        with Graph(autobatch=False, dtype=dtype, fuse=False) as t:
+            t.engine.forward = _no_values  # type: ignore[method-assign]
+            stand_ins = [a if not isinstance(a, Expression) else
+                         t._leaf(_ARGUMENT, np.zeros(kind[1] if kind[0] is _NODE else
+                                                     (kind[2][1] - kind[2][0],), dtype))
+                         for a, kind in zip(args, kinds)]
+            before = len(t)
+            self.fn(*stand_ins)
+            return len(t) - before - len(t.param_nodes)
+
+
+def _program(t: Graph, root: int, arguments: dict[int, int], name: str) -> tuple:
+    """The fused op computing node `root` of trace graph t from its leaves, and its outside
+    arguments: (op, layout, parameters, constants)."""
+    if not t.args[root]:
+        raise GraphError(f"dn.fused: {name} returns one of its arguments or a parameter "
+                         "unchanged; a fused function must compute what it returns")
+    needed = {root}
+    for n in range(root, -1, -1):
+        if n in needed:
+            needed.update(t.args[n])
+    position: dict[int, int] = {}
+    outside: dict[tuple[int, str], int] = {}  # (leaf, mask) -> outside argument
+    masks: list[str] = []
+    sources: list[tuple[str, Any]] = []  # per outside argument: ("argument", k), ...
+    steps = []
+    for n in sorted(needed):
+        op = t.ops[n]
+        if not t.args[n]:
+            continue  # (a leaf: an outside argument where a step reads it)
+        if op.batch is None or op.batched_attrs or t.battrs[n] is not None:
+            raise GraphError(
+                f"dn.fused: {name} uses {op.name}, which "
+                + ("does not batch" if op.batch is None else
+                   "takes per-call data (a row, a label, a random mask)")
+                + "; do that outside the function and pass the result in")
+        mask = op.mask(len(t.args[n]))
+        refs = []
+        for slot, a in enumerate(t.args[n]):
+            p = position.get(a)
+            if p is not None:
+                if mask[slot] == SHARED:
+                    raise GraphError(f"dn.fused: {name}: {op.name} reads a computed value "
+                                     "where it takes a weight shared by all examples")
+                refs.append(-1 - p)
+                continue
+            k = outside.get((a, mask[slot]))
+            if k is None:
+                k = outside[(a, mask[slot])] = len(masks)
+                masks.append(mask[slot])
+                kind = t.ops[a]
+                if kind is _ARGUMENT:
+                    if mask[slot] == SHARED:
+                        raise GraphError(
+                            f"dn.fused: {name}: {op.name} reads argument {arguments[a]} where "
+                            "it takes a weight shared by all examples; use the parameter "
+                            "inside the function (dn.parameter) instead of passing it in")
+                    sources.append(("argument", arguments[a]))
+                elif kind is _PARAMETER:
+                    sources.append(("parameter", t.node_params[a]))
+                else:  # a constant, kept from this run
+                    sources.append(("constant", np.array(t.engine.value(a))))
+            refs.append(k)
+        position[n] = len(steps)
+        steps.append((op, dict(t.attrs[n]), tuple(refs), ()))
+    params: list[Any] = []
+    constants: list[np.ndarray] = []
+    for kind, x in sources:
+        if kind == "parameter":
+            params.append(x)
+        elif kind == "constant":
+            constants.append(x)
+    # the shared nodes of a call are the parameters', then the constants': -1 - j
+    layout, p_seen, c_seen = [], 0, 0
+    for kind, x in sources:
+        if kind == "argument":
+            layout.append(x)
+        elif kind == "parameter":
+            p_seen += 1
+            layout.append(-p_seen)
+        else:
+            c_seen += 1
+            layout.append(-len(params) - c_seen)
+    op = program_op(f"fused:{name}", steps, tuple(masks), (), t.shapes[root],
+                    doc=f"the function {name}, fused by dn.fused")
+    return op, tuple(layout), tuple(params), tuple(constants)
+
+
+def fused(fn: Callable) -> FusedFunction:
+    """Decorator: each call of `fn` (a function of expressions, such as a cell) is one node,
+    whose forward, VJP and JVP compose the op table's rules over the ops `fn` builds; calls of
+    one kind batch across examples. `fn` may return an expression or a tuple of vectors
+    (windows of the call's node, read in place by the next fused call). See the module
+    docstring for what `fn` may do; under `dn.Graph(fuse=False)` it runs as written."""
+    return FusedFunction(fn)
+
+
+__all__ = ["fused", "FusedFunction", "Window"]
