@@ -40,7 +40,7 @@ _ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity
                jvp=lambda ts, out, x: ts[0], doc="an argument of a fused function, traced")
 
 
-_NODE, _WINDOW = "node", "window"  # (how a call reads an expression argument)
+_WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
 
 
 def _no_values(*args: Any, **kw: Any) -> None:
@@ -54,7 +54,20 @@ class Window(Slice):
     reads it in place; anything else reading it as a node makes a `pick_range` node.
     `value()` and `gradient()` are the window's of the call's node."""
 
-    __slots__ = ()
+    __slots__ = ("kind", "position")
+
+    def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
+                 position: int) -> None:
+        self.g = g
+        self.sources = (node,)
+        self.windows = windows  # ((start, end),)
+        self.width = width
+        self.kind = kind        # (_WINDOW, the node's shape, (start, end)): a kind of argument
+        self._node = -1
+        self._fused = False
+        self.readers = None
+        self.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
+        self.position = position  # where the program computes it
 
     def npvalue(self) -> np.ndarray:
         if self._node >= 0:
@@ -66,23 +79,26 @@ class Window(Slice):
         g = self._live()
         if g.engine.grads is None:
             raise GraphError("gradient() needs backward() first")
-        start, end = self.windows[0]
-        return np.array(g.engine.gradient(self.sources[0])[start:end])
+        # the cotangent where the program computed it: what reached this output from outside
+        # and what flowed back to it inside (the cell's h reads its c)
+        ct = g.engine.inner_gradient(self.sources[0], self.position)
+        return np.zeros(self.shape, g.dtype) if ct is None else np.array(ct)
 
 
 class _Trace:
     """One kind of call: the fused op, its outside arguments and its outputs."""
 
-    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused")
+    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "dtype")
 
     def __init__(self, op: Op, layout: tuple, params: tuple, constants: tuple,
-                 outputs: tuple | None, unfused: int) -> None:
+                 outputs: tuple | None, unfused: int, dtype: np.dtype) -> None:
         self.op = op
         self.unfused = unfused      # the nodes a call makes under fuse=False (`stats()`)
+        self.dtype = dtype
         self.layout = layout        # per outside argument: k >= 0 call argument k, else -1 - j
         self.params = params        # shared j < len(params): parameter objects
         self.constants = constants  # then constant arrays
-        self.outputs = outputs      # (start, end) per output, or None for one output
+        self.outputs = outputs      # per output (windows, width, kind), or None for one
 
     def shared_nodes(self, g: Graph) -> tuple[int, ...]:
         """The parameters' and constants' nodes in graph g (made once per graph)."""
@@ -114,66 +130,78 @@ class FusedFunction:
         g = None
         for a in args:
             if isinstance(a, Expression):
-                g = a._live()
+                g = a.g
                 break
         if g is None:
             g = current_graph()
+        elif not g.alive:
+            g._check_alive()
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
             return self.fn(*args)
+        # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
         kinds: list[Any] = []
         nodes: list[int] = []
         for a in args:
-            if isinstance(a, Expression):
-                if a.g is not g:
-                    raise GraphError("expressions from different graphs were combined")
-                if type(a) is Window and a._node < 0:
-                    source = a.sources[0]
-                    kinds.append((_WINDOW, g.shapes[source], a.windows[0]))
-                    nodes.append(source)
-                else:
-                    node = a.i
-                    kinds.append((_NODE, g.shapes[node]))
-                    nodes.append(node)
+            if type(a) is Window and a._node < 0:
+                kinds.append(a.kind)
+                nodes.append(a.sources[0])
+            elif isinstance(a, Expression):
+                node = a.i
+                kinds.append(a.g.shapes[node])
+                nodes.append(node)
             else:
                 kinds.append((type(a), a))
                 nodes.append(-1)
-        key = (g.dtype, tuple(kinds))
+                continue
+            if a.g is not g:
+                raise GraphError("expressions from different graphs were combined")
+        key = tuple(kinds)
         try:
             trace = self.traces.get(key)
         except TypeError:
             raise GraphError(f"{self!r}: its arguments other than expressions must be "
                              "hashable (they tell kinds of calls apart)") from None
-        if trace is None:
+        if trace is None or trace.dtype != g.dtype:
             trace = self.traces[key] = self._trace(g.dtype, args, kinds)
-        shared = trace.shared_nodes(g)
-        node = g.add_node(trace.op, tuple([nodes[k] if k >= 0 else shared[-1 - k]
-                                           for k in trace.layout]))
+        memo = g._memo.get(id(trace))
+        if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
+            shared = memo[1]
+            node = g.add_as(memo[2], tuple([nodes[k] if k >= 0 else shared[-1 - k]
+                                            for k in trace.layout])).i
+        else:
+            shared = trace.shared_nodes(g)
+            node = g.add_node(trace.op, tuple([nodes[k] if k >= 0 else shared[-1 - k]
+                                               for k in trace.layout]))
+            g._memo[id(trace)] = (trace, shared, node)
         g.folded += trace.unfused - 1
         if trace.outputs is None:
             return Expression(g, node)
-        out = tuple([Window(g, (node,), start, end) for start, end in trace.outputs])
-        for w in out:
-            w.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
-        return out
+        return tuple([Window(g, node, *out) for out in trace.outputs])
 
     def _trace(self, dtype: np.dtype, args: tuple, kinds: list) -> _Trace:
         name = getattr(self.fn, "__qualname__", "function")
-        with Graph(autobatch=False, dtype=dtype, pad=False) as t:
-            t.engine.forward = _no_values  # type: ignore[method-assign]
+        # (built unfused: each node it makes is one step of the program, and an output is
+        # computed at one position, whose cotangent is its gradient)
+        with Graph(autobatch=False, dtype=dtype, fuse=False) as t:
+            read = t.engine.value
+            t.engine.forward = t.engine.value = _no_values  # type: ignore[method-assign]
             stand_ins: list[Any] = []
             arguments: dict[int, int] = {}  # stand-in leaf -> call argument
             for k, (a, kind) in enumerate(zip(args, kinds)):
                 if not isinstance(a, Expression):
                     stand_ins.append(a)
                     continue
-                leaf = t._leaf(_ARGUMENT, np.zeros(kind[1], dtype))
+                window = kind[0] == _WINDOW
+                leaf = t._leaf(_ARGUMENT, np.zeros(kind[1] if window else kind, dtype))
                 arguments[leaf.i] = k
-                if kind[0] is _WINDOW:  # (read in place: the source node, sliced in the op)
+                if window:  # (read in place: the source node, sliced in the op)
                     start, end = kind[2]
                     leaf = t.add(_PICK_RANGE, (leaf.i,), (("start", start), ("end", end),
                                                           ("dim", 0)))
                 stand_ins.append(leaf)
+            before = len(t)
             result = self.fn(*stand_ins)
+            unfused = len(t) - before - len(t.param_nodes)  # (the nodes a call makes unfused)
             single = isinstance(result, Expression)
             outs = [result] if single else list(result) if isinstance(result, (tuple, list)) \
                 else None
@@ -181,38 +209,37 @@ class FusedFunction:
                 raise GraphError(f"dn.fused: {name} must return an expression of its graph, or "
                                  "a tuple of them")
             out_nodes = [o.i for o in outs]
-            windows = None
+            windows: list | None = None
             if not single:
+                windows = []
                 if any(len(t.shapes[n]) != 1 for n in out_nodes):
                     raise GraphError(f"dn.fused: {name} returns several expressions, so each "
                                      "must be a vector (they are one node's value, stacked)")
-                windows, start = [], 0
-                for n in out_nodes:
-                    windows.append((start, start + t.shapes[n][0]))
-                    start += t.shapes[n][0]
+                if any(not t.args[n] for n in out_nodes):
+                    raise GraphError(f"dn.fused: {name} returns one of its arguments or a "
+                                     "parameter unchanged; a fused function must compute what "
+                                     "it returns")
                 root = t.add(TABLE["concatenate"], tuple(out_nodes)).i
             else:
                 root = out_nodes[0]
-            op, layout, params, constants = _program(t, root, arguments, name)
+            op, layout, params, constants, position = _program(t, root, arguments, name, read)
+            if windows is not None:
+                total = t.shapes[root][0]
+                start = 0
+                for n in out_nodes:
+                    end = start + t.shapes[n][0]
+                    windows.append((((start, end),), end - start,
+                                    (_WINDOW, (total,), (start, end)), position[n]))
+                    start = end
         return _Trace(op, layout, params, constants, None if windows is None else
-                      tuple(windows), self._count(dtype, args, kinds))
-
-    def _count(self, dtype: np.dtype, args: tuple, kinds: list) -> int:
-        """The nodes a call of this kind makes under fuse=False (beside parameters')."""
-        with Graph(autobatch=False, dtype=dtype, fuse=False) as t:
-            t.engine.forward = _no_values  # type: ignore[method-assign]
-            stand_ins = [a if not isinstance(a, Expression) else
-                         t._leaf(_ARGUMENT, np.zeros(kind[1] if kind[0] is _NODE else
-                                                     (kind[2][1] - kind[2][0],), dtype))
-                         for a, kind in zip(args, kinds)]
-            before = len(t)
-            self.fn(*stand_ins)
-            return len(t) - before - len(t.param_nodes)
+                      tuple(windows), unfused, dtype)
 
 
-def _program(t: Graph, root: int, arguments: dict[int, int], name: str) -> tuple:
+def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
+             read: Callable) -> tuple:
     """The fused op computing node `root` of trace graph t from its leaves, and its outside
-    arguments: (op, layout, parameters, constants)."""
+    arguments: (op, layout, parameters, constants, each node's position in the program);
+    read(node) is a leaf's value."""
     if not t.args[root]:
         raise GraphError(f"dn.fused: {name} returns one of its arguments or a parameter "
                          "unchanged; a fused function must compute what it returns")
@@ -260,7 +287,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str) -> tuple
                 elif kind is _PARAMETER:
                     sources.append(("parameter", t.node_params[a]))
                 else:  # a constant, kept from this run
-                    sources.append(("constant", np.array(t.engine.value(a))))
+                    sources.append(("constant", np.array(read(a))))
             refs.append(k)
         position[n] = len(steps)
         steps.append((op, dict(t.attrs[n]), tuple(refs), ()))
@@ -284,7 +311,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str) -> tuple
             layout.append(-len(params) - c_seen)
     op = program_op(f"fused:{name}", steps, tuple(masks), (), t.shapes[root],
                     doc=f"the function {name}, fused by dn.fused")
-    return op, tuple(layout), tuple(params), tuple(constants)
+    return op, tuple(layout), tuple(params), tuple(constants), position
 
 
 def fused(fn: Callable) -> FusedFunction:

@@ -72,7 +72,10 @@ def _settings(autobatch: bool | str | tuple) -> tuple:
     return (autobatch + (True,))[:3]
 
 
-USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user")
+USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user",
+                  "treenn-cells")
+# treenn-cells is treenn-user with its two cells under @dn.fused: DyNet runs treenn-user's twin
+_PEER_OF = {"treenn-cells": "treenn-user"}
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
 # vocabulary of PTB's size, 10000); attention-user is ours
@@ -80,6 +83,7 @@ USER_SIZES = {"treenn-user": {"word_dim": 128, "hidden": 128},
               "tagger-user": {"word_dim": 128, "hidden": 50, "mlp_dim": 32},
               "rnnlm-user": {"embed": 128, "hidden": 256, "vocab": 10000},
               "attention-user": {"word_dim": 64, "hidden": 64, "attention": 64, "tag_dim": 32}}
+USER_SIZES["treenn-cells"] = USER_SIZES["treenn-user"]
 SHIFT, LEFT, RIGHT = 0, 1, 2
 
 # measured elsewhere on a machine like this one: references, never same-run measurements
@@ -769,12 +773,15 @@ def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed
     """One of USER_WORKLOADS; its DyNet twins (one child process per DyNet build) when
     dynet_peers is given."""
     sizes = _sizes(tiny, **USER_SIZES[name])
-    if name == "treenn-user":
+    if name in ("treenn-user", "treenn-cells"):
         t: TreeData = data["trees"]
         examples, words, tags = t.trees, t.words, 5
-        model: DynlpModel = UserTreeNN(words, **sizes)
+        model: DynlpModel = (UserTreeNN if name == "treenn-user" else UserTreeNNFused)(
+            words, **sizes)
         what = (f"dynet-py/treenn.py: binary Tree-LSTM, embeddings {sizes['word_dim']}, hidden "
                 f"{sizes['hidden']}, softmax loss over 5 labels at every node; {t.source}")
+        if name == "treenn-cells":
+            what += "; its two cells as functions under @dn.fused (DyNet: treenn-user's twin)"
     elif name == "rnnlm-user":
         d: TaggedData = data["sentences"]
         words = min(d.words + 2, sizes.pop("vocab"))
@@ -800,8 +807,8 @@ def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed
                     f"tag embedding {sizes['tag_dim']}]; {d.source}")
     peers = {}
     if dynet_peers is not None:
-        peers = dynet_peers.make_user_peers(name, words, tags, sizes, seed, dynet_builds,
-                                            dynet_native, dynet_mem, tiny)
+        peers = dynet_peers.make_user_peers(_PEER_OF.get(name, name), words, tags, sizes, seed,
+                                            dynet_builds, dynet_native, dynet_mem, tiny)
     return Workload(name, what, examples, model, peers,
                     (lambda x: len(x[0])) if name != "rnnlm-user" else len)
 

@@ -1,0 +1,283 @@
+"""dn.fused: a function of expressions made one node per call, equal to the same code run as
+written (fuse=False) in values, gradients and JVPs under every strategy."""
+
+import numpy as np
+import pytest
+
+import dynlp as dn
+from dynlp.traced import Window
+
+MODES = ["late", "depth", "agenda", False]
+D = 3
+
+
+def _params(seed=2):
+    pc = dn.ParameterCollection(seed=seed, dtype=np.float64)
+    U = [pc.add_parameters((D, 2 * D), init="normal", scale=0.5) for _ in range(3)]
+    UF = [pc.add_parameters((D, D), init="normal", scale=0.5) for _ in range(2)]
+    B = [pc.add_parameters((D,), init="normal", scale=0.5) for _ in range(4)]
+    W = [pc.add_parameters((D, D), init="normal", scale=0.5) for _ in range(3)]
+    O = pc.add_parameters((2, D), init="normal", scale=0.5)  # noqa: E741
+    return pc, U, UF, B, W, O
+
+
+class TreeCells:
+    """The DyNet benchmark's binary Tree-LSTM cells, written op by op, as fused functions."""
+
+    def __init__(self, seed=2):
+        self.pc, self.U, self.UF, self.B, self.W, self.O = _params(seed)
+
+    @dn.fused
+    def leaf(self, x):
+        Wi, Wo, Wu = [dn.parameter(w) for w in self.W]
+        bi, bo, bu, _ = [dn.parameter(b) for b in self.B]
+        i = dn.logistic(Wi @ x + bi)
+        o = dn.logistic(Wo @ x + bo)
+        u = dn.tanh(Wu @ x + bu)
+        c = i * u
+        return o * dn.tanh(c), c
+
+    @dn.fused
+    def node(self, h1, c1, h2, c2):
+        Ui, Uo, Uu = [dn.parameter(u) for u in self.U]
+        Uf1, Uf2 = [dn.parameter(u) for u in self.UF]
+        bi, bo, bu, bf = [dn.parameter(b) for b in self.B]
+        e = dn.concatenate([h1, h2])
+        i = dn.logistic(Ui @ e + bi)
+        o = dn.logistic(Uo @ e + bo)
+        f1 = dn.logistic(Uf1 @ h1 + bf)
+        f2 = dn.logistic(Uf2 @ h2 + bf)
+        u = dn.tanh(Uu @ e + bu)
+        c = i * u + f1 * c1 + f2 * c2
+        return o * dn.tanh(c), c
+
+
+def _forest(cells, fuse, autobatch="late", trees=5, seed=6):
+    """Random binary trees over random leaf vectors, a loss at every node; returns what a
+    user could read: loss, parameter gradients, the roots' h values and gradients, stats."""
+    rng = np.random.default_rng(seed)
+    cells.pc.clear_grads()
+    O = cells.O  # noqa: E741
+
+    def tree(depth):
+        if depth == 0 or rng.random() < 0.3:
+            out = cells.leaf(dn.inputs(rng.normal(size=D)))
+        else:
+            out = cells.node(*tree(depth - 1), *tree(depth - 1))
+        losses.append(dn.pick_neg_log_softmax(dn.parameter(O) @ out[0], len(losses) % 2))
+        return out
+
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+        losses = []
+        roots = [tree(4) for _ in range(trees)]
+        loss = dn.esum(losses) + dn.sum_elems(roots[0][1])
+        loss.backward()
+        return {"loss": loss.scalar_value(),
+                "grads": [p.grad_as_array() for p in cells.pc.parameters()],
+                "h": [h.npvalue() for h, _ in roots],
+                "dh": [h.gradient() for h, _ in roots],
+                "dc": [c.gradient() for _, c in roots],
+                "stats": g.stats(), "ops": {g.ops[n].name for n in range(len(g))}}
+
+
+def _equal(a, b):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-12)
+    for key in ("grads", "h", "dh", "dc"):
+        for x, y in zip(a[key], b[key]):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_fused_cells_equal_the_same_code_unfused(autobatch):
+    cells = TreeCells()
+    plain = _forest(cells, False, autobatch)
+    fused = _forest(cells, True, autobatch)
+    _equal(fused, plain)
+    assert not any(op.startswith("fused:") for op in plain["ops"])
+    assert {"fused:TreeCells.leaf", "fused:TreeCells.node"} <= fused["ops"]
+
+
+def test_one_node_per_call_and_stats_count_the_unfused_nodes():
+    cells = TreeCells()
+    plain = _forest(cells, False)
+    fused = _forest(cells, True)
+    assert fused["stats"]["nodes_before_fusion"] == plain["stats"]["nodes"] + 1  # (+ zero bias)
+    assert fused["stats"]["nodes_after_fusion"] < 0.35 * plain["stats"]["nodes"]
+    assert fused["stats"]["forward_batches"] < plain["stats"]["forward_batches"]
+
+
+def test_calls_of_one_kind_share_one_trace_and_batch():
+    """Leaves' windows and nodes' windows are the same kind of argument, so the node cell is
+    traced once whatever the tree below, and its calls at one height run as one batch."""
+    cells = TreeCells()
+    rng = np.random.default_rng(0)
+    with dn.Graph(dtype=np.float64) as g:
+        leaves = [cells.leaf(dn.inputs(rng.normal(size=D))) for _ in range(8)]
+        level = leaves
+        while len(level) > 1:
+            level = [cells.node(*level[k], *level[k + 1]) for k in range(0, len(level), 2)]
+        dn.sum_elems(level[0][0]).forward()
+        stats = g.stats()
+    for f in (TreeCells.node, TreeCells.leaf):  # (self is a static argument: part of the key)
+        assert sum(1 for key in f.traces if key[0][1] is cells) == 1
+    assert stats["nodes"] - stats["forward_batches"] >= 7 + 6  # 8 leaves in 1, 4 + 2 + 1 in 3
+
+
+def test_windows_read_in_place_and_as_nodes():
+    """An output read by another fused call is a window of the call's node (no node of its
+    own); read by anything else it is a pick_range node; value() and gradient() of a window
+    that never became a node answer from the call's node."""
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    results = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            h1, c1 = cells.leaf(dn.inputs(x0))
+            h2, c2 = cells.leaf(dn.inputs(-x0))
+            h, c = cells.node(h1, c1, h2, c2)
+            loss = dn.sum_elems(h * h) + dn.sum_elems(dn.tanh(c1))
+            loss.backward()
+            results[fuse] = [v.npvalue() for v in (h1, c1, h2, c2, h, c)] + \
+                [v.gradient() for v in (h1, c1, h2, c2, h, c)]
+            if fuse:
+                assert type(c2) is Window and c2._node < 0  # (never a node: read in place)
+                assert type(c1) is Window and c1._node >= 0  # (read by tanh: a node)
+    for a, b in zip(results[True], results[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_jvp_through_fused_calls():
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    t = np.array([0.3, -0.2, 0.5])
+    out = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            x = dn.inputs(x0)
+            h1, c1 = cells.leaf(x)
+            h, c = cells.node(h1, c1, h1, c1)
+            y = dn.sum_elems(h * c)
+            out[fuse] = dn.jvp(y, {x: t, cells.U[0]: np.ones((D, 2 * D))})
+    assert out[True] == pytest.approx(out[False], rel=1e-12)
+
+
+def test_gradcheck_through_a_fused_node():
+    cells = TreeCells()
+
+    def f(x, y):
+        h1, c1 = cells.leaf(x)
+        h2, c2 = cells.leaf(y)
+        h, c = cells.node(h1, c1, h2, c2)
+        return h * c
+
+    assert dn.gradcheck(f, np.linspace(-1.0, 1.0, D), np.array([0.2, -0.4, 0.9]))
+
+
+@dn.fused
+def _gru(x, h, Wz, Wr, Wh):
+    """A GRU step whose weights are passed in as expressions: per-call matrices."""
+    z = dn.logistic(Wz @ dn.concatenate([x, h]))
+    r = dn.logistic(Wr @ dn.concatenate([x, h]))
+    hh = dn.tanh(Wh @ dn.concatenate([x, r * h]))
+    return (1.0 - z) * h + z * hh
+
+
+@pytest.mark.parametrize("autobatch", ["late", False])
+def test_a_function_of_matrices_constants_and_one_output(autobatch):
+    """Weights passed as arguments are per-call matrices; constants made inside are kept;
+    a single output is a plain expression."""
+    rng = np.random.default_rng(3)
+    ws = [rng.normal(size=(2, 4)) * 0.5 for _ in range(3)]
+    xs = [rng.normal(size=2) for _ in range(4)]
+    out = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch):
+            W = [dn.inputs(w) for w in ws]
+            h = dn.inputs(np.zeros(2))
+            for x in xs:
+                h = _gru(dn.inputs(x), h, *W)
+                assert type(h) is dn.Expression
+            loss = dn.sum_elems(h)
+            loss.backward()
+            out[fuse] = [loss.scalar_value()] + [w.gradient() for w in W]
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_static_arguments_tell_kinds_of_calls_apart():
+    @dn.fused
+    def scaled(x, k, name):
+        return dn.tanh(x * float(k)) if name == "tanh" else dn.exp(x * float(k))
+
+    with dn.Graph(dtype=np.float64):
+        x = dn.inputs(np.array([0.1, 0.2]))
+        a, b, c = scaled(x, 2, "tanh"), scaled(x, 3, "tanh"), scaled(x, 2, "exp")
+        np.testing.assert_allclose(a.npvalue(), np.tanh([0.2, 0.4]))
+        np.testing.assert_allclose(b.npvalue(), np.tanh([0.3, 0.6]))
+        np.testing.assert_allclose(c.npvalue(), np.exp([0.2, 0.4]))
+        assert len(scaled.traces) == 3
+        with pytest.raises(dn.GraphError, match="hashable"):
+            scaled(x, [2], "tanh")
+
+
+def test_parameters_are_read_at_each_graph_and_fuse_false_runs_the_code():
+    """A trained parameter's new value reaches the next graph's calls (parameters are the
+    node's arguments, not constants of the trace)."""
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    trainer = dn.SimpleSGDTrainer(cells.pc, learning_rate=0.5)
+    seen = []
+    for _ in range(2):
+        for fuse in (True, False):
+            with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+                h, c = cells.leaf(dn.inputs(x0))
+                loss = dn.sum_elems(h)
+                loss.backward()
+                seen.append(loss.scalar_value())
+                if fuse is False:
+                    assert not any(g.ops[n].name.startswith("fused:") for n in range(len(g)))
+        trainer.update()
+    assert seen[0] == pytest.approx(seen[1], rel=1e-12)
+    assert seen[2] == pytest.approx(seen[3], rel=1e-12)
+    assert seen[2] != pytest.approx(seen[0], rel=1e-6)
+
+
+def test_float32_graphs_trace_their_own_op():
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    values = []
+    for dtype in (np.float32, np.float64, np.float32):
+        with dn.Graph(dtype=dtype):
+            h, _ = cells.leaf(dn.inputs(x0))
+            v = h.npvalue()
+            assert v.dtype == dtype
+            values.append(v)
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("body, message", [
+    (lambda x: dn.dropout(x, 0.5), "per-call data"),
+    (lambda x: dn.pick_neg_log_softmax(x, 1), "per-call data"),
+    (lambda x: x * float(x.value()[0]), "cannot read values"),
+    (lambda x: x, "unchanged"),
+    (lambda x: 3.0, "must return an expression"),
+    (lambda x: (dn.outer(x, x), x * 2.0), "must be a vector"),
+])
+def test_what_a_fused_function_cannot_do_says_so(body, message):
+    f = dn.fused(body)
+    with dn.Graph(dtype=np.float64):
+        with pytest.raises(dn.GraphError, match=message):
+            f(dn.inputs(np.array([0.5, -0.5, 0.25])))
+
+
+def test_a_lookup_inside_says_to_do_it_outside():
+    pc = dn.ParameterCollection(seed=1, dtype=np.float64)
+    E = pc.add_lookup_parameters((5, 2))
+
+    @dn.fused
+    def f(x, word):
+        return x + E[word]
+
+    with dn.Graph(dtype=np.float64):
+        with pytest.raises(dn.GraphError, match="outside the function"):
+            f(dn.inputs(np.zeros(2)), 3)
