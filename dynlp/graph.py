@@ -145,6 +145,7 @@ class Graph:
         self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
+        self.sliced: dict[int, Any] = {}  # node made from a Slice -> it (a loss reads in place)
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self.pointwise: dict[int, Any] = {}  # fused elementwise node -> its Pointwise
         # node of a Pointwise whose program others took in -> it: an Expression of that node
@@ -195,7 +196,7 @@ class Graph:
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
-            self.pointwise, self.inlined, self._inside = {}, {}, None
+            self.pointwise, self.inlined, self._inside, self.sliced = {}, {}, None, {}
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -711,6 +712,9 @@ class Slice(Deferred):
     the classifier reads."""
 
     __slots__ = ("sources", "windows", "width", "readers", "counted")
+    # whether a fused loss over its node may read its sources instead: only a slice whose
+    # gradient() does not come from its node (dn.fused's Window: from the call's program)
+    read_through = False
 
     def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
                  windows: tuple | None = None) -> None:
@@ -770,11 +774,14 @@ class Slice(Deferred):
         if self.counted:
             self.g.folded -= 1
         start, end = self.windows[0]
+        g = self._live()
         if len(self.sources) == 1:
-            return self._live().add(_PICK_RANGE, self.sources,
-                                    (("start", start), ("end", end), ("dim", 0))).i
-        return self._live().add(_CONCATENATE_RANGES, self.sources,
-                                (("start", start), ("end", end))).i
+            node = g.add_node(_PICK_RANGE, self.sources,
+                              (("start", start), ("end", end), ("dim", 0)))
+        else:
+            node = g.add_node(_CONCATENATE_RANGES, self.sources, (("start", start), ("end", end)))
+        g.sliced[node] = self
+        return node
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -1102,16 +1109,16 @@ class AffineLoss(Deferred):
     (`O @ tanh(H @ x)`), the layer is read from x as well: L = 2. The scores and such an h then
     have no gradient of their own (`gradient()` raises; build on `.plain()` to keep one)."""
 
-    __slots__ = ("x", "layers", "activation", "label", "key")
+    __slots__ = ("xs", "windows", "layers", "activation", "label", "key")
 
     def __init__(self, g: Graph, x: int, layers: tuple, activation: str | None,
                  label: int) -> None:
         self.g = g
-        self.x = x                    # the input node
+        self.xs, self.windows = _in_place(g, x)  # the input node, or a slice's sources
         self.layers = layers          # (W1, b1, W2, b2, ...) nodes, shared
         self.activation = activation  # of the hidden layer, if any
         self.label = label
-        self.key = (layers, activation, g.shapes[x])
+        self.key = (layers, activation, g.shapes[self.xs[0]], self.windows)
         self._node = -1
         self._fused = False
 
@@ -1148,13 +1155,13 @@ class AffineLoss(Deferred):
         return f"a softmax loss over {len(self.layers) // 2} affine layer(s), label {self.label}"
 
     def _attrs(self) -> tuple:
-        return () if self.activation is None else (("activation", self.activation),)
+        attrs = () if self.activation is None else (("activation", self.activation),)
+        return attrs if self.windows is None else attrs + (("windows", self.windows),)
 
     def _materialize(self) -> int:
         g = self._live()
         g.folded -= 1
-        return g.add_node(_MLP_LOSS, (self.x,) + self.layers, self._attrs(),
-                          g.single(self.label))
+        return g.add_node(_MLP_LOSS, self.xs + self.layers, self._attrs(), g.single(self.label))
 
     @staticmethod
     def fuse_sum(terms: Sequence[Any]) -> Expression | None:
@@ -1169,8 +1176,20 @@ class AffineLoss(Deferred):
         for term in terms:
             term._fused = True
         op = TABLE.get(f"mlp_loss_sum_{len(first.layers) // 2}")
-        return g.add(op, first.layers + tuple([t.x for t in terms]), first._attrs(),
-                     (tuple([t.label for t in terms]),))
+        xs = tuple([t.xs[0] for t in terms]) if first.windows is None or \
+            len(first.xs) == 1 else tuple(chain.from_iterable([t.xs for t in terms]))
+        return g.add(op, first.layers + xs, first._attrs(), (tuple([t.label for t in terms]),))
+
+
+def _in_place(g: Graph, node: int) -> tuple[tuple[int, ...], tuple | None]:
+    """(the nodes a fused loss reads, their windows or None) for its input node: a node made
+    from a Slice that can tell its gradient without its node (`Slice.read_through`) is read as
+    the slice's sources through its windows (the node then runs only if something else needs
+    it), unless pinned (`plain()`)."""
+    piece = g.sliced.get(node)
+    if piece is None or not piece.read_through or node in g.pinned:
+        return (node,), None
+    return piece.sources, piece.windows
 
 
 def _graph_of(items: Sequence[Any]) -> Graph:

@@ -55,6 +55,7 @@ class Window(Slice):
     `value()` and `gradient()` are the window's of the call's node."""
 
     __slots__ = ("kind", "position")
+    read_through = True  # (a fused loss over its pick_range node reads the call's node)
 
     def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
                  position: int) -> None:
@@ -143,8 +144,12 @@ class FusedFunction:
         nodes: list[int] = []
         for a in args:
             if type(a) is Window and a._node < 0:
-                kinds.append(a.kind)
-                nodes.append(a.sources[0])
+                source = a.sources[0]
+                if source in nodes:  # (another window of that node: one argument for both)
+                    kinds.append((a.kind, nodes.index(source)))
+                else:
+                    kinds.append(a.kind)
+                nodes.append(source)
             elif isinstance(a, Expression):
                 node = a.i
                 kinds.append(a.g.shapes[node])
@@ -187,13 +192,20 @@ class FusedFunction:
             t.engine.forward = t.engine.value = _no_values  # type: ignore[method-assign]
             stand_ins: list[Any] = []
             arguments: dict[int, int] = {}  # stand-in leaf -> call argument
+            leaves: dict[int, Expression] = {}  # call argument -> its stand-in leaf
             for k, (a, kind) in enumerate(zip(args, kinds)):
                 if not isinstance(a, Expression):
                     stand_ins.append(a)
                     continue
-                window = kind[0] == _WINDOW
-                leaf = t._leaf(_ARGUMENT, np.zeros(kind[1] if window else kind, dtype))
-                arguments[leaf.i] = k
+                shared = len(kind) == 2 and type(kind[0]) is tuple  # (a window of the node
+                if shared:                                            # of an earlier argument)
+                    kind, first = kind
+                    leaf = leaves[first]
+                window = len(kind) == 3 and kind[0] == _WINDOW
+                if not shared:
+                    leaf = leaves[k] = t._leaf(_ARGUMENT,
+                                               np.zeros(kind[1] if window else kind, dtype))
+                    arguments[leaf.i] = k
                 if window:  # (read in place: the source node, sliced in the op)
                     start, end = kind[2]
                     leaf = t.add(_PICK_RANGE, (leaf.i,), (("start", start), ("end", end),
