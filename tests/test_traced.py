@@ -281,3 +281,29 @@ def test_a_lookup_inside_says_to_do_it_outside():
     with dn.Graph(dtype=np.float64):
         with pytest.raises(dn.GraphError, match="outside the function"):
             f(dn.inputs(np.zeros(2)), 3)
+
+
+def test_a_loss_over_an_output_reads_the_call_node_and_windows_share_an_argument():
+    """`pick_neg_log_softmax(O @ h, y)` over an output reads the call's node through h's window
+    (the pick_range node that `O @ h` made never runs), and h's gradient still counts the
+    loss; two windows of one node passed to a call are one argument of the call's node."""
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    grads = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            h1, c1 = cells.leaf(dn.inputs(x0))
+            h, c = cells.node(h1, c1, h1, c1)
+            loss = dn.pick_neg_log_softmax(dn.parameter(cells.O) @ h, 1) + dn.sum_elems(c)
+            loss.backward()
+            grads[fuse] = [h.gradient(), c.gradient(), h1.gradient(), c1.gradient()]
+            if fuse:
+                ran = [n for n in range(len(g)) if g.loc[n] >= 0]
+                names = [g.ops[n].name for n in ran]
+                assert "pick_range" in {g.ops[n].name for n in range(len(g))}
+                assert names.count("pick_range") == 1  # (c's, read by sum_elems; not h's)
+                call = max(n for n in range(len(g)) if g.ops[n].name == "fused:TreeCells.node")
+                windows = [a for a in g.args[call] if g.ops[a].name == "fused:TreeCells.leaf"]
+                assert windows == [h1.sources[0]]
+    for a, b in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
