@@ -127,7 +127,7 @@ class FusedFunction:
     def __repr__(self) -> str:
         return f"fused({getattr(self.fn, '__qualname__', self.fn)!r})"
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **static: Any) -> Any:
         g = None
         for a in args:
             if isinstance(a, Expression):
@@ -138,7 +138,7 @@ class FusedFunction:
         elif not g.alive:
             g._check_alive()
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
-            return self.fn(*args)
+            return self.fn(*args, **static)
         # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
         kinds: list[Any] = []
         nodes: list[int] = []
@@ -160,14 +160,19 @@ class FusedFunction:
                 continue
             if a.g is not g:
                 raise GraphError("expressions from different graphs were combined")
-        key = tuple(kinds)
+        key: tuple = tuple(kinds)
+        if static:  # (keyword arguments are static: part of the kind of call)
+            if any(isinstance(v, Expression) for v in static.values()):
+                raise GraphError(f"{self!r}: pass expressions as positional arguments, not "
+                                 "by keyword")
+            key = (key, tuple(sorted(static.items())))
         try:
             trace = self.traces.get(key)
         except TypeError:
             raise GraphError(f"{self!r}: its arguments other than expressions must be "
                              "hashable (they tell kinds of calls apart)") from None
         if trace is None or trace.dtype != g.dtype:
-            trace = self.traces[key] = self._trace(g.dtype, args, kinds)
+            trace = self.traces[key] = self._trace(g.dtype, args, kinds, static)
         memo = g._memo.get(id(trace))
         if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
             shared = memo[1]
@@ -183,7 +188,7 @@ class FusedFunction:
             return Expression(g, node)
         return tuple([Window(g, node, *out) for out in trace.outputs])
 
-    def _trace(self, dtype: np.dtype, args: tuple, kinds: list) -> _Trace:
+    def _trace(self, dtype: np.dtype, args: tuple, kinds: list, static: dict) -> _Trace:
         name = getattr(self.fn, "__qualname__", "function")
         # (built unfused: each node it makes is one step of the program, and an output is
         # computed at one position, whose cotangent is its gradient)
@@ -212,7 +217,7 @@ class FusedFunction:
                                                           ("dim", 0)))
                 stand_ins.append(leaf)
             before = len(t)
-            result = self.fn(*stand_ins)
+            result = self.fn(*stand_ins, **static)
             unfused = len(t) - before - len(t.param_nodes)  # (the nodes a call makes unfused)
             single = isinstance(result, Expression)
             outs = [result] if single else list(result) if isinstance(result, (tuple, list)) \

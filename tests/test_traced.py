@@ -219,6 +219,19 @@ def test_static_arguments_tell_kinds_of_calls_apart():
         with pytest.raises(dn.GraphError, match="hashable"):
             scaled(x, [2], "tanh")
 
+    @dn.fused
+    def keyed(x, scale=1.0, name="tanh"):
+        return getattr(dn, name)(x * scale)
+
+    with dn.Graph(dtype=np.float64):
+        x = dn.inputs(np.array([0.1, 0.2]))
+        np.testing.assert_allclose(keyed(x, scale=2.0).npvalue(), np.tanh([0.2, 0.4]))
+        np.testing.assert_allclose(keyed(x, name="exp").npvalue(), np.exp([0.1, 0.2]))
+        np.testing.assert_allclose(keyed(x).npvalue(), np.tanh([0.1, 0.2]))
+        assert len(keyed.traces) == 3
+        with pytest.raises(dn.GraphError, match="positional"):
+            keyed(x, scale=x)
+
 
 def test_parameters_are_read_at_each_graph_and_fuse_false_runs_the_code():
     """A trained parameter's new value reaches the next graph's calls (parameters are the
