@@ -791,6 +791,45 @@ class Slice(Deferred):
         return " ++ ".join(f"node {n}[{a}:{b}]" for n, (a, b) in zip(self.sources, self.windows))
 
 
+class Window(Slice):
+    """Output k of a `dn.fused` call (dynlp/traced.py): rows [start, end) of the call's node.
+    Another fused call reads it in place, and so does a fused softmax loss over `W @ it`;
+    anything else reading it as a node makes a `pick_range` node. `value()` and `gradient()`
+    are those of the same code unfused: the window of the call's node, and the cotangent
+    where its program computed it."""
+
+    __slots__ = ("kind", "position")
+    read_through = True  # (a fused loss over its pick_range node reads the call's node)
+
+    def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
+                 position: int) -> None:
+        self.g = g
+        self.sources = (node,)
+        self.windows = windows  # ((start, end),)
+        self.width = width
+        self.kind = kind        # ("window", the node's shape, (start, end)): a kind of argument
+        self._node = -1
+        self._fused = False
+        self.readers = None
+        self.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
+        self.position = position  # where the program computes it
+
+    def npvalue(self) -> np.ndarray:
+        if self._node >= 0:
+            return super().npvalue()
+        start, end = self.windows[0]
+        return np.array(self._live().engine.value(self.sources[0])[start:end])
+
+    def gradient(self) -> np.ndarray:
+        g = self._live()
+        if g.engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        # the cotangent where the program computed it: what reached this output from outside
+        # and what flowed back to it inside (the cell's h reads its c)
+        ct = g.engine.inner_gradient(self.sources[0], self.position)
+        return np.zeros(self.shape, g.dtype) if ct is None else np.array(ct)
+
+
 class Row(Deferred):
     """Row `index` of a lookup table (node `table`), a `lookup` node when made. The Tree-LSTM
     leaf and the LSTM's first layer read the table row themselves, in one node with the cell."""
@@ -829,11 +868,12 @@ class Affine(Deferred):
     steps at once instead of one step at a time.
     """
 
-    __slots__ = ("terms", "biases", "out_shape", "readers")
+    __slots__ = ("terms", "biases", "out_shape", "readers", "windowed")
 
     def __init__(self, g: Graph, terms: tuple, biases: tuple, shape: tuple[int, ...]) -> None:
         self.g = g
-        self.terms = terms      # ((W node, x node), ...)
+        self.terms = terms      # ((W node, x node), ...); x a Window when `windowed`
+        self.windowed = False   # (a fused loss reads a Window in place; anything else, its node)
         self.biases = biases    # (bias node, ...): shared across the batch
         self.out_shape = shape
         self._node = -1
@@ -863,6 +903,7 @@ class Affine(Deferred):
                 return None
             out = Affine(g, self.terms + other.terms, self.biases + other.biases,
                          self.out_shape)
+            out.windowed = self.windowed or other.windowed
             self._read_by(out)
             other._read_by(out)
             g.folded += 1
@@ -881,6 +922,7 @@ class Affine(Deferred):
             if node is None or g.shapes[node] != self.out_shape:
                 return None
         out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
+        out.windowed = self.windowed
         self._read_by(out)
         g.folded += 1
         return out
@@ -913,6 +955,9 @@ class Affine(Deferred):
         g = self.g
         if not g.alive:
             g._check_alive()
+        if self.windowed:  # (the Windows' nodes, now that a node reads them)
+            self.terms = tuple([(w, x if type(x) is int else x.i) for w, x in self.terms])
+            self.windowed = False
         if len(self.terms) == 1 and len(self.biases) == 1 and self._node < 0 and activation:
             # the usual case, one product and its bias under an activation, the short way
             (w, x), = self.terms
@@ -1132,6 +1177,12 @@ class AffineLoss(Deferred):
             return None
         g = scores.g
         (w, h), = scores.terms
+        if type(h) is Window:  # (read in place: the call's node through the window)
+            b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+            g.folded += 1
+            scores._fused = True
+            scores._read_by(None)
+            return AffineLoss(g, h, (w, b), None, label)
         if len(g.shapes[h]) != 1:
             return None
         b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
@@ -1181,11 +1232,13 @@ class AffineLoss(Deferred):
         return g.add(op, first.layers + xs, first._attrs(), (tuple([t.label for t in terms]),))
 
 
-def _in_place(g: Graph, node: int) -> tuple[tuple[int, ...], tuple | None]:
+def _in_place(g: Graph, node: Any) -> tuple[tuple[int, ...], tuple | None]:
     """(the nodes a fused loss reads, their windows or None) for its input node: a node made
     from a Slice that can tell its gradient without its node (`Slice.read_through`) is read as
     the slice's sources through its windows (the node then runs only if something else needs
     it), unless pinned (`plain()`)."""
+    if type(node) is Window:
+        return node.sources, node.windows
     piece = g.sliced.get(node)
     if piece is None or not piece.read_through or node in g.pinned:
         return (node,), None
@@ -1376,6 +1429,15 @@ def matmul(a: Any, b: Any) -> Expression:
     a computed left operand batches as one matrix per example.
     """
     g = a.g if type(a) is Expression else None
+    if type(b) is Window and b._node < 0 and g is b.g and g is not None and g.fuse is True \
+            and g.alive:
+        na = a.i
+        shape = g.shapes[na]
+        if g.ops[na] is _PARAMETER and len(shape) == 2 and shape[1] == b.width:
+            g.folded += 1  # (a softmax loss over it reads the call's node: no node for b)
+            out = Affine(g, ((na, b),), (), shape[:1])
+            out.windowed = True
+            return out
     if g is not None and isinstance(b, Expression) and b.g is g and g.alive:
         na, nb = a.i, b.i  # (the usual case: two expressions of a live graph)
     else:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .fusion import program_op
-from .graph import Expression, Graph, GraphError, Slice, current_graph
+from .graph import Expression, Graph, GraphError, Window, current_graph
 from .ops import SHARED, TABLE, Op
 
 _PARAMETER = TABLE["parameter"]
@@ -47,43 +47,6 @@ def _no_values(*args: Any, **kw: Any) -> None:
     raise GraphError("dn.fused: a fused function runs once per kind of call, on stand-ins for "
                      "its arguments, so it cannot read values (value(), forward()); compute "
                      "what depends on values outside it")
-
-
-class Window(Slice):
-    """Output k of a fused call: rows [start, end) of the call's node. Another fused call
-    reads it in place; anything else reading it as a node makes a `pick_range` node.
-    `value()` and `gradient()` are the window's of the call's node."""
-
-    __slots__ = ("kind", "position")
-    read_through = True  # (a fused loss over its pick_range node reads the call's node)
-
-    def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
-                 position: int) -> None:
-        self.g = g
-        self.sources = (node,)
-        self.windows = windows  # ((start, end),)
-        self.width = width
-        self.kind = kind        # (_WINDOW, the node's shape, (start, end)): a kind of argument
-        self._node = -1
-        self._fused = False
-        self.readers = None
-        self.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
-        self.position = position  # where the program computes it
-
-    def npvalue(self) -> np.ndarray:
-        if self._node >= 0:
-            return super().npvalue()
-        start, end = self.windows[0]
-        return np.array(self._live().engine.value(self.sources[0])[start:end])
-
-    def gradient(self) -> np.ndarray:
-        g = self._live()
-        if g.engine.grads is None:
-            raise GraphError("gradient() needs backward() first")
-        # the cotangent where the program computed it: what reached this output from outside
-        # and what flowed back to it inside (the cell's h reads its c)
-        ct = g.engine.inner_gradient(self.sources[0], self.position)
-        return np.zeros(self.shape, g.dtype) if ct is None else np.array(ct)
 
 
 class _Trace:
