@@ -320,3 +320,29 @@ def test_a_loss_over_an_output_reads_the_call_node_and_windows_share_an_argument
                 assert windows == [h1.sources[0]]
     for a, b in zip(grads[True], grads[False]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_products_over_an_output_read_as_nodes_where_no_loss_reads_them():
+    """`W @ h` over an output is a pending sum over its window: a softmax loss reads the call's
+    node in place; an activation, a larger sum or a read of its value makes h's node; all
+    answer as the same code unfused."""
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    out = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            h, c = cells.leaf(dn.inputs(x0))
+            Wx, bx = dn.parameter(cells.W[0]), dn.parameter(cells.B[0])
+            O = dn.parameter(cells.O)  # noqa: E741
+            terms = [dn.pick_neg_log_softmax(O @ h, 0),
+                     dn.pick_neg_log_softmax(O @ h + dn.parameter(cells.B[3])[:2], 1),
+                     dn.sum_elems(dn.tanh(Wx @ h + bx)),
+                     dn.sum_elems(Wx @ h + Wx @ c),
+                     dn.sum_elems(Wx @ h)]
+            loss = dn.esum(terms)
+            loss.backward()
+            out[fuse] = [t.scalar_value() for t in terms] + [h.gradient(), c.gradient()] + \
+                [p.grad_as_array() for p in cells.pc.parameters()]
+            cells.pc.clear_grads()
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
