@@ -65,13 +65,9 @@ class _Trace:
         self.outputs = outputs      # per output (windows, width, kind), or None for one
 
     def shared_nodes(self, g: Graph) -> tuple[int, ...]:
-        """The parameters' and constants' nodes in graph g (made once per graph)."""
-        memo = g._memo.get(id(self))
-        if memo is None or memo[0] is not self:
-            nodes = tuple([g.param_node(p) for p in self.params] +
-                          [g.leaf(c).i for c in self.constants])
-            memo = g._memo[id(self)] = (self, nodes)
-        return memo[1]
+        """The parameters' and constants' nodes in graph g."""
+        return tuple([g.param_node(p) for p in self.params] +
+                     [g.leaf(c).i for c in self.constants])
 
 
 class FusedFunction:
@@ -138,14 +134,20 @@ class FusedFunction:
             trace = self.traces[key] = self._trace(g.dtype, args, kinds, static)
         memo = g._memo.get(id(trace))
         if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
-            shared = memo[1]
-            node = g.add_as(memo[2], tuple([nodes[k] if k >= 0 else shared[-1 - k]
-                                            for k in trace.layout])).i
+            _, base, fills, like = memo
+            for p, k in fills:
+                base[p] = nodes[k]
+            node = g.add_as(like, tuple(base)).i
         else:
             shared = trace.shared_nodes(g)
-            node = g.add_node(trace.op, tuple([nodes[k] if k >= 0 else shared[-1 - k]
-                                               for k in trace.layout]))
-            g._memo[id(trace)] = (trace, shared, node)
+            base = [-1 if k >= 0 else shared[-1 - k] for k in trace.layout]
+            fills = tuple([(p, k) for p, k in enumerate(trace.layout) if k >= 0])
+            for p, k in fills:
+                base[p] = nodes[k]
+            node = g.add_node(trace.op, tuple(base))
+            # (the argument list, its shared entries filled once per graph, and the first
+            # node of this kind, which the next ones are made like)
+            g._memo[id(trace)] = (trace, base, fills, node)
         g.folded += trace.unfused - 1
         if trace.outputs is None:
             return Expression(g, node)
