@@ -23,11 +23,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .fusion import program_op
-from .graph import Expression, Graph, GraphError, Window, current_graph
+from .graph import Expression, Graph, GraphError, Row, Window, current_graph
 from .ops import SHARED, TABLE, Op
 
 _PARAMETER = TABLE["parameter"]
 _PICK_RANGE = TABLE["pick_range"]
+_LOOKUP = TABLE["lookup"]
 
 
 def _identity_vjp(g: np.ndarray, out: np.ndarray, x: np.ndarray) -> tuple:
@@ -41,6 +42,7 @@ _ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity
 
 
 _WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
+_ROW = "row"  # (and a table row's: ("row", the table's shape))
 
 
 def _no_values(*args: Any, **kw: Any) -> None:
@@ -52,7 +54,8 @@ def _no_values(*args: Any, **kw: Any) -> None:
 class _Trace:
     """One kind of call: the fused op, its outside arguments and its outputs."""
 
-    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "dtype")
+    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "dtype",
+                 "touched")
 
     def __init__(self, op: Op, layout: tuple, params: tuple, constants: tuple,
                  outputs: tuple | None, unfused: int, dtype: np.dtype) -> None:
@@ -65,7 +68,10 @@ class _Trace:
         self.outputs = outputs      # per output (windows, width, kind), or None for one
 
     def shared_nodes(self, g: Graph) -> tuple[int, ...]:
-        """The parameters' and constants' nodes in graph g."""
+        """The parameters' and constants' nodes in graph g (and those of the parameters the
+        function asked for and did not use, as it would unfused)."""
+        for p in self.touched:
+            g.param_node(p)
         return tuple([g.param_node(p) for p in self.params] +
                      [g.leaf(c).i for c in self.constants])
 
@@ -101,8 +107,13 @@ class FusedFunction:
         # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
         kinds: list[Any] = []
         nodes: list[int] = []
+        rows: list[int] = []  # (the indices of the table rows read in place, in order)
         for a in args:
-            if type(a) is Window and a._node < 0:
+            if type(a) is Row and a._node < 0:
+                kinds.append((_ROW, a.g.shapes[a.table]))
+                nodes.append(a.table)
+                rows.append(a.index)
+            elif type(a) is Window and a._node < 0:
                 source = a.sources[0]
                 if source in nodes:  # (another window of that node: one argument for both)
                     kinds.append((a.kind, nodes.index(source)))
@@ -137,18 +148,22 @@ class FusedFunction:
             _, base, fills, like = memo
             for p, k in fills:
                 base[p] = nodes[k]
-            node = g.add_as(like, tuple(base)).i
+            node = g.add_as(like, tuple(base), tuple(rows) if rows else None).i
         else:
             shared = trace.shared_nodes(g)
             base = [-1 if k >= 0 else shared[-1 - k] for k in trace.layout]
             fills = tuple([(p, k) for p, k in enumerate(trace.layout) if k >= 0])
             for p, k in fills:
                 base[p] = nodes[k]
-            node = g.add_node(trace.op, tuple(base))
+            node = g.add_node(trace.op, tuple(base), (), tuple(rows) if rows else None)
             # (the argument list, its shared entries filled once per graph, and the first
             # node of this kind, which the next ones are made like)
             g._memo[id(trace)] = (trace, base, fills, node)
-        g.folded += trace.unfused - 1
+        g.folded += trace.unfused - 1 + len(rows)  # (and the rows' lookup nodes)
+        if rows:
+            for a in args:
+                if type(a) is Row:
+                    a._fused = True  # (read in place: no gradient of its own)
         if trace.outputs is None:
             return Expression(g, node)
         return tuple([Window(g, node, *out) for out in trace.outputs])
@@ -163,9 +178,17 @@ class FusedFunction:
             stand_ins: list[Any] = []
             arguments: dict[int, int] = {}  # stand-in leaf -> call argument
             leaves: dict[int, Expression] = {}  # call argument -> its stand-in leaf
+            lookups: dict[int, int] = {}  # stand-in lookup node -> which row argument
             for k, (a, kind) in enumerate(zip(args, kinds)):
                 if not isinstance(a, Expression):
                     stand_ins.append(a)
+                    continue
+                if kind[0] == _ROW:  # (a table row: the table, and the row as data)
+                    table = t._leaf(_ARGUMENT, np.zeros(kind[1], dtype))
+                    arguments[table.i] = k
+                    row = t.add(_LOOKUP, (table.i,), (), (0,))
+                    lookups[row.i] = len(lookups)
+                    stand_ins.append(row)
                     continue
                 shared = len(kind) == 2 and type(kind[0]) is tuple  # (a window of the node
                 if shared:                                            # of an earlier argument)
@@ -204,7 +227,8 @@ class FusedFunction:
                 root = t.add(TABLE["concatenate"], tuple(out_nodes)).i
             else:
                 root = out_nodes[0]
-            op, layout, params, constants, position = _program(t, root, arguments, name, read)
+            op, layout, params, constants, position = _program(t, root, arguments, name, read,
+                                                                lookups)
             if windows is not None:
                 total = t.shapes[root][0]
                 start = 0
@@ -213,15 +237,18 @@ class FusedFunction:
                     windows.append((((start, end),), end - start,
                                     (_WINDOW, (total,), (start, end)), position[n]))
                     start = end
-        return _Trace(op, layout, params, constants, None if windows is None else
-                      tuple(windows), unfused, dtype)
+            trace = _Trace(op, layout, params, constants, None if windows is None else
+                           tuple(windows), unfused, dtype)
+            trace.touched = tuple([t.node_params[n] for n in t.param_nodes.values()])
+        return trace
 
 
 def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
-             read: Callable) -> tuple:
+             read: Callable, lookups: dict[int, int]) -> tuple:
     """The fused op computing node `root` of trace graph t from its leaves, and its outside
     arguments: (op, layout, parameters, constants, each node's position in the program);
-    read(node) is a leaf's value."""
+    read(node) is a leaf's value; `lookups`: the lookup nodes of table rows passed in (their
+    table an argument, their row the call's batched attribute "b<j>")."""
     if not t.args[root]:
         raise GraphError(f"dn.fused: {name} returns one of its arguments or a parameter "
                          "unchanged; a fused function must compute what it returns")
@@ -238,7 +265,10 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
         op = t.ops[n]
         if not t.args[n]:
             continue  # (a leaf: an outside argument where a step reads it)
-        if op.batch is None or op.batched_attrs or t.battrs[n] is not None:
+        bnames: tuple = ()
+        if n in lookups:
+            bnames = (("index", f"b{lookups[n]}"),)
+        elif op.batch is None or op.batched_attrs or t.battrs[n] is not None:
             raise GraphError(
                 f"dn.fused: {name} uses {op.name}, which "
                 + ("does not batch" if op.batch is None else
@@ -260,7 +290,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
                 masks.append(mask[slot])
                 kind = t.ops[a]
                 if kind is _ARGUMENT:
-                    if mask[slot] == SHARED:
+                    if mask[slot] == SHARED and n not in lookups:
                         raise GraphError(
                             f"dn.fused: {name}: {op.name} reads argument {arguments[a]} where "
                             "it takes a weight shared by all examples; use the parameter "
@@ -272,7 +302,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
                     sources.append(("constant", np.array(read(a))))
             refs.append(k)
         position[n] = len(steps)
-        steps.append((op, dict(t.attrs[n]), tuple(refs), ()))
+        steps.append((op, dict(t.attrs[n]), tuple(refs), bnames))
     params: list[Any] = []
     constants: list[np.ndarray] = []
     for kind, x in sources:
@@ -291,7 +321,8 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
         else:
             c_seen += 1
             layout.append(-len(params) - c_seen)
-    op = program_op(f"fused:{name}", steps, tuple(masks), (), t.shapes[root],
+    op = program_op(f"fused:{name}", steps, tuple(masks),
+                    tuple([f"b{j}" for j in range(len(lookups))]), t.shapes[root],
                     doc=f"the function {name}, fused by dn.fused")
     return op, tuple(layout), tuple(params), tuple(constants), position
 

@@ -346,3 +346,38 @@ def test_products_over_an_output_read_as_nodes_where_no_loss_reads_them():
             cells.pc.clear_grads()
     for a, b in zip(out[True], out[False]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_table_rows_passed_in_are_read_in_place(autobatch):
+    """A lookup table's row passed to a fused call (`cell(E[word])`) is read inside the call's
+    node, the row index its per-call data: no lookup node, and the table's sparse gradient as
+    unfused."""
+    pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+    E = pc.add_lookup_parameters((7, D))
+    cells = TreeCells()
+
+    @dn.fused
+    def embed(x, y):
+        return dn.tanh(x + 2.0 * y)
+
+    words = [3, 0, 6, 3, 5]
+    out = {}
+    for fuse in (False, True):
+        pc.clear_grads()
+        cells.pc.clear_grads()
+        with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+            hs = [cells.leaf(E[w])[0] for w in words]
+            hs.append(embed(E[1], E[words[0]]))
+            loss = dn.esum([dn.sum_elems(h * h) for h in hs])
+            loss.backward()
+            out[fuse] = [loss.scalar_value(), E.grad_as_array()] + \
+                [p.grad_as_array() for p in cells.pc.parameters()]
+            names = {g.ops[n].name for n in range(len(g))}
+            assert ("lookup" in names) != fuse
+            assert g.stats()["nodes_before_fusion"] == (
+                len(g) if not fuse else out[False][-1])
+            if not fuse:
+                out[False].append(len(g))
+    for a, b in zip(out[True], out[False][:-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
