@@ -712,9 +712,6 @@ class Slice(Deferred):
     the classifier reads."""
 
     __slots__ = ("sources", "windows", "width", "readers", "counted")
-    # whether a fused loss over its node may read its sources instead: only a slice whose
-    # gradient() does not come from its node (dn.fused's Window: from the call's program)
-    read_through = False
 
     def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
                  windows: tuple | None = None) -> None:
@@ -761,14 +758,15 @@ class Slice(Deferred):
         return out
 
     def gradient(self) -> np.ndarray:
-        """d loss / d this slice, after `backward()`: from its own node if it has one, and from
-        the concatenations that read it in place (their share of their gradient)."""
-        if self._fused:
-            return super().gradient()  # (raises: a fused node read it in place)
-        _, total = self._own_gradient(self.shape)
-        for reader, k in self.readers or ():
-            total = total + reader.gradient()[k * self.width:(k + 1) * self.width]
-        return total
+        """d loss / d this slice, after `backward()`: its windows of its sources' gradients,
+        where whatever read it sent its share (its own node, a concatenation of it, a fused
+        node or loss that read the sources in place)."""
+        engine = self._live().engine
+        if engine.grads is None:
+            raise GraphError("gradient() needs backward() first")
+        parts = [engine.gradient(source)[start:end]
+                 for source, (start, end) in zip(self.sources, self.windows)]
+        return np.array(parts[0]) if len(parts) == 1 else np.concatenate(parts)
 
     def _materialize(self) -> int:
         if self.counted:
@@ -799,7 +797,6 @@ class Window(Slice):
     where its program computed it."""
 
     __slots__ = ("kind", "position")
-    read_through = True  # (a fused loss over its pick_range node reads the call's node)
 
     def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
                  position: int) -> None:
@@ -1234,13 +1231,13 @@ class AffineLoss(Deferred):
 
 def _in_place(g: Graph, node: Any) -> tuple[tuple[int, ...], tuple | None]:
     """(the nodes a fused loss reads, their windows or None) for its input node: a node made
-    from a Slice that can tell its gradient without its node (`Slice.read_through`) is read as
-    the slice's sources through its windows (the node then runs only if something else needs
-    it), unless pinned (`plain()`)."""
+    from a Slice is read as the slice's sources through its windows (the node then runs only
+    if something else needs it; the slice's gradient is its sources' anyway), unless pinned
+    (`plain()`)."""
     if type(node) is Window:
         return node.sources, node.windows
     piece = g.sliced.get(node)
-    if piece is None or not piece.read_through or node in g.pinned:
+    if piece is None or node in g.pinned:
         return (node,), None
     return piece.sources, piece.windows
 

@@ -8,11 +8,16 @@ parameters batch across examples like any node. A call costs a few microseconds 
 however many ops the function holds: a Tree-LSTM cell written op by op, about twenty ops and
 eight nodes when fused while building, is one node.
 
+Arguments are read in place where they can be: an output of another fused call (a `Window`
+of its node), and a lookup table's row (`cell(E[word])`: the table is an argument of the
+node and the row index its per-call data), so that a tree of cells is one node per cell.
+
 The function must be a function of its expression arguments: what it computes may depend on
-their shapes and on its other arguments (ints, strings, objects, part of the kind of call),
-never on their values. Constants it makes are kept from its first run; it cannot draw random
-numbers (dropout) or take per-call data (`lookup`, `pick` with an index): do those outside and
-pass the result in.
+their shapes and on its other arguments (ints, strings, objects, keyword arguments: part of
+the kind of call), never on their values. Constants it makes are kept from its first run; it
+cannot draw random numbers (dropout) or take per-call data of its own (`lookup` or `pick`
+with an index, a loss with a label): do those outside and pass the result in. Methods work
+(`self` is part of the kind of call, and each instance keeps its traces).
 """
 
 from __future__ import annotations
