@@ -300,6 +300,7 @@ def _random_model(cell, seed):
             h = h0 = g.leaf(rng.normal(size=H) * 0.5)
             c = None
             seeds += [xs[0], h0]
+            reads[f"x{chain}"], reads[f"h0 {chain}"] = xs[1], h0
             for t, x in enumerate(xs):
                 out = cell(x, h if c is None else c)
                 h, c = (out, None) if isinstance(out, dn.Expression) else out
@@ -454,6 +455,63 @@ def test_windows_read_together_apart_and_by_plain_ops(autobatch):
                 + dn.dot_product(c1, h1))
         return loss, {"h1": h1, "value c1": c1, "both": both, "swapped": swapped}, [x, c]
     _check(LSTM_PC, model, autobatch)
+
+
+@pytest.mark.parametrize("autobatch", STRATEGIES)
+def test_values_read_while_building_choose_what_comes_next(autobatch):
+    """Greedy decoding: each step's window is read (a forward pass) before the next call
+    reads it in place; the loss depends on those choices."""
+    def model(g):
+        rng = np.random.default_rng(15)
+        h = h0 = g.leaf(rng.normal(size=H))
+        c = g.leaf(rng.normal(size=H))
+        losses, reads, xs = [], {}, []
+        for t in range(4):
+            xs.append(g.leaf(rng.normal(size=D)))
+            h, c = lstm(xs[-1], h, c)
+            choice = int(np.argmax(h.npvalue()))
+            losses.append(dn.logsumexp(dn.parameter(LSTM["O"]) @ h) * float(choice + 1))
+            reads[f"h{t}"], reads[f"x{t}"] = h, xs[-1]
+        return dn.esum(losses), reads, [xs[0], h0, LSTM["O"]]
+    _check(LSTM_PC, model, autobatch)
+
+
+@dn.fused
+def unusual(x, y):
+    """nobackprop, flip_gradient, average and esum of repeated terms inside."""
+    n = dn.nobackprop(dn.tanh(x))
+    flipped = dn.flip_gradient(dn.logistic(y))
+    return (dn.tanh(n * y + flipped * x),
+            dn.average([x, y, n]) + dn.esum([flipped, flipped, x]))
+
+
+@pytest.mark.parametrize("autobatch", STRATEGIES)
+def test_ops_with_unusual_gradients_inside(autobatch):
+    def model(g):
+        rng = np.random.default_rng(16)
+        x, y = _leaves(g, rng, (H,), (H,))
+        a, b = unusual(x, y)
+        a2, b2 = unusual(b, a)
+        loss = dn.sum_elems(a2 * b2) + dn.sum_elems(a)
+        return loss, {"value a": a, "b": b, "a2": a2, "b2": b2, "x": x, "y": y}, [x, y]
+    _check(dn.ParameterCollection(dtype=np.float64), model, autobatch)
+
+
+def test_two_losses_backward_in_turn():
+    """The second backward's gradients replace the first's, windows' and arguments' alike."""
+    got = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            x, h, c = g.leaf(np.ones(D)), g.leaf(np.full(H, 0.5)), g.leaf(np.full(H, -0.5))
+            h1, c1 = lstm(x, h, c)
+            h2, _ = lstm(x, h1, c1)
+            dn.sum_elems(h2).backward()
+            first = [h1.gradient(), h.gradient(), x.gradient()]
+            dn.sum_elems(h1 * 3.0).backward()
+            got[fuse] = first + [h1.gradient(), h.gradient(), h2.gradient()]
+        LSTM_PC.clear_grads()
+    for want, have in zip(got[False], got[True]):
+        np.testing.assert_allclose(have, want, rtol=1e-10, atol=1e-12)
 
 
 def test_jvp_of_windows_and_of_a_single_output():
