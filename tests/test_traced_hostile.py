@@ -4,6 +4,8 @@ strategy; losses, parameter gradients, values and gradients of outputs and windo
 `nodes_before_fusion` must agree. Misuse must raise the project's errors with a message saying
 what to do. Known bugs are `xfail(strict=True)` with their reason."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -514,6 +516,30 @@ def test_two_losses_backward_in_turn():
         np.testing.assert_allclose(have, want, rtol=1e-10, atol=1e-12)
 
 
+BOTH_PC, BOTH = _collection({"W": (H, H), "b": (H,)}, seed=9)
+
+
+@dn.fused
+def shared_and_stacked(x):
+    """Parameters read both as weights shared by all calls (W @ x) and as values of each call
+    (sum_dim(W), transpose(W), b * x)."""
+    W, b = dn.parameter(BOTH["W"]), dn.parameter(BOTH["b"])
+    y = dn.tanh(W @ x + b)
+    return y * dn.sum_dim(W, [1]) + b * x + dn.transpose(W) @ y, dn.logistic(b) * y
+
+
+@pytest.mark.parametrize("autobatch", STRATEGIES)
+def test_parameters_read_as_weights_and_as_values_in_one_function(autobatch):
+    def model(g):
+        rng = np.random.default_rng(17)
+        xs = _leaves(g, rng, (H,), (H,), (H,))
+        outs = [shared_and_stacked(x) for x in xs]
+        a, _ = shared_and_stacked(outs[0][1])
+        loss = dn.esum([dn.sum_elems(o[0] * o[1]) for o in outs]) + dn.logsumexp(a)
+        return loss, {"value a": a, "x": xs[0]}, [xs[1], BOTH["W"], BOTH["b"]]
+    _check(BOTH_PC, model, autobatch)
+
+
 def test_jvp_of_windows_and_of_a_single_output():
     rng = np.random.default_rng(13)
     arrays = [rng.normal(size=s) for s in ((D,), (H,), (H,))]
@@ -813,6 +839,27 @@ def test_static_arguments_equal_but_not_the_same_make_two_kinds():
             x = g.leaf(np.ones(3))
             got[fuse] = [first(x).npvalue(), second(x).npvalue()]
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12)
+
+
+@dataclasses.dataclass
+class DataLayer:
+    """A model as a plain dataclass (eq=True: equal by fields, so unhashable)."""
+
+    W: dn.Parameter
+
+    @dn.fused
+    def __call__(self, x):
+        return dn.tanh(dn.parameter(self.W) @ x)
+
+
+@pytest.mark.xfail(strict=True, reason="`self` is a static argument keyed by value: a method of "
+                   "a plain @dataclass instance (unhashable) raises 'its arguments other than "
+                   "expressions must be hashable' though the call has no such argument")
+def test_a_method_of_a_dataclass():
+    layer = DataLayer(dn.ParameterCollection(seed=9, dtype=np.float64).add_parameters((3, 3)))
+    with dn.Graph(dtype=np.float64) as g:
+        x = g.leaf(np.ones(3))
+        np.testing.assert_allclose(layer(x).npvalue(), np.tanh(layer.W.value @ np.ones(3)))
 
 
 @pytest.mark.xfail(strict=True, reason="a constant made inside a fused function is counted in "
