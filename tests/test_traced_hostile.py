@@ -540,6 +540,24 @@ def test_parameters_read_as_weights_and_as_values_in_one_function(autobatch):
     _check(BOTH_PC, model, autobatch)
 
 
+@dn.fused
+def gate(s, x):
+    """A scalar argument; outputs of length 1 among longer ones."""
+    return dn.logistic(s) * x, dn.reshape(dn.sum_elems(x) * s, (1,)), dn.tanh(x[1:2])
+
+
+@pytest.mark.parametrize("autobatch", STRATEGIES)
+def test_a_scalar_argument_and_outputs_of_length_one(autobatch):
+    def model(g):
+        rng = np.random.default_rng(18)
+        s, x = g.leaf(np.array(0.3)), g.leaf(rng.normal(size=H))
+        a, b, c = gate(s, x)
+        a2, b2, c2 = gate(dn.sum_elems(b) + dn.sum_elems(c), a)
+        loss = dn.sum_elems(a2 * a) + dn.sum_elems(b2) * 2.0 + dn.sum_elems(c2 * c)
+        return loss, {"a2": a2, "b2": b2, "c": c, "value b": b, "s": s}, [s, x]
+    _check(dn.ParameterCollection(dtype=np.float64), model, autobatch)
+
+
 def test_jvp_of_windows_and_of_a_single_output():
     rng = np.random.default_rng(13)
     arrays = [rng.normal(size=s) for s in ((D,), (H,), (H,))]
