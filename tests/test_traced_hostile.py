@@ -920,3 +920,42 @@ def test_an_expression_not_passed_as_an_argument_is_explained(how):
             args, f = ((a, b), a), dn.fused(lambda kids, x: dn.tanh(dn.esum(list(kids)) + x))
         with pytest.raises(dn.GraphError, match="argument"):
             f(*args)
+
+
+@pytest.mark.xfail(strict=True, reason="each trace builds graphs without a seed (the trace and "
+                   "the fuse=False count), which draws children of the global seed: after "
+                   "dn.seed, the dropout masks of later graphs depend on whether a fused "
+                   "function was traced before them (they differ from fuse=False's and from a "
+                   "second run's)")
+def test_tracing_leaves_the_global_seed_alone():
+    f = dn.fused(lambda x: dn.tanh(x * 2.0))
+
+    def masks(fuse):
+        dn.seed(5)
+        out = []
+        for _ in range(2):
+            with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+                out.append(f(dn.dropout(g.leaf(np.ones(16)), 0.5)).npvalue())
+        return out
+    try:
+        want = masks(False)
+        np.testing.assert_array_equal(masks(True), want)  # (traces: the first run)
+        np.testing.assert_array_equal(masks(True), want)
+    finally:
+        dn.seed(None)
+
+
+@pytest.mark.xfail(strict=True, reason="the module docstring says the function runs once per "
+                   "kind of call; it runs twice (the trace, then again under fuse=False to count "
+                   "the nodes it makes, for stats())")
+def test_the_function_runs_once_per_kind_of_call():
+    runs = []
+
+    @dn.fused
+    def f(x):
+        runs.append(x.shape)
+        return dn.tanh(x)
+    with dn.Graph(dtype=np.float64) as g:
+        for n in (3, 3, 4, 3, 4):
+            f(g.leaf(np.ones(n)))
+    assert runs == [(3,), (4,)]
