@@ -198,16 +198,18 @@ def test_tree_lstm_over_a_forest(autobatch):
 
 @pytest.mark.parametrize("autobatch", STRATEGIES)
 def test_one_window_passed_twice_and_read_as_a_node_too(autobatch):
-    """A node whose two children are the same subtree: h and c each read twice in place by one
-    call, and also read as nodes (tanh(h), c * 3) by the loss; one output left unused."""
+    """A node whose two children are the same subtree: h and c each read twice by one call,
+    and also read as nodes (tanh(h), c * 3) by the loss, c before the calls; one output left
+    unused."""
     def model(g):
         rng = np.random.default_rng(5)
         x = g.leaf(rng.normal(size=D))
         h, c = tree_leaf(x)
+        early = dn.tanh(c)  # (c read as a node before any call reads it: a node from then on)
         h2, c2 = tree_node(h, c, h, c)
         _, unused = tree_node(h2, c, h, c2)
         top, _ = tree_node(h2, c2, h2, c2)
-        loss = dn.sum_elems(dn.tanh(h) + c * 3.0) + dn.logsumexp(top)
+        loss = dn.sum_elems(dn.tanh(h) + c * 3.0 + early) + dn.logsumexp(top)
         reads = {"h": h, "value c": c, "h2": h2, "value c2": c2, "top": top}
         return loss, reads, [x, TREE["Uf1"]]
     _check(TREE_PC, model, autobatch)
@@ -783,6 +785,15 @@ def test_arguments_of_other_graphs_are_refused():
         with pytest.raises(dn.GraphError, match="different graphs"):
             f(x, live)
     other.close()
+
+
+def test_returning_an_expression_of_the_callers_graph_is_refused():
+    with dn.Graph(dtype=np.float64) as g:
+        captured = dn.tanh(g.leaf(np.ones(H)))
+        h, c = tree_leaf(g.leaf(np.ones(D)))
+        for f in (dn.fused(lambda x: captured), dn.fused(lambda x: (dn.tanh(x), h))):
+            with pytest.raises(dn.GraphError, match="must return an expression of its graph"):
+                f(g.leaf(np.ones(H)))
 
 
 def test_an_expression_captured_from_another_graph_is_refused():
