@@ -560,6 +560,46 @@ def test_a_scalar_argument_and_outputs_of_length_one(autobatch):
     _check(dn.ParameterCollection(dtype=np.float64), model, autobatch)
 
 
+LIB_PC = dn.ParameterCollection(seed=10, dtype=np.float64)
+LIB_LSTM = dn.LSTMBuilder(2, D, H, LIB_PC)
+LIB_GRU = dn.GRUBuilder(1, D, H, LIB_PC)
+LIB_MLP = dn.MLP(LIB_PC, [H, 5, 3])
+
+
+@dn.fused
+def library_step(x, c0, c1, h0, h1):
+    """A step of the library's two-layer LSTMBuilder: its state, c's then h's."""
+    return tuple(LIB_LSTM.initial_state([c0, c1, h0, h1]).add_input(x).s())
+
+
+@dn.fused
+def library_head(h):
+    return LIB_MLP(h)
+
+
+@dn.fused
+def library_gru(x, h):
+    return LIB_GRU.initial_state([h]).add_input(x).output()
+
+
+@pytest.mark.parametrize("autobatch", STRATEGIES)
+def test_the_librarys_builders_inside_fused_functions(autobatch):
+    """(Not counted: outputs that are lazy slices, test_a_lazy_slice_output_is_counted.)"""
+    def model(g):
+        rng = np.random.default_rng(19)
+        state = _leaves(g, rng, *[(H,)] * 4)
+        losses, reads, first = [], {}, None
+        for t in range(3):
+            x = g.leaf(rng.normal(size=D))
+            first = first or x
+            state = list(library_step(x, *state))
+            gh = library_gru(x, state[2])
+            losses += [dn.logsumexp(library_head(state[3])), dn.sum_elems(gh * state[1])]
+            reads[f"value h{t}"], reads[f"gh{t}"] = state[3], gh
+        return dn.esum(losses), reads, [first, LIB_LSTM.params[0][0]]
+    _check(LIB_PC, model, autobatch, count=False)
+
+
 def test_jvp_of_windows_and_of_a_single_output():
     rng = np.random.default_rng(13)
     arrays = [rng.normal(size=s) for s in ((D,), (H,), (H,))]
@@ -900,6 +940,22 @@ def test_a_constant_made_inside_is_counted_once():
     for fuse in (False, True):
         with dn.Graph(dtype=np.float64, fuse=fuse) as g:
             dn.esum([dn.sum_elems(f(g.leaf(np.ones(H)))) for _ in range(3)]).value()
+            counts[fuse] = g.stats()["nodes_before_fusion"]
+    assert counts[True] == counts[False]
+
+
+@pytest.mark.xfail(strict=True, reason="an output that is a lazy Slice under fuse=False (an "
+                   "LSTMBuilder state's output()) gets its pick_range node when read, outside "
+                   "the function, so the trace's count of the function's nodes leaves it out: "
+                   "nodes_before_fusion is one less than fuse=False's per call")
+def test_a_lazy_slice_output_is_counted():
+    builder = dn.LSTMBuilder(1, D, H, dn.ParameterCollection(seed=11, dtype=np.float64))
+    f = dn.fused(lambda x, c, h: builder.initial_state([c, h]).add_input(x).output())
+    counts = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            x, c, h = g.leaf(np.ones(D)), g.leaf(np.ones(H)), g.leaf(np.ones(H))
+            dn.sum_elems(f(x, c, h)).value()
             counts[fuse] = g.stats()["nodes_before_fusion"]
     assert counts[True] == counts[False]
 
