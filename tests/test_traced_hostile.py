@@ -960,6 +960,34 @@ def test_a_lazy_slice_output_is_counted():
     assert counts[True] == counts[False]
 
 
+def _dropout_builder():
+    builder = dn.LSTMBuilder(1, 6, H, dn.ParameterCollection(seed=12, dtype=np.float64))
+    builder.set_dropout(0.5)
+    return builder, dn.fused(lambda x, c, h: builder.initial_state([c, h]).add_input(x).output())
+
+
+@pytest.mark.xfail(strict=True, reason="an LSTMBuilder with dropout draws its masks as leaves "
+                   "(g.random_mask) while the function is traced: they become constants of the "
+                   "trace, the same mask for every call of every graph, silently")
+def test_a_builder_with_dropout_inside_is_refused():
+    _, f = _dropout_builder()
+    with dn.Graph(dtype=np.float64) as g:
+        with pytest.raises(dn.GraphError):
+            f(g.leaf(np.ones(6)), g.leaf(np.ones(H)), g.leaf(np.ones(H)))
+
+
+@pytest.mark.xfail(strict=True, reason="the trace graph trains whatever the caller's graph does: "
+                   "in a graph with training=False an LSTMBuilder with dropout inside a fused "
+                   "function applies the dropout masks drawn while tracing")
+def test_a_builder_with_dropout_inside_does_not_drop_when_not_training():
+    builder, f = _dropout_builder()
+    got = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse, training=False) as g:
+            got[fuse] = f(g.leaf(np.ones(6)), g.leaf(np.ones(H)), g.leaf(np.ones(H))).npvalue()
+    np.testing.assert_allclose(got[True], got[False], rtol=1e-12)
+
+
 @pytest.mark.xfail(strict=True, reason="a call with keyword arguments raises Python's TypeError "
                    "(FusedFunction.__call__ takes *args only), under fuse=False too")
 def test_keyword_arguments():
