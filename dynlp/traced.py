@@ -46,7 +46,42 @@ _ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity
                jvp=lambda ts, out, x: ts[0], doc="an argument of a fused function, traced")
 
 
+MAX_TRACES = 256  # kinds of call remembered per function at most (then forgotten, remade)
 _WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
+# static arguments of these types are told apart by value; any other object by identity (two
+# layers equal by their sizes are still two layers)
+_VALUES = frozenset((int, float, complex, str, bytes, bool, type(None)))
+
+
+def _static(value: Any, function: Any) -> Any:
+    """A static argument's part of the kind of call: plain values (and tuples of them) by
+    value, other objects by identity; mutable containers are refused (they could change
+    between calls that reuse one trace)."""
+    kind = type(value)
+    if kind in _VALUES:
+        return (kind, value)
+    if kind is tuple and all(type(v) in _VALUES for v in value):
+        return (kind, value)
+    if isinstance(value, (list, dict, set, bytearray, np.ndarray)):
+        raise GraphError(f"{function!r}: its arguments other than expressions must be "
+                         f"hashable values or objects, not a {kind.__name__} (a kind of call "
+                         "is told by them, and a container could change between calls)")
+    return _Same(value)
+
+
+class _Same:
+    """A static argument in a kind of call, by identity (and kept alive with the trace)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is _Same and other.obj is self.obj
 _ROW = "row"  # (and a table row's: ("row", the table's shape))
 
 
@@ -59,14 +94,12 @@ def _no_values(*args: Any, **kw: Any) -> None:
 class _Trace:
     """One kind of call: the fused op, its outside arguments and its outputs."""
 
-    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "dtype",
-                 "touched")
+    __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "touched")
 
     def __init__(self, op: Op, layout: tuple, params: tuple, constants: tuple,
-                 outputs: tuple | None, unfused: int, dtype: np.dtype) -> None:
+                 outputs: tuple | None, unfused: int) -> None:
         self.op = op
         self.unfused = unfused      # the nodes a call makes under fuse=False (`stats()`)
-        self.dtype = dtype
         self.layout = layout        # per outside argument: k >= 0 call argument k, else -1 - j
         self.params = params        # shared j < len(params): parameter objects
         self.constants = constants  # then constant arrays
@@ -130,24 +163,22 @@ class FusedFunction:
                 kinds.append(a.g.shapes[node])
                 nodes.append(node)
             else:
-                kinds.append((type(a), a))
+                kinds.append(_static(a, self))
                 nodes.append(-1)
                 continue
             if a.g is not g:
                 raise GraphError("expressions from different graphs were combined")
-        key: tuple = tuple(kinds)
+        key: tuple = (g.dtype, g.training, tuple(kinds))
         if static:  # (keyword arguments are static: part of the kind of call)
             if any(isinstance(v, Expression) for v in static.values()):
                 raise GraphError(f"{self!r}: pass expressions as positional arguments, not "
                                  "by keyword")
-            key = (key, tuple(sorted(static.items())))
-        try:
-            trace = self.traces.get(key)
-        except TypeError:
-            raise GraphError(f"{self!r}: its arguments other than expressions must be "
-                             "hashable (they tell kinds of calls apart)") from None
-        if trace is None or trace.dtype != g.dtype:
-            trace = self.traces[key] = self._trace(g.dtype, args, kinds, static)
+            key = (key, tuple(sorted([(name, _static(v, self)) for name, v in static.items()])))
+        trace = self.traces.get(key)
+        if trace is None:
+            if len(self.traces) >= MAX_TRACES:
+                self.traces.clear()  # (an argument that changes with every call: retraced)
+            trace = self.traces[key] = self._trace(g, args, kinds, static)
         memo = g._memo.get(id(trace))
         if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
             _, base, fills, like = memo
@@ -156,6 +187,7 @@ class FusedFunction:
             node = g.add_as(like, tuple(base), tuple(rows) if rows else None).i
         else:
             shared = trace.shared_nodes(g)
+            g.folded -= len(trace.constants)  # (made once per graph; unfused, once per call)
             base = [-1 if k >= 0 else shared[-1 - k] for k in trace.layout]
             fills = tuple([(p, k) for p, k in enumerate(trace.layout) if k >= 0])
             for p, k in fills:
@@ -173,11 +205,14 @@ class FusedFunction:
             return Expression(g, node)
         return tuple([Window(g, node, *out) for out in trace.outputs])
 
-    def _trace(self, dtype: np.dtype, args: tuple, kinds: list, static: dict) -> _Trace:
+    def _trace(self, g: Graph, args: tuple, kinds: list, static: dict) -> _Trace:
         name = getattr(self.fn, "__qualname__", "function")
+        dtype = g.dtype
         # (built unfused: each node it makes is one step of the program, and an output is
         # computed at one position, whose cotangent is its gradient)
-        with Graph(autobatch=False, dtype=dtype, fuse=False) as t:
+        # (seeded: a trace leaves the global generator's stream alone)
+        with Graph(autobatch=False, dtype=dtype, fuse=False, seed=0, training=g.training) as t:
+            drawn = t.rng.bit_generator.state
             read = t.engine.value
             t.engine.forward = t.engine.value = _no_values  # type: ignore[method-assign]
             stand_ins: list[Any] = []
@@ -188,7 +223,8 @@ class FusedFunction:
                 if not isinstance(a, Expression):
                     stand_ins.append(a)
                     continue
-                if kind[0] == _ROW:  # (a table row: the table, and the row as data)
+                if len(kind) == 2 and kind[0] == _ROW:  # (a table row: the table, and the
+                    # row as per-call data)
                     table = t._leaf(_ARGUMENT, np.zeros(kind[1], dtype))
                     arguments[table.i] = k
                     row = t.add(_LOOKUP, (table.i,), (), (0,))
@@ -210,8 +246,19 @@ class FusedFunction:
                                                           ("dim", 0)))
                 stand_ins.append(leaf)
             before = len(t)
-            result = self.fn(*stand_ins, **static)
-            unfused = len(t) - before - len(t.param_nodes)  # (the nodes a call makes unfused)
+            try:
+                result = self.fn(*stand_ins, **static)
+            except GraphError as err:
+                if "different graphs" not in str(err):
+                    raise
+                raise GraphError(f"dn.fused: {name} combined an expression made outside it (in "
+                                 "a closure, or inside an argument such as a list) with its "
+                                 "arguments; pass each expression it reads as an argument of "
+                                 "its own") from None
+            if t.rng.bit_generator.state != drawn:
+                raise GraphError(f"dn.fused: {name} drew random numbers (dropout, noise), "
+                                 "which would be the same for every call; draw them outside "
+                                 "the function and pass the result in")
             single = isinstance(result, Expression)
             outs = [result] if single else list(result) if isinstance(result, (tuple, list)) \
                 else None
@@ -219,6 +266,8 @@ class FusedFunction:
                 raise GraphError(f"dn.fused: {name} must return an expression of its graph, or "
                                  "a tuple of them")
             out_nodes = [o.i for o in outs]
+            # (the nodes a call makes unfused, its outputs' included, not its parameters')
+            unfused = len(t) - before - len(t.param_nodes)
             windows: list | None = None
             if not single:
                 windows = []
@@ -243,7 +292,7 @@ class FusedFunction:
                                     (_WINDOW, (total,), (start, end)), position[n]))
                     start = end
             trace = _Trace(op, layout, params, constants, None if windows is None else
-                           tuple(windows), unfused, dtype)
+                           tuple(windows), unfused)
             trace.touched = tuple([t.node_params[n] for n in t.param_nodes.values()])
         return trace
 

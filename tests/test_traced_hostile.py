@@ -2,9 +2,8 @@
 graph and the same code as written under `fuse=False`, in float64 under every autobatch
 strategy; losses, parameter gradients, values and gradients of outputs and windows, JVPs and
 `nodes_before_fusion` must agree. Misuse must raise the project's errors with a message saying
-what to do. Known bugs are `xfail(strict=True)` with their reason, at the end; the other tests
-step around them (an output that another output of its call is computed from is read by value
-alone: its gradient() is the first of those bugs)."""
+what to do. The tests at the end are the bugs this file found, fixed: each names what was
+wrong."""
 
 import dataclasses
 
@@ -749,10 +748,16 @@ def test_per_call_data_inside_is_refused_with_advice(body):
     _error(body, (H,), match="outside the function and pass the result in")
 
 
-def test_dropout_is_refused_even_when_not_training():
-    with dn.Graph(dtype=np.float64, training=False) as g:
+def test_dropout_is_refused_when_training_and_nothing_when_not():
+    """A trace follows the caller's graph: dropout inside draws masks when training (refused:
+    they would be the same for every call) and is the identity when not, as unfused."""
+    f = dn.fused(lambda x: dn.tanh(dn.dropout(x, 0.5)))
+    with dn.Graph(dtype=np.float64) as g:
         with pytest.raises(dn.GraphError, match="dropout"):
-            dn.fused(lambda x: dn.tanh(dn.dropout(x, 0.5)))(g.leaf(np.ones(3)))
+            f(g.leaf(np.ones(3)))
+    for fuse in (True, False):
+        with dn.Graph(dtype=np.float64, training=False, fuse=fuse) as g:
+            np.testing.assert_allclose(f(g.leaf(np.full(3, 0.5))).npvalue(), np.tanh(0.5))
 
 
 @pytest.mark.parametrize("read", [
@@ -854,9 +859,6 @@ def squash_and_keep(x):
     return dn.tanh(y), y
 
 
-@pytest.mark.xfail(strict=True, reason="Window.gradient() is the cotangent that reached the "
-                   "call's node from outside; it leaves out the path through the function to "
-                   "the other outputs computed from this one (c in an LSTM feeds h = o*tanh(c))")
 @pytest.mark.parametrize("f", [squash_and_keep, dn.fused(lambda x: (x * 2.0,) * 2)],
                          ids=["computed from", "the same expression twice"])
 def test_gradient_of_an_output_that_another_output_is_computed_from(f):
@@ -869,9 +871,6 @@ def test_gradient_of_an_output_that_another_output_is_computed_from(f):
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="value() of an argument inside a fused function returns "
-                   "the stand-in's zeros instead of raising (a computed value raises): a branch "
-                   "on it silently takes the wrong side for every call")
 def test_reading_an_argument_value_inside_is_refused():
     @dn.fused
     def branch(x):
@@ -899,9 +898,6 @@ class Configured:
         return dn.tanh(dn.parameter(self.W) @ x)
 
 
-@pytest.mark.xfail(strict=True, reason="kinds of call compare static arguments by equality: two "
-                   "layers that compare equal share one trace, and the second computes with the "
-                   "first one's parameters")
 def test_static_arguments_equal_but_not_the_same_make_two_kinds():
     pc = dn.ParameterCollection(seed=8, dtype=np.float64)
     first, second = Configured(pc, 3), Configured(pc, 3)
@@ -924,9 +920,6 @@ class DataLayer:
         return dn.tanh(dn.parameter(self.W) @ x)
 
 
-@pytest.mark.xfail(strict=True, reason="`self` is a static argument keyed by value: a method of "
-                   "a plain @dataclass instance (unhashable) raises 'its arguments other than "
-                   "expressions must be hashable' though the call has no such argument")
 def test_a_method_of_a_dataclass():
     layer = DataLayer(dn.ParameterCollection(seed=9, dtype=np.float64).add_parameters((3, 3)))
     with dn.Graph(dtype=np.float64) as g:
@@ -934,9 +927,6 @@ def test_a_method_of_a_dataclass():
         np.testing.assert_allclose(layer(x).npvalue(), np.tanh(layer.W.value @ np.ones(3)))
 
 
-@pytest.mark.xfail(strict=True, reason="a constant made inside a fused function is counted in "
-                   "the trace's nodes per call (as fuse=False makes it) and again as the shared "
-                   "node of the graph: nodes_before_fusion is one more than fuse=False's")
 def test_a_constant_made_inside_is_counted_once():
     f = dn.fused(lambda x: dn.tanh(x + dn.inputs(CONSTANT)))
     counts = {}
@@ -947,10 +937,6 @@ def test_a_constant_made_inside_is_counted_once():
     assert counts[True] == counts[False]
 
 
-@pytest.mark.xfail(strict=True, reason="an output that is a lazy Slice under fuse=False (an "
-                   "LSTMBuilder state's output()) gets its pick_range node when read, outside "
-                   "the function, so the trace's count of the function's nodes leaves it out: "
-                   "nodes_before_fusion is one less than fuse=False's per call")
 def test_a_lazy_slice_output_is_counted():
     builder = dn.LSTMBuilder(1, D, H, dn.ParameterCollection(seed=11, dtype=np.float64))
     f = dn.fused(lambda x, c, h: builder.initial_state([c, h]).add_input(x).output())
@@ -969,9 +955,6 @@ def _dropout_builder():
     return builder, dn.fused(lambda x, c, h: builder.initial_state([c, h]).add_input(x).output())
 
 
-@pytest.mark.xfail(strict=True, reason="an LSTMBuilder with dropout draws its masks as leaves "
-                   "(g.random_mask) while the function is traced: they become constants of the "
-                   "trace, the same mask for every call of every graph, silently")
 def test_a_builder_with_dropout_inside_is_refused():
     _, f = _dropout_builder()
     with dn.Graph(dtype=np.float64) as g:
@@ -979,9 +962,6 @@ def test_a_builder_with_dropout_inside_is_refused():
             f(g.leaf(np.ones(6)), g.leaf(np.ones(H)), g.leaf(np.ones(H)))
 
 
-@pytest.mark.xfail(strict=True, reason="the trace graph trains whatever the caller's graph does: "
-                   "in a graph with training=False an LSTMBuilder with dropout inside a fused "
-                   "function applies the dropout masks drawn while tracing")
 def test_a_builder_with_dropout_inside_does_not_drop_when_not_training():
     builder, f = _dropout_builder()
     got = {}
@@ -991,8 +971,6 @@ def test_a_builder_with_dropout_inside_does_not_drop_when_not_training():
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="a call with keyword arguments raises Python's TypeError "
-                   "(FusedFunction.__call__ takes *args only), under fuse=False too")
 def test_keyword_arguments():
     f = dn.fused(lambda x, scale=1.0: dn.tanh(x) * scale)
     for fuse in (False, True):
@@ -1004,10 +982,6 @@ def test_keyword_arguments():
             np.testing.assert_allclose(y.npvalue(), 2.0 * np.tanh(np.ones(3)))
 
 
-@pytest.mark.xfail(strict=True, reason="an expression of the caller's own graph reaching the "
-                   "function other than as an argument (a closure, a tuple of children) fails "
-                   "with 'expressions from different graphs were combined', which does not say "
-                   "that the graph at fault is the trace's nor to pass it as an argument")
 @pytest.mark.parametrize("how", ["closure", "tuple"])
 def test_an_expression_not_passed_as_an_argument_is_explained(how):
     with dn.Graph(dtype=np.float64) as g:
@@ -1020,11 +994,6 @@ def test_an_expression_not_passed_as_an_argument_is_explained(how):
             f(*args)
 
 
-@pytest.mark.xfail(strict=True, reason="each trace builds graphs without a seed (the trace and "
-                   "the fuse=False count), which draws children of the global seed: after "
-                   "dn.seed, the dropout masks of later graphs depend on whether a fused "
-                   "function was traced before them (they differ from fuse=False's and from a "
-                   "second run's)")
 def test_tracing_leaves_the_global_seed_alone():
     f = dn.fused(lambda x: dn.tanh(x * 2.0))
 
@@ -1044,9 +1013,6 @@ def test_tracing_leaves_the_global_seed_alone():
         dn.seed(previous)
 
 
-@pytest.mark.xfail(strict=True, reason="the module docstring says the function runs once per "
-                   "kind of call; it runs twice (the trace, then again under fuse=False to count "
-                   "the nodes it makes, for stats())")
 def test_the_function_runs_once_per_kind_of_call():
     runs = []
 
