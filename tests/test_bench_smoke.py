@@ -31,7 +31,7 @@ def data(bench):
 
 @pytest.mark.parametrize("name", ["tagger", "treelstm", "parser", "tagger-paper",
                                   "treelstm-paper", "treenn-user", "tagger-user", "rnnlm-user",
-                                  "attention-user"])
+                                  "attention-user", "treenn-cells"])
 def test_workload_trains_one_step_batched_and_not(bench, data, name):
     workload = bench.make_workload(name, data, None, tiny=True)
     batch = workload.examples[:3]
@@ -47,6 +47,19 @@ def test_workload_trains_one_step_batched_and_not(bench, data, name):
     assert all(math.isfinite(v) and v > 0 for v in losses.values())
     # the same graph whichever way it is scheduled
     assert len(set(nodes.values())) == 1 and nodes["off"] > 10 * len(batch)
+
+
+def test_treenn_cells_is_treenn_user_under_dn_fused(bench, data):
+    """The two workloads build the same model: one step of each from the same seed gives the
+    same loss and the same updated parameters, while treenn-cells makes far fewer nodes."""
+    plain = bench.make_workload("treenn-user", data, None, tiny=True).dynlp
+    cells = bench.make_workload("treenn-cells", data, None, tiny=True).dynlp
+    batch = bench.make_workload("treenn-user", data, None, tiny=True).examples[:4]
+    assert plain.batch_loss_value(batch, "late") == cells.batch_loss_value(batch, "late")
+    nodes = [plain.step(batch, "late"), cells.step(batch, "late")]
+    for a, b in zip(plain.pc.parameters(), cells.pc.parameters()):
+        np.testing.assert_allclose(a.as_array(), b.as_array(), rtol=1e-5, atol=1e-7)
+    assert nodes[1] < nodes[0] / 3
 
 
 def test_static_oracle_rebuilds_projective_trees(bench):
