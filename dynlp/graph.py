@@ -142,7 +142,7 @@ class Graph:
         self.node_params: dict[int, Any] = {}   # node -> parameter
         self._param_exprs: dict[int, Expression] = {}  # id(parameter) -> its expression
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
-        self._memo: dict[int, tuple[Any, tuple[int, ...]]] = {}
+        self._memo: dict[Any, tuple] = {}  # per builder or fused function: its nodes, ...
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
         self.sliced: dict[int, Any] = {}  # node made from a Slice -> it (a loss reads in place)
@@ -669,8 +669,9 @@ class Deferred(Expression):
 
     def plain(self) -> Expression:
         """The same value as an ordinary Expression (adding the node if it is not there); build
-        on it to keep a node of its own, with its own gradient."""
-        return Expression(self._live(), self.i)
+        on it to keep a node of its own, with its own gradient (a fused loss over it reads its
+        value, not through it: `Expression.plain`)."""
+        return Expression(self._live(), self.i).plain()
 
     def gradient(self) -> np.ndarray:
         """d loss / d this expression, after `backward()`; an error if a fused node read it in
@@ -712,6 +713,9 @@ class Slice(Deferred):
     the classifier reads."""
 
     __slots__ = ("sources", "windows", "width", "readers", "counted")
+    # whether a fused loss over its node may read its sources instead: only a slice whose
+    # gradient() does not come from its node (dn.fused's Window: from the call's program)
+    read_through = False
 
     def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
                  windows: tuple | None = None) -> None:
@@ -758,15 +762,14 @@ class Slice(Deferred):
         return out
 
     def gradient(self) -> np.ndarray:
-        """d loss / d this slice, after `backward()`: its windows of its sources' gradients,
-        where whatever read it sent its share (its own node, a concatenation of it, a fused
-        node or loss that read the sources in place)."""
-        engine = self._live().engine
-        if engine.grads is None:
-            raise GraphError("gradient() needs backward() first")
-        parts = [engine.gradient(source)[start:end]
-                 for source, (start, end) in zip(self.sources, self.windows)]
-        return np.array(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+        """d loss / d this slice, after `backward()`: from its own node if it has one, and from
+        the concatenations that read it in place (their share of their gradient)."""
+        if self._fused:
+            return super().gradient()  # (raises: a fused node read it in place)
+        _, total = self._own_gradient(self.shape)
+        for reader, k in self.readers or ():
+            total = total + reader.gradient()[k * self.width:(k + 1) * self.width]
+        return total
 
     def _materialize(self) -> int:
         if self.counted:
@@ -797,6 +800,7 @@ class Window(Slice):
     where its program computed it."""
 
     __slots__ = ("kind", "position")
+    read_through = True  # (a fused loss over its pick_range node reads the call's node)
 
     def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
                  position: int) -> None:
@@ -831,7 +835,7 @@ class Row(Deferred):
     """Row `index` of a lookup table (node `table`), a `lookup` node when made. The Tree-LSTM
     leaf and the LSTM's first layer read the table row themselves, in one node with the cell."""
 
-    __slots__ = ("table", "index")
+    __slots__ = ("table", "index", "counted")
 
     def __init__(self, g: Graph, table: int, index: int) -> None:
         self.g = g
@@ -839,9 +843,12 @@ class Row(Deferred):
         self.index = index
         self._node = -1
         self._fused = False
+        self.counted = False  # stands in `g.folded` for its lookup node (a dn.fused call read it)
 
     def _materialize(self) -> int:
         g = self._live()
+        if self.counted:
+            g.folded -= 1
         return g.add_node(_LOOKUP, (self.table,), (), g.single(self.index))
 
     @property
@@ -1231,13 +1238,13 @@ class AffineLoss(Deferred):
 
 def _in_place(g: Graph, node: Any) -> tuple[tuple[int, ...], tuple | None]:
     """(the nodes a fused loss reads, their windows or None) for its input node: a node made
-    from a Slice is read as the slice's sources through its windows (the node then runs only
-    if something else needs it; the slice's gradient is its sources' anyway), unless pinned
-    (`plain()`)."""
+    from a Slice that can tell its gradient without its node (`Slice.read_through`) is read as
+    the slice's sources through its windows (the node then runs only if something else needs
+    it), unless pinned (`plain()`)."""
     if type(node) is Window:
         return node.sources, node.windows
     piece = g.sliced.get(node)
-    if piece is None or node in g.pinned:
+    if piece is None or not piece.read_through or node in g.pinned:
         return (node,), None
     return piece.sources, piece.windows
 

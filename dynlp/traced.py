@@ -23,12 +23,13 @@ with an index, a loss with a label): do those outside and pass the result in. Me
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 
 from .fusion import program_op
-from .graph import Expression, Graph, GraphError, Row, Window, current_graph
+from .graph import Expression, Graph, GraphError, Row, Window, _graph_of
 from .ops import SHARED, TABLE, Op
 
 _PARAMETER = TABLE["parameter"]
@@ -48,6 +49,7 @@ _ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity
 
 MAX_TRACES = 256  # kinds of call remembered per function at most (then forgotten, remade)
 _WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
+_ROW = "row"  # (and a table row's: ("row", the table's shape))
 # static arguments of these types are told apart by value; any other object by identity (two
 # layers equal by their sizes are still two layers)
 _VALUES = frozenset((int, float, complex, str, bytes, bool, type(None)))
@@ -60,13 +62,20 @@ def _static(value: Any, function: Any) -> Any:
     kind = type(value)
     if kind in _VALUES:
         return (kind, value)
-    if kind is tuple and all(type(v) in _VALUES for v in value):
+    if isinstance(value, np.generic):  # (a numpy scalar, as its Python value)
+        return (float, value.item()) if isinstance(value, np.floating) else (kind, value.item())
+    if kind is tuple and _plain(value):
         return (kind, value)
     if isinstance(value, (list, dict, set, bytearray, np.ndarray)):
         raise GraphError(f"{function!r}: its arguments other than expressions must be "
                          f"hashable values or objects, not a {kind.__name__} (a kind of call "
                          "is told by them, and a container could change between calls)")
     return _Same(value)
+
+
+def _plain(value: tuple) -> bool:
+    """A tuple of plain values (nested tuples of them too)."""
+    return all(type(v) in _VALUES or type(v) is tuple and _plain(v) for v in value)
 
 
 class _Same:
@@ -82,9 +91,6 @@ class _Same:
 
     def __eq__(self, other: Any) -> bool:
         return type(other) is _Same and other.obj is self.obj
-_ROW = "row"  # (and a table row's: ("row", the table's shape))
-
-
 def _no_values(*args: Any, **kw: Any) -> None:
     raise GraphError("dn.fused: a fused function runs once per kind of call, on stand-ins for "
                      "its arguments, so it cannot read values (value(), forward()); compute "
@@ -117,40 +123,57 @@ class _Trace:
 class FusedFunction:
     """A function of expressions whose calls are one node each (`fused`)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, name: str | None = None) -> None:
         self.fn = fn
+        self.name = name or getattr(fn, "__qualname__", "function")
         self.traces: dict[tuple, _Trace] = {}
+        # a method's function per instance, each with its own traces (id -> (weak, bound))
+        self._bound: dict[int, tuple] = {}
         functools.update_wrapper(self, fn)
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
             return self
-        return functools.partial(self.__call__, obj)  # (a method: `self` is a static argument)
+        entry = self._bound.get(id(obj))
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        try:
+            ref = weakref.ref(obj, lambda _, key=id(obj), bound=self._bound: bound.pop(key, None))
+        except TypeError:  # (an object without weak references: `self` a static argument)
+            return functools.partial(self.__call__, obj)
+        fn = self.fn
+
+        def method(*args: Any, **static: Any) -> Any:
+            return fn(ref(), *args, **static)
+
+        bound = FusedFunction(method, self.name)
+        self._bound[id(obj)] = (ref, bound)
+        return bound
+
+    def clear(self) -> None:
+        """Forget the traces (the function changed, or parameters it reads were rebound: a
+        trace keeps the parameters of its first run)."""
+        self.traces.clear()
+        self._bound.clear()
 
     def __repr__(self) -> str:
-        return f"fused({getattr(self.fn, '__qualname__', self.fn)!r})"
+        return f"fused({self.name!r})"
 
     def __call__(self, *args: Any, **static: Any) -> Any:
-        g = None
-        for a in args:
-            if isinstance(a, Expression):
-                g = a.g
-                break
-        if g is None:
-            g = current_graph()
-        elif not g.alive:
-            g._check_alive()
+        g = _graph_of(args)
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
             return self.fn(*args, **static)
         # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
         kinds: list[Any] = []
         nodes: list[int] = []
         rows: list[int] = []  # (the indices of the table rows read in place, in order)
+        tables: list[int] = []  # (and their tables)
         for a in args:
             if type(a) is Row and a._node < 0:
                 kinds.append((_ROW, a.g.shapes[a.table]))
                 nodes.append(a.table)
                 rows.append(a.index)
+                tables.append(a.table)
             elif type(a) is Window and a._node < 0:
                 source = a.sources[0]
                 if source in nodes:  # (another window of that node: one argument for both)
@@ -168,7 +191,7 @@ class FusedFunction:
                 continue
             if a.g is not g:
                 raise GraphError("expressions from different graphs were combined")
-        key: tuple = (g.dtype, g.training, tuple(kinds))
+        key: tuple = (g.dtype.num, g.training, *kinds)
         if static:  # (keyword arguments are static: part of the kind of call)
             if any(isinstance(v, Expression) for v in static.values()):
                 raise GraphError(f"{self!r}: pass expressions as positional arguments, not "
@@ -179,7 +202,9 @@ class FusedFunction:
             if len(self.traces) >= MAX_TRACES:
                 self.traces.clear()  # (an argument that changes with every call: retraced)
             trace = self.traces[key] = self._trace(g, args, kinds, static)
-        memo = g._memo.get(id(trace))
+        # (nodes of one kind over other tables are of another signature: made apart)
+        where = id(trace) if not rows else (id(trace), *tables)
+        memo = g._memo.get(where)
         if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
             _, base, fills, like = memo
             for p, k in fills:
@@ -195,18 +220,20 @@ class FusedFunction:
             node = g.add_node(trace.op, tuple(base), (), tuple(rows) if rows else None)
             # (the argument list, its shared entries filled once per graph, and the first
             # node of this kind, which the next ones are made like)
-            g._memo[id(trace)] = (trace, base, fills, node)
-        g.folded += trace.unfused - 1 + len(rows)  # (and the rows' lookup nodes)
+            g._memo[where] = (trace, base, fills, node)
+        g.folded += trace.unfused - 1
         if rows:
             for a in args:
-                if type(a) is Row:
+                if type(a) is Row and not a.counted:
                     a._fused = True  # (read in place: no gradient of its own)
+                    a.counted = True  # (its lookup node, once, as unfused)
+                    g.folded += 1
         if trace.outputs is None:
             return Expression(g, node)
         return tuple([Window(g, node, *out) for out in trace.outputs])
 
     def _trace(self, g: Graph, args: tuple, kinds: list, static: dict) -> _Trace:
-        name = getattr(self.fn, "__qualname__", "function")
+        name = self.name
         dtype = g.dtype
         # (built unfused: each node it makes is one step of the program, and an output is
         # computed at one position, whose cotangent is its gradient)

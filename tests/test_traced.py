@@ -118,8 +118,7 @@ def test_calls_of_one_kind_share_one_trace_and_batch():
             level = [cells.node(*level[k], *level[k + 1]) for k in range(0, len(level), 2)]
         dn.sum_elems(level[0][0]).forward()
         stats = g.stats()
-    for f in (TreeCells.node, TreeCells.leaf):  # (self is a static argument: part of the key)
-        assert sum(1 for key in f.traces if key[2][0].obj is cells) == 1
+    assert len(cells.node.traces) == 1 and len(cells.leaf.traces) == 1  # (this instance's)
     assert stats["nodes"] - stats["forward_batches"] >= 7 + 6  # 8 leaves in 1, 4 + 2 + 1 in 3
 
 
@@ -381,3 +380,104 @@ def test_table_rows_passed_in_are_read_in_place(autobatch):
                 out[False].append(len(g))
     for a, b in zip(out[True], out[False][:-1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_rows_of_two_tables_and_rows_counted_once():
+    """Calls over rows of two tables of one shape are nodes of two signatures (each reads its
+    own table); a row passed twice, or read in place and then as a node, counts as the one
+    lookup node it is unfused."""
+    pc = dn.ParameterCollection(seed=1, dtype=np.float64)
+    E1, E2 = pc.add_lookup_parameters((4, 3)), pc.add_lookup_parameters((4, 3))
+
+    @dn.fused
+    def cell(x, y):
+        return dn.tanh(x * 2.0 + y)
+
+    out = {}
+    for fuse in (False, True):
+        pc.clear_grads()
+        with dn.Graph(dtype=np.float64, fuse=fuse) as g:
+            r = E1[2]
+            a, b, c = cell(E1[1], E1[1]), cell(E2[1], E2[3]), cell(r, E2[0])
+            loss = dn.sum_elems(a) + 2.0 * dn.sum_elems(b) + dn.sum_elems(c * r)
+            loss.backward()
+            out[fuse] = [loss.scalar_value(), E1.grad_as_array(), E2.grad_as_array(),
+                         g.stats()["nodes_before_fusion"]]
+    for x, y in zip(out[True], out[False]):
+        np.testing.assert_allclose(x, y, rtol=1e-12)
+
+
+def test_plain_of_an_output_keeps_its_gradient_under_a_fused_loss():
+    cells = TreeCells()
+    x0 = np.linspace(-1.0, 1.0, D)
+    grads = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            h, c = cells.leaf(dn.inputs(x0))
+            kept = h.plain()
+            loss = dn.pick_neg_log_softmax(dn.parameter(cells.O) @ kept, 1)
+            loss.backward()
+            grads[fuse] = kept.gradient()
+    assert np.any(grads[True] != 0.0)
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-12)
+
+
+def test_static_numpy_scalars_and_nested_tuples_are_values():
+    @dn.fused
+    def scaled(x, k, shape):
+        return dn.tanh(x * float(k)) + float(len(shape))
+
+    with dn.Graph(dtype=np.float64):
+        x = dn.inputs(np.array([0.1, 0.2]))
+        for _ in range(3):
+            scaled(x, np.float64(0.5), ((1, 2), (3,)))
+        assert len(scaled.traces) == 1
+
+
+def test_a_method_keeps_traces_per_instance_and_lets_it_go():
+    """A fused method's traces belong to its instance (they hold its parameters), and go with
+    it; `clear()` forgets a function's traces."""
+    import gc
+    import weakref
+
+    cells = TreeCells()
+    with dn.Graph(dtype=np.float64):
+        cells.leaf(dn.inputs(np.ones(D)))
+    assert len(cells.leaf.traces) == 1 and len(TreeCells().leaf.traces) == 0
+    gone = weakref.ref(cells)
+    del cells
+    gc.collect()
+    assert gone() is None
+
+    @dn.fused
+    def f(x):
+        return dn.tanh(x)
+
+    with dn.Graph(dtype=np.float64):
+        f(dn.inputs(np.ones(2)))
+    assert len(f.traces) == 1
+    f.clear()
+    assert not f.traces
+
+
+def test_concatenated_lstm_outputs_keep_their_gradient_as_unfused():
+    """`dn.concatenate([f, b])` of two LSTM outputs, read by an MLP loss and by another op: its
+    gradient is what its readers sent, as the concatenation node's is unfused."""
+    pc = dn.ParameterCollection(seed=3, dtype=np.float64)
+    fwd, bwd = dn.LSTMBuilder(1, 2, 3, pc), dn.LSTMBuilder(1, 2, 3, pc)
+    H = pc.add_parameters((4, 6))
+    rng = np.random.default_rng(2)
+    xs0 = [rng.normal(size=2) for _ in range(4)]
+    out = {}
+    for fuse in (False, True):
+        with dn.Graph(dtype=np.float64, fuse=fuse):
+            xs = [dn.inputs(x) for x in xs0]
+            fs = fwd.initial_state().transduce(xs)
+            bs = bwd.initial_state().transduce(xs[::-1])[::-1]
+            pairs = [dn.concatenate([f, b]) for f, b in zip(fs, bs)]
+            loss = dn.esum([dn.pick_neg_log_softmax(H @ p, k % 4) for k, p in enumerate(pairs)]
+                           + [dn.sum_elems(pairs[1] * pairs[1])])
+            loss.backward()
+            out[fuse] = [p.gradient() for p in pairs] + [f.gradient() for f in fs]
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
