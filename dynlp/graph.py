@@ -802,16 +802,10 @@ class Window(Slice):
     __slots__ = ("kind", "position")
     read_through = True  # (a fused loss over its pick_range node reads the call's node)
 
-    def __init__(self, g: Graph, node: int, windows: tuple, width: int, kind: tuple,
-                 position: int) -> None:
-        self.g = g
-        self.sources = (node,)
-        self.windows = windows  # ((start, end),)
-        self.width = width
+    def __init__(self, g: Graph, node: int, windows: tuple, kind: tuple, position: int) -> None:
+        start, end = windows[0]
+        super().__init__(g, (node,), start, end, windows)
         self.kind = kind        # ("window", the node's shape, (start, end)): a kind of argument
-        self._node = -1
-        self._fused = False
-        self.readers = None
         self.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
         self.position = position  # where the program computes it
 

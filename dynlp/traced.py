@@ -91,6 +91,11 @@ class _Same:
 
     def __eq__(self, other: Any) -> bool:
         return type(other) is _Same and other.obj is self.obj
+def _unchanged(name: str) -> GraphError:
+    return GraphError(f"dn.fused: {name} returns one of its arguments or a parameter unchanged; "
+                      "a fused function must compute what it returns")
+
+
 def _no_values(*args: Any, **kw: Any) -> None:
     raise GraphError("dn.fused: a fused function runs once per kind of call, on stand-ins for "
                      "its arguments, so it cannot read values (value(), forward()); compute "
@@ -103,13 +108,14 @@ class _Trace:
     __slots__ = ("op", "layout", "params", "constants", "outputs", "unfused", "touched")
 
     def __init__(self, op: Op, layout: tuple, params: tuple, constants: tuple,
-                 outputs: tuple | None, unfused: int) -> None:
+                 outputs: tuple | None, unfused: int, touched: tuple) -> None:
         self.op = op
+        self.touched = touched      # every parameter the function asked for
         self.unfused = unfused      # the nodes a call makes under fuse=False (`stats()`)
         self.layout = layout        # per outside argument: k >= 0 call argument k, else -1 - j
         self.params = params        # shared j < len(params): parameter objects
         self.constants = constants  # then constant arrays
-        self.outputs = outputs      # per output (windows, width, kind), or None for one
+        self.outputs = outputs      # per output (windows, kind, position), or None for one
 
     def shared_nodes(self, g: Graph) -> tuple[int, ...]:
         """The parameters' and constants' nodes in graph g (and those of the parameters the
@@ -302,9 +308,7 @@ class FusedFunction:
                     raise GraphError(f"dn.fused: {name} returns several expressions, so each "
                                      "must be a vector (they are one node's value, stacked)")
                 if any(not t.args[n] for n in out_nodes):
-                    raise GraphError(f"dn.fused: {name} returns one of its arguments or a "
-                                     "parameter unchanged; a fused function must compute what "
-                                     "it returns")
+                    raise _unchanged(name)
                 root = t.add(TABLE["concatenate"], tuple(out_nodes)).i
             else:
                 root = out_nodes[0]
@@ -315,13 +319,12 @@ class FusedFunction:
                 start = 0
                 for n in out_nodes:
                     end = start + t.shapes[n][0]
-                    windows.append((((start, end),), end - start,
-                                    (_WINDOW, (total,), (start, end)), position[n]))
+                    windows.append((((start, end),), (_WINDOW, (total,), (start, end)),
+                                    position[n]))
                     start = end
-            trace = _Trace(op, layout, params, constants, None if windows is None else
-                           tuple(windows), unfused)
-            trace.touched = tuple([t.node_params[n] for n in t.param_nodes.values()])
-        return trace
+            touched = tuple([t.node_params[n] for n in t.param_nodes.values()])
+        return _Trace(op, layout, params, constants, None if windows is None else tuple(windows),
+                      unfused, touched)
 
 
 def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
@@ -331,8 +334,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
     read(node) is a leaf's value; `lookups`: the lookup nodes of table rows passed in (their
     table an argument, their row the call's batched attribute "b<j>")."""
     if not t.args[root]:
-        raise GraphError(f"dn.fused: {name} returns one of its arguments or a parameter "
-                         "unchanged; a fused function must compute what it returns")
+        raise _unchanged(name)
     needed = {root}
     for n in range(root, -1, -1):
         if n in needed:
