@@ -16,8 +16,9 @@ The function must be a function of its expression arguments: what it computes ma
 their shapes and on its other arguments (ints, strings, objects, keyword arguments: part of
 the kind of call), never on their values. Constants it makes are kept from its first run; it
 cannot draw random numbers (dropout) or take per-call data of its own (`lookup` or `pick`
-with an index, a loss with a label): do those outside and pass the result in. Methods work
-(`self` is part of the kind of call, and each instance keeps its traces).
+with an index, a loss with a label): do those outside and pass the result in. A method has
+its traces per instance (they go with it). Parameters are those of the first run: a function
+that should read others after its parameters were rebound is `clear()`ed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class _Same:
 
     def __eq__(self, other: Any) -> bool:
         return type(other) is _Same and other.obj is self.obj
+
+
 def _unchanged(name: str) -> GraphError:
     return GraphError(f"dn.fused: {name} returns one of its arguments or a parameter unchanged; "
                       "a fused function must compute what it returns")
