@@ -51,6 +51,7 @@ _ARGUMENT = Op("argument", shape=lambda s: s, forward=lambda x: x, vjp=_identity
 MAX_TRACES = 256  # kinds of call remembered per function at most (then forgotten, remade)
 _WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
 _ROW = "row"  # (and a table row's: ("row", the table's shape))
+_NONE: list = []  # (no rows: never appended to)
 # static arguments of these types are told apart by value; any other object by identity (two
 # layers equal by their sizes are still two layers)
 _VALUES = frozenset((int, float, complex, str, bytes, bool, type(None)))
@@ -175,21 +176,24 @@ class FusedFunction:
         # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
         kinds: list[Any] = []
         nodes: list[int] = []
-        rows: list[int] = []  # (the indices of the table rows read in place, in order)
-        tables: list[int] = []  # (and their tables)
+        rows: list[int] = _NONE  # (the indices of the table rows read in place, in order)
+        tables: list[int] = _NONE  # (and their tables)
         for a in args:
-            if type(a) is Row and a._node < 0:
-                kinds.append((_ROW, a.g.shapes[a.table]))
-                nodes.append(a.table)
-                rows.append(a.index)
-                tables.append(a.table)
-            elif type(a) is Window and a._node < 0:
+            kind = type(a)
+            if kind is Window and a._node < 0:
                 source = a.sources[0]
                 if source in nodes:  # (another window of that node: one argument for both)
                     kinds.append((a.kind, nodes.index(source)))
                 else:
                     kinds.append(a.kind)
                 nodes.append(source)
+            elif kind is Row and a._node < 0:
+                if rows is _NONE:
+                    rows, tables = [], []
+                kinds.append((_ROW, a.g.shapes[a.table]))
+                nodes.append(a.table)
+                rows.append(a.index)
+                tables.append(a.table)
             elif isinstance(a, Expression):
                 node = a.i
                 kinds.append(a.g.shapes[node])
