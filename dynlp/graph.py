@@ -145,7 +145,6 @@ class Graph:
         self._memo: dict[Any, tuple] = {}  # per builder or fused function: its nodes, ...
         self._templates: dict[tuple, tuple[Any, int]] = {}
         self.pinned: set[int] = set()  # nodes whose op and arguments fusion must not change
-        self.sliced: dict[int, Any] = {}  # node made from a Slice -> it (a loss reads in place)
         self.bypassed: dict[int, bool] = {}  # nodes a fused loss reads through (no gradient)
         self.pointwise: dict[int, Any] = {}  # fused elementwise node -> its Pointwise
         # node of a Pointwise whose program others took in -> it: an Expression of that node
@@ -196,7 +195,7 @@ class Graph:
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
-            self.pointwise, self.inlined, self._inside, self.sliced = {}, {}, None, {}
+            self.pointwise, self.inlined, self._inside = {}, {}, None
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -713,9 +712,6 @@ class Slice(Deferred):
     the classifier reads."""
 
     __slots__ = ("sources", "windows", "width", "readers", "counted")
-    # whether a fused loss over its node may read its sources instead: only a slice whose
-    # gradient() does not come from its node (dn.fused's Window: from the call's program)
-    read_through = False
 
     def __init__(self, g: Graph, sources: tuple[int, ...], start: int, end: int,
                  windows: tuple | None = None) -> None:
@@ -775,14 +771,11 @@ class Slice(Deferred):
         if self.counted:
             self.g.folded -= 1
         start, end = self.windows[0]
-        g = self._live()
         if len(self.sources) == 1:
-            node = g.add_node(_PICK_RANGE, self.sources,
-                              (("start", start), ("end", end), ("dim", 0)))
-        else:
-            node = g.add_node(_CONCATENATE_RANGES, self.sources, (("start", start), ("end", end)))
-        g.sliced[node] = self
-        return node
+            return self._live().add(_PICK_RANGE, self.sources,
+                                    (("start", start), ("end", end), ("dim", 0))).i
+        return self._live().add(_CONCATENATE_RANGES, self.sources,
+                                (("start", start), ("end", end))).i
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -800,7 +793,6 @@ class Window(Slice):
     where its program computed it."""
 
     __slots__ = ("kind", "position")
-    read_through = True  # (a fused loss over its pick_range node reads the call's node)
 
     def __init__(self, g: Graph, node: int, windows: tuple, kind: tuple, position: int) -> None:
         start, end = windows[0]
@@ -1154,10 +1146,11 @@ class AffineLoss(Deferred):
 
     __slots__ = ("xs", "windows", "layers", "activation", "label", "key")
 
-    def __init__(self, g: Graph, x: int, layers: tuple, activation: str | None,
+    def __init__(self, g: Graph, x: Any, layers: tuple, activation: str | None,
                  label: int) -> None:
         self.g = g
-        self.xs, self.windows = _in_place(g, x)  # the input node, or a slice's sources
+        # the input node, or a dn.fused call's node read through a Window
+        self.xs, self.windows = ((x,), None) if type(x) is int else (x.sources, x.windows)
         self.layers = layers          # (W1, b1, W2, b2, ...) nodes, shared
         self.activation = activation  # of the hidden layer, if any
         self.label = label
@@ -1228,19 +1221,6 @@ class AffineLoss(Deferred):
         xs = tuple([t.xs[0] for t in terms]) if first.windows is None or \
             len(first.xs) == 1 else tuple(chain.from_iterable([t.xs for t in terms]))
         return g.add(op, first.layers + xs, first._attrs(), (tuple([t.label for t in terms]),))
-
-
-def _in_place(g: Graph, node: Any) -> tuple[tuple[int, ...], tuple | None]:
-    """(the nodes a fused loss reads, their windows or None) for its input node: a node made
-    from a Slice that can tell its gradient without its node (`Slice.read_through`) is read as
-    the slice's sources through its windows (the node then runs only if something else needs
-    it), unless pinned (`plain()`)."""
-    if type(node) is Window:
-        return node.sources, node.windows
-    piece = g.sliced.get(node)
-    if piece is None or not piece.read_through or node in g.pinned:
-        return (node,), None
-    return piece.sources, piece.windows
 
 
 def _graph_of(items: Sequence[Any]) -> Graph:
