@@ -1168,20 +1168,15 @@ class AffineLoss(Deferred):
             return None
         g = scores.g
         (w, h), = scores.terms
-        if type(h) is Window:  # (read in place: the call's node through the window)
-            b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
-            g.folded += 1
-            scores._fused = True
-            scores._read_by(None)
-            return AffineLoss(g, h, (w, b), None, label)
-        if len(g.shapes[h]) != 1:
+        window = type(h) is Window  # (read in place: the call's node through the window)
+        if not window and len(g.shapes[h]) != 1:
             return None
         b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
         g.folded += 1  # the loss op, until a node stands for it
         scores._fused = True
         scores._read_by(None)  # (a loss read it in place: no gradient of its own)
         ops, args, attrs = g.ops, g.args, g.attrs
-        if ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
+        if not window and ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
                 h not in g.pinned:
             hb, hw, hx = args[h]
             if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:

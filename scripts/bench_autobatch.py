@@ -464,7 +464,8 @@ class Parser(DynlpModel):
 class UserTreeNN(DynlpModel):
     """dynet-py/treenn.py: lookup -> binary Tree-LSTM written out gate by gate (one forget gate
     per child, each from its own child's h; the output gate reuses the input gate's bias, as
-    there) -> W h (no bias) -> softmax loss over 5 labels at every node."""
+    there) -> W h (no bias) -> softmax loss over 5 labels at every node. The two branches of
+    the script's expr_for_tree, a leaf and a node, are the methods `leaf` and `node`."""
 
     clip_threshold = None  # the script turns clipping off
 
@@ -478,44 +479,6 @@ class UserTreeNN(DynlpModel):
         self.E = pc.add_lookup_parameters((words, word_dim))
         self.W_ = pc.add_parameters((5, hidden))
 
-    def loss(self, example):
-        word_ids, left, right, labels = example
-        W = dn.parameter(self.W_)
-        hs, cs, losses = [], [], []
-        for word, a, b, label in zip(word_ids, left, right, labels):
-            if word >= 0:
-                emb = self.E[word]
-                Wi, Wo, Wu = [dn.parameter(w) for w in self.WS]
-                bi, bo, bu, _ = [dn.parameter(b) for b in self.BS]
-                i = dn.logistic(Wi @ emb + bi)
-                o = dn.logistic(Wo @ emb + bo)
-                u = dn.tanh(Wu @ emb + bu)
-                c = i * u
-            else:
-                e1, c1, e2, c2 = hs[a], cs[a], hs[b], cs[b]
-                Ui, Uo, Uu = [dn.parameter(u) for u in self.US]
-                Uf1, Uf2 = [dn.parameter(u) for u in self.UFS]
-                bi, bo, bu, bf = [dn.parameter(b) for b in self.BS]
-                e = dn.concatenate([e1, e2])
-                i = dn.logistic(Ui @ e + bi)
-                o = dn.logistic(Uo @ e + bi)
-                f1 = dn.logistic(Uf1 @ e1 + bf)
-                f2 = dn.logistic(Uf2 @ e2 + bf)
-                u = dn.tanh(Uu @ e + bu)
-                c = i * u + f1 * c1 + f2 * c2
-            h = o * dn.tanh(c)
-            hs.append(h)
-            cs.append(c)
-            losses.append(dn.pick_neg_log_softmax(W @ h, label))
-        return dn.esum(losses)
-
-
-class UserTreeNNFused(UserTreeNN):
-    """treenn-user with its two cells written as functions under `@dn.fused` (one node per
-    cell): the same model, parameters and numbers, the script's lines moved into two
-    functions."""
-
-    @dn.fused
     def leaf(self, emb):
         Wi, Wo, Wu = [dn.parameter(w) for w in self.WS]
         bi, bo, bu, _ = [dn.parameter(b) for b in self.BS]
@@ -525,7 +488,6 @@ class UserTreeNNFused(UserTreeNN):
         c = i * u
         return o * dn.tanh(c), c
 
-    @dn.fused
     def node(self, e1, c1, e2, c2):
         Ui, Uo, Uu = [dn.parameter(u) for u in self.US]
         Uf1, Uf2 = [dn.parameter(u) for u in self.UFS]
@@ -552,6 +514,14 @@ class UserTreeNNFused(UserTreeNN):
             cs.append(c)
             losses.append(dn.pick_neg_log_softmax(W @ h, label))
         return dn.esum(losses)
+
+
+class UserTreeNNFused(UserTreeNN):
+    """treenn-user with its two cells under `@dn.fused` (one node per cell): the same model,
+    parameters, code and numbers."""
+
+    leaf = dn.fused(UserTreeNN.leaf)
+    node = dn.fused(UserTreeNN.node)
 
 
 class UserTagger(DynlpModel):
