@@ -11,12 +11,11 @@ import numpy as np
 from .graph import (Affine, AffineLoss, Expression, Row, SettingError, Slice, apply, arith,
                     current_graph, matmul, pick, unary)
 from . import graph as _graph
+from .inplace import dropout_ranges, dropout_row
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
 _PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
-_DROPOUT_LOOKUP = TABLE["dropout_lookup"]
-_DROPOUT_RANGES = TABLE["dropout_ranges"]
 
 __all__ = [
     "inputs", "scalar", "zeros", "ones", "parameter", "lookup", "neg", "exp", "log", "sqrt",
@@ -409,12 +408,11 @@ def dropout(x: Expression, p: float) -> Expression:
     kind = type(x)
     if kind is Row and x._node < 0:  # read the table row in place: no lookup node
         x._fused = True
-        return g.add(_DROPOUT_LOOKUP, (x.table,), (("rate", p),),
-                     (x.index, g.uniform(x.shape)))
+        return g.add(dropout_row(p), (x.table,), (), (x.index, g.uniform(x.shape)))
     if kind is Slice and x._node < 0:  # read the state ranges in place: no pick_range node
         x._fused = True
         start, end = x.windows[0]
-        return g.add(_DROPOUT_RANGES, x.sources, (("start", start), ("end", end), ("rate", p)),
+        return g.add(dropout_ranges(len(x.sources), start, end, p), x.sources, (),
                      (g.uniform((x.width,)),))
     return apply("dropout", x, attrs=(("rate", p),), battrs=(g.uniform(x.shape),))
 

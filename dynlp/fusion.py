@@ -47,29 +47,33 @@ class Program:
         self.steps = steps
         self.nargs = nargs
         self.masks = masks
-        # per position: (op, its static attributes as a dict or None when it has none and no
-        # batched ones, references, batched attribute names), looked up once
-        self.plan = [(op, dict(static) if static or bnames else None, refs, bnames)
-                     for op, static, refs, bnames in steps]
+        # per position, looked up once: (the op's forward, its VJP, whether it keeps a
+        # residual, its static attributes as a dict or None when it has none, references,
+        # batched attribute names)
+        self.plan = [(op.forward, op.vjp, op.residual, dict(static) if static else None, refs,
+                      bnames) for op, static, refs, bnames in steps]
 
     def forward(self, *xs: np.ndarray, **attrs: Any) -> tuple[np.ndarray, list]:
         values: list[Any] = []
         residuals: list[Any] = []
-        for op, static, refs, bnames in self.plan:
+        push_value, push_residual = values.append, residuals.append
+        for forward, _, keeps, static, refs, bnames in self.plan:
             ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
-            if static is None:
-                out = op.forward(*ins)
-            else:
-                a = dict(static)
+            if bnames:
+                a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
-                out = op.forward(*ins, **a)
-            if op.residual:
-                out, res = out
+                out = forward(*ins, **a)
+            elif static is None:
+                out = forward(*ins)
             else:
-                res = None
-            values.append(out)
-            residuals.append(res)
+                out = forward(*ins, **static)  # (the call makes its own dict of them)
+            if keeps:
+                out, res = out
+                push_residual(res)
+            else:
+                push_residual(None)
+            push_value(out)
         # the residual also receives the positions' cotangents in backward (`gradient()`)
         return values[-1], [values, residuals, None]
 
@@ -85,17 +89,17 @@ class Program:
             c = cts[p]
             if c is None:
                 continue
-            op, static, refs, bnames = plan[p]
+            _, vjp, keeps, static, refs, bnames = plan[p]
             ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
-            if static is None and not op.residual:
-                parts = op.vjp(c, values[p], *ins)
+            if static is None and not bnames and not keeps:
+                parts = vjp(c, values[p], *ins)
             else:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
-                if op.residual:
+                if keeps:
                     a["residual"] = residuals[p]
-                parts = op.vjp(c, values[p], *ins, **a)
+                parts = vjp(c, values[p], *ins, **a)
             for r, ct in zip(refs, parts):
                 if ct is None:
                     continue
@@ -164,6 +168,37 @@ def program_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_name
             jvp=program.jvp, batch=masks, batched_attrs=battr_names,
             cost=max(step[0].cost for step in steps), residual=True, doc=doc)
     op.program = program
+    return op
+
+
+_COMPOSED: dict[tuple, Op] = {}  # steps -> composed op, shared by all graphs
+
+
+def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...] = (),
+             doc: str = "") -> Op:
+    """An op that runs ops of the table one after the other inside one node, each reading
+    what the ones before it computed in place (a step over a table row looks the row up
+    itself; a step over masked inputs multiplies them itself): `steps` as `Program`'s, each
+    (op, static attributes as a dict, references, (its batched attribute, the composed op's
+    batched attribute it reads) pairs), the last one's value the node's; `masks`, how its
+    outside arguments batch; `battrs`, its batched attributes. Its shape rule, forward, VJP
+    and JVP are the steps' rules composed, so the op table stays the one place where their
+    maths lives. Made once per structure: nodes built alike share one op and batch."""
+    key = (tuple([(op, tuple(sorted(static.items())), tuple(refs), tuple(bnames))
+                  for op, static, refs, bnames in steps]), masks, battrs)
+    op = _COMPOSED.get(key)
+    if op is not None:
+        return op
+    if len(_COMPOSED) >= MAX_FUSED_OPS:  # (a static attribute that changes with every graph)
+        _COMPOSED.clear()
+    steps = [(op, dict(static), tuple(refs), tuple(bnames)) for op, static, refs, bnames in steps]
+    program = Program(steps, len(masks), masks)
+    op = Op("+".join(step[0].name for step in steps), shape=_program_shape(steps),
+            forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
+            batched_attrs=battrs, cost=max(step[0].cost for step in steps), residual=True,
+            doc=doc or "ops of the table composed into one node")
+    op.program = program
+    _COMPOSED[key] = op
     return op
 
 

@@ -344,7 +344,7 @@ def test_side_chains_that_batch_better_by_depth_run_early_under_late():
         return dn.esum(sums)
 
     ran = _late_against_off(build)
-    assert ran.count("lstm_step_lookup") == 2 * 4  # characters per word: at most 4
+    assert ran.count("lookup+lstm_step") == 2 * 4  # characters per word: at most 4
 
 
 def test_the_first_level_of_a_stacked_bilstm_runs_aligned_by_position_under_late():
@@ -391,8 +391,8 @@ def test_dropout_of_a_row_or_a_state_range_reads_it_in_place(autobatch):
     assert value == pytest.approx(value2, rel=1e-12)
     np.testing.assert_allclose(gE, gE2, rtol=1e-12)
     np.testing.assert_allclose(gW, gW2, rtol=1e-12)
-    assert names.count("dropout_lookup") == 4 and "lookup" not in names
-    assert names.count("dropout_ranges") == 4
+    assert names.count("lookup+dropout") == 4 and "lookup" not in names
+    assert names.count("concatenate_ranges+dropout") == 4
     assert "pick_range" not in names and "concatenate_ranges" not in names
     assert names2.count("dropout") == 8
 

@@ -188,7 +188,7 @@ def test_a_tree_state_h_slice_becomes_a_node_when_read_as_one():
 def test_leaves_over_lookups_read_the_table_in_the_leaf_node(autobatch):
     # a lookup read through another node (times 1) keeps the leaf and the lookup apart
     want, want_grads, names, _ = _tree_losses(lambda state: state.h(), autobatch)
-    assert names.count("treelstm_binary_leaf_lookup") == 5
+    assert names.count("lookup+treelstm_binary_leaf") == 5
     assert "treelstm_binary_leaf" not in names and "lookup" not in names
 
     pc = collection(seed=3)
@@ -199,7 +199,7 @@ def test_leaves_over_lookups_read_the_table_in_the_leaf_node(autobatch):
         leaf = tree.leaf(word)
         other = tree.leaf(embed(2) * 1.0)
         names = [op.name for op in g.ops]
-        assert names.count("treelstm_binary_leaf_lookup") == 1 and names.count("lookup") == 1
+        assert names.count("lookup+treelstm_binary_leaf") == 1 and names.count("lookup") == 1
         assert names.count("treelstm_binary_leaf") == 1
         np.testing.assert_array_equal(leaf.state.npvalue(), other.state.npvalue())
         # the fused leaf's row becomes a lookup node when read as a node, once
@@ -556,7 +556,7 @@ def test_character_encoder_is_forward_and_backward_final_states():
                                        enc.backward.transduce(chars[::-1])[-1]])
             dn.sum_elems(dn.tanh(word)).backward()
             names = [op.name for op in g.ops]
-        assert ("lookup" in names) != fused and ("lstm_step_lookup" in names) == fused
+        assert ("lookup" in names) != fused and ("lookup+lstm_step" in names) == fused
         grads.append([p.grad_as_array().copy() for p in pc2.parameters()])
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
@@ -778,7 +778,7 @@ def test_lstm_over_embedding_rows_reads_them_in_its_first_layer(autobatch, layer
     want, want_grads, names = _tagged_losses(False, autobatch, layers=layers)
     assert names.count("lstm_step") == 12 * layers and names.count("lookup") == 6
     got, got_grads, names = _tagged_losses(True, autobatch, layers=layers)
-    assert names.count("lstm_step_lookup") == 12 and "lookup" not in names
+    assert names.count("lookup+lstm_step") == 12 and "lookup" not in names
     assert names.count("lstm_step") == 12 * (layers - 1)
     assert got == pytest.approx(want, rel=1e-13)
     for a, b in zip(got_grads, want_grads):
@@ -789,7 +789,7 @@ def test_lstm_over_embedding_rows_reads_them_in_its_first_layer(autobatch, layer
 def test_lstm_over_rows_with_dropout_or_mixed_inputs_takes_the_lookup_nodes():
     want, want_grads, _ = _tagged_losses(False, dropout=0.3)
     got, got_grads, names = _tagged_losses(True, dropout=0.3)
-    assert "lstm_step_lookup" not in names and names.count("lookup") == 6
+    assert "lookup+lstm_step" not in names and names.count("lookup") == 6
     assert got == pytest.approx(want, rel=1e-13)
     for a, b in zip(got_grads, want_grads):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
@@ -800,7 +800,7 @@ def test_lstm_over_rows_with_dropout_or_mixed_inputs_takes_the_lookup_nodes():
         lstm.transduce([embed(1), other(1)])  # rows of two tables
         lstm.transduce([embed(1), dn.inputs(np.ones(2))])
         names = [op.name for op in g.ops]
-        assert "lstm_step_lookup" not in names and names.count("lookup") == 3
+        assert "lookup+lstm_step" not in names and names.count("lookup") == 3
         with pytest.raises(ValueError, match="input of shape"):
             LSTMBuilder(1, 3, 3, pc).transduce([embed(1)])
 
@@ -834,7 +834,7 @@ def test_recurrent_dropout_mask_is_shared_across_time_and_not_across_sequences(b
         for i, op in enumerate(g.ops):
             if op.name == "mul":  # the simple RNN: a `mul` node per step
                 mask = [a for a in g.args[i] if g.ops[a].name == "input"][0]
-            elif op.name == "lstm_step_masked":  # the LSTM: the state's mask inside the step
+            elif op.name == "mul+mul+lstm_step":  # the LSTM: the state's mask inside the step
                 mask = g.args[i][5]
                 if np.all(dn.Expression(g, mask).npvalue() == 1.0):
                     continue  # the first step, from the zero state, is not masked
@@ -1027,7 +1027,7 @@ def test_lstm_masked_steps_equal_mul_nodes_and_steps(autobatch, monkeypatch):
     # gradients are those of the `mul` nodes and plain steps it replaces
     def run(masked):
         if not masked:
-            monkeypatch.setattr(LSTMBuilder, "masked_step_op", "")
+            monkeypatch.setattr(LSTMBuilder, "masks_in_node", False)
         pc = collection()
         birnn = BiRNNBuilder(2, 3, 4, pc, LSTMBuilder)
         birnn.set_dropout(0.3, 0.4)
@@ -1044,8 +1044,8 @@ def test_lstm_masked_steps_equal_mul_nodes_and_steps(autobatch, monkeypatch):
 
     value, grads, names = run(True)
     value2, grads2, names2 = run(False)
-    assert "mul" not in names and "lstm_step_masked" in names
-    assert "mul" in names2 and "lstm_step_masked" not in names2
+    assert "mul" not in names and "mul+mul+lstm_step" in names
+    assert "mul" in names2 and "mul+mul+lstm_step" not in names2
     assert value == pytest.approx(value2, rel=1e-12)
     for a, b in zip(grads, grads2):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

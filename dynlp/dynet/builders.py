@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import functions as F
 from .. import graph as G
+from ..inplace import over_masked, over_row
 from ..ops import TABLE
 from . import expr as dy
 from .expr import STATE, Expression, _graph, _vec
@@ -317,8 +318,8 @@ class VanillaLSTMBuilder(_RNNBuilder):
 
 
 _LSTM = TABLE["lstm_step"]
-_LSTM_MASKED = TABLE["lstm_step_masked"]
-_LSTM_LOOKUP = TABLE["lstm_step_lookup"]
+_LSTM_MASKED = over_masked(_LSTM, 4, (2, 3))  # the step over x and s times their masks
+_LSTM_LOOKUP = over_row(_LSTM, 4, 2)  # the step over a table's row
 
 
 LSTMBuilder = VanillaLSTMBuilder

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import functions as F
 from ..graph import Expression, Graph, Row, Slice, as_node, current_graph
+from ..inplace import over_masked, over_row
 from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 
@@ -139,7 +140,7 @@ class RNNState:
         b = self.builder
         g = graph_of(list(self.states) + xs)
         masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
-        if top_only and len(b.params) == 1 and masks[0] == (None, None) and b.lookup_step_op:
+        if top_only and len(b.params) == 1 and masks[0] == (None, None) and b.reads_rows:
             table = _table_of(xs, g)
             if table is not None and g.shapes[table][1:] == (b.input_dim,):
                 # a sequence of embedding rows: the step reads its row itself, no lookup nodes
@@ -148,7 +149,7 @@ class RNNState:
                 single = g.single
                 for x in xs:
                     x._fused = True
-                return g.add_chain(TABLE[b.lookup_step_op], shared, None,
+                return g.add_chain(over_row(TABLE[b.step_op], 4, 2), shared, None,
                                    as_node(g, self.states[0]), [single(x.index) for x in xs])
         nodes = [as_node(g, x) for x in xs]
         want = (b.input_dim,)
@@ -171,7 +172,7 @@ class RNNState:
         one)."""
         b = self.builder
         add, mul, op = g.add, TABLE["mul"], TABLE[b.step_op]
-        masked = TABLE[b.masked_step_op] if b.masked_step_op else None
+        masked = over_masked(op, 4, (2, 3)) if b.masks_in_node else None
         last = len(states) - 1
         zero = self.zero
         out = []
@@ -238,9 +239,11 @@ class RecurrentBuilder:
     default_name = "rnn"
     has_cell = False
     step_op = ""  # the op of one step, (W, b, x, state) -> state
-    lookup_step_op = ""  # the same over row `index` of a table E, (W, b, E, state), if any
+    reads_rows = True  # a first layer over a table's rows reads each row in its step's node
     mask_in_step = False  # the recurrent dropout mask is the step op's last argument
-    masked_step_op = ""  # a step that takes both dropout masks, (W, b, x, state, mx, ms), if any
+    # under dropout, a step node multiplies x and the state by their masks itself,
+    # (W, b, x, state, mx, ms)
+    masks_in_node = False
 
     def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
                  name: str | None = None) -> None:
@@ -340,8 +343,7 @@ class LSTMBuilder(RecurrentBuilder):
 
     default_name = "lstm"
     step_op = "lstm_step"
-    lookup_step_op = "lstm_step_lookup"
-    masked_step_op = "lstm_step_masked"
+    masks_in_node = True
     has_cell = True
     state_factor = 2
 

@@ -10,13 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..graph import Deferred, Expression, Row, Slice, apply
+from ..inplace import over_row
 from ..ops import TABLE
 from ..params import Parameter, ParameterCollection
 from .rnn import ConstantLeaves, check_dims, graph_of, unique_subcollection
 
 KINDS = ("binary", "childsum")
 _LEAF = TABLE["treelstm_binary_leaf"]
-_LEAF_LOOKUP = TABLE["treelstm_binary_leaf_lookup"]
+_LEAF_LOOKUP = over_row(_LEAF, 3, 2)  # the leaf over a table's row, looked up in its node
 _NOX = TABLE["treelstm_binary_nox"]
 _PICK_RANGE = TABLE["pick_range"]
 _NOX_KEY = (_NOX,)

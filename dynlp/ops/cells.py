@@ -5,7 +5,7 @@ sequences. LSTM-like states are laid out as [c; h]. Imports only the op-table co
 
 import numpy as np
 
-from .core import (SHARED, STACK, Case, OuterProduct, Parts, SparseRows, define,
+from .core import (SHARED, STACK, Case, OuterProduct, Parts, define,
                    zeros_like_tangents)
 
 
@@ -165,87 +165,6 @@ define("lstm_step", shape=_lstm_shape, batch=(SHARED, SHARED, STACK, STACK), cos
            "s = [c; h] (2H,) -> [c'; h'] (2H,)")
 
 
-# The LSTM step under variational dropout: x and the carried state s = [c; h] times their
-# masks, as two `mul` nodes and a step would compute them, in one node. The masks are the
-# sequence's constant leaves; their cotangents are formed all the same (a node cannot know
-# which of its inputs need one).
-
-
-def _lstm_masked_shape(W, b, x, s, mx, ms):
-    if mx != x or ms != s:
-        raise ValueError(f"the masks must have the shapes of x {x} and s {s}, got {mx} and {ms}")
-    return _lstm_shape(W, b, x, s)
-
-
-def _lstm_masked_forward(W, b, x, s, mx, ms):
-    return _nary_forward(W, b, x * mx, [s * ms])
-
-
-def _lstm_masked_vjp(g, out, W, b, x, s, mx, ms, residual):
-    xm = residual[1][:, :x.shape[1]]  # x * mx, kept in the residual's a = [x * mx; h * mh]
-    gW, gb, gxm, gsm = _nary_vjp(g, out, W, b, xm, [s * ms], residual)
-    return gW, gb, gxm * mx, gsm * ms, gxm * x, gsm * s
-
-
-def _masked_tangent(t, x, tm, m):
-    if t is None and tm is None:
-        return None
-    if tm is None:
-        return t * m
-    return x * tm if t is None else t * m + x * tm
-
-
-def _lstm_masked_jvp(ts, out, W, b, x, s, mx, ms, residual):
-    a = residual[1]
-    tx = _masked_tangent(ts[2], x, ts[4], mx)
-    tsm = _masked_tangent(ts[3], s, ts[5], ms)
-    return _nary_jvp([ts[0], ts[1], tx, tsm], out, W, b, a[:, :x.shape[1]], [s * ms], residual)
-
-
-define("lstm_step_masked", shape=_lstm_masked_shape, batch=(SHARED, SHARED) + (STACK,) * 4,
-       cost=4, residual=True, forward=_lstm_masked_forward, vjp=_lstm_masked_vjp,
-       jvp=_lstm_masked_jvp,
-       cases=[Case([(8, 5), (8,), (3,), (4,), (3,), (4,)]),
-              Case([(4, 2), (4,), (1,), (2,), (1,), (2,)])],
-       doc="lstm_step(W, b, x * mx, s * ms): one LSTM step under dropout masks mx (X,) on the "
-           "input and ms (2H,) on the state [c; h] (ones over c for variational dropout)")
-
-
-# The LSTM step with its input's lookup fused in, x = E[index]: the first layer over word
-# embeddings is one node per step, not a lookup node and a step node. The residual's a = [x; h]
-# holds x, so the derivatives do not gather the rows again.
-
-
-def _table_width(E):
-    if len(E) != 2:
-        raise ValueError("E must be a matrix (V, X)")
-    return E[1:]
-
-
-def _lstm_lookup_vjp(g, out, W, b, E, s, index, residual):
-    x = residual[1][:, :E.shape[1]]
-    gW, gb, gx, gs = _nary_vjp(g, out, W, b, x, [s], residual)
-    return gW, gb, SparseRows(index, gx), gs
-
-
-def _lstm_lookup_jvp(ts, out, W, b, E, s, index, residual):
-    x = residual[1][:, :E.shape[1]]
-    tE = ts[2]
-    return _nary_jvp([ts[0], ts[1], None if tE is None else tE[index], ts[3]], out, W, b, x,
-                     [s], residual)
-
-
-define("lstm_step_lookup", shape=lambda W, b, E, s: _lstm_shape(W, b, _table_width(E), s),
-       batch=(SHARED, SHARED, SHARED, STACK), batched_attrs=("index",), cost=4, residual=True,
-       forward=lambda W, b, E, s, index: _nary_forward(W, b, E[index], [s]),
-       vjp=_lstm_lookup_vjp, jvp=_lstm_lookup_jvp,
-       cases=[Case([(8, 5), (8,), (6, 3), (4,)], {}, {"index": lambda rng: int(rng.integers(6))}),
-              Case([(4, 2), (4,), (3, 1), (2,)], {}, {"index": lambda rng: int(rng.integers(3))})],
-       doc="lstm_step over row `index` of a table E (V, X), one node instead of a lookup and a "
-           "step: W (4H, X+H), b (4H,), s = [c; h] (2H,) -> [c'; h'] (2H,); E's gradient is "
-           "sparse")
-
-
 def _binary_shape(W, b, x, left, right):
     hidden = _check_states([left, right])
     _check_vector("x", x)
@@ -390,42 +309,6 @@ define("treelstm_binary_leaf", shape=_leaf_shape, batch=(SHARED, SHARED, STACK),
        doc="binary Tree-LSTM leaf: treelstm_binary with a word x (X,) and two zero children, "
            "reading only the x columns and gate rows i, o, u of W (5H, X+2H); b (5H,) "
            "-> [c; h] (2H,)")
-
-
-# The leaf with its word's lookup fused in: x = E[index], so that a leaf is one graph node, not a
-# lookup node and a leaf node. The residual keeps the gathered rows x beside the leaf's own, so
-# that the VJP and JVP do not gather them again.
-
-
-def _leaf_lookup_shape(W, b, E):
-    return _leaf_shape(W, b, _table_width(E))
-
-
-def _leaf_lookup_forward(W, b, E, index):
-    x = E[index]
-    out, residual = _leaf_forward(W, b, x)
-    return out, (residual, x)
-
-
-def _leaf_lookup_vjp(g, out, W, b, E, index, residual):
-    leaf, x = residual
-    gW, gb, gx = _leaf_vjp(g, out, W, b, x, leaf)
-    return gW, gb, SparseRows(index, gx)
-
-
-def _leaf_lookup_jvp(ts, out, W, b, E, index, residual):
-    leaf, x = residual
-    tE = ts[2]
-    return _leaf_jvp([ts[0], ts[1], None if tE is None else tE[index]], out, W, b, x, leaf)
-
-
-define("treelstm_binary_leaf_lookup", shape=_leaf_lookup_shape, batch=(SHARED, SHARED, SHARED),
-       batched_attrs=("index",), cost=4, residual=True, forward=_leaf_lookup_forward,
-       vjp=_leaf_lookup_vjp, jvp=_leaf_lookup_jvp,
-       cases=[Case([(10, 7), (10,), (5, 3)], {}, {"index": lambda rng: int(rng.integers(5))}),
-              Case([(5, 3), (5,), (4, 1)], {}, {"index": lambda rng: int(rng.integers(4))})],
-       doc="treelstm_binary_leaf over row `index` of a table E (V, X), one node instead of a "
-           "lookup and a leaf: W (5H, X+2H), b (5H,) -> [c; h] (2H,); E's gradient is sparse")
 
 
 # ---------------------------------------------------------------------------------------------

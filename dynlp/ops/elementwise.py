@@ -46,6 +46,8 @@ elementwise("pow_const", lambda x, c: x ** c, lambda x, out, c: c * x ** (c - 1)
 
 
 def _pair(x, y):
+    if x.ndim == y.ndim:  # (the usual case: nothing to pad)
+        return x, y
     rank = max(x.ndim, y.ndim) - 1
     return pad_to(x, rank), pad_to(y, rank)
 
@@ -60,10 +62,13 @@ _BINARY_CASES = [Case([(3,), (3,)]), Case([(2, 3), (2, 3)]), Case([(2, 3), (2,)]
 
 linear("add", shape=_binary_shape, batch=STACK, cases=_BINARY_CASES, pad=pad_elementwise,
        forward=lambda x, y: np.add(*_pair(x, y)),
-       vjp=lambda g, out, x, y: (unbroadcast(g, x), unbroadcast(g, y)))
+       vjp=lambda g, out, x, y: (g, g) if x.shape == y.shape else (unbroadcast(g, x),
+                                                                  unbroadcast(g, y)))
 
 
 def _mul_vjp(g, out, x, y):
+    if x.shape == y.shape:  # (the usual case: no broadcasting)
+        return g * y, g * x
     px, py = _pair(x, y)
     return unbroadcast(g * py, x), unbroadcast(g * px, y)
 

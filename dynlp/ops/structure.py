@@ -244,32 +244,6 @@ linear("dropout", shape=lambda x, rate: x, batched_attrs=("uniform",),
        doc="inverted dropout, x * mask with mask = (uniform >= rate) / (1 - rate): the uniform "
            "numbers are drawn when the node is built")
 
-# Dropout that reads its input in place, one node instead of two: a table row (an embedding
-# that only the dropout reads) or the ranges of one or two states (a Tree-LSTM's or a BiLSTM's h).
-linear("dropout_lookup", shape=lambda table, rate: _lookup_shape(table), batch=(SHARED,),
-       batched_attrs=("index", "uniform"),
-       forward=lambda table, index, uniform, rate: _masked(table[index], uniform, rate),
-       vjp=lambda g, out, table, index, uniform, rate: (
-           SparseRows(index, _masked(g, uniform, rate)),),
-       cases=[Case([(5, 3)], {"rate": 0.4}, {"index": lambda rng: int(rng.integers(5)),
-                                            "uniform": lambda rng: rng.random(3)})],
-       doc="dropout of one row of a table per example (a lookup and a dropout in one node); "
-           "the gradient is sparse")
-
-linear("dropout_ranges", shape=lambda *shapes, start, end, rate: _ranges_shape(
-           *shapes, start=start, end=end), batched_attrs=("uniform",),
-       forward=lambda *xs, uniform, start, end, rate: _masked(_ranges(xs, start, end), uniform,
-                                                              rate),
-       vjp=lambda g, out, *xs, uniform, start, end, rate: _ranges_vjp(
-           _masked(g, uniform, rate), out, *xs, start=start, end=end),
-       cases=[Case([(6,)], {"start": 2, "end": 5, "rate": 0.4},
-                   {"uniform": lambda rng: rng.random(3)}),
-              Case([(4,), (4,)], {"start": 2, "end": 4, "rate": 0.5},
-                   {"uniform": lambda rng: rng.random(4)})],
-       doc="dropout of x1[start:end], x2[start:end], ... concatenated (a pick_range or "
-           "concatenate_ranges node and a dropout node in one)")
-
-
 def _noise_jvp(ts, out, x, noise):
     return ts[0] if ts[0] is not None else np.zeros_like(out)
 
