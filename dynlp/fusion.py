@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import chain
+from operator import itemgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -48,26 +49,27 @@ class Program:
         self.nargs = nargs
         self.masks = masks
         # per position, looked up once: (the op's forward, its VJP, whether it keeps a
-        # residual, its static attributes as a dict or None when it has none, references,
-        # batched attribute names)
-        self.plan = [(op.forward, op.vjp, op.residual, dict(static) if static else None, refs,
-                      bnames) for op, static, refs, bnames in steps]
+        # residual, its static attributes as a dict or None when it has none, batched attribute
+        # names, references, and a getter of its inputs from the list of the outside arguments
+        # followed by the positions' values)
+        self.plan = [(op.forward, op.vjp, op.residual, dict(static) if static else None, bnames,
+                      refs, _getter([r if r >= 0 else nargs - 1 - r for r in refs]))
+                     for op, static, refs, bnames in steps]
 
     def forward(self, *xs: np.ndarray, **attrs: Any) -> tuple[np.ndarray, list]:
-        values: list[Any] = []
+        env = list(xs)  # (then each position's value)
         residuals: list[Any] = []
-        push_value, push_residual = values.append, residuals.append
-        for forward, _, keeps, static, refs, bnames in self.plan:
-            ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
+        push_value, push_residual = env.append, residuals.append
+        for forward, _, keeps, static, bnames, _, get in self.plan:
             if bnames:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
-                out = forward(*ins, **a)
+                out = forward(*get(env), **a)
             elif static is None:
-                out = forward(*ins)
+                out = forward(*get(env))
             else:
-                out = forward(*ins, **static)  # (the call makes its own dict of them)
+                out = forward(*get(env), **static)  # (the call makes its own dict of them)
             if keeps:
                 out, res = out
                 push_residual(res)
@@ -75,11 +77,13 @@ class Program:
                 push_residual(None)
             push_value(out)
         # the residual also receives the positions' cotangents in backward (`gradient()`)
-        return values[-1], [values, residuals, None]
+        return out, [env[self.nargs:], residuals, None]
 
     def vjp(self, g: np.ndarray, out: np.ndarray, *xs: np.ndarray, residual: list,
             **attrs: Any) -> list:
         values, residuals = residual[0], residual[1]
+        env = list(xs)
+        env.extend(values)
         plan = self.plan
         cts: list[Any] = [None] * len(plan)
         cts[-1] = g
@@ -89,17 +93,16 @@ class Program:
             c = cts[p]
             if c is None:
                 continue
-            _, vjp, keeps, static, refs, bnames = plan[p]
-            ins = [xs[r] if r >= 0 else values[-1 - r] for r in refs]
+            _, vjp, keeps, static, bnames, refs, get = plan[p]
             if static is None and not bnames and not keeps:
-                parts = vjp(c, values[p], *ins)
+                parts = vjp(c, values[p], *get(env))
             else:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
                 if keeps:
                     a["residual"] = residuals[p]
-                parts = vjp(c, values[p], *ins, **a)
+                parts = vjp(c, values[p], *get(env), **a)
             for r, ct in zip(refs, parts):
                 if ct is None:
                     continue
@@ -137,6 +140,14 @@ class Program:
             tans.append(op.jvp(tin, values[p], *ins, **a))
         t = tans[-1]
         return np.zeros_like(out) if t is None else t
+
+
+def _getter(indices: list[int]) -> Callable:
+    """A function of a list giving its items at `indices`, as a tuple."""
+    if len(indices) == 1:
+        k = indices[0]
+        return lambda env: (env[k],)
+    return itemgetter(*indices)
 
 
 def _parts(ct: Any) -> tuple:

@@ -364,8 +364,8 @@ def test_the_first_level_of_a_stacked_bilstm_runs_aligned_by_position_under_late
 
 @pytest.mark.parametrize("autobatch", [False, "depth", "agenda", "late"])
 def test_dropout_of_a_row_or_a_state_range_reads_it_in_place(autobatch):
-    # dn.dropout of an embedding row or of a deferred state slice makes one node
-    # (dropout_lookup, dropout_ranges), with the values and gradients of the two-node form
+    # dn.dropout of an embedding row or of a deferred state slice makes one node (lookup+dropout,
+    # concatenate_ranges+dropout), with the values and gradients of the two-node form
     def run(in_place):
         pc = dn.ParameterCollection(seed=3)
         E = pc.add_lookup_parameters((7, 4))

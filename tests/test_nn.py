@@ -1023,7 +1023,7 @@ def test_mlp_from_parameters_is_the_mlp_of_those_weights():
 
 @pytest.mark.parametrize("autobatch", [False, "late"])
 def test_lstm_masked_steps_equal_mul_nodes_and_steps(autobatch, monkeypatch):
-    # under dropout an LSTM step takes its masks itself (`lstm_step_masked`); the values and
+    # under dropout an LSTM step takes its masks itself (a `mul+mul+lstm_step` node); the values and
     # gradients are those of the `mul` nodes and plain steps it replaces
     def run(masked):
         if not masked:

@@ -39,8 +39,8 @@ def test_loss_sums_every_node():
 
 
 def test_training_graph_reads_rows_and_states_in_place_and_sums_a_trees_losses_once():
-    # with dropout: one dropout_lookup per leaf, one dropout_ranges per node, and the node
-    # losses of a tree one mlp_loss_sum_1 node; the loss equals the per-node chain's
+    # with dropout: one lookup+dropout per leaf, one concatenate_ranges+dropout per node, and
+    # the node losses of a tree one mlp_loss_sum_1 node; the loss equals the per-node chain's
     model, train = make_model(dtype=np.float64)
     tree = train[0]
     with dn.Graph(fuse=False, dtype=np.float64, seed=9) as g:

@@ -100,8 +100,8 @@ class TreeLSTMBuilder:
 
     def leaf(self, x: Any) -> TreeState:
         """A node with a word x (input_dim,) and no children. When x is an embedding lookup
-        (a `Row`), the leaf node reads the table row itself (`treelstm_binary_leaf_lookup`),
-        with no lookup node."""
+        (a `Row`), the leaf node reads the table row itself (`lookup+treelstm_binary_leaf`,
+        composed from the two ops' rules), with no lookup node of its own."""
         if self.kind == "binary":
             kind = type(x)
             if kind is Row:
