@@ -582,7 +582,13 @@ class Engine:
                     x[(i,) + lead + (slice(length, None),)] = \
                         value[lead + (slice(length - 1, length),)]
             xs.append(x)
-        out, attrs = self._call(op, nodes, xs)
+        if op.takes_lengths:  # (each node's length, along the axis the op pads)
+            k = op.pad_probe
+            lengths = ([shapes[n][out_axis] for n in nodes] if k is None else
+                       [shapes[all_args[n][k]][axes[k]] for n in nodes])
+            out, attrs = self._call(op, nodes, xs, np.array(lengths))
+        else:
+            out, attrs = self._call(op, nodes, xs)
         if out_axis is None:  # (the lengths were contracted: one output shape)
             self._store(out, Batch(op, nodes, xs, plans, attrs, mask, op.vjp))
             return
@@ -623,12 +629,15 @@ class Engine:
             return None, None
         return source, rows
 
-    def _call(self, op: Any, nodes: list[int], xs: list) -> tuple[np.ndarray, dict]:
+    def _call(self, op: Any, nodes: list[int], xs: list, lengths: Any = None
+              ) -> tuple[np.ndarray, dict]:
         """The op's forward over a batch's gathered arguments: (output, the attributes, static
-        and batched, with the residual if the op keeps one)."""
+        and batched, with the residual if the op keeps one, and the nodes' lengths if given)."""
         g = self.g
         static = g.attrs[nodes[0]]
         attrs = dict(static) if static else {}
+        if lengths is not None:
+            attrs["lengths"] = lengths
         if op.batched_attrs:
             battrs = g.battrs
             for j, name in enumerate(op.batched_attrs):

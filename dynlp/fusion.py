@@ -42,7 +42,7 @@ class Program:
     its batched attributes) in topological order, the root last. A reference k >= 0 is outside
     argument k, a reference -1 - p is position p's value."""
 
-    __slots__ = ("steps", "nargs", "masks", "plan")
+    __slots__ = ("steps", "nargs", "masks", "plan", "_pads")
 
     def __init__(self, steps: list[tuple], nargs: int, masks: tuple[str, ...]) -> None:
         self.steps = steps
@@ -55,21 +55,40 @@ class Program:
         self.plan = [(op.forward, op.vjp, op.residual, dict(static) if static else None, bnames,
                       refs, _getter([r if r >= 0 else nargs - 1 - r for r in refs]))
                      for op, static, refs, bnames in steps]
+        self._pads: dict[tuple, list | None] = {}  # argument shapes -> refills (`_refills`)
 
-    def forward(self, *xs: np.ndarray, **attrs: Any) -> tuple[np.ndarray, list]:
+    def _refills(self, xs: tuple) -> list:
+        """Per step, the inputs it refills in a padded batch over arguments xs (`_pad_plan`)."""
+        key = tuple([x.shape[1:] if m != SHARED else x.shape for x, m in zip(xs, self.masks)])
+        refills = self._pads.get(key)
+        if refills is None:
+            plan = _pad_plan(self.steps, key)
+            refills = self._pads[key] = [] if plan is None else plan[1]
+        return refills
+
+    def forward(self, *xs: np.ndarray, lengths: Any = None,
+                **attrs: Any) -> tuple[np.ndarray, list]:
         env = list(xs)  # (then each position's value)
         residuals: list[Any] = []
         push_value, push_residual = env.append, residuals.append
-        for forward, _, keeps, static, bnames, _, get in self.plan:
+        # in a padded batch, the inputs a step reads refilled (its rule's fill in the padding)
+        refills = None if lengths is None else self._refills(xs)
+        refilled: dict[tuple, np.ndarray] = {}
+        for p, (forward, _, keeps, static, bnames, _, get) in enumerate(self.plan):
+            ins = get(env)
+            if refills and refills[p]:
+                ins = list(ins)
+                for slot, axis, fill in refills[p]:
+                    ins[slot] = refilled[p, slot] = _refill(ins[slot], lengths, axis, fill)
             if bnames:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
-                out = forward(*get(env), **a)
+                out = forward(*ins, **a)
             elif static is None:
-                out = forward(*get(env))
+                out = forward(*ins)
             else:
-                out = forward(*get(env), **static)  # (the call makes its own dict of them)
+                out = forward(*ins, **static)  # (the call makes its own dict of them)
             if keeps:
                 out, res = out
                 push_residual(res)
@@ -77,14 +96,15 @@ class Program:
                 push_residual(None)
             push_value(out)
         # the residual also receives the positions' cotangents in backward (`gradient()`)
-        return out, [env[self.nargs:], residuals, None]
+        return out, [env[self.nargs:], residuals, None, refilled if refills else None]
 
     def vjp(self, g: np.ndarray, out: np.ndarray, *xs: np.ndarray, residual: list,
-            **attrs: Any) -> list:
-        values, residuals = residual[0], residual[1]
+            lengths: Any = None, **attrs: Any) -> list:
+        values, residuals, refilled = residual[0], residual[1], residual[3]
         env = list(xs)
         env.extend(values)
         plan = self.plan
+        refills = None if refilled is None else self._refills(xs)
         cts: list[Any] = [None] * len(plan)
         cts[-1] = g
         outside: list[Any] = [None] * self.nargs
@@ -94,15 +114,25 @@ class Program:
             if c is None:
                 continue
             _, vjp, keeps, static, bnames, refs, get = plan[p]
+            ins = get(env)
+            if refills and refills[p]:
+                ins = list(ins)
+                for slot, _, _ in refills[p]:
+                    ins[slot] = refilled[p, slot]
             if static is None and not bnames and not keeps:
-                parts = vjp(c, values[p], *get(env))
+                parts = vjp(c, values[p], *ins)
             else:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
                 if keeps:
                     a["residual"] = residuals[p]
-                parts = vjp(c, values[p], *get(env), **a)
+                parts = vjp(c, values[p], *ins, **a)
+            if refills and refills[p]:
+                parts = list(parts)
+                for slot, axis, _ in refills[p]:  # (the padding's cotangent is dropped)
+                    if parts[slot] is not None:
+                        parts[slot] = parts[slot] * _inside(lengths, parts[slot].shape, axis)
             for r, ct in zip(refs, parts):
                 if ct is None:
                     continue
@@ -123,7 +153,7 @@ class Program:
         return outside
 
     def jvp(self, ts: list, out: np.ndarray, *xs: np.ndarray, residual: list,
-            **attrs: Any) -> np.ndarray:
+            lengths: Any = None, **attrs: Any) -> np.ndarray:
         values, residuals = residual[0], residual[1]
         tans: list[Any] = []
         for p, (op, static, refs, bnames) in enumerate(self.steps):
@@ -140,6 +170,92 @@ class Program:
             tans.append(op.jvp(tin, values[p], *ins, **a))
         t = tans[-1]
         return np.zeros_like(out) if t is None else t
+
+
+def _inside(lengths: Any, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """True where a padded batch's array of `shape` (batch axis first, padded along
+    per-example `axis`) holds a node's entries; broadcastable to it."""
+    width = shape[axis + 1]
+    inside = np.arange(width) < np.asarray(lengths)[:, None]
+    return inside.reshape((len(inside),) + (1,) * axis + (width,) + (1,) * (len(shape) - axis - 2))
+
+
+def _refill(x: np.ndarray, lengths: Any, axis: int, fill: str) -> np.ndarray:
+    """x with its padding along per-example `axis` set as a step's pad rule asks: zeros,
+    -inf, or each node's last entry repeated ("edge")."""
+    inside = _inside(lengths, x.shape, axis)
+    if fill == "edge":
+        last = np.minimum(np.arange(x.shape[axis + 1]), np.asarray(lengths)[:, None] - 1)
+        return np.take_along_axis(x, last.reshape(inside.shape), axis=axis + 1)
+    return np.where(inside, x, 0.0 if fill == "zero" else -np.inf).astype(x.dtype, copy=False)
+
+
+def _pad_plan(steps: list[tuple], shapes: tuple) -> tuple | None:
+    """How a program over outside arguments of per-example `shapes` (a shared one's whole)
+    batches nodes of different lengths, by its steps' `Op.pad` rules chained: ((axis per
+    argument, output axis, fill per argument), the engine's rule, and per step the inputs it
+    refills, [(slot, axis, fill)]: a value computed inside whose padding is not what the step's
+    rule asks, a -inf or zero fill, or the edge after a step that left other numbers there), or
+    None when a step cannot pad what it reads or two steps disagree on an argument."""
+    nargs = len(shapes)
+    axes: list[Any] = [None] * nargs
+    fills: list[Any] = [None] * nargs
+    read = [False] * nargs
+    vshapes: list[tuple] = []
+    vaxes: list[Any] = []
+    vedge: list[bool] = []  # (each value's padding: entries computed from edge padding)
+    refills: list[list] = []
+    for op, static, refs, _ in steps:
+        ins = tuple(shapes[r] if r >= 0 else vshapes[-1 - r] for r in refs)
+        out = tuple(op.shape(*ins, **dict(static)))
+        rule = None if op.pad is None else op.pad(ins, out)
+        mine: list[tuple] = []
+        if rule is None:  # (fine over inputs of no length)
+            for r in refs:
+                if r >= 0:
+                    if axes[r] is not None:
+                        return None
+                    read[r] = True
+                elif vaxes[-1 - r] is not None:
+                    return None
+            vshapes.append(out)
+            vaxes.append(None)
+            vedge.append(True)
+            refills.append(mine)
+            continue
+        step_axes, out_axis, step_fills = rule
+        edge = True
+        for slot, r in enumerate(refs):
+            axis, fill = step_axes[slot], step_fills[slot]
+            if r >= 0:
+                if read[r] and (axes[r] != axis or fills[r] != fill):
+                    return None
+                axes[r], fills[r], read[r] = axis, fill, True
+            else:
+                v = -1 - r
+                if vaxes[v] != axis:
+                    return None
+                if axis is None:
+                    continue
+                if fill != "edge" or not vedge[v]:
+                    mine.append((slot, axis, fill))
+            if axis is not None and fill != "edge":
+                edge = False
+        vshapes.append(out)
+        vaxes.append(out_axis)
+        vedge.append(edge)
+        refills.append(mine)
+    if all(a is None for a in axes):
+        return None
+    return (tuple(axes), vaxes[-1], tuple(fills)), refills
+
+
+def _program_pad(steps: list[tuple]) -> Callable:
+    """`Op.pad` of a program (`_pad_plan`)."""
+    def pad(shapes: tuple, out: tuple) -> tuple | None:
+        plan = _pad_plan(steps, tuple(shapes))
+        return None if plan is None else plan[0]
+    return pad
 
 
 def _getter(indices: list[int]) -> Callable:
@@ -179,6 +295,49 @@ def program_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_name
             jvp=program.jvp, batch=masks, batched_attrs=battr_names,
             cost=max(step[0].cost for step in steps), residual=True, doc=doc)
     op.program = program
+    return op
+
+
+_TRACED: dict[tuple, Op] = {}  # (name, steps, masks) -> a traced function's op
+
+
+def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names: tuple,
+              shapes: tuple, shape: tuple[int, ...], doc: str) -> Op:
+    """The op of a traced function's program (`dn.fused`), traced over arguments of `shapes`
+    (a shared one's whole) to output `shape`. Traces over other shapes that come out as the
+    same program (a sequence of another length) share one op: its shape rule is the steps'
+    composed, and it pads as they do (`_pad_plan`), refilling between steps, so that calls
+    over different lengths batch together. A program whose composed rule does not give
+    `shape` (a step's attributes that depend on the shapes) is an op of this trace alone."""
+    key = (name, tuple([(op, tuple(sorted(static.items())), refs, bnames)
+                        for op, static, refs, bnames in steps]), masks, battr_names)
+    try:
+        hash(key)
+    except TypeError:  # (an attribute that cannot be told apart by value)
+        return program_op(name, steps, masks, battr_names, shape, doc)
+    op = _TRACED.get(key)
+    rule = _program_shape(steps)
+    try:
+        same = tuple(rule(*shapes)) == tuple(shape)
+    except (ValueError, TypeError, IndexError):
+        same = False
+    if not same:
+        return program_op(name, steps, masks, battr_names, shape, doc)
+    if op is not None:
+        return op
+    if len(_TRACED) >= MAX_FUSED_OPS:
+        _TRACED.clear()
+    program = Program(steps, len(masks), masks)
+    plan = _pad_plan(steps, tuple(shapes))
+    probe = None
+    if plan is not None and plan[0][1] is None:  # (the output has no length: an argument's)
+        probe = next(k for k, a in enumerate(plan[0][0]) if a is not None)
+    op = _TRACED[key] = Op(name, shape=rule, forward=program.forward, vjp=program.vjp,
+                           jvp=program.jvp, batch=masks, batched_attrs=battr_names,
+                           cost=max(step[0].cost for step in steps), residual=True, doc=doc,
+                           pad=None if plan is None else _program_pad(steps), pad_probe=probe)
+    op.program = program
+    op.takes_lengths = plan is not None
     return op
 
 

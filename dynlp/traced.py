@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .fusion import program_op
+from .fusion import traced_op
 from .graph import Expression, Graph, GraphError, Row, Window, _graph_of
 from .ops import SHARED, TABLE, Op
 
@@ -411,9 +411,13 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
         else:
             c_seen += 1
             layout.append(-len(params) - c_seen)
-    op = program_op(f"fused:{name}", steps, tuple(masks),
-                    tuple([f"b{j}" for j in range(len(lookups))]), t.shapes[root],
-                    doc=f"the function {name}, fused by dn.fused")
+    # (the outside arguments' shapes in this trace: an argument's, a parameter's or a
+    # constant's whole, each the shape of its leaf)
+    leaves = {k: leaf for (leaf, _), k in outside.items()}
+    op = traced_op(f"fused:{name}", steps, tuple(masks),
+                   tuple([f"b{j}" for j in range(len(lookups))]),
+                   tuple([t.shapes[leaves[k]] for k in range(len(masks))]), t.shapes[root],
+                   doc=f"the function {name}, fused by dn.fused")
     return op, tuple(layout), tuple(params), tuple(constants), position
 
 

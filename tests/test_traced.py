@@ -481,3 +481,95 @@ def test_concatenated_lstm_outputs_keep_their_gradient_as_unfused():
             out[fuse] = [p.gradient() for p in pairs] + [f.gradient() for f in fs]
     for a, b in zip(out[True], out[False]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+# -- calls over sequences of different lengths: one op, padded batches --------------------------
+
+A, E = 4, 5  # attention size, encoder state size
+
+
+class Attention:
+    """MLP attention as a DyNet user writes it (v tanh(W1 H + W2 s), softmax, H a), under
+    dn.fused: its matrices have one column per source word."""
+
+    def __init__(self, seed=3):
+        pc = dn.ParameterCollection(seed=seed, dtype=np.float64)
+        self.pc = pc
+        self.w2 = pc.add_parameters((A, E), init="normal", scale=0.5)
+        self.v = pc.add_parameters((1, A), init="normal", scale=0.5)
+
+    @dn.fused
+    def attend(self, states, w1dt, h):
+        w2dt = dn.parameter(self.w2) @ h
+        scores = dn.transpose(dn.parameter(self.v) @ dn.tanh(w1dt + dn.reshape(w2dt, (A, 1))))
+        return dn.reshape(states @ dn.softmax(scores), (E,))
+
+
+def _attention_graphs(fuse, autobatch, lengths=(3, 5, 2, 7, 4, 4, 6), pad=True):
+    model = Attention()
+    rng = np.random.default_rng(5)
+    data = [(rng.normal(size=(E, n)), rng.normal(size=(A, n)), rng.normal(size=E))
+            for n in lengths]
+    with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch, pad=pad) as g:
+        inputs, terms = [], []
+        for states, w1dt, h in data:
+            xs = [dn.inputs(states), dn.inputs(w1dt), dn.inputs(h)]
+            inputs += xs
+            context = model.attend(*xs)
+            context = model.attend(xs[0], xs[1], dn.tanh(context))  # (a second level)
+            terms.append(dn.sum_elems(dn.square(context)))
+        total = dn.esum(terms)
+        tangent = dn.jvp(total, {inputs[0]: np.ones((E, lengths[0])), model.w2: np.ones((A, E))})
+        value = total.scalar_value()
+        total.backward()
+        grads = [x.gradient().copy() for x in inputs]
+        grads += [p.grad_as_array().copy() for p in (model.w2, model.v)]
+        return value, tangent, grads, g.stats(), {op.name for op in g.ops}
+
+
+@pytest.mark.parametrize("autobatch", MODES)
+def test_calls_over_different_lengths_batch_padded_and_equal_unfused(autobatch):
+    # the softmax inside reads scores whose padding the program fills with -inf, the product
+    # with the states reads zeros there: values, gradients and JVPs are the unfused graph's
+    value, tangent, grads, stats, names = _attention_graphs(True, autobatch)
+    value2, tangent2, grads2, stats2, _ = _attention_graphs(False, autobatch)
+    assert "fused:Attention.attend" in names
+    assert value == pytest.approx(value2, rel=1e-12)
+    assert tangent == pytest.approx(tangent2, rel=1e-10)
+    for a, b in zip(grads, grads2):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    if autobatch:  # (the calls of a level, over six lengths, are one padded batch)
+        _, _, _, unpadded, _ = _attention_graphs(True, autobatch, pad=False)
+        assert stats["forward_batches"] < unpadded["forward_batches"]
+        assert stats["forward_batches"] <= 8
+
+
+def test_calls_over_different_lengths_share_one_op_and_signature():
+    model = Attention()
+    with dn.Graph(dtype=np.float64) as g:
+        nodes = []
+        for n in (2, 3, 3, 6):
+            args = [dn.inputs(np.ones((E, n))), dn.inputs(np.ones((A, n))), dn.inputs(np.ones(E))]
+            nodes.append(model.attend(*args).i)
+        assert len({g.ops[n] for n in nodes}) == 1
+        assert len({g.sigs[n] for n in nodes}) == 1
+        assert len(Attention.attend._bound[id(model)][1].traces) == 3  # (one per length)
+
+
+def test_a_program_that_cannot_pad_batches_each_length_apart():
+    # a step whose rule cannot pad what it reads (a sum over the length): one op per length
+    @dn.fused
+    def total(x, y):
+        return dn.sum_elems(dn.tanh(x) * y)
+
+    rng = np.random.default_rng(1)
+    with dn.Graph(dtype=np.float64) as g:
+        xs = [(dn.inputs(rng.normal(size=n)), dn.inputs(rng.normal(size=n))) for n in (2, 3, 3)]
+        outs = [total(x, y) for x, y in xs]
+        value = dn.esum(outs).scalar_value()
+        assert len({g.sigs[o.i] for o in outs}) == 2
+    with dn.Graph(dtype=np.float64, fuse=False):
+        rng = np.random.default_rng(1)
+        xs = [(dn.inputs(rng.normal(size=n)), dn.inputs(rng.normal(size=n))) for n in (2, 3, 3)]
+        want = dn.esum([total(x, y) for x, y in xs]).scalar_value()
+    assert value == pytest.approx(want, rel=1e-12)

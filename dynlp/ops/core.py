@@ -110,6 +110,8 @@ class Op:
     per node. The rules must compute each node's entries from its own, unpadded ones (columns
     computed independently, a contraction over zero padding, a softmax over -inf padding).
     pad_probe: the argument whose shape tells nodes of one batch apart (None: the output).
+    takes_lengths: in a padded batch, forward and vjp also receive `lengths=`, each node's
+    length along the padded axis (a fused program refills the padding between its steps).
     """
 
     def __init__(self, name: str, *, shape: Callable, forward: Callable, vjp: Callable,
@@ -135,6 +137,7 @@ class Op:
         self._masks: dict[int, tuple[str, ...] | None] = {}
         self.pad = pad
         self.pad_probe = pad_probe
+        self.takes_lengths = False
 
     def mask(self, nargs: int) -> tuple[str, ...] | None:
         """The batching mask for a node with `nargs` arguments (None: unbatchable)."""
