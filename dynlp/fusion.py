@@ -62,6 +62,8 @@ class Program:
         key = tuple([x.shape[1:] if m != SHARED else x.shape for x, m in zip(xs, self.masks)])
         refills = self._pads.get(key)
         if refills is None:
+            if len(self._pads) >= MAX_FUSED_OPS:  # (one entry per length: bounded in practice)
+                self._pads.clear()
             plan = _pad_plan(self.steps, key)
             refills = self._pads[key] = [] if plan is None else plan[1]
         return refills

@@ -73,9 +73,10 @@ def _settings(autobatch: bool | str | tuple) -> tuple:
 
 
 USER_WORKLOADS = ("treenn-user", "tagger-user", "rnnlm-user", "attention-user",
-                  "treenn-cells")
-# treenn-cells is treenn-user with its two cells under @dn.fused: DyNet runs treenn-user's twin
-_PEER_OF = {"treenn-cells": "treenn-user"}
+                  "treenn-cells", "attention-cells")
+# treenn-cells is treenn-user with its two cells under @dn.fused, attention-cells
+# attention-user with its attention: DyNet runs the twin of the model without the decorator
+_PEER_OF = {"treenn-cells": "treenn-user", "attention-cells": "attention-user"}
 WORKLOADS = ("tagger", "treelstm", "parser", "tagger-paper", "treelstm-paper") + USER_WORKLOADS
 # the sizes of the DyNet benchmark suite's run-tests.sh (rnnlm-batch at 128 -> 256, over a
 # vocabulary of PTB's size, 10000); attention-user is ours
@@ -84,6 +85,7 @@ USER_SIZES = {"treenn-user": {"word_dim": 128, "hidden": 128},
               "rnnlm-user": {"embed": 128, "hidden": 256, "vocab": 10000},
               "attention-user": {"word_dim": 64, "hidden": 64, "attention": 64, "tag_dim": 32}}
 USER_SIZES["treenn-cells"] = USER_SIZES["treenn-user"]
+USER_SIZES["attention-cells"] = USER_SIZES["attention-user"]
 SHIFT, LEFT, RIGHT = 0, 1, 2
 
 # measured elsewhere on a machine like this one: references, never same-run measurements
@@ -608,10 +610,10 @@ class UserAttention(DynlpModel):
         self.state = 2 * hidden
         self.attention = attention
 
-    def attend(self, input_mat, w1dt, state):
+    def attend(self, input_mat, w1dt, h):
         w2 = dn.parameter(self.attention_w2)
         v = dn.parameter(self.attention_v)
-        w2dt = w2 @ state.output()
+        w2dt = w2 @ h
         unnormalized = dn.transpose(v @ dn.tanh(w1dt + dn.reshape(w2dt, (self.attention, 1))))
         att_weights = dn.softmax(unnormalized)
         return dn.reshape(input_mat @ att_weights, (self.state,))
@@ -631,12 +633,20 @@ class UserAttention(DynlpModel):
         s = self.dec.initial_state().add_input(dn.concatenate([dn.zeros(self.state), last]))
         losses = []
         for tag in list(tags) + [self.eos]:
-            vector = dn.concatenate([self.attend(input_mat, w1dt, s), last])
+            vector = dn.concatenate([self.attend(input_mat, w1dt, s.output()), last])
             s = s.add_input(vector)
             out = w @ s.output() + b
             losses.append(dn.pick_neg_log_softmax(out, tag))
             last = self.tgt_lookup[tag]
         return dn.esum(losses)
+
+
+class UserAttentionFused(UserAttention):
+    """attention-user with its attention under `@dn.fused` (one node per decoder step, calls
+    over source sentences of different lengths batched padded): the same model, parameters,
+    code and numbers."""
+
+    attend = dn.fused(UserAttention.attend)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -770,11 +780,14 @@ def make_user_workload(name: str, data: dict, tiny: bool, dynet_peers: Any, seed
                     f"{sizes['hidden']} per direction, MLP {sizes['mlp_dim']} (tanh, no biases), "
                     f"softmax loss per word; words seen < 6 times -> UNK; {d.source}")
         else:
-            model = UserAttention(words, tags, **sizes)
+            model = (UserAttention if name == "attention-user" else UserAttentionFused)(
+                words, tags, **sizes)
             what = (f"attention encoder-decoder, words -> UPOS sequence + </s>: embeddings "
                     f"{sizes['word_dim']}, BiLSTM {sizes['hidden']} per direction, MLP attention "
                     f"{sizes['attention']}, LSTM decoder {2 * sizes['hidden']} fed [context; "
                     f"tag embedding {sizes['tag_dim']}]; {d.source}")
+            if name == "attention-cells":
+                what += "; its attention under @dn.fused (DyNet: attention-user's twin)"
     peers = {}
     if dynet_peers is not None:
         peers = dynet_peers.make_user_peers(_PEER_OF.get(name, name), words, tags, sizes, seed,

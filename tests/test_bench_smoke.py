@@ -31,7 +31,7 @@ def data(bench):
 
 @pytest.mark.parametrize("name", ["tagger", "treelstm", "parser", "tagger-paper",
                                   "treelstm-paper", "treenn-user", "tagger-user", "rnnlm-user",
-                                  "attention-user", "treenn-cells"])
+                                  "attention-user", "treenn-cells", "attention-cells"])
 def test_workload_trains_one_step_batched_and_not(bench, data, name):
     workload = bench.make_workload(name, data, None, tiny=True)
     batch = workload.examples[:3]
@@ -60,6 +60,19 @@ def test_treenn_cells_is_treenn_user_under_dn_fused(bench, data):
     for a, b in zip(plain.pc.parameters(), cells.pc.parameters()):
         np.testing.assert_allclose(a.as_array(), b.as_array(), rtol=1e-5, atol=1e-7)
     assert nodes[1] < nodes[0] / 3
+
+
+def test_attention_cells_is_attention_user_under_dn_fused(bench, data):
+    """As treenn-cells: the same loss and updated parameters, far fewer nodes."""
+    plain = bench.make_workload("attention-user", data, None, tiny=True).dynlp
+    cells = bench.make_workload("attention-cells", data, None, tiny=True).dynlp
+    batch = bench.make_workload("attention-user", data, None, tiny=True).examples[:4]
+    assert plain.batch_loss_value(batch, "late") == pytest.approx(
+        cells.batch_loss_value(batch, "late"), rel=1e-6)
+    nodes = [plain.step(batch, "late"), cells.step(batch, "late")]
+    for a, b in zip(plain.pc.parameters(), cells.pc.parameters()):
+        np.testing.assert_allclose(a.as_array(), b.as_array(), rtol=1e-5, atol=1e-7)
+    assert nodes[1] < nodes[0] * 2 / 3
 
 
 def test_static_oracle_rebuilds_projective_trees(bench):
