@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .fusion import traced_op
-from .graph import Expression, Graph, GraphError, Row, Window, _graph_of
+from .graph import Expression, Graph, GraphError, Row, Slice, Window, _graph_of
 from .ops import SHARED, TABLE, Op
 
 _PARAMETER = TABLE["parameter"]
@@ -178,6 +178,7 @@ class FusedFunction:
         nodes: list[int] = []
         rows: list[int] = _NONE  # (the indices of the table rows read in place, in order)
         tables: list[int] = _NONE  # (and their tables)
+        slices: list[Slice] | None = None  # (the builders' slices read in place)
         for a in args:
             kind = type(a)
             if kind is Window and a._node < 0:
@@ -187,6 +188,15 @@ class FusedFunction:
                 else:
                     kinds.append(a.kind)
                 nodes.append(source)
+            elif kind is Slice and a._node < 0 and len(a.sources) == 1:
+                # (a builder's slice of a state, an LSTM's output: read in place as a window)
+                source = a.sources[0]
+                window = (_WINDOW, a.g.shapes[source], a.windows[0])
+                kinds.append((window, nodes.index(source)) if source in nodes else window)
+                nodes.append(source)
+                if slices is None:
+                    slices = []
+                slices.append(a)
             elif kind is Row and a._node < 0:
                 if rows is _NONE:
                     rows, tables = [], []
@@ -235,6 +245,12 @@ class FusedFunction:
             # node of this kind, which the next ones are made like)
             g._memo[where] = (trace, base, fills, node)
         g.folded += trace.unfused - 1
+        if slices is not None:
+            for a in slices:
+                a._fused = True  # (read in place: no gradient of its own)
+                if not a.counted:  # (its pick_range node, once, as unfused)
+                    a.counted = True
+                    g.folded += 1
         if rows:
             for a in args:
                 if type(a) is Row and not a.counted:

@@ -573,3 +573,52 @@ def test_a_program_that_cannot_pad_batches_each_length_apart():
         xs = [(dn.inputs(rng.normal(size=n)), dn.inputs(rng.normal(size=n))) for n in (2, 3, 3)]
         want = dn.esum([total(x, y) for x, y in xs]).scalar_value()
     assert value == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("autobatch", ["late", False])
+def test_an_lstm_output_is_read_in_place(autobatch):
+    # the builder's slice of a state ([c; h] -> h) is a window of the step's node for a fused
+    # call: no pick_range node, values and gradients as unfused, the slice's own gradient
+    # refused (plain() keeps it), and nodes_before_fusion counts the slice's node
+    @dn.fused
+    def cell(h, x):
+        return dn.tanh(h * x + h)
+
+    pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+    lstm = dn.LSTMBuilder(1, 2, 3, pc)
+
+    def run(fuse, plain=False):
+        for p in pc.parameters():
+            p.clear_grad()
+        rng = np.random.default_rng(2)
+        with dn.Graph(dtype=np.float64, fuse=fuse, autobatch=autobatch) as g:
+            outs, kept = [], []
+            for n in (2, 4):
+                states = lstm.initial_state().add_inputs(
+                    [dn.inputs(rng.normal(size=2)) for _ in range(n)])
+                for s in states:
+                    h = s.output().plain() if plain else s.output()
+                    kept.append(h)
+                    outs.append(dn.sum_elems(cell(h, dn.inputs(rng.normal(size=3)))))
+            total = dn.esum(outs)
+            value = total.scalar_value()
+            total.backward()
+            names = [op.name for op in g.ops]
+            stats = g.stats()
+            grads = [h.gradient().copy() for h in kept] if plain or not fuse else None
+            if fuse and not plain:
+                with pytest.raises(dn.GraphError, match="in place"):
+                    kept[0].gradient()
+        return value, [p.grad_as_array().copy() for p in pc.parameters()], names, stats, grads
+
+    value, grads, names, stats, _ = run(True)
+    value2, grads2, names2, stats2, hgrads2 = run(False)
+    assert "pick_range" not in names and "pick_range" in names2
+    assert stats["nodes_before_fusion"] == stats2["nodes"]
+    assert value == pytest.approx(value2, rel=1e-12)
+    for a, b in zip(grads, grads2):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    value3, _, _, _, hgrads3 = run(True, plain=True)
+    assert value3 == pytest.approx(value2, rel=1e-12)
+    for a, b in zip(hgrads3, hgrads2):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
