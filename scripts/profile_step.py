@@ -58,9 +58,16 @@ def profile(workload: bench.Workload, strategy: bool | str, batches: list[list],
     model.step(batches[0], strategy)
     model.step(batches[1], strategy)
     op_times: dict[str, float] = defaultdict(float)
+    # the table's ops, and the ops made of them that the model's graphs hold (composed and
+    # fused ops, whose steps' rules they call directly), each timed as a whole
+    wrapped = list(TABLE.values()) if per_op else []
+    if per_op:
+        with dn.Graph(autobatch=strategy) as g:
+            model.batch_loss(batches[0])
+            wrapped += [op for op in dict.fromkeys(g.ops) if TABLE.get(op.name) is not op]
     originals = {}
-    for op in TABLE.values() if per_op else ():
-        originals[op.name] = (op.forward, op.vjp)
+    for op in wrapped:
+        originals[id(op)] = (op.forward, op.vjp)
         op.forward = _timed(op_times, f"{op.name} forward", op.forward)
         op.vjp = _timed(op_times, f"{op.name} vjp", op.vjp)
     rows = []
@@ -87,8 +94,8 @@ def profile(workload: bench.Workload, strategy: bool | str, batches: list[list],
             rows.append([t1 - t0 - during_build, schedule, numpy_forward, numpy_backward,
                          t3 - t2 - numpy_backward, t4 - t3, t5 - t4])
     finally:
-        for op in TABLE.values() if per_op else ():
-            op.forward, op.vjp = originals[op.name]
+        for op in wrapped:
+            op.forward, op.vjp = originals[id(op)]
     steps = len(batches) - 2
     medians = np.median(np.array(rows), axis=0) * 1000
     per_op = {name: seconds / steps * 1000 for name, seconds in op_times.items()}
