@@ -9,8 +9,11 @@ however many ops the function holds: a Tree-LSTM cell written op by op, about tw
 eight nodes when fused while building, is one node.
 
 Arguments are read in place where they can be: an output of another fused call (a `Window`
-of its node), and a lookup table's row (`cell(E[word])`: the table is an argument of the
-node and the row index its per-call data), so that a tree of cells is one node per cell.
+of its node), a builder's slice of a state (an LSTM's `output()`), and a lookup table's row
+(`cell(E[word])`: the table is an argument of the node and the row index its per-call data),
+so that a tree of cells is one node per cell. Traces over arguments of other lengths that
+come out as the same program share one op, which pads (`fusion.traced_op`): calls over
+sequences of different lengths batch together.
 
 The function must be a function of its expression arguments: what it computes may depend on
 their shapes and on its other arguments (ints, strings, objects, keyword arguments: part of
