@@ -262,7 +262,8 @@ class FusedFunction:
                     g.folded += 1
         if trace.outputs is None:
             return Expression(g, node)
-        return tuple([Window(g, node, *out) for out in trace.outputs])
+        make = Window.of_call
+        return tuple([make(g, node, *out) for out in trace.outputs])
 
     def _trace(self, g: Graph, args: tuple, kinds: list, static: dict) -> _Trace:
         name = self.name

@@ -622,3 +622,16 @@ def test_an_lstm_output_is_read_in_place(autobatch):
     assert value3 == pytest.approx(value2, rel=1e-12)
     for a, b in zip(hgrads3, hgrads2):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_window_made_for_a_call_equals_one_made_by_its_constructor():
+    # (Window.of_call sets the slots itself: every slot of the class and its bases must match)
+    g = dn.Graph()
+    kind = ("window", (6,), (2, 5))
+    made = Window(g, 7, ((2, 5),), kind, 3)
+    fast = Window.of_call(g, 7, ((2, 5),), kind, 3)
+    slots = {name for cls in type(made).__mro__ for name in getattr(cls, "__slots__", ())
+             if name != "i"}  # (a Deferred's node is a property: read, it would add the node)
+    assert slots >= {"sources", "windows", "width", "kind", "position", "counted"}
+    for name in slots:
+        assert getattr(made, name) == getattr(fast, name), name
