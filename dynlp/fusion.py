@@ -346,6 +346,20 @@ def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names
 _COMPOSED: dict[tuple, Op] = {}  # steps -> composed op, shared by all graphs
 
 
+class ComposedOp(Op):
+    """An op of `composed`: equal to any other made of the same steps, so that nodes built
+    from two copies of one structure (made again after the cache was cleared) still share a
+    signature and batch together."""
+
+    key: tuple = ()
+
+    def __eq__(self, other: Any) -> bool:
+        return self is other or type(other) is ComposedOp and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
 def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...] = (),
              doc: str = "") -> Op:
     """An op that runs ops of the table one after the other inside one node, each reading
@@ -365,10 +379,11 @@ def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...]
         _COMPOSED.clear()
     steps = [(op, dict(static), tuple(refs), tuple(bnames)) for op, static, refs, bnames in steps]
     program = Program(steps, len(masks), masks)
-    op = Op("+".join(step[0].name for step in steps), shape=_program_shape(steps),
-            forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
-            batched_attrs=battrs, cost=max(step[0].cost for step in steps), residual=True,
-            doc=doc or "ops of the table composed into one node")
+    op = ComposedOp("+".join(step[0].name for step in steps), shape=_program_shape(steps),
+                    forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
+                    batched_attrs=battrs, cost=max(step[0].cost for step in steps),
+                    residual=True, doc=doc or "ops of the table composed into one node")
+    op.key = key
     op.program = program
     _COMPOSED[key] = op
     return op

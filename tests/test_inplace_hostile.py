@@ -5,8 +5,9 @@ with the composed nodes and again with the plain nodes they stand for (lookup, `
 or concatenate_ranges nodes beside the step or the dropout), and must agree in float64 under every
 autobatch strategy, fuse mode and padding setting: losses, JVPs, values and gradients of
 intermediate expressions, dense and sparse parameter gradients (rows used twice, rows of two
-tables). Also node counts, batching, the composed-op caches, determinism and shape errors. The
-tests marked xfail are bugs this file found, each described in its reason."""
+tables). Also node counts, batching, the composed-op caches, determinism and shape errors,
+and three bugs this file found (fixed): a cache clear split one structure's batches, and the
+DyNet layer's LSTM read a row or a state of an ended graph in the new one."""
 
 import hashlib
 import os
@@ -569,12 +570,6 @@ def test_many_distinct_dropout_rates_keep_values_and_the_caches_bounded():
     assert info is None or info().currsize <= info().maxsize
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inplace.dropout_row keeps ops in an lru_cache of 256 while fusion._COMPOSED is cleared "
-    "whole at MAX_FUSED_OPS: after more distinct structures than both within one graph, a rate "
-    "seen before the clear gets a second op object, so its nodes get a second signature and run "
-    "as two batches (values stay right). Fix: give composed ops equality and a hash by their "
-    "structure key, so that equal ops share a signature whichever object a node holds"))
 def test_nodes_of_one_rate_share_an_op_across_a_cache_clear():
     pc = _collection(0)
     E = pc.add_lookup_parameters((5, 3))
@@ -677,13 +672,6 @@ def test_dynet_lstm_over_lookups_equals_it_over_nodes(settings):
     assert np.any(grads[-1] != 0.0) != bool(settings.get("const"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "dynet/builders.py VanillaLSTMBuilder._fused_step reads a Row's table by its node number "
-    "(`xj.table`) in the current graph without checking that the Row belongs to it: a row "
-    "looked up before renew_cg() silently reads the row of whatever table holds that node "
-    "number now (a plain expression of an ended graph raises RuntimeError). Fix: take the "
-    "lookup+lstm_step path only for a Row of the current graph (xj.g is g), else xj.i, which "
-    "raises for an ended graph"))
 def test_dynet_lstm_refuses_a_row_of_an_ended_graph():
     m = dy.ParameterCollection()
     E = m.add_lookup_parameters((7, 3))
@@ -701,12 +689,6 @@ def test_dynet_lstm_refuses_a_row_of_an_ended_graph():
     assert value is None, "a row of an ended graph was read in the new graph"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "dynet/builders.py _fused_step takes a previous RNNState's nodes (`prev[2]`, node numbers "
-    "of the graph the state was made in) into the current graph unchecked: a state carried "
-    "over renew_cg() steps from whatever node holds that number now, silently when its shape "
-    "fits (an IndexError when the new graph is shorter). Fix: check that the state's and the "
-    "masks' expressions belong to the current graph and raise RuntimeError (GraphError)"))
 def test_dynet_lstm_refuses_a_state_of_an_ended_graph():
     m = dy.ParameterCollection()
     rnn = dy.VanillaLSTMBuilder(1, 3, 4, m)

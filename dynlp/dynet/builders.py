@@ -298,6 +298,11 @@ class VanillaLSTMBuilder(_RNNBuilder):
             x_mask = list(mx.es) if mx is not None else [g.leaf(np.ones(xs[0].shape))]
             h_mask = dy.concatenate([dy.ones(hd), mh]).es if mh is not None \
                 else [g.leaf(np.ones(2 * hd))]
+        for e in [*xs, *states, *(() if mask is None else (*x_mask, *h_mask))]:
+            if e.g is not g:  # (a row, state or mask of an ended graph: its node numbers are
+                # another graph's)
+                raise G.GraphError("an expression of another computation graph was used "
+                                   "after renew_cg(); build it again in the current graph")
         nodes = []
         for j in range(b_size):
             xj = xs[j if len(xs) > 1 else 0]
