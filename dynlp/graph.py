@@ -97,7 +97,8 @@ class Graph:
     each when read (`Pointwise`); "regions" keeps the sums pending but leaves elementwise ops
     to a pass that fuses, before each forward pass, regions of nodes whose intermediate results
     nothing else reads into single nodes (values and gradients of every node stay readable);
-    False builds every op as its node.
+    False builds every op as its node (a builder's nodes, and `dn.dropout` of a row or of a
+    state's slice, stay as they are made: one node each, whatever the setting).
     pad: True (the default) batches nodes whose shapes differ only in a length, padded to the
     longest (attention over sentences of different lengths; `Op.pad`); False batches only
     equal shapes. (`fuse="regions"` batches only equal shapes.)
