@@ -50,10 +50,11 @@ class Program:
         self.masks = masks
         # per position, looked up once: (the op's forward, its VJP, whether it keeps a
         # residual, its static attributes as a dict or None when it has none, batched attribute
-        # names, references, and a getter of its inputs from the list of the outside arguments
-        # followed by the positions' values)
+        # names, where each input's cotangent goes, and a getter of its inputs from the list
+        # of the outside arguments followed by the positions' values)
         self.plan = [(op.forward, op.vjp, op.residual, dict(static) if static else None, bnames,
-                      refs, _getter([r if r >= 0 else nargs - 1 - r for r in refs]))
+                      tuple([(-1 - r, -1) if r < 0 else (r, masks[r] == SHARED) for r in refs]),
+                      _getter([r if r >= 0 else nargs - 1 - r for r in refs]))
                      for op, static, refs, bnames in steps]
         self._pads: dict[tuple, list | None] = {}  # argument shapes -> refills (`_refills`)
 
@@ -70,27 +71,23 @@ class Program:
 
     def forward(self, *xs: np.ndarray, lengths: Any = None,
                 **attrs: Any) -> tuple[np.ndarray, list]:
+        if lengths is not None:
+            refills = self._refills(xs)
+            if any(refills):
+                return self._padded_forward(xs, lengths, refills, attrs)
         env = list(xs)  # (then each position's value)
         residuals: list[Any] = []
         push_value, push_residual = env.append, residuals.append
-        # in a padded batch, the inputs a step reads refilled (its rule's fill in the padding)
-        refills = None if lengths is None else self._refills(xs)
-        refilled: dict[tuple, np.ndarray] = {}
-        for p, (forward, _, keeps, static, bnames, _, get) in enumerate(self.plan):
-            ins = get(env)
-            if refills and refills[p]:
-                ins = list(ins)
-                for slot, axis, fill in refills[p]:
-                    ins[slot] = refilled[p, slot] = _refill(ins[slot], lengths, axis, fill)
+        for forward, _, keeps, static, bnames, _, get in self.plan:
             if bnames:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
                     a[name] = attrs[key]
-                out = forward(*ins, **a)
+                out = forward(*get(env), **a)
             elif static is None:
-                out = forward(*ins)
+                out = forward(*get(env))
             else:
-                out = forward(*ins, **static)  # (the call makes its own dict of them)
+                out = forward(*get(env), **static)  # (the call makes its own dict of them)
             if keeps:
                 out, res = out
                 push_residual(res)
@@ -98,7 +95,29 @@ class Program:
                 push_residual(None)
             push_value(out)
         # the residual also receives the positions' cotangents in backward (`gradient()`)
-        return out, [env[self.nargs:], residuals, None, refilled if refills else None]
+        return out, [env[self.nargs:], residuals, None, None]
+
+    def _padded_forward(self, xs: tuple, lengths: Any, refills: list,
+                        attrs: dict) -> tuple[np.ndarray, list]:
+        """`forward` in a padded batch: the inputs a step reads refilled as its rule asks."""
+        env = list(xs)
+        residuals: list[Any] = []
+        refilled: dict[tuple, np.ndarray] = {}
+        for p, (forward, _, keeps, static, bnames, _, get) in enumerate(self.plan):
+            ins = list(get(env))
+            for slot, axis, fill in refills[p]:
+                ins[slot] = refilled[p, slot] = _refill(ins[slot], lengths, axis, fill)
+            a = {} if static is None else dict(static)
+            for name, key in bnames:
+                a[name] = attrs[key]
+            out = forward(*ins, **a)
+            if keeps:
+                out, res = out
+                residuals.append(res)
+            else:
+                residuals.append(None)
+            env.append(out)
+        return out, [env[self.nargs:], residuals, None, refilled]
 
     def vjp(self, g: np.ndarray, out: np.ndarray, *xs: np.ndarray, residual: list,
             lengths: Any = None, **attrs: Any) -> list:
@@ -110,19 +129,21 @@ class Program:
         cts: list[Any] = [None] * len(plan)
         cts[-1] = g
         outside: list[Any] = [None] * self.nargs
-        masks = self.masks
         for p in range(len(plan) - 1, -1, -1):
             c = cts[p]
             if c is None:
                 continue
-            _, vjp, keeps, static, bnames, refs, get = plan[p]
+            _, vjp, keeps, static, bnames, targets, get = plan[p]
             ins = get(env)
             if refills and refills[p]:
                 ins = list(ins)
                 for slot, _, _ in refills[p]:
                     ins[slot] = refilled[p, slot]
-            if static is None and not bnames and not keeps:
-                parts = vjp(c, values[p], *ins)
+            if static is None and not bnames:
+                if keeps:
+                    parts = vjp(c, values[p], *ins, residual=residuals[p])
+                else:
+                    parts = vjp(c, values[p], *ins)
             else:
                 a = {} if static is None else dict(static)
                 for name, key in bnames:
@@ -135,22 +156,22 @@ class Program:
                 for slot, axis, _ in refills[p]:  # (the padding's cotangent is dropped)
                     if parts[slot] is not None:
                         parts[slot] = parts[slot] * _inside(lengths, parts[slot].shape, axis)
-            for r, ct in zip(refs, parts):
+            # (targets: per input, (a position's index in cts, -1) or (an outside argument,
+            # whether it is shared))
+            for (q, shared), ct in zip(targets, parts):
                 if ct is None:
                     continue
-                if r < 0:
-                    q = -1 - r
+                if shared < 0:
                     have = cts[q]
                     cts[q] = ct if have is None else have + ct
-                elif masks[r] == SHARED:
-                    have = outside[r]
-                    if have is None:
-                        outside[r] = ct
-                    else:
-                        outside[r] = Parts(*_parts(have), *_parts(ct))
                 else:
-                    have = outside[r]
-                    outside[r] = ct if have is None else have + ct
+                    have = outside[q]
+                    if have is None:
+                        outside[q] = ct
+                    elif shared:
+                        outside[q] = Parts(*_parts(have), *_parts(ct))
+                    else:
+                        outside[q] = have + ct
         residual[2] = cts
         return outside
 
@@ -352,12 +373,13 @@ class ComposedOp(Op):
     signature and batch together."""
 
     key: tuple = ()
+    _hash = 0  # (the key's, worked out once: a node's signature key hashes its op)
 
     def __eq__(self, other: Any) -> bool:
         return self is other or type(other) is ComposedOp and other.key == self.key
 
     def __hash__(self) -> int:
-        return hash(self.key)
+        return self._hash
 
 
 def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...] = (),
@@ -384,6 +406,7 @@ def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...]
                     batched_attrs=battrs, cost=max(step[0].cost for step in steps),
                     residual=True, doc=doc or "ops of the table composed into one node")
     op.key = key
+    op._hash = hash(key)
     op.program = program
     _COMPOSED[key] = op
     return op
