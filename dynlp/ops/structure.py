@@ -2,6 +2,7 @@
 control, noise, and the leaves (inputs and parameters). Imports only the op-table core.
 """
 
+import math
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ linear("concatenate_cols", shape=_concat_cols_shape,
 
 
 def _reshape_shape(x, shape):
-    if int(np.prod(x)) != int(np.prod(shape)):
+    if math.prod(x) != math.prod(shape):
         raise ValueError(f"cannot reshape to {shape}")
     return tuple(shape)
 
