@@ -158,6 +158,7 @@ class Graph:
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
+        self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
         self._padded_keys: dict[tuple, tuple] = {}  # padded signature key -> a key it stands for
         self.mixed_ops: set = set()  # ops with a padded signature over several shapes
         self._singles: dict[int, tuple[int]] = {}
@@ -195,6 +196,7 @@ class Graph:
             # its first pass untracks tuples that hold only ints.)
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
+            self._broadcasts = {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
@@ -1366,7 +1368,7 @@ def _fused_arith(g: Graph, kind: str, x: Any, y: Any, sx: tuple[int, ...],
                  sy: tuple[int, ...]) -> "Pointwise | None":
     """x kind y (add, sub, mul, div) over expressions of shapes sx and sy as a Pointwise, or
     None when the shapes do not broadcast (the op's own node then says why)."""
-    shape = sx if sx == sy else _broadcast(sx, sy)
+    shape = sx if sx == sy else _broadcast_in(g, sx, sy)
     if shape is None:
         return None
     if kind == "sub":
@@ -1381,6 +1383,15 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None
         return broadcast_shape(a, b)
     except ValueError:
         return None
+
+
+def _broadcast_in(g: Graph, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """`_broadcast(a, b)`, worked out once per pair of shapes and graph."""
+    key = (a, b)
+    known = g._broadcasts
+    if key not in known:
+        known[key] = _broadcast(a, b)
+    return known[key]
 
 
 def reshaped(x: Any, shape: tuple[int, ...]) -> Expression:
