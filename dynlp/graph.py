@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import math
 from itertools import chain
+from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -214,19 +215,21 @@ class Graph:
         """`add`, returning the new node's index."""
         shapes = self.shapes
         count = len(args)
-        if count == 1:
-            key = (op, (shapes[args[0]],), attrs)
+        if count == 3:
+            a, b, c = args
+            key = (op, (shapes[a], shapes[b], shapes[c]), attrs)
         elif count == 2:
             a, b = args
             key = (op, (shapes[a], shapes[b]), attrs)
+        elif count == 1:
+            key = (op, (shapes[args[0]],), attrs)
         elif count == 4:
             a, b, c, d = args
             key = (op, (shapes[a], shapes[b], shapes[c], shapes[d]), attrs)
-        elif count == 3:
-            a, b, c = args
-            key = (op, (shapes[a], shapes[b], shapes[c]), attrs)
+        elif count:  # (an itemgetter of several items gives their tuple)
+            key = (op, itemgetter(*args)(shapes), attrs)
         else:
-            key = (op, tuple([shapes[a] for a in args]), attrs)
+            key = (op, (), attrs)
         info = self._info.get(key)
         if info is None:
             info = self._describe(key)
