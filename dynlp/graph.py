@@ -1122,29 +1122,30 @@ class Pointwise(Deferred):
         return total
 
 
-def _operand(x: Any) -> tuple:
-    """(tokens, leaves, kid) of an operand of a Pointwise being built: its program when it is
-    a Pointwise no expression has taken in yet, else its node as one leaf."""
-    if type(x) is Pointwise and x._node < 0 and not x.taken:
-        return x.tokens, x.leaves, x
-    return _LEAF, (x.i,), None
-
-
 def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointwise":
-    """token (an op, or (op, attrs)) over x, as a Pointwise."""
-    tx, lx, kx = _operand(x)
-    if len(tx) >= MAX_POINTWISE_TOKENS:
-        tx, lx, kx = _LEAF, (x.i,), None
-    if kx is not None:
-        kx.taken = True
+    """token (an op, or (op, attrs)) over x, as a Pointwise. An operand is taken in as its
+    program when it is a Pointwise no expression has taken in yet, else as its node, a leaf."""
+    if type(x) is Pointwise and x._node < 0 and not x.taken and \
+            len(x.tokens) < MAX_POINTWISE_TOKENS:
+        x.taken = True
+        tokens, leaves, kids = x.tokens + (token,), x.leaves, (x,)
+    else:
+        tokens, leaves, kids = (None, token), (x.i,), (None,)
     g.folded += 1
-    return Pointwise(g, tx + (token,), lx, (kx,), shape)
+    return Pointwise(g, tokens, leaves, kids, shape)
 
 
 def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
-    """token (a binary op) over x and y of one shape, as a Pointwise."""
-    tx, lx, kx = _operand(x)
-    ty, ly, ky = _operand(y)
+    """token (a binary op) over x and y of one shape, as a Pointwise (operands as for
+    `_pointwise1`)."""
+    if type(x) is Pointwise and x._node < 0 and not x.taken:
+        tx, lx, kx = x.tokens, x.leaves, x
+    else:
+        tx, lx, kx = _LEAF, (x.i,), None
+    if type(y) is Pointwise and y._node < 0 and not y.taken:
+        ty, ly, ky = y.tokens, y.leaves, y
+    else:
+        ty, ly, ky = _LEAF, (y.i,), None
     if len(tx) + len(ty) >= MAX_POINTWISE_TOKENS:  # the longer operand becomes a node
         if len(tx) >= len(ty):
             tx, lx, kx = _LEAF, (x.i,), None
