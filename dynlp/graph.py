@@ -41,7 +41,8 @@ _ARITY = {TABLE[name]: 1 for name in (
     "neg", "exp", "log", "sqrt", "square", "cube", "abs", "sin", "cos", "tanh", "logistic",
     "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const", "reshape")}
 _ARITY.update({TABLE[name]: 2 for name in ("add", "mul", "div")})
-_BINARY_TOKENS = {name: (None, None, TABLE[name]) for name in ("add", "mul", "div")}
+_BINARY = {name: TABLE[name] for name in ("add", "mul", "div")}
+_BINARY_TOKENS = {name: (None, None, op) for name, op in _BINARY.items()}
 _LEAF = (None,)
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
@@ -1322,9 +1323,11 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
         if g.fuse is True:
             sx = x.out_shape if tx is Pointwise else g.shapes[x.i]
             sy = y.out_shape if ty is Pointwise else g.shapes[y.i]
-            if tx is Expression and ty is Expression and kind != "sub" and sx == sy:
-                g.folded += 1  # (the usual case, two nodes of one shape, the short way)
-                return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), sx)
+            if sx == sy and kind != "sub":  # (the usual case, one shape, the short way)
+                if tx is Expression and ty is Expression:
+                    g.folded += 1
+                    return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), sx)
+                return _pointwise2(g, _BINARY[kind], x, y, sx)
             fused = _fused_arith(g, kind, x, y, sx, sy)
             if fused is not None:
                 return fused
