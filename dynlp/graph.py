@@ -910,11 +910,18 @@ class Affine(Deferred):
         else:
             self.readers.append(reader)
 
+    def __add__(self, other: Any) -> Expression:
+        """A larger sum when other is a bias or a sum (`plus`, the usual case, without the
+        dispatch of `arith`), else the sum as any expression's."""
+        total = self.plus(other)
+        return arith("add", self, other) if total is None else total
+
     def plus(self, other: Any) -> "Affine | None":
         """self + other as a new Affine, or None when other is neither an Affine of the same
         graph and shape nor a bias."""
         g = self.g
-        if type(other) is Affine:
+        kind = type(other)
+        if kind is Affine:
             if other.g is not g or other.out_shape != self.out_shape:
                 return None
             out = Affine(g, self.terms + other.terms, self.biases + other.biases,
@@ -924,8 +931,9 @@ class Affine(Deferred):
             other._read_by(out)
             g.folded += 1
             return out
-        if isinstance(other, Expression):
-            if other.g is not g or isinstance(other, Deferred) and other._node < 0:
+        if kind is Expression or isinstance(other, Expression):
+            if other.g is not g or kind is not Expression and isinstance(other, Deferred) and \
+                    other._node < 0:
                 return None  # (a pending expression is no parameter: left pending)
             node = other.i
             if g.ops[node] is not _PARAMETER or g.shapes[node] != self.out_shape:
@@ -974,10 +982,13 @@ class Affine(Deferred):
         if self.windowed:  # (the Windows' nodes, now that a node reads them)
             self.terms = tuple([(w, x if type(x) is int else x.i) for w, x in self.terms])
             self.windowed = False
-        if len(self.terms) == 1 and len(self.biases) == 1 and self._node < 0 and activation:
-            # the usual case, one product and its bias under an activation, the short way
+        biases = self.biases
+        if len(self.terms) == 1 and len(biases) <= 1 and self._node < 0 and activation:
+            # the usual case, one product and its bias, if any, under an activation: the
+            # short way
             (w, x), = self.terms
-            node = g.add_node(_AFFINE, (self.biases[0], w, x), _ACTIVATION_ATTRS[activation])
+            bias = biases[0] if biases else self._bias()
+            node = g.add_node(_AFFINE, (bias, w, x), _ACTIVATION_ATTRS[activation])
             self._fused = True
             self._read_by((node, activation, None))
             return Expression(g, node)
