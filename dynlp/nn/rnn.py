@@ -116,10 +116,10 @@ class RNNState:
         """The states after each of xs, in order."""
         b, out, prev = self.builder, [], self
         xs = list(xs)
-        if xs and len(b.params) == 1 and all(m is None and r is None for m, r in self.masks):
+        if xs and len(b.params) == 1 and self.masks[0] == (None, None):
             # one layer, no dropout: the steps as one chain (embedding rows read in place)
             g = graph_of(list(self.states) + xs)
-            for node in self._steps(xs, top_only=True):
+            for node in self._steps(xs, top_only=True, g=g):
                 state = RNNState(b, [Expression(g, node)], self.masks, False, prev)
                 out.append(state)
                 prev = state
@@ -131,16 +131,17 @@ class RNNState:
             prev = state
         return out
 
-    def _steps(self, xs: list[Any], top_only: bool = False) -> list:
-        """Add the steps over xs (expressions, or arrays that become constants) to the graph:
-        per step, (the layers' states, the lower layers' h and None) or, with top_only, the top
-        layer's state node alone."""
+    def _steps(self, xs: list[Any], top_only: bool = False, g: Graph | None = None) -> list:
+        """Add the steps over xs (expressions, or arrays that become constants) to the graph
+        (g: theirs, if known): per step, (the layers' states, the lower layers' h and None) or,
+        with top_only, the top layer's state node alone."""
         if not xs:
             return []
         b = self.builder
-        g = graph_of(list(self.states) + xs)
-        masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
-        if top_only and len(b.params) == 1 and masks[0] == (None, None) and b.reads_rows:
+        if g is None:
+            g = graph_of(list(self.states) + xs)
+        chain = top_only and len(b.params) == 1 and self.masks[0] == (None, None)
+        if chain and b.reads_rows:
             table = _table_of(xs, g)
             if table is not None and g.shapes[table][1:] == (b.input_dim,):
                 # a sequence of embedding rows: the step reads its row itself, no lookup nodes
@@ -153,14 +154,19 @@ class RNNState:
                                    as_node(g, self.states[0]), [single(x.index) for x in xs])
         nodes = [as_node(g, x) for x in xs]
         want = (b.input_dim,)
+        shapes = g.shapes
         for node in nodes:
-            if g.shapes[node] != want:
+            if shapes[node] != want:
                 raise ValueError(f"{type(b).__name__}.add_input: input of shape "
-                                 f"{g.shapes[node]}, expected {want}")
+                                 f"{shapes[node]}, expected {want}")
+        if chain:  # one layer, no dropout: one chain of steps
+            state = as_node(g, self.states[0])
+            W, bias = b.params[0]
+            return g.add_chain(TABLE[b.step_op], (g.param_node(W), g.param_node(bias)), nodes,
+                               state)
+        masks = [(None if m is None else m.i, None if r is None else r.i) for m, r in self.masks]
         states = [as_node(g, s) for s in self.states]
         weights = [(g.param_node(W), g.param_node(bias)) for W, bias in b.params]
-        if len(weights) == 1 and top_only and masks[0] == (None, None):
-            return g.add_chain(TABLE[b.step_op], weights[0], nodes, states[0])
         return self._layered_steps(nodes, states, top_only, g, weights, masks)
 
     def _layered_steps(self, nodes: list[int], states: list[int], top_only: bool, g: Graph,
@@ -354,10 +360,16 @@ class LSTMBuilder(RecurrentBuilder):
         return (pc.add_parameters((4 * hidden, width + hidden), name="W"),
                 pc.add_parameters((4 * hidden,), init=bias, name="b"))
 
+    def __init__(self, layers: int, input_dim: int, hidden_dim: int, pc: ParameterCollection,
+                 name: str | None = None) -> None:
+        super().__init__(layers, input_dim, hidden_dim, pc, name)
+        self._h_windows = ((self.hidden_dim, 2 * self.hidden_dim),)  # (of every h Slice)
+
     def _hidden(self, state):
         # deferred: a concatenation of two directions, an MLP or dropout reads it in place;
         # anything else makes the pick_range node
-        return Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim)
+        return Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim,
+                     self._h_windows)
 
     def hidden_range(self):
         return (self.hidden_dim, 2 * self.hidden_dim) if len(self.params) == 1 else None
