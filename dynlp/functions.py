@@ -54,8 +54,8 @@ def ones(shape: Any) -> Expression:
 def parameter(p: Parameter) -> Expression:
     """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
     g = _graph._current
-    if g is not None and g.alive:  # the usual case, once per parameter and graph: one lookup
-        e = g._param_exprs.get(id(p))
+    if g is not None:  # the usual case, once per parameter and graph: one lookup
+        e = g._param_exprs.get(id(p))  # (an ended graph has none left)
         if e is not None:
             return e
     return p.to_expression()
