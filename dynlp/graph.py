@@ -161,6 +161,7 @@ class Graph:
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
         self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
+        self._over: dict[tuple, tuple] = {}  # memo of `add_over`
         self._padded_keys: dict[tuple, tuple] = {}  # padded signature key -> a key it stands for
         self.mixed_ops: set = set()  # ops with a padded signature over several shapes
         self._singles: dict[int, tuple[int]] = {}
@@ -198,7 +199,7 @@ class Graph:
             # its first pass untracks tuples that hold only ints.)
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
-            self._broadcasts = {}
+            self._broadcasts, self._over = {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
@@ -253,6 +254,27 @@ class Graph:
         self._push_battrs(battrs)
         shapes.append(shape)
         self._push_sig(sig)
+        self._push_loc(-1)
+        return node
+
+    def add_over(self, op: Op, weights: tuple[int, ...], x: int, attrs: tuple = ()) -> int:
+        """`add_node(op, weights + (x,), attrs)` for weights that are the same nodes call after
+        call (a layer's parameters, `W @ x + b`): the shape check and the signature are looked
+        up at once, once per op, weights, shape of x, attributes and graph."""
+        shapes = self.shapes
+        key = (op, weights, shapes[x], attrs)
+        known = self._over.get(key)
+        if known is None:
+            node = self.add_node(op, weights + (x,), attrs)
+            self._over[key] = (shapes[node], self.sigs[node])
+            return node
+        node = len(shapes)
+        self._push_op(op)
+        self._push_args(weights + (x,))
+        self._push_attrs(attrs)
+        self._push_battrs(None)
+        shapes.append(known[0])
+        self._push_sig(known[1])
         self._push_loc(-1)
         return node
 
@@ -988,7 +1010,7 @@ class Affine(Deferred):
             # short way
             (w, x), = self.terms
             bias = biases[0] if biases else self._bias()
-            node = g.add_node(_AFFINE, (bias, w, x), _ACTIVATION_ATTRS[activation])
+            node = g.add_over(_AFFINE, (bias, w), x, _ACTIVATION_ATTRS[activation])
             self._fused = True
             self._read_by((node, activation, None))
             return Expression(g, node)
@@ -1011,7 +1033,7 @@ class Affine(Deferred):
             g.folded -= 1  # the node stands for the sum's last product or add
         if len(late) == 1 and not self.biases and activation is None:
             w, x = late[0]
-            return g.add(_MATMUL, (w, x))
+            return Expression(g, g.add_over(_MATMUL, (w,), x))
         args = (self._bias(),) + tuple(chain.from_iterable(late))
         attrs = () if activation is None else _ACTIVATION_ATTRS[activation]
         out = g.add(_AFFINE, args, attrs)
