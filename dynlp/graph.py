@@ -257,22 +257,27 @@ class Graph:
         self._push_loc(-1)
         return node
 
-    def add_over(self, op: Op, weights: tuple[int, ...], x: int, attrs: tuple = ()) -> int:
-        """`add_node(op, weights + (x,), attrs)` for weights that are the same nodes call after
-        call (a layer's parameters, `W @ x + b`): the shape check and the signature are looked
-        up at once, once per op, weights, shape of x, attributes and graph."""
+    def add_over(self, op: Op, weights: tuple[int, ...], x: int | None, attrs: tuple = (),
+                 battrs: tuple | None = None) -> int:
+        """`add_node(op, weights + (x,), attrs, battrs)` (without x when None) for weights that
+        are the same nodes call after call (a layer's parameters in `W @ x + b`, a lookup
+        table): the shape check and the signature are looked up at once, once per op, weights,
+        shape of x, attributes and graph."""
         shapes = self.shapes
-        key = (op, weights, shapes[x], attrs)
+        if x is None:
+            args, key = weights, (op, weights, None, attrs)
+        else:
+            args, key = weights + (x,), (op, weights, shapes[x], attrs)
         known = self._over.get(key)
         if known is None:
-            node = self.add_node(op, weights + (x,), attrs)
+            node = self.add_node(op, args, attrs, battrs)
             self._over[key] = (shapes[node], self.sigs[node])
             return node
         node = len(shapes)
         self._push_op(op)
-        self._push_args(weights + (x,))
+        self._push_args(args)
         self._push_attrs(attrs)
-        self._push_battrs(None)
+        self._push_battrs(battrs)
         shapes.append(known[0])
         self._push_sig(known[1])
         self._push_loc(-1)
@@ -883,7 +888,7 @@ class Row(Deferred):
         g = self._live()
         if self.counted:
             g.folded -= 1
-        return g.add_node(_LOOKUP, (self.table,), (), g.single(self.index))
+        return g.add_over(_LOOKUP, (self.table,), None, (), g.single(self.index))
 
     @property
     def shape(self) -> tuple[int, ...]:
