@@ -116,10 +116,10 @@ class RNNState:
         """The states after each of xs, in order."""
         b, out, prev = self.builder, [], self
         xs = list(xs)
-        if xs and len(b.params) == 1 and self.masks[0] == (None, None):
-            # one layer, no dropout: the steps as one chain (embedding rows read in place)
-            g = graph_of(list(self.states) + xs)
-            for node in self._steps(xs, top_only=True, g=g):
+        chain = self._chain(xs)
+        if chain is not None:
+            g, nodes = chain
+            for node in nodes:
                 state = RNNState(b, [Expression(g, node)], self.masks, False, prev)
                 out.append(state)
                 prev = state
@@ -130,6 +130,14 @@ class RNNState:
             out.append(state)
             prev = state
         return out
+
+    def _chain(self, xs: list[Any]) -> tuple[Graph, list[int]] | None:
+        """For one layer without dropout, (the graph, each step's state node), the steps added
+        as one chain (embedding rows read in place); else None, and nothing added."""
+        if xs and len(self.builder.params) == 1 and self.masks[0] == (None, None):
+            g = graph_of(list(self.states) + xs)
+            return g, self._steps(xs, top_only=True, g=g)
+        return None
 
     def _steps(self, xs: list[Any], top_only: bool = False, g: Graph | None = None) -> list:
         """Add the steps over xs (expressions, or arrays that become constants) to the graph
@@ -219,6 +227,12 @@ class RNNState:
 
     def transduce(self, xs: Iterable[Any]) -> list[Expression]:
         """The top layer's output after each of xs: a list of (hidden_dim,) expressions."""
+        xs = list(xs)
+        chain = self._chain(xs)
+        if chain is not None:  # (the outputs alone: no state object is needed for them)
+            g, nodes = chain
+            hidden = self.builder._hidden
+            return [hidden(Expression(g, node)) for node in nodes]
         return [state.output() for state in self.add_inputs(xs)]
 
     def output(self) -> Expression:
