@@ -806,10 +806,10 @@ class Slice(Deferred):
             self.g.folded -= 1
         start, end = self.windows[0]
         if len(self.sources) == 1:
-            return self._live().add(_PICK_RANGE, self.sources,
-                                    (("start", start), ("end", end), ("dim", 0))).i
-        return self._live().add(_CONCATENATE_RANGES, self.sources,
-                                (("start", start), ("end", end))).i
+            return self._live().add_node(_PICK_RANGE, self.sources,
+                                         (("start", start), ("end", end), ("dim", 0)))
+        return self._live().add_node(_CONCATENATE_RANGES, self.sources,
+                                     (("start", start), ("end", end)))
 
     @property
     def shape(self) -> tuple[int, ...]:
