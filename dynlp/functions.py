@@ -353,8 +353,9 @@ def log_softmax(x: Any, axis: int = 0) -> Expression:
 
 def _label(name: str, x: Expression, index: int) -> int:
     index = int(index)
-    if len(x.shape) != 1 or not 0 <= index < x.shape[0]:
-        raise IndexError(f"{name}: label {index} out of range for scores of shape {x.shape}")
+    shape = x.shape
+    if len(shape) != 1 or not 0 <= index < shape[0]:
+        raise IndexError(f"{name}: label {index} out of range for scores of shape {shape}")
     return index
 
 

@@ -209,7 +209,7 @@ def lookup(table: LookupParameter, index: int) -> "graph.Expression":
     `Row`: the cells that read rows themselves take it without a lookup node."""
     g = graph.current_graph()
     index = int(index)
-    if not 0 <= index < table.shape[0]:
+    if not 0 <= index < len(table.value):  # (its rows)
         raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
     return graph.Row(g, g.param_node(table), index)
 
