@@ -1323,8 +1323,7 @@ def apply(name: str, *xs: Any, attrs: tuple = (), battrs: tuple | None = None) -
     nodes = g.param_nodes
     ids = []
     for x in xs:
-        kind = type(x)
-        if (kind is Expression or kind is Slice or kind is Row) and x.g is g:
+        if isinstance(x, Expression) and x.g is g:
             ids.append(x.i)
         else:
             n = nodes.get(id(x))
