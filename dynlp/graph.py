@@ -773,12 +773,14 @@ class Slice(Deferred):
         if not g.fuse or len(xs) < 2:
             return None
         window = first.windows[0]
+        sources = []
         for x in xs:
             if type(x) is not Slice or x._node >= 0 or x.g is not g or len(x.sources) != 1 \
                     or x.windows[0] != window:
                 return None
+            sources.append(x.sources[0])
         g._check_alive()
-        out = Slice(g, tuple([x.sources[0] for x in xs]), window[0], window[1])
+        out = Slice(g, tuple(sources), window[0], window[1])
         out.counted = True  # (the concatenate node)
         g.folded += 1
         for k, x in enumerate(xs):
