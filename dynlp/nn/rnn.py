@@ -230,9 +230,7 @@ class RNNState:
         xs = list(xs)
         chain = self._chain(xs)
         if chain is not None:  # (the outputs alone: no state object is needed for them)
-            g, nodes = chain
-            hidden = self.builder._hidden
-            return [hidden(Expression(g, node)) for node in nodes]
+            return self.builder._hiddens(*chain)
         return [state.output() for state in self.add_inputs(xs)]
 
     def output(self) -> Expression:
@@ -290,6 +288,10 @@ class RecurrentBuilder:
 
     def _hidden(self, state: Expression) -> Expression:
         return state
+
+    def _hiddens(self, g: Graph, nodes: list[int]) -> list[Expression]:
+        """`_hidden` of the state nodes of a single-layer chain in live graph g."""
+        return [self._hidden(Expression(g, node)) for node in nodes]
 
     def hidden_range(self) -> tuple[int, int] | None:
         """Where h sits in a single-layer fused state, when it is only part of it."""
@@ -384,6 +386,10 @@ class LSTMBuilder(RecurrentBuilder):
         # anything else makes the pick_range node
         return Slice(state._live(), (state.i,), self.hidden_dim, 2 * self.hidden_dim,
                      self._h_windows)
+
+    def _hiddens(self, g, nodes):
+        start, end, windows = self.hidden_dim, 2 * self.hidden_dim, self._h_windows
+        return [Slice(g, (node,), start, end, windows) for node in nodes]
 
     def hidden_range(self):
         return (self.hidden_dim, 2 * self.hidden_dim) if len(self.params) == 1 else None
