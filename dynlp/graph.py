@@ -1463,8 +1463,11 @@ def _const_op(name: str, x: Any, c: float) -> Expression:
             return unary("neg", _const_op(name, x, 0.0))
         if name == "add_const":
             return _const_op("mul_const", x, 1.0)
-    if isinstance(x, Expression) and x.g.fuse is True:
-        return _pointwise1(x._live(), (TABLE[name], (("c", c),)), x, x.shape)
+    if isinstance(x, Expression):
+        g = x._live()
+        if g.fuse is True:
+            return _pointwise1(g, (TABLE[name], (("c", c),)), x, x.shape)
+        return g.add(TABLE[name], (x.i,), (("c", c),))
     return apply(name, x, attrs=(("c", c),))
 
 
