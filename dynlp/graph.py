@@ -440,6 +440,10 @@ class Graph:
         a builder that made `like` over arguments of the same shapes and the same shared
         arguments (it answers for that), so that the shape check and the signature lookup of
         `add` are done once per kind of node and graph."""
+        return Expression(self, self.add_like(like, args, battrs))
+
+    def add_like(self, like: int, args: tuple[int, ...], battrs: tuple | None = None) -> int:
+        """`add_as`, returning the new node's index."""
         node = len(self.shapes)
         self._push_op(self.ops[like])
         self._push_args(args)
@@ -448,7 +452,7 @@ class Graph:
         self.shapes.append(self.shapes[like])
         self._push_sig(self.sigs[like])
         self._push_loc(-1)
-        return Expression(self, node)
+        return node
 
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
         """The next numbers of the graph's generator, uniform in [0, 1), as an array of `shape`

@@ -176,12 +176,14 @@ class FusedFunction:
         g = _graph_of(args)
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
             return self.fn(*args, **static)
-        # the kind of call: per argument, a node's shape, a window's kind, or (type, value)
-        kinds: list[Any] = []
+        # the kind of call: the graph's dtype and mode, then per argument a node's shape, a
+        # window's kind, a table row's, or (type, value)
+        kinds: list[Any] = [g.dtype.num, g.training]
         nodes: list[int] = []
-        rows: list[int] = _NONE  # (the indices of the table rows read in place, in order)
+        rows: list[int] | None = None  # (the indices of the table rows read in place, in order)
         tables: list[int] = _NONE  # (and their tables)
-        slices: list[Slice] | None = None  # (the builders' slices read in place)
+        read: list[Any] | None = None  # (the rows and slices read in place)
+        shapes = g.shapes
         for a in args:
             kind = type(a)
             if kind is Window and a._node < 0:
@@ -191,25 +193,29 @@ class FusedFunction:
                 else:
                     kinds.append(a.kind)
                 nodes.append(source)
-            elif kind is Slice and a._node < 0 and len(a.sources) == 1:
-                # (a builder's slice of a state, an LSTM's output: read in place as a window)
-                source = a.sources[0]
-                window = (_WINDOW, a.g.shapes[source], a.windows[0])
-                kinds.append((window, nodes.index(source)) if source in nodes else window)
-                nodes.append(source)
-                if slices is None:
-                    slices = []
-                slices.append(a)
+            elif kind is Expression:
+                node = a.i
+                kinds.append(shapes[node])
+                nodes.append(node)
             elif kind is Row and a._node < 0:
-                if rows is _NONE:
+                if rows is None:
                     rows, tables = [], []
-                kinds.append((_ROW, a.g.shapes[a.table]))
+                kinds.append((_ROW, shapes[a.table]))
                 nodes.append(a.table)
                 rows.append(a.index)
                 tables.append(a.table)
+                if not a.counted:
+                    read = [a] if read is None else read + [a]
+            elif kind is Slice and a._node < 0 and len(a.sources) == 1:
+                # (a builder's slice of a state, an LSTM's output: read in place as a window)
+                source = a.sources[0]
+                window = (_WINDOW, shapes[source], a.windows[0])
+                kinds.append((window, nodes.index(source)) if source in nodes else window)
+                nodes.append(source)
+                read = [a] if read is None else read + [a]
             elif isinstance(a, Expression):
                 node = a.i
-                kinds.append(a.g.shapes[node])
+                kinds.append(shapes[node])
                 nodes.append(node)
             else:
                 kinds.append(_static(a, self))
@@ -217,7 +223,7 @@ class FusedFunction:
                 continue
             if a.g is not g:
                 raise GraphError("expressions from different graphs were combined")
-        key: tuple = (g.dtype.num, g.training, *kinds)
+        key: tuple = tuple(kinds)
         if static:  # (keyword arguments are static: part of the kind of call)
             if any(isinstance(v, Expression) for v in static.values()):
                 raise GraphError(f"{self!r}: pass expressions as positional arguments, not "
@@ -227,15 +233,16 @@ class FusedFunction:
         if trace is None:
             if len(self.traces) >= MAX_TRACES:
                 self.traces.clear()  # (an argument that changes with every call: retraced)
-            trace = self.traces[key] = self._trace(g, args, kinds, static)
+            trace = self.traces[key] = self._trace(g, args, kinds[2:], static)
         # (nodes of one kind over other tables are of another signature: made apart)
-        where = id(trace) if not rows else (id(trace), *tables)
+        where = id(trace) if rows is None else (id(trace), *tables)
         memo = g._memo.get(where)
+        battrs = None if rows is None else tuple(rows)
         if memo is not None and memo[0] is trace:  # (the usual case: made like the last one)
             _, base, fills, like = memo
             for p, k in fills:
                 base[p] = nodes[k]
-            node = g.add_as(like, tuple(base), tuple(rows) if rows else None).i
+            node = g.add_like(like, tuple(base), battrs)
         else:
             shared = trace.shared_nodes(g)
             g.folded -= len(trace.constants)  # (made once per graph; unfused, once per call)
@@ -243,22 +250,16 @@ class FusedFunction:
             fills = tuple([(p, k) for p, k in enumerate(trace.layout) if k >= 0])
             for p, k in fills:
                 base[p] = nodes[k]
-            node = g.add_node(trace.op, tuple(base), (), tuple(rows) if rows else None)
+            node = g.add_node(trace.op, tuple(base), (), battrs)
             # (the argument list, its shared entries filled once per graph, and the first
             # node of this kind, which the next ones are made like)
             g._memo[where] = (trace, base, fills, node)
         g.folded += trace.unfused - 1
-        if slices is not None:
-            for a in slices:
+        if read is not None:
+            for a in read:
                 a._fused = True  # (read in place: no gradient of its own)
-                if not a.counted:  # (its pick_range node, once, as unfused)
+                if not a.counted:  # (its lookup or pick_range node, once, as unfused)
                     a.counted = True
-                    g.folded += 1
-        if rows:
-            for a in args:
-                if type(a) is Row and not a.counted:
-                    a._fused = True  # (read in place: no gradient of its own)
-                    a.counted = True  # (its lookup node, once, as unfused)
                     g.folded += 1
         if trace.outputs is None:
             return Expression(g, node)
