@@ -26,6 +26,11 @@ def _mm_grads(g, a, b):
     """Cotangents of _mm: (summed over the batch for a, batched for b)."""
     if b.ndim == 2:
         return OuterProduct(g, b), g @ a
+    if a.shape[0] == 1:
+        # (a row vector a (1, n): b's cotangent is an outer product, several times faster
+        # broadcast than through matmul, and a's a product per example summed, faster than
+        # tensordot's copy of b)
+        return np.matmul(b, g.swapaxes(1, 2)).sum(axis=0).T, a.T[None] * g
     return np.tensordot(g, b, axes=([0, 2], [0, 2])), np.matmul(a.T, g)
 
 
@@ -36,7 +41,7 @@ def _matmul_pad(shapes, out):
 
 bilinear("matmul", shape=_matmul_shape, batch=(SHARED, STACK), cost=4,
          forward=_mm, vjp=lambda g, out, a, b: _mm_grads(g, a, b), pad=_matmul_pad,
-         cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
+         cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)]), Case([(1, 4), (4, 3)])],
          doc="a @ b with a shared across the batch (a weight): (m, n) @ (n,) or (n, k)")
 
 
@@ -50,11 +55,14 @@ def _bmm_vjp(g, out, a, b):
     at = a.swapaxes(1, 2)
     if b.ndim == 2:
         return g[:, :, None] * b[:, None, :], np.matmul(at, g[:, :, None])[:, :, 0]
-    return np.matmul(g, b.swapaxes(1, 2)), np.matmul(at, g)
+    # (one column b (n, 1): a's cotangent is an outer product, broadcast as above)
+    ga = g * b.swapaxes(1, 2) if b.shape[2] == 1 else np.matmul(g, b.swapaxes(1, 2))
+    return ga, np.matmul(at, g)
 
 
 bilinear("batched_matmul", shape=_matmul_shape, batch=STACK, cost=4,
-         forward=_bmm, vjp=_bmm_vjp, cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)])],
+         forward=_bmm, vjp=_bmm_vjp,
+         cases=[Case([(3, 4), (4,)]), Case([(3, 4), (4, 2)]), Case([(3, 4), (4, 1)])],
          # a contraction over a length: zero padding on both sides adds nothing
          pad=lambda shapes, out: ((1, 0), None, ("zero", "zero")), pad_probe=0,
          doc="a @ b with a different left matrix per example")
