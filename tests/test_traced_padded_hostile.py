@@ -395,3 +395,19 @@ def test_lstm_outputs_read_twice_by_fused_and_plain_ops(autobatch, bi):
     for a, b in zip(grads, grads2):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
     assert stats["nodes_before_fusion"] == stats2["nodes"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not fusion's: affine_transform's VJP with a column bias b of shape (K, 1) over a matrix "
+    "X (D, L) (what _affine_pad's docstring calls 'b a column') sums g over the batch only, "
+    "giving (K, L), and adding it to b's (K, 1) gradient raises 'non-broadcastable output "
+    "operand' (fuse=False too). Fix: in _affine_vjp, sum gb over the axes where b has size 1 "
+    "(keepdims), as unbroadcast does"))
+def test_affine_with_a_column_bias_over_a_matrix_has_a_gradient():
+    pc, P = _model()
+    with dn.Graph(dtype=np.float64, fuse=False):
+        X = dn.inputs(np.ones((D, 5)))
+        y = dn.affine_transform([dn.parameter(P["b"]), dn.parameter(P["W"]), X])
+        total = dn.sum_elems(y)
+        total.backward()
+    np.testing.assert_allclose(P["b"].grad_as_array(), np.full((K, 1), 5.0))
