@@ -218,8 +218,9 @@ def _pad_plan(steps: list[tuple], shapes: tuple) -> tuple | None:
     batches nodes of different lengths, by its steps' `Op.pad` rules chained: ((axis per
     argument, output axis, fill per argument), the engine's rule, and per step the inputs it
     refills, [(slot, axis, fill)]: a value computed inside whose padding is not what the step's
-    rule asks, a -inf or zero fill, or the edge after a step that left other numbers there), or
-    None when a step cannot pad what it reads or two steps disagree on an argument."""
+    rule asks, a -inf or zero fill, or the edge after a step that left other numbers there, and
+    an argument that an earlier step read with another fill), or None when a step cannot pad
+    what it reads or two steps read an argument along different axes."""
     nargs = len(shapes)
     axes: list[Any] = [None] * nargs
     fills: list[Any] = [None] * nargs
@@ -232,6 +233,11 @@ def _pad_plan(steps: list[tuple], shapes: tuple) -> tuple | None:
         ins = tuple(shapes[r] if r >= 0 else vshapes[-1 - r] for r in refs)
         out = tuple(op.shape(*ins, **dict(static)))
         rule = None if op.pad is None else op.pad(ins, out)
+        if rule is not None and not any(r < 0 and vaxes[-1 - r] is not None for r in refs) \
+                and any(r < 0 and a is not None for r, a in zip(refs, rule[0])):
+            # (a step over values of no length, after a contraction, whose rule would pad them
+            # by their sizes alone, an elementwise op over vectors: no length here either)
+            rule = None
         mine: list[tuple] = []
         if rule is None:  # (fine over inputs of no length)
             for r in refs:
@@ -251,9 +257,12 @@ def _pad_plan(steps: list[tuple], shapes: tuple) -> tuple | None:
         for slot, r in enumerate(refs):
             axis, fill = step_axes[slot], step_fills[slot]
             if r >= 0:
-                if read[r] and (axes[r] != axis or fills[r] != fill):
+                if not read[r]:  # (the engine pads it as the first step to read it asks)
+                    axes[r], fills[r], read[r] = axis, fill, True
+                elif axes[r] != axis:
                     return None
-                axes[r], fills[r], read[r] = axis, fill, True
+                elif fill != fills[r]:  # (read again with another fill: refilled here)
+                    mine.append((slot, axis, fill))
             else:
                 v = -1 - r
                 if vaxes[v] != axis:
@@ -325,13 +334,16 @@ _TRACED: dict[tuple, Op] = {}  # (name, steps, masks) -> a traced function's op
 
 
 def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names: tuple,
-              shapes: tuple, shape: tuple[int, ...], doc: str) -> Op:
+              shapes: tuple, shape: tuple[int, ...], calls: tuple, doc: str) -> Op:
     """The op of a traced function's program (`dn.fused`), traced over arguments of `shapes`
-    (a shared one's whole) to output `shape`. Traces over other shapes that come out as the
-    same program (a sequence of another length) share one op: its shape rule is the steps'
-    composed, and it pads as they do (`_pad_plan`), refilling between steps, so that calls
-    over different lengths batch together. A program whose composed rule does not give
-    `shape` (a step's attributes that depend on the shapes) is an op of this trace alone."""
+    (a shared one's whole) to output `shape`; `calls` tells which arguments are the call's
+    (not parameters or constants). Traces over other shapes that come out as the same program
+    (a sequence of another length) share one op: its shape rule is the steps' composed, and
+    it pads as they do (`_pad_plan`), refilling between steps, so that calls over different
+    lengths batch together; each node's length is read from a call argument that this trace
+    pads along an axis longer than 1. A program whose composed rule does not give `shape` (a
+    step's attributes that depend on the shapes), or whose trace shows no such argument (all
+    of length 1), is an op of this trace alone."""
     key = (name, tuple([(op, tuple(sorted(static.items())), refs, bnames)
                         for op, static, refs, bnames in steps]), masks, battr_names)
     try:
@@ -350,11 +362,19 @@ def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names
         return op
     if len(_TRACED) >= MAX_FUSED_OPS:
         _TRACED.clear()
-    program = Program(steps, len(masks), masks)
     plan = _pad_plan(steps, tuple(shapes))
     probe = None
-    if plan is not None and plan[0][1] is None:  # (the output has no length: an argument's)
-        probe = next(k for k, a in enumerate(plan[0][0]) if a is not None)
+    if plan is not None:
+        # (the call argument whose length tells nodes apart: never a parameter or a constant,
+        # the same for every call, and never one seen at length 1, which the rules may take
+        # for a length where it only broadcasts)
+        axes, out_axis, _ = plan[0]
+        probes = [k for k, a in enumerate(axes) if a is not None and calls[k]
+                  and shapes[k][a] > 1]
+        if not probes:
+            return program_op(name, steps, masks, battr_names, shape, doc)
+        probe = None if out_axis is not None and shape[out_axis] > 1 else probes[0]
+    program = Program(steps, len(masks), masks)
     op = _TRACED[key] = Op(name, shape=rule, forward=program.forward, vjp=program.vjp,
                            jvp=program.jvp, batch=masks, batched_attrs=battr_names,
                            cost=max(step[0].cost for step in steps), residual=True, doc=doc,

@@ -438,6 +438,7 @@ def _program(t: Graph, root: int, arguments: dict[int, int], name: str,
     op = traced_op(f"fused:{name}", steps, tuple(masks),
                    tuple([f"b{j}" for j in range(len(lookups))]),
                    tuple([t.shapes[leaves[k]] for k in range(len(masks))]), t.shapes[root],
+                   tuple([kind == "argument" for kind, _ in sources]),
                    doc=f"the function {name}, fused by dn.fused")
     return op, tuple(layout), tuple(params), tuple(constants), position
 

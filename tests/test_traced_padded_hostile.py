@@ -170,8 +170,10 @@ def test_fused_over_mixed_lengths_equals_unfused(name, autobatch, pad):
     _check(name, autobatch, pad)
 
 
-PADS = ["log_probs", "danger", "vector", "column", "affine"]
-REFUSES = ["no_pad", "pick_cols", "two_fills", "edge_and_zero"]
+# (two_fills and edge_and_zero read an argument with two fills: the engine pads it with the
+# first step's, and the program refills it for the other)
+PADS = ["log_probs", "danger", "vector", "column", "affine", "two_fills", "edge_and_zero"]
+REFUSES = ["no_pad", "pick_cols"]
 
 
 @pytest.mark.parametrize("name", PADS)
@@ -184,14 +186,6 @@ def test_calls_of_different_lengths_batch_padded(name):
     assert padded["forward_batches"] < unpadded["forward_batches"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "missed batching: fusion._pad_plan refuses a program where an elementwise step reads a "
-    "value with no length (the output of a contraction over the length, X @ a, (d,) or (d, 1)): "
-    "pad_elementwise gives that step an axis (0: a vector's, or a (d, 1) 'column'), which "
-    "differs from the value's None, so `tanh(X @ a)` or `X @ softmax(s) + h` never pads "
-    "(Attention in test_traced avoids it by ending on a reshape). Fix: in _pad_plan, a step "
-    "whose inputs all have no length (computed values with vaxes None, arguments not read "
-    "along a length) is treated as one without a rule (output axis None)"))
 @pytest.mark.parametrize("name", ["attend", "contract"])
 def test_an_elementwise_step_after_a_contraction_still_pads(name):
     lengths = (3, 2, 2, 3, 5, 6, 7, 4)
@@ -200,9 +194,19 @@ def test_an_elementwise_step_after_a_contraction_still_pads(name):
 
 
 def test_a_length_in_the_first_dimension_is_correct_though_it_does_not_pad():
-    # ((L, d) @ U: the product's rule pads along the contraction, d here: one op per length)
-    *_, ops = _check("rows", "late", True, (3, 2, 2, 3, 5, 6, 7, 4))
-    assert not any(op.takes_lengths for op in ops)
+    # ((L, d) @ U: the product's rule pads along the contraction, d here, never along L: calls
+    # of different lengths never share a signature, and the values are the unfused code's)
+    lengths = (3, 2, 2, 3, 5, 6, 7, 4)
+    _check("rows", "late", True, lengths)
+    pc, P = _model()
+    body, shapes = CASES["rows"]
+    f = _fresh("rows", body, P)
+    with dn.Graph(dtype=np.float64) as g:
+        nodes = [f(*[dn.inputs(np.ones(s(n))) for s in shapes]).i for n in lengths]
+        by_sig = {}
+        for n, length in zip(nodes, lengths):
+            by_sig.setdefault(g.sigs[n], set()).add(length)
+        assert all(len(s) == 1 for s in by_sig.values())
 
 
 @pytest.mark.parametrize("name", REFUSES)
@@ -235,14 +239,6 @@ def test_lengths_of_one_equal_lengths_and_an_outlier(name, lengths):
     _check(name, "late", True, lengths)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fusion.traced_op fixes the op's pad_probe from the FIRST trace's plan (cached in "
-    "_TRACED for good); at length 1 a (1,) parameter broadcast against a (L,) vector gets "
-    "axis 0 too, so probe = that parameter, and later traces of length 3, 2 (whose rule "
-    "leaves it None) are judged by its shape: _lengths_differ says equal, _run stacks (3, n) "
-    "matrices of different n -> ValueError in _gather. Fix: evaluate the probe per rule "
-    "(the first argument whose axis is not None in op.pad(shapes) of the nodes), or key the "
-    "probe with the shapes, instead of once in traced_op"))
 @pytest.mark.parametrize("autobatch", ["late", "agenda"])
 def test_a_first_trace_of_length_one_sets_the_probe_for_all(autobatch):
     _check("scaled", autobatch, True, (1, 3, 2, 3, 5))
@@ -397,12 +393,6 @@ def test_lstm_outputs_read_twice_by_fused_and_plain_ops(autobatch, bi):
     assert stats["nodes_before_fusion"] == stats2["nodes"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fusion's: affine_transform's VJP with a column bias b of shape (K, 1) over a matrix "
-    "X (D, L) (what _affine_pad's docstring calls 'b a column') sums g over the batch only, "
-    "giving (K, L), and adding it to b's (K, 1) gradient raises 'non-broadcastable output "
-    "operand' (fuse=False too). Fix: in _affine_vjp, sum gb over the axes where b has size 1 "
-    "(keepdims), as unbroadcast does"))
 def test_affine_with_a_column_bias_over_a_matrix_has_a_gradient():
     pc, P = _model()
     with dn.Graph(dtype=np.float64, fuse=False):

@@ -115,6 +115,10 @@ def _affine_vjp(g, out, b, *rest, activation=None):
         g = g * ACTIVATIONS[activation][1](out)
     gb = g.sum(axis=0)
     gb = gb.sum(axis=tuple(range(b.ndim, gb.ndim))) if gb.ndim > b.ndim else gb
+    # (a column bias (K, 1) over matrices: summed along the columns too)
+    spread = tuple(k for k, (n, m) in enumerate(zip(b.shape, gb.shape)) if n == 1 and m != 1)
+    if spread:
+        gb = gb.sum(axis=spread, keepdims=True)
     cts = [gb]
     for w, x in zip(rest[::2], rest[1::2]):
         cts.extend(_mm_grads(g, w, x))
@@ -145,6 +149,7 @@ def _affine_pad(shapes, out):
 define("affine_transform", shape=_affine_shape, batch=_affine_mask, cost=4,
        forward=_affine_forward, vjp=_affine_vjp, jvp=_affine_jvp, pad=_affine_pad,
        cases=[Case([(3,), (3, 4), (4,)]), Case([(3,), (3, 4), (4,), (3, 2), (2,)]),
+              Case([(3, 1), (3, 4), (4, 2)]),
               Case([(3,), (3, 4), (4, 2)]), Case([(3,), (3, 4), (4,)], {"activation": "tanh"}),
               Case([(3,), (3, 4), (4,)], {"activation": "logistic"}),
               Case([(3,), (3, 4), (4, 2)], {"activation": "tanh"})],
