@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .fusion import ABSORBED, Fuser
+from .fusion import ABSORBED, Fuser, inside as _inside
 from .graph import GraphError
 from .ops import SHARED, STACK, OuterProduct, Parts, SparseRows
 
@@ -81,13 +81,6 @@ class PaddedBatch(Batch):
     def part(self, i: int) -> tuple:
         """The index of node i's part of `out`."""
         return (i,) + (slice(None),) * self.axis + (slice(0, self.lengths[i]),)
-
-
-def _inside(lengths: list[int], width: int, axis: int, ndim: int) -> np.ndarray:
-    """True where a padded batch's array (batch axis first, `ndim` axes in all, padded along
-    per-example `axis` to `width`) holds a node's entries, not padding; broadcastable to it."""
-    inside = np.arange(width) < np.array(lengths)[:, None]
-    return inside.reshape((len(lengths),) + (1,) * axis + (width,) + (1,) * (ndim - axis - 2))
 
 
 class Engine:

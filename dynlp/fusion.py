@@ -155,7 +155,8 @@ class Program:
                 parts = list(parts)
                 for slot, axis, _ in refills[p]:  # (the padding's cotangent is dropped)
                     if parts[slot] is not None:
-                        parts[slot] = parts[slot] * _inside(lengths, parts[slot].shape, axis)
+                        ct = parts[slot]
+                        parts[slot] = ct * inside(lengths, ct.shape[axis + 1], axis, ct.ndim)
             # (targets: per input, (a position's index in cts, -1) or (an outside argument,
             # whether it is shared))
             for (q, shared), ct in zip(targets, parts):
@@ -195,22 +196,21 @@ class Program:
         return np.zeros_like(out) if t is None else t
 
 
-def _inside(lengths: Any, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """True where a padded batch's array of `shape` (batch axis first, padded along
-    per-example `axis`) holds a node's entries; broadcastable to it."""
-    width = shape[axis + 1]
+def inside(lengths: Any, width: int, axis: int, ndim: int) -> np.ndarray:
+    """True where a padded batch's array (batch axis first, `ndim` axes in all, padded along
+    per-example `axis` to `width`) holds a node's entries, not padding; broadcastable to it."""
     inside = np.arange(width) < np.asarray(lengths)[:, None]
-    return inside.reshape((len(inside),) + (1,) * axis + (width,) + (1,) * (len(shape) - axis - 2))
+    return inside.reshape((len(inside),) + (1,) * axis + (width,) + (1,) * (ndim - axis - 2))
 
 
 def _refill(x: np.ndarray, lengths: Any, axis: int, fill: str) -> np.ndarray:
     """x with its padding along per-example `axis` set as a step's pad rule asks: zeros,
     -inf, or each node's last entry repeated ("edge")."""
-    inside = _inside(lengths, x.shape, axis)
+    real = inside(lengths, x.shape[axis + 1], axis, x.ndim)
     if fill == "edge":
         last = np.minimum(np.arange(x.shape[axis + 1]), np.asarray(lengths)[:, None] - 1)
-        return np.take_along_axis(x, last.reshape(inside.shape), axis=axis + 1)
-    return np.where(inside, x, 0.0 if fill == "zero" else -np.inf).astype(x.dtype, copy=False)
+        return np.take_along_axis(x, last.reshape(real.shape), axis=axis + 1)
+    return np.where(real, x, 0.0 if fill == "zero" else -np.inf).astype(x.dtype, copy=False)
 
 
 def _pad_plan(steps: list[tuple], shapes: tuple) -> tuple | None:
@@ -319,15 +319,23 @@ def fused_op(key: tuple, steps: list[tuple], masks: tuple[str, ...], battr_names
 
 
 def program_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names: tuple,
-               shape: tuple[int, ...], doc: str) -> Op:
-    """An op whose rules are the `Program` of `steps` over arguments batched by `masks`, of
-    output shape `shape` whatever its arguments' (they are fixed by whoever made it)."""
+               shape: tuple[int, ...] | Callable, doc: str, cls: type = Op, **pad: Any) -> Op:
+    """An op of class `cls` whose rules are the `Program` of `steps` over arguments batched by
+    `masks`: of output shape `shape` whatever its arguments' (they are fixed by whoever made
+    it), or by the shape rule `shape`; `pad`, its `Op.pad` and `Op.pad_probe` if it pads."""
     program = Program(steps, len(masks), masks)
-    op = Op(name, shape=_fixed_shape(shape), forward=program.forward, vjp=program.vjp,
-            jvp=program.jvp, batch=masks, batched_attrs=battr_names,
-            cost=max(step[0].cost for step in steps), residual=True, doc=doc)
+    op = cls(name, shape=shape if callable(shape) else _fixed_shape(shape),
+             forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
+             batched_attrs=battr_names, cost=max(step[0].cost for step in steps),
+             residual=True, doc=doc, **pad)
     op.program = program
     return op
+
+
+def _structure(steps: list[tuple]) -> tuple:
+    """Steps as a key: two programs of equal keys compute alike."""
+    return tuple([(op, tuple(sorted(dict(static).items())), tuple(refs), tuple(bnames))
+                  for op, static, refs, bnames in steps])
 
 
 _TRACED: dict[tuple, Op] = {}  # (name, steps, masks) -> a traced function's op
@@ -344,8 +352,7 @@ def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names
     pads along an axis longer than 1. A program whose composed rule does not give `shape` (a
     step's attributes that depend on the shapes), or whose trace shows no such argument (all
     of length 1), is an op of this trace alone."""
-    key = (name, tuple([(op, tuple(sorted(static.items())), refs, bnames)
-                        for op, static, refs, bnames in steps]), masks, battr_names)
+    key = (name, _structure(steps), masks, battr_names)
     try:
         hash(key)
     except TypeError:  # (an attribute that cannot be told apart by value)
@@ -374,12 +381,9 @@ def traced_op(name: str, steps: list[tuple], masks: tuple[str, ...], battr_names
         if not probes:
             return program_op(name, steps, masks, battr_names, shape, doc)
         probe = None if out_axis is not None and shape[out_axis] > 1 else probes[0]
-    program = Program(steps, len(masks), masks)
-    op = _TRACED[key] = Op(name, shape=rule, forward=program.forward, vjp=program.vjp,
-                           jvp=program.jvp, batch=masks, batched_attrs=battr_names,
-                           cost=max(step[0].cost for step in steps), residual=True, doc=doc,
-                           pad=None if plan is None else _program_pad(steps), pad_probe=probe)
-    op.program = program
+    op = _TRACED[key] = program_op(name, steps, masks, battr_names, rule, doc,
+                                   pad=None if plan is None else _program_pad(steps),
+                                   pad_probe=probe)
     op.takes_lengths = plan is not None
     return op
 
@@ -412,22 +416,18 @@ def composed(steps: list[tuple], masks: tuple[str, ...], battrs: tuple[str, ...]
     outside arguments batch; `battrs`, its batched attributes. Its shape rule, forward, VJP
     and JVP are the steps' rules composed, so the op table stays the one place where their
     maths lives. Made once per structure: nodes built alike share one op and batch."""
-    key = (tuple([(op, tuple(sorted(static.items())), tuple(refs), tuple(bnames))
-                  for op, static, refs, bnames in steps]), masks, battrs)
+    key = (_structure(steps), masks, battrs)
     op = _COMPOSED.get(key)
     if op is not None:
         return op
     if len(_COMPOSED) >= MAX_FUSED_OPS:  # (a static attribute that changes with every graph)
         _COMPOSED.clear()
     steps = [(op, dict(static), tuple(refs), tuple(bnames)) for op, static, refs, bnames in steps]
-    program = Program(steps, len(masks), masks)
-    op = ComposedOp("+".join(step[0].name for step in steps), shape=_program_shape(steps),
-                    forward=program.forward, vjp=program.vjp, jvp=program.jvp, batch=masks,
-                    batched_attrs=battrs, cost=max(step[0].cost for step in steps),
-                    residual=True, doc=doc or "ops of the table composed into one node")
+    op = program_op("+".join(step[0].name for step in steps), steps, masks, battrs,
+                    _program_shape(steps), doc or "ops of the table composed into one node",
+                    cls=ComposedOp)
     op.key = key
     op._hash = hash(key)
-    op.program = program
     _COMPOSED[key] = op
     return op
 
