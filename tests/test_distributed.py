@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import itertools
 import sys
 from pathlib import Path
 
@@ -65,12 +66,48 @@ def test_asking_for_mpi_without_mpi4py_says_how_to_install(monkeypatch, tmp_path
     assert "rank 1 of 2" in error and "pip install -e '.[mpi]'" in error
 
 
-def test_batch_shares_cover_the_batch_and_balance_its_cost():
-    batch = ["x" * n for n in (9, 1, 4, 4, 7, 2, 3, 8, 5)]
-    shares = [distributed.Communicator(FakeComm(r, 3)).shard_batch(batch) for r in range(3)]
+def _share_costs(batch, shares, step_cost):
+    return [sum(len(batch[i]) for i in share) + step_cost * max((len(batch[i]) for i in share),
+                                                                default=0) for share in shares]
+
+
+@pytest.mark.parametrize("step_cost", [0, 1, 8, 30])
+@pytest.mark.parametrize("lengths", [(9, 1, 4, 4, 7, 2, 3, 8, 5), (3, 3, 3, 3, 3, 3, 3),
+                                     (40, 2, 2, 3, 1, 2, 5, 2), (6, 5), (1, 1, 9, 1, 1, 1, 1)])
+def test_batch_shares_cover_the_batch_and_cost_no_more_than_any_other_split(lengths, step_cost):
+    """Every example in exactly one share, and the costliest share (its words, plus step_cost
+    times its longest example's) as cheap as the best cut of the examples sorted by length into
+    runs, and within 4/3 of the best of all ways to deal them to 3 ranks."""
+    batch = ["x" * n for n in lengths]
+    shares = [distributed.Communicator(FakeComm(r, 3)).shard_batch(batch, step_cost=step_cost)
+              for r in range(3)]
     assert sorted(i for share in shares for i in share) == list(range(len(batch)))
-    loads = [sum(len(batch[i]) for i in share) for share in shares]
+    assert all(share == sorted(share) for share in shares)
+    got = max(_share_costs(batch, shares, step_cost))
+    deals = [[[i for i, r in enumerate(deal) if r == k] for k in range(3)]
+             for deal in itertools.product(range(3), repeat=len(batch))]
+    best = min(max(_share_costs(batch, deal, step_cost)) for deal in deals)
+    order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+    runs = min(max(_share_costs(batch, [order[:a], order[a:b], order[b:]], step_cost))
+               for a in range(len(batch) + 1) for b in range(a, len(batch) + 1))
+    assert got <= runs and 3 * got <= 4 * best
+
+
+def test_batch_shares_give_the_longest_examples_to_a_smaller_share():
+    batch = ["x" * n for n in (30, 28, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5)]
+    shares = [distributed.Communicator(FakeComm(r, 2)).shard_batch(batch) for r in range(2)]
+    assert shares[0] == [0, 1] and len(shares[1]) == 10
+    even = [distributed.Communicator(FakeComm(r, 2)).shard_batch(batch, step_cost=0)
+            for r in range(2)]
+    loads = [sum(len(batch[i]) for i in share) for share in even]
     assert max(loads) - min(loads) <= 1
+    more = [distributed.Communicator(FakeComm(r, 5)).shard_batch(batch[:3]) for r in range(5)]
+    assert more[0] == [0] and sorted(sum(more, [])) == [0, 1, 2] and [] in more
+    with pytest.raises(ValueError, match="step_cost"):
+        distributed.Communicator(FakeComm(0, 2)).shard_batch(batch, step_cost=-1)
+
+
+def test_dataset_shards_and_tree_costs():
     assert distributed.Communicator(FakeComm(1, 3)).shard(list(range(8))) == [1, 4, 7]
     assert distributed.example_cost(read_trees(DATA / "tiny-dev.trees")[0]) >= 1
 
