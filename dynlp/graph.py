@@ -841,25 +841,6 @@ class Window(Slice):
         self.counted = True  # (its pick_range node, if made, is one that fuse=False lacks)
         self.position = position  # where the program computes it
 
-    @classmethod
-    def of_call(cls, g: Graph, node: int, windows: tuple, kind: tuple,
-                position: int) -> "Window":
-        """`Window(g, node, windows, kind, position)`, made without the constructors' calls
-        (a fused call returns one per output)."""
-        self = cls.__new__(cls)
-        self.g = g
-        self.sources = (node,)
-        self.windows = windows
-        start, end = windows[0]
-        self.width = end - start
-        self._node = -1
-        self._fused = False
-        self.readers = None
-        self.counted = True
-        self.kind = kind
-        self.position = position
-        return self
-
     def npvalue(self) -> np.ndarray:
         if self._node >= 0:
             return super().npvalue()

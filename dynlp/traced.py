@@ -55,6 +55,7 @@ MAX_TRACES = 256  # kinds of call remembered per function at most (then forgotte
 _WINDOW = "window"  # (the kind of a Window argument starts with it; a node's is its shape)
 _ROW = "row"  # (and a table row's: ("row", the table's shape))
 _NONE: list = []  # (no rows: never appended to)
+_new = object.__new__
 # static arguments of these types are told apart by value; any other object by identity (two
 # layers equal by their sizes are still two layers)
 _VALUES = frozenset((int, float, complex, str, bytes, bool, type(None)))
@@ -122,7 +123,7 @@ class _Trace:
         self.layout = layout        # per outside argument: k >= 0 call argument k, else -1 - j
         self.params = params        # shared j < len(params): parameter objects
         self.constants = constants  # then constant arrays
-        self.outputs = outputs      # per output (windows, kind, position), or None for one
+        self.outputs = outputs      # per output (windows, width, kind, position), or None
 
     def shared_nodes(self, g: Graph) -> tuple[int, ...]:
         """The parameters' and constants' nodes in graph g (and those of the parameters the
@@ -131,6 +132,27 @@ class _Trace:
             g.param_node(p)
         return tuple([g.param_node(p) for p in self.params] +
                      [g.leaf(c).i for c in self.constants])
+
+
+def _windows(g: Graph, node: int, outputs: tuple) -> tuple:
+    """The Windows of a call's outputs over its node, made without the constructors' calls (a
+    call's cost is mostly the objects it makes): `Window(g, node, windows, kind, position)`."""
+    sources = (node,)
+    out = []
+    for windows, width, kind, position in outputs:
+        w = _new(Window)
+        w.g = g
+        w.sources = sources
+        w.windows = windows
+        w.width = width
+        w._node = -1
+        w._fused = False
+        w.readers = None
+        w.counted = True
+        w.kind = kind
+        w.position = position
+        out.append(w)
+    return tuple(out)
 
 
 class FusedFunction:
@@ -173,7 +195,9 @@ class FusedFunction:
         return f"fused({self.name!r})"
 
     def __call__(self, *args: Any, **static: Any) -> Any:
-        g = _graph_of(args)
+        g = getattr(args[0], "g", None) if args else None
+        if type(g) is not Graph or not g.alive:  # (the usual case: an expression first)
+            g = _graph_of(args)
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
             return self.fn(*args, **static)
         # the kind of call: the graph's dtype and mode, then per argument a node's shape, a
@@ -263,8 +287,7 @@ class FusedFunction:
                     g.folded += 1
         if trace.outputs is None:
             return Expression(g, node)
-        make = Window.of_call
-        return tuple([make(g, node, *out) for out in trace.outputs])
+        return _windows(g, node, trace.outputs)
 
     def _trace(self, g: Graph, args: tuple, kinds: list, static: dict) -> _Trace:
         name = self.name
@@ -347,8 +370,8 @@ class FusedFunction:
                 start = 0
                 for n in out_nodes:
                     end = start + t.shapes[n][0]
-                    windows.append((((start, end),), (_WINDOW, (total,), (start, end)),
-                                    position[n]))
+                    windows.append((((start, end),), end - start,
+                                    (_WINDOW, (total,), (start, end)), position[n]))
                     start = end
             touched = tuple([t.node_params[n] for n in t.param_nodes.values()])
         return _Trace(op, layout, params, constants, None if windows is None else tuple(windows),

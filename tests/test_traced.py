@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import dynlp as dn
+from dynlp import traced
 from dynlp.traced import Window
 
 MODES = ["late", "depth", "agenda", False]
@@ -625,11 +626,11 @@ def test_an_lstm_output_is_read_in_place(autobatch):
 
 
 def test_a_window_made_for_a_call_equals_one_made_by_its_constructor():
-    # (Window.of_call sets the slots itself: every slot of the class and its bases must match)
+    # (traced._windows sets the slots itself: every slot of the class and its bases must match)
     g = dn.Graph()
     kind = ("window", (6,), (2, 5))
     made = Window(g, 7, ((2, 5),), kind, 3)
-    fast = Window.of_call(g, 7, ((2, 5),), kind, 3)
+    fast, = traced._windows(g, 7, ((((2, 5),), 3, kind, 3),))
     slots = {name for cls in type(made).__mro__ for name in getattr(cls, "__slots__", ())
              if name != "i"}  # (a Deferred's node is a property: read, it would add the node)
     assert slots >= {"sources", "windows", "width", "kind", "position", "counted"}
