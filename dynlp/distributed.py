@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import operator
 import os
 import sys
 import time
@@ -136,6 +138,26 @@ def example_cost(example: Any) -> int:
 STEP_COST = 2
 
 
+def _whole(what: str, value: Any) -> int:
+    """value as an int when it is a whole number >= 0 (an int, a numpy integer, an integral
+    float), else a ValueError that names `what`."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must be a whole number >= 0, not {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        try:
+            real = float(value)
+        except (TypeError, ValueError):
+            real = math.nan
+        if not real.is_integer():
+            raise ValueError(f"{what} must be a whole number >= 0, not {value!r}") from None
+        number = int(real)
+    if number < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, not {value!r}")
+    return number
+
+
 def _share_cost(costs: Sequence[int], start: int, end: int, step_cost: int) -> int:
     """The cost of the share costs[start:end] (sorted costliest first)."""
     return sum(costs[start:end]) + step_cost * costs[start] if end > start else 0
@@ -243,12 +265,12 @@ class Communicator:
         costliest examples, fewer of them (`_cut`: the best such cut), which wins when long
         examples are few; and the examples dealt from the costliest, each to the rank whose
         share it makes least costly (the lower rank on a tie), which wins when lengths are
-        even. With step_cost 0 the shares balance summed costs."""
+        even. With step_cost 0 the shares balance summed costs. Costs and step_cost are whole
+        numbers >= 0 (a ValueError says which is not)."""
+        step_cost = _whole("step_cost", step_cost)
         if self.size == 1:
             return list(range(len(batch)))
-        if step_cost < 0:
-            raise ValueError(f"step_cost must be >= 0, not {step_cost}")
-        costs = [int(cost(example)) for example in batch]
+        costs = [_whole("an example's cost", cost(example)) for example in batch]
         order = sorted(range(len(batch)), key=lambda i: (-costs[i], i))
         ordered = [costs[i] for i in order]
         cuts = _cut(ordered, self.size, step_cost)

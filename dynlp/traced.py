@@ -195,8 +195,8 @@ class FusedFunction:
         return f"fused({self.name!r})"
 
     def __call__(self, *args: Any, **static: Any) -> Any:
-        g = getattr(args[0], "g", None) if args else None
-        if type(g) is not Graph or not g.alive:  # (the usual case: an expression first)
+        g = args[0].g if args and isinstance(args[0], Expression) else None
+        if g is None or not g.alive:  # (the usual case: an expression of a live graph first)
             g = _graph_of(args)
         if g.fuse is not True:  # (fuse=False or "regions": the function's ops, as written)
             return self.fn(*args, **static)
