@@ -781,12 +781,19 @@ class Engine:
         # zeroed array per row shape (an arena), so that such a gather's cotangent is one
         # scatter into the arena. `hit`: the batches that received a gradient.
         arenas, offsets, hit = self._arenas(grads, last)
+        # batches whose gradient is a cotangent as a rule returned it (the first to reach the
+        # whole batch): it may be another batch's gradient, a view or read-only, so it is
+        # copied before anything is added to it in place (`grad_of`)
+        borrowed: set[int] = set()
 
         def grad_of(b: int) -> np.ndarray:
             t = grads[b]
             if t is None:
                 buf = bufs[b]
                 t = grads[b] = np.zeros(buf.shape, buf.dtype)
+            elif b in borrowed:
+                borrowed.discard(b)
+                t = grads[b] = t.astype(bufs[b].dtype)
             hit.add(b)
             return t
 
@@ -852,15 +859,24 @@ class Engine:
                 if type(plan) is int:  # rows r, r + 1, ... of batch sb, in order
                     sb, r = plan >> _SHIFT, plan & _ROW
                     t = grads[sb]
-                    if t is None and r == 0 and type(ct) is np.ndarray and \
-                            ct.shape == bufs[sb].shape:
-                        # the whole of a source batch, not reached before: a copy of the
-                        # cotangent is its gradient (no zeros to add it to)
-                        grads[sb] = ct.astype(bufs[sb].dtype)
-                        hit.add(sb)
+                    if t is None and r == 0 and type(ct) is np.ndarray:
+                        buf = bufs[sb]
+                        if ct.shape == buf.shape:
+                            # the whole of a source batch, not reached before: the cotangent
+                            # is its gradient (no zeros to add it to), borrowed as it is
+                            if ct.dtype is buf.dtype:
+                                grads[sb] = ct
+                                borrowed.add(sb)
+                            else:
+                                grads[sb] = ct.astype(buf.dtype)
+                            hit.add(sb)
+                        else:
+                            grad_of(sb)[:len(ct)] += ct
                     elif t is None:
                         grad_of(sb)[r:r + len(ct)] += ct
                     else:
+                        if sb in borrowed:
+                            t = grad_of(sb)
                         if r == 0 and len(ct) == len(t):
                             t += ct
                         else:
