@@ -102,6 +102,8 @@ class Engine:
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
+        self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
+        self._attr_dicts: dict[tuple, dict] = {}  # static attributes -> their dict (read only)
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -649,17 +651,20 @@ class Engine:
         g = self.g
         ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
         loc, bufs, batches = g.loc, self.bufs, self.batches
-        rules = self._rules
+        by_op, dicts = self._by_op, self._attr_dicts
+        push_buf, push_batch = bufs.append, batches.append
         clock = time.perf_counter
         numpy_time = 0.0
         ragged = 0
         for n in pending:
             op = ops[n]
             args = all_args[n]
-            rule = rules.get((op, len(args)))
-            if rule is None:
-                rule = self._rule(op, len(args))
-            mask, shared, forward, vjp = rule
+            nargs = len(args)
+            rule = by_op.get(op)
+            if rule is None or rule[0] != nargs:
+                rule = by_op[op] = (nargs,) + (self._rules.get((op, nargs))
+                                               or self._rule(op, nargs))
+            _, mask, shared, forward, vjp = rule
             if forward is None:  # ragged (`_store` counts it)
                 self._run_ragged(op, [n])
                 ragged += 1
@@ -680,7 +685,15 @@ class Engine:
                         r = here & _ROW
                         xs.append(buf[r:r + 1])
                         plans.append(here)
-            else:  # (every argument stacked: the plans are the places)
+            elif nargs == 1:  # (every argument stacked: the plans are the places)
+                here = loc[args[0]]
+                plans = (here,)
+                buf = bufs[here >> _SHIFT]
+                if len(buf) != 1:
+                    r = here & _ROW
+                    buf = buf[r:r + 1]
+                xs = (buf,)
+            else:
                 plans = [loc[a] for a in args]
                 xs = []
                 for here in plans:
@@ -695,8 +708,12 @@ class Engine:
                 attrs = dict(static) if static else {}
                 for j, name in enumerate(op.batched_attrs):
                     attrs[name] = np.array([battrs_of[n][j]])
-            elif static or op.residual:
+            elif op.residual:
                 attrs = dict(static)
+            elif static:  # (read only: one dict per value of the attributes)
+                attrs = dicts.get(static)
+                if attrs is None:
+                    attrs = dicts[static] = dict(static)
             else:
                 attrs = _NO_ATTRS
             start = clock()
@@ -705,8 +722,8 @@ class Engine:
             if op.residual:
                 out, attrs["residual"] = out
             loc[n] = len(bufs) << _SHIFT
-            bufs.append(out)
-            batches.append(Batch(op, [n], xs, plans, attrs, mask, vjp))
+            push_buf(out)
+            push_batch(Batch(op, (n,), xs, plans, attrs, mask, vjp))
         self.counts["forward_batches"] += len(pending) - ragged
         self.counts["forward_nodes"] += len(pending) - ragged
         self.times["forward_numpy"] += numpy_time
