@@ -245,25 +245,25 @@ class Engine:
         # Early nodes run first, level by level from what is computed; the others as late as
         # their consumers allow. A costly node whose inputs are all computed (depth 0 among
         # what could run early) runs first too. (Oldest first: each group comes out sorted.)
-        early: dict[int, int] = {}
-        get = early.get
+        # A node is early when it could be, is cheap or of a chosen signature, and its pending
+        # inputs are early: its depth among early nodes is then its depth among those that
+        # could be (the same inputs all the way up).
+        early: set[int] = set()
+        mark = early.add
+        could_get = could.get
         for n in reversed(needed):
             op = ops[n]
             s = sigs[n]
-            if n in could and (op.cost == 1 or s in chosen):
-                d = 0
+            d = could_get(n)
+            if d is not None and (op.cost == 1 or s in chosen):
                 for a in args[n]:
-                    if loc[a] < 0:
-                        da = get(a)
-                        if da is None:
-                            break
-                        if da >= d:
-                            d = da + 1
+                    if loc[a] < 0 and a not in early:
+                        break
                 else:
-                    early[n] = d
+                    mark(n)
                     groups[first + (d << _SHIFT) + s].append(n)
                     continue
-            if op.cost != 1 and (could.get(n) == 0 or op.batch is None and all(
+            if op.cost != 1 and (d == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
                 groups[first + s].append(n)
             else:
