@@ -851,7 +851,7 @@ class Engine:
             batch = batches[b]
             if batch is None:
                 continue
-            if b in padded:  # (a padded batch's last entry: its backward)
+            if padded and b in padded:  # (a padded batch's last entry: its backward)
                 grad = self._padded_grad(batch, grads, accumulated.pop(b, None))
                 if grad is None:
                     continue
