@@ -28,6 +28,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 # nodes of one length that run as a batch of their own rather than padded with other lengths
 # (a padded batch copies its arguments node by node; a batch of one shape gathers them at once)
 PAD_ALONE = 16
+# what the late scheduler reads of an op (`Engine._kind`)
+_CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
 
 def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -102,6 +104,7 @@ class Engine:
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
+        self._kinds: dict[Any, int] = {}  # op -> `_kind`
         self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
         self._attr_dicts: dict[tuple, dict] = {}  # static attributes -> their dict (read only)
         self.low = 0    # no node below this one is pending
@@ -248,22 +251,22 @@ class Engine:
         # A node is early when it could be, is cheap or of a chosen signature, and its pending
         # inputs are early: its depth among early nodes is then its depth among those that
         # could be (the same inputs all the way up).
-        early: set[int] = set()
-        mark = early.add
-        could_get = could.get
+        early = bytearray(len(height))
+        kinds = self._kinds
         for n in reversed(needed):
             op = ops[n]
             s = sigs[n]
-            d = could_get(n)
-            if d is not None and (op.cost == 1 or s in chosen):
+            d = could[n]
+            costly = kinds[op] & _COSTLY
+            if d >= 0 and (not costly or s in chosen):
                 for a in args[n]:
-                    if loc[a] < 0 and a not in early:
+                    if loc[a] < 0 and not early[a]:
                         break
                 else:
-                    mark(n)
+                    early[n] = 1
                     groups[first + (d << _SHIFT) + s].append(n)
                     continue
-            if op.cost != 1 and (d == 0 or op.batch is None and all(
+            if costly and (d == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
                 groups[first + s].append(n)
             else:
@@ -285,7 +288,13 @@ class Engine:
         if alone:
             each(alone)
 
-    def _early(self, needed: list[int], height: list[int]) -> tuple[dict, set]:
+    def _kind(self, op: Any) -> int:
+        """_COSTLY (op cost above 1) | _UNBATCHABLE (no batching mask), or _CHEAP (0)."""
+        kind = self._kinds[op] = (_COSTLY if op.cost != 1 else _CHEAP) | (
+            _UNBATCHABLE if op.batch is None else 0)
+        return kind
+
+    def _early(self, needed: list[int], height: list[int]) -> tuple[list, set]:
         """Of the needed nodes (newest first), those that could run before the late levels (all
         that are batchable, with inputs computed or that could run early themselves), with their
         depth among them, and the costly signatures chosen to run early. Those that do (`_late`)
@@ -299,9 +308,9 @@ class Engine:
         runs aligned by position."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
+        kinds = self._kinds
         # what could run early: depths by signature, against heights, for costly signatures
-        could: dict[int, int] = {}
-        get = could.get
+        could = [-1] * len(height)  # -1: not
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
@@ -309,16 +318,19 @@ class Engine:
             d = 0
             for a in args[n]:
                 if loc[a] < 0:
-                    da = get(a)
-                    if da is None:
+                    da = could[a]
+                    if da < 0:
                         d = -1
                         break
                     if da >= d:
                         d = da + 1
-            cheap = ops[n].cost == 1
-            if d >= 0 and ops[n].batch is not None:
+            op = ops[n]
+            kind = kinds.get(op)
+            if kind is None:
+                kind = self._kind(op)
+            if d >= 0 and kind < _UNBATCHABLE:
                 could[n] = d
-                if cheap:
+                if kind == _CHEAP:
                     continue
                 s = sigs[n]
                 if s in depths:
@@ -326,7 +338,7 @@ class Engine:
                     heights[s].add(height[n])
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
-            elif not cheap:
+            elif kind & _COSTLY:
                 barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
