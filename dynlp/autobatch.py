@@ -446,16 +446,25 @@ class Engine:
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
             return buf[idx], ("rows", b0, idx)
         # several source batches: up to a few hundred rows, or a few rows of large batches (a
-        # parser's features), the rows one by one (about 0.2 us a row); else one copy of the
-        # batches, then one fancy index
+        # parser's features), the rows one by one (about 0.2 us a row) or, when there are many
+        # a source, by source; else one copy of the batches, then one fancy index
         where = np.array(places, dtype=np.int64)
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
         self.gathered.update(sources)
         sizes = [len(bufs[b]) for b in sources]
         if count <= 128 or count * 4 < sum(sizes):
-            rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
-            return np.array(rows, dtype=bufs[sources[0]].dtype), plan
+            first = bufs[sources[0]]
+            if count < 20 * len(sources):
+                rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
+                return np.array(rows, dtype=first.dtype), plan
+            # (20 rows a source or more: one fancy index a source, not a view a row)
+            batch_of, rows = where >> _SHIFT, where & _ROW
+            out = np.empty((count,) + first.shape[1:], first.dtype)
+            for b in sources:
+                chosen = batch_of == b
+                out[chosen] = bufs[b][rows[chosen]]
+            return out, plan
         batch_of = where >> _SHIFT
         found = np.array(sources, dtype=np.int64)
         offsets = np.zeros(len(sources), dtype=np.int64)
