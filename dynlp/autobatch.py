@@ -28,6 +28,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 # nodes of one length that run as a batch of their own rather than padded with other lengths
 # (a padded batch copies its arguments node by node; a batch of one shape gathers them at once)
 PAD_ALONE = 16
+# what the late scheduler reads of an op (`Engine._kind`)
+_CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
 
 def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -43,6 +45,16 @@ def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> No
     order = np.argsort(rows, kind="stable")
     starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
     target[ordered[starts]] += np.add.reduceat(values[order], starts, axis=0)
+
+
+def _first_pending(loc: list[int], low: int, size: int) -> int:
+    """The first pending node (-1) from `low` on, else size: found by list.index, in C (a loop
+    in Python costs about 0.1 us a node). (Between forward passes no node is being scheduled,
+    -2: those that `_pending` marks run, or are marked pending again on an error.)"""
+    try:
+        return loc.index(-1, low, size)
+    except ValueError:
+        return size
 
 
 class Batch:
@@ -102,6 +114,9 @@ class Engine:
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
+        self._kinds: dict[Any, int] = {}  # op -> `_kind`
+        self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
+        self._attr_dicts: dict[tuple, dict] = {}  # static attributes -> their dict (read only)
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -169,12 +184,13 @@ class Engine:
             search = self.fuser.run(targets) or search
             absorbed = self.fuser.absorbed
             targets = [absorbed[t][0] if loc[t] == ABSORBED else t for t in targets]
-        low, size = self.low, len(loc)
-        while low < size and (loc[low] >= 0 or loc[low] == ABSORBED):
-            low += 1
-        self.low = low
+        size = len(loc)
+        low = self.low = _first_pending(loc, self.low, size)
         fresh, self.built = size - self.built, size
-        if (self.strategy == "late" and targets and not search
+        computed = all(loc[t] >= 0 for t in targets)  # (backward's forward of its loss)
+        if computed:
+            pending = []
+        elif (self.strategy == "late" and targets and not search
                 and max(targets) - low <= 2 * fresh):
             # most of what might be pending was built since the last forward (one forward of
             # a whole minibatch): sweep that range instead of searching the graph
@@ -183,7 +199,9 @@ class Engine:
         else:
             pending = self._pending(targets)
         try:
-            if self.strategy is None:
+            if computed:
+                pass
+            elif self.strategy is None:
                 self._run_each(pending)
             elif self.strategy == "late":
                 self._late(reversed(pending), targets)
@@ -243,25 +261,25 @@ class Engine:
         # Early nodes run first, level by level from what is computed; the others as late as
         # their consumers allow. A costly node whose inputs are all computed (depth 0 among
         # what could run early) runs first too. (Oldest first: each group comes out sorted.)
-        early: dict[int, int] = {}
-        get = early.get
+        # A node is early when it could be, is cheap or of a chosen signature, and its pending
+        # inputs are early: its depth among early nodes is then its depth among those that
+        # could be (the same inputs all the way up).
+        early = bytearray(len(height))
+        kinds = self._kinds
         for n in reversed(needed):
             op = ops[n]
             s = sigs[n]
-            if n in could and (op.cost == 1 or s in chosen):
-                d = 0
+            d = could[n]
+            costly = kinds[op] & _COSTLY
+            if d >= 0 and (not costly or s in chosen):
                 for a in args[n]:
-                    if loc[a] < 0:
-                        da = get(a)
-                        if da is None:
-                            break
-                        if da >= d:
-                            d = da + 1
+                    if loc[a] < 0 and not early[a]:
+                        break
                 else:
-                    early[n] = d
+                    early[n] = 1
                     groups[first + (d << _SHIFT) + s].append(n)
                     continue
-            if op.cost != 1 and (could.get(n) == 0 or op.batch is None and all(
+            if costly and (d == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
                 groups[first + s].append(n)
             else:
@@ -283,7 +301,13 @@ class Engine:
         if alone:
             each(alone)
 
-    def _early(self, needed: list[int], height: list[int]) -> tuple[dict, set]:
+    def _kind(self, op: Any) -> int:
+        """_COSTLY (op cost above 1) | _UNBATCHABLE (no batching mask), or _CHEAP (0)."""
+        kind = self._kinds[op] = (_COSTLY if op.cost != 1 else _CHEAP) | (
+            _UNBATCHABLE if op.batch is None else 0)
+        return kind
+
+    def _early(self, needed: list[int], height: list[int]) -> tuple[list, set]:
         """Of the needed nodes (newest first), those that could run before the late levels (all
         that are batchable, with inputs computed or that could run early themselves), with their
         depth among them, and the costly signatures chosen to run early. Those that do (`_late`)
@@ -297,9 +321,9 @@ class Engine:
         runs aligned by position."""
         g = self.g
         loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
+        kinds = self._kinds
         # what could run early: depths by signature, against heights, for costly signatures
-        could: dict[int, int] = {}
-        get = could.get
+        could = [-1] * len(height)  # -1: not
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
@@ -307,16 +331,19 @@ class Engine:
             d = 0
             for a in args[n]:
                 if loc[a] < 0:
-                    da = get(a)
-                    if da is None:
+                    da = could[a]
+                    if da < 0:
                         d = -1
                         break
                     if da >= d:
                         d = da + 1
-            cheap = ops[n].cost == 1
-            if d >= 0 and ops[n].batch is not None:
+            op = ops[n]
+            kind = kinds.get(op)
+            if kind is None:
+                kind = self._kind(op)
+            if d >= 0 and kind < _UNBATCHABLE:
                 could[n] = d
-                if cheap:
+                if kind == _CHEAP:
                     continue
                 s = sigs[n]
                 if s in depths:
@@ -324,7 +351,7 @@ class Engine:
                     heights[s].add(height[n])
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
-            elif not cheap:
+            elif kind & _COSTLY:
                 barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
@@ -432,16 +459,25 @@ class Engine:
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
             return buf[idx], ("rows", b0, idx)
         # several source batches: up to a few hundred rows, or a few rows of large batches (a
-        # parser's features), the rows one by one (about 0.2 us a row); else one copy of the
-        # batches, then one fancy index
+        # parser's features), the rows one by one (about 0.2 us a row) or, when there are many
+        # a source, by source; else one copy of the batches, then one fancy index
         where = np.array(places, dtype=np.int64)
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
         self.gathered.update(sources)
         sizes = [len(bufs[b]) for b in sources]
         if count <= 128 or count * 4 < sum(sizes):
-            rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
-            return np.array(rows, dtype=bufs[sources[0]].dtype), plan
+            first = bufs[sources[0]]
+            if count < 20 * len(sources):
+                rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
+                return np.array(rows, dtype=first.dtype), plan
+            # (20 rows a source or more: one fancy index a source, not a view a row)
+            batch_of, rows = where >> _SHIFT, where & _ROW
+            out = np.empty((count,) + first.shape[1:], first.dtype)
+            for b in sources:
+                chosen = batch_of == b
+                out[chosen] = bufs[b][rows[chosen]]
+            return out, plan
         batch_of = where >> _SHIFT
         found = np.array(sources, dtype=np.int64)
         offsets = np.zeros(len(sources), dtype=np.int64)
@@ -649,17 +685,20 @@ class Engine:
         g = self.g
         ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
         loc, bufs, batches = g.loc, self.bufs, self.batches
-        rules = self._rules
+        by_op, dicts = self._by_op, self._attr_dicts
+        push_buf, push_batch = bufs.append, batches.append
         clock = time.perf_counter
         numpy_time = 0.0
         ragged = 0
         for n in pending:
             op = ops[n]
             args = all_args[n]
-            rule = rules.get((op, len(args)))
-            if rule is None:
-                rule = self._rule(op, len(args))
-            mask, shared, forward, vjp = rule
+            nargs = len(args)
+            rule = by_op.get(op)
+            if rule is None or rule[0] != nargs:
+                rule = by_op[op] = (nargs,) + (self._rules.get((op, nargs))
+                                               or self._rule(op, nargs))
+            _, mask, shared, forward, vjp = rule
             if forward is None:  # ragged (`_store` counts it)
                 self._run_ragged(op, [n])
                 ragged += 1
@@ -680,7 +719,15 @@ class Engine:
                         r = here & _ROW
                         xs.append(buf[r:r + 1])
                         plans.append(here)
-            else:  # (every argument stacked: the plans are the places)
+            elif nargs == 1:  # (every argument stacked: the plans are the places)
+                here = loc[args[0]]
+                plans = (here,)
+                buf = bufs[here >> _SHIFT]
+                if len(buf) != 1:
+                    r = here & _ROW
+                    buf = buf[r:r + 1]
+                xs = (buf,)
+            else:
                 plans = [loc[a] for a in args]
                 xs = []
                 for here in plans:
@@ -695,8 +742,12 @@ class Engine:
                 attrs = dict(static) if static else {}
                 for j, name in enumerate(op.batched_attrs):
                     attrs[name] = np.array([battrs_of[n][j]])
-            elif static or op.residual:
+            elif op.residual:
                 attrs = dict(static)
+            elif static:  # (read only: one dict per value of the attributes)
+                attrs = dicts.get(static)
+                if attrs is None:
+                    attrs = dicts[static] = dict(static)
             else:
                 attrs = _NO_ATTRS
             start = clock()
@@ -705,8 +756,8 @@ class Engine:
             if op.residual:
                 out, attrs["residual"] = out
             loc[n] = len(bufs) << _SHIFT
-            bufs.append(out)
-            batches.append(Batch(op, [n], xs, plans, attrs, mask, vjp))
+            push_buf(out)
+            push_batch(Batch(op, (n,), xs, plans, attrs, mask, vjp))
         self.counts["forward_batches"] += len(pending) - ragged
         self.counts["forward_nodes"] += len(pending) - ragged
         self.times["forward_numpy"] += numpy_time
@@ -781,12 +832,19 @@ class Engine:
         # zeroed array per row shape (an arena), so that such a gather's cotangent is one
         # scatter into the arena. `hit`: the batches that received a gradient.
         arenas, offsets, hit = self._arenas(grads, last)
+        # batches whose gradient is a cotangent as a rule returned it (the first to reach the
+        # whole batch): it may be another batch's gradient, a view or read-only, so it is
+        # copied before anything is added to it in place (`grad_of`)
+        borrowed: set[int] = set()
 
         def grad_of(b: int) -> np.ndarray:
             t = grads[b]
             if t is None:
                 buf = bufs[b]
                 t = grads[b] = np.zeros(buf.shape, buf.dtype)
+            elif b in borrowed:
+                borrowed.discard(b)
+                t = grads[b] = t.astype(bufs[b].dtype)
             hit.add(b)
             return t
 
@@ -827,7 +885,7 @@ class Engine:
             batch = batches[b]
             if batch is None:
                 continue
-            if b in padded:  # (a padded batch's last entry: its backward)
+            if padded and b in padded:  # (a padded batch's last entry: its backward)
                 grad = self._padded_grad(batch, grads, accumulated.pop(b, None))
                 if grad is None:
                     continue
@@ -852,15 +910,24 @@ class Engine:
                 if type(plan) is int:  # rows r, r + 1, ... of batch sb, in order
                     sb, r = plan >> _SHIFT, plan & _ROW
                     t = grads[sb]
-                    if t is None and r == 0 and type(ct) is np.ndarray and \
-                            ct.shape == bufs[sb].shape:
-                        # the whole of a source batch, not reached before: a copy of the
-                        # cotangent is its gradient (no zeros to add it to)
-                        grads[sb] = ct.astype(bufs[sb].dtype)
-                        hit.add(sb)
+                    if t is None and r == 0 and type(ct) is np.ndarray:
+                        buf = bufs[sb]
+                        if ct.shape == buf.shape:
+                            # the whole of a source batch, not reached before: the cotangent
+                            # is its gradient (no zeros to add it to), borrowed as it is
+                            if ct.dtype is buf.dtype:
+                                grads[sb] = ct
+                                borrowed.add(sb)
+                            else:
+                                grads[sb] = ct.astype(buf.dtype)
+                            hit.add(sb)
+                        else:
+                            grad_of(sb)[:len(ct)] += ct
                     elif t is None:
                         grad_of(sb)[r:r + len(ct)] += ct
                     else:
+                        if sb in borrowed:
+                            t = grad_of(sb)
                         if r == 0 and len(ct) == len(t):
                             t += ct
                         else:

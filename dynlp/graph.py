@@ -633,10 +633,15 @@ class Expression:
         return self
 
     # -- operators -------------------------------------------------------------------------------
+    # (a Python float constant goes straight to its op: `arith` would make the same node)
     def __add__(self, other):
+        if type(other) is float:
+            return _const_op("add_const", self, other)
         return arith("add", self, other)
 
     def __radd__(self, other):
+        if type(other) is float:
+            return _const_op("add_const", self, other)
         return arith("add", other, self)
 
     def __sub__(self, other):
@@ -646,9 +651,13 @@ class Expression:
         return arith("sub", other, self)
 
     def __mul__(self, other):
+        if type(other) is float:
+            return _const_op("mul_const", self, other)
         return arith("mul", self, other)
 
     def __rmul__(self, other):
+        if type(other) is float:
+            return _const_op("mul_const", self, other)
         return arith("mul", other, self)
 
     def __truediv__(self, other):
