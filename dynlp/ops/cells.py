@@ -60,11 +60,15 @@ def _nary_forward(W, b, x, states):
     """The new state, and the residual (hidden, a, sig, u, tanh(c)): a = [x; h_1; ..] (B, A),
     the sigmoid gates (n+2)H x B, u and tanh(c) H x B."""
     hidden = states[0].shape[1] // 2
-    parts = [s[:, hidden:] for s in states]
+    parts = [s[:, hidden:].T for s in states]
     if x is not None:
-        parts.insert(0, x)
-    a = np.concatenate(parts, axis=1)
-    pre = W @ a.T
+        parts.insert(0, x.T)
+    # a.T is built C-ordered: W @ a.T over a C-ordered a.T is the (NoTrans, NoTrans) product,
+    # which OpenBLAS computes without packing W when the product is small (a few rows); over a
+    # transposed view it packs W (150K floats for H = 128) on every call
+    aT = np.concatenate(parts, axis=0, out=np.empty((W.shape[1], states[0].shape[0]), W.dtype))
+    a = aT.T
+    pre = W @ aT
     pre += b[:, None]
     split = pre.shape[0] - hidden
     sig, u = pre[:split], pre[split:]
