@@ -56,6 +56,57 @@ def _check_weights(W, b, rows, columns):
 # column slices of a (B, gates) array at these sizes. The residual keeps that layout.
 
 
+# OpenBLAS (0.3.31 with its SkylakeX kernels, numpy's on this machine) multiplies float32 matrices
+# in place when M * N * K <= 1e6 (its "small matrix" kernels, for NoTrans A and B, and for
+# Trans A); above that it packs both operands on every call, which for a weight of ~150K
+# entries (an LSTM of H = 128) costs ~30 us, more than the product itself at a few rows. Batch
+# sizes that are not multiples of 16 pay most: 9 rows cost about what 16 do. So a small batch
+# over such a weight is multiplied in blocks of 4 rows, one stacked matmul whose every product
+# takes the small kernel; from 16 rows on the packed product wins.
+_SMALL_PRODUCT = 1_000_000
+_BLOCK = 4
+
+
+def _blocked(W, batch):
+    """The row count of the batch's leading blocks of `_BLOCK` rows when W's product over
+    them is faster block by block, else 0."""
+    size = W.shape[0] * W.shape[1]
+    if W.dtype != np.float32 or batch >= 16 or size * batch <= _SMALL_PRODUCT \
+            or size * _BLOCK > _SMALL_PRODUCT:
+        return 0
+    return batch - batch % _BLOCK
+
+
+def _gate_product(W, aT):
+    """W @ aT, (G, B), over aT (A, B) C-ordered."""
+    batch = aT.shape[1]
+    full = _blocked(W, batch)
+    if not full:
+        return W @ aT
+    rows, n = W.shape[0], full // _BLOCK
+    pre = np.empty((rows, batch), W.dtype)
+    blocks = np.matmul(W, aT[:, :full].reshape(-1, n, _BLOCK).transpose(1, 0, 2))
+    pre[:, :full].reshape(rows, n, _BLOCK)[...] = blocks.transpose(1, 0, 2)
+    if full < batch:
+        np.matmul(W, aT[:, full:], out=pre[:, full:])
+    return pre
+
+
+def _input_product(gpre, W):
+    """gpre.T @ W, (B, A), over gpre (G, B) C-ordered."""
+    batch = gpre.shape[1]
+    full = _blocked(W, batch)
+    if not full:
+        return gpre.T @ W
+    rows, n = W.shape[0], full // _BLOCK
+    ga = np.empty((batch, W.shape[1]), W.dtype)
+    blocks = np.ascontiguousarray(gpre[:, :full].reshape(rows, n, _BLOCK).transpose(1, 2, 0))
+    np.matmul(blocks, W, out=ga[:full].reshape(n, _BLOCK, -1))
+    if full < batch:
+        np.matmul(gpre[:, full:].T, W, out=ga[full:])
+    return ga
+
+
 def _nary_forward(W, b, x, states):
     """The new state, and the residual (hidden, a, sig, u, tanh(c)): a = [x; h_1; ..] (B, A),
     the sigmoid gates (n+2)H x B, u and tanh(c) H x B."""
@@ -68,7 +119,7 @@ def _nary_forward(W, b, x, states):
     # transposed view it packs W (150K floats for H = 128) on every call
     aT = np.concatenate(parts, axis=0, out=np.empty((W.shape[1], states[0].shape[0]), W.dtype))
     a = aT.T
-    pre = W @ aT
+    pre = _gate_product(W, aT)
     pre += b[:, None]
     split = pre.shape[0] - hidden
     sig, u = pre[:split], pre[split:]
@@ -108,7 +159,7 @@ def _nary_vjp(g, out, W, b, x, states, residual):
     np.subtract(1.0, gu, out=gu)
     gu *= gc
     gu *= sig[:hidden]
-    ga = gpre.T @ W
+    ga = _input_product(gpre, W)
     # the bias cotangent, summed over the batch: a matrix-vector product is the fast sum here
     cts = [OuterProduct(gpre.T, a), gpre @ np.ones(a.shape[0], dtype=gpre.dtype)]
     width = 0
