@@ -108,45 +108,50 @@ def _input_product(gpre, W):
 
 
 def _nary_forward(W, b, x, states):
-    """The new state, and the residual (hidden, a, sig, u, tanh(c)): a = [x; h_1; ..] (B, A),
-    the sigmoid gates (n+2)H x B, u and tanh(c) H x B."""
+    """The new state, and the residual (hidden, a, sig, u, tanh(c), [c; h] transposed): a = [x;
+    h_1; ..] (B, A), the sigmoid gates (n+2)H x B, u and tanh(c) H x B, [c; h] 2H x B."""
     hidden = states[0].shape[1] // 2
+    batch = states[0].shape[0]
     parts = [s[:, hidden:].T for s in states]
     if x is not None:
         parts.insert(0, x.T)
     # a.T is built C-ordered: W @ a.T over a C-ordered a.T is the (NoTrans, NoTrans) product,
     # which OpenBLAS computes without packing W when the product is small (a few rows); over a
     # transposed view it packs W (150K floats for H = 128) on every call
-    aT = np.concatenate(parts, axis=0, out=np.empty((W.shape[1], states[0].shape[0]), W.dtype))
-    a = aT.T
+    aT = np.concatenate(parts, axis=0, out=np.empty((W.shape[1], batch), W.dtype))
     pre = _gate_product(W, aT)
     pre += b[:, None]
     split = pre.shape[0] - hidden
     sig, u = pre[:split], pre[split:]
-    _sigmoid_in_place(sig)
-    np.tanh(u, out=u)
-    c = sig[:hidden] * u
+    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one tanh for all the gates, u's included
+    sig *= 0.5
+    np.tanh(pre, out=pre)
+    sig *= 0.5
+    sig += 0.5
+    # c and h are computed gate-major and transposed in one copy
+    state = np.empty((2 * hidden, batch), dtype=pre.dtype)
+    c = state[:hidden]
+    np.multiply(sig[:hidden], u, out=c)
     for k, s in enumerate(states, 1):
         c += sig[k * hidden:(k + 1) * hidden] * s[:, :hidden].T
     tc = np.tanh(c)
-    out = np.empty((a.shape[0], 2 * hidden), dtype=pre.dtype)
-    out[:, :hidden] = c.T
-    # (a product into a transposed view is several times slower than a product and a copy)
-    out[:, hidden:] = (sig[split - hidden:] * tc).T
-    return out, (hidden, a, sig, u, tc)
+    np.multiply(sig[split - hidden:], tc, out=state[hidden:])
+    return np.ascontiguousarray(state.T), (hidden, aT.T, sig, u, tc, state)
 
 
 def _nary_vjp(g, out, W, b, x, states, residual):
-    hidden, a, sig, u, tc = residual
+    hidden, a, sig, u, tc, state = residual
     split = sig.shape[0]
-    gh = g[:, hidden:].T
-    # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2)
-    gc = tc * tc
-    np.subtract(1.0, gc, out=gc)
-    gc *= sig[split - hidden:]
+    batch = a.shape[0]
+    gT = np.ascontiguousarray(g.T)  # (one transposed copy, then contiguous reads)
+    gh = gT[hidden:]
+    o = sig[split - hidden:]
+    # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2) = o - h' * tanh(c')
+    gc = state[hidden:] * tc
+    np.subtract(o, gc, out=gc)
     gc *= gh
-    gc += g[:, :hidden].T
-    gpre = np.empty((split + hidden, a.shape[0]), dtype=gc.dtype)
+    gc += gT[:hidden]
+    gpre = np.empty((split + hidden, batch), dtype=gc.dtype)
     gsig, gu = gpre[:split], gpre[split:]
     np.multiply(gc, u, out=gsig[:hidden])
     for k, s in enumerate(states, 1):
@@ -161,13 +166,13 @@ def _nary_vjp(g, out, W, b, x, states, residual):
     gu *= sig[:hidden]
     ga = _input_product(gpre, W)
     # the bias cotangent, summed over the batch: a matrix-vector product is the fast sum here
-    cts = [OuterProduct(gpre.T, a), gpre @ np.ones(a.shape[0], dtype=gpre.dtype)]
+    cts = [OuterProduct(gpre.T, a), gpre @ np.ones(batch, dtype=gpre.dtype)]
     width = 0
     if x is not None:
         width = x.shape[1]
         cts.append(ga[:, :width])
     for k in range(len(states)):
-        ct = np.empty((a.shape[0], 2 * hidden), dtype=gc.dtype)
+        ct = np.empty((batch, 2 * hidden), dtype=gc.dtype)
         ct[:, :hidden] = (gc * sig[(k + 1) * hidden:(k + 2) * hidden]).T
         ct[:, hidden:] = ga[:, width + k * hidden:width + (k + 1) * hidden]
         cts.append(ct)
@@ -175,7 +180,7 @@ def _nary_vjp(g, out, W, b, x, states, residual):
 
 
 def _nary_jvp(ts, out, W, b, x, states, residual):
-    hidden, a, sig, u, _ = residual
+    hidden, a, sig, u = residual[:4]
     sig, u = sig.T, u.T
     tW, tb = ts[0], ts[1]
     tstates = ts[len(ts) - len(states):]
