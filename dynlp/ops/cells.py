@@ -107,6 +107,15 @@ def _input_product(gpre, W):
     return ga
 
 
+def _row_sum(gpre):
+    """The bias cotangent, gpre (G, B) summed over the batch: a matrix-vector product is the
+    fast sum here (numpy's sum along rows of a few entries is several times slower), a copy
+    for one row."""
+    if gpre.shape[1] == 1:
+        return gpre[:, 0].copy()
+    return gpre @ np.ones(gpre.shape[1], dtype=gpre.dtype)
+
+
 def _nary_forward(W, b, x, states):
     """The new state, and the residual (hidden, a, sig, u, tanh(c), [c; h] transposed): a = [x;
     h_1; ..] (B, A), the sigmoid gates (n+2)H x B, u and tanh(c) H x B, [c; h] 2H x B."""
@@ -165,8 +174,7 @@ def _nary_vjp(g, out, W, b, x, states, residual):
     gu *= gc
     gu *= sig[:hidden]
     ga = _input_product(gpre, W)
-    # the bias cotangent, summed over the batch: a matrix-vector product is the fast sum here
-    cts = [OuterProduct(gpre.T, a), gpre @ np.ones(batch, dtype=gpre.dtype)]
+    cts = [OuterProduct(gpre.T, a), _row_sum(gpre)]
     width = 0
     if x is not None:
         width = x.shape[1]
@@ -345,7 +353,7 @@ def _leaf_vjp(g, out, W, b, x, residual):
     gx += gpre[3 * hidden:].T @ W_ou
     # W's cotangent in two blocks, rows i and rows [o; u] over the x columns: the f rows are 0
     gW = Parts(OuterProduct(gi.T, x), OuterProduct(gpre[3 * hidden:].T, x, row=3 * hidden))
-    return gW, gpre @ np.ones(x.shape[0], dtype=gpre.dtype), gx
+    return gW, _row_sum(gpre), gx
 
 
 def _leaf_jvp(ts, out, W, b, x, residual):
