@@ -180,10 +180,8 @@ def _nary_vjp(g, out, W, b, x, states, residual):
         width = x.shape[1]
         cts.append(ga[:, :width])
     for k in range(len(states)):
-        ct = np.empty((batch, 2 * hidden), dtype=gc.dtype)
-        ct[:, :hidden] = (gc * sig[(k + 1) * hidden:(k + 2) * hidden]).T
-        ct[:, hidden:] = ga[:, width + k * hidden:width + (k + 1) * hidden]
-        cts.append(ct)
+        cts.append(np.concatenate([(gc * sig[(k + 1) * hidden:(k + 2) * hidden]).T,
+                                   ga[:, width + k * hidden:width + (k + 1) * hidden]], axis=1))
     return cts
 
 
