@@ -56,42 +56,111 @@ def _check_weights(W, b, rows, columns):
 # column slices of a (B, gates) array at these sizes. The residual keeps that layout.
 
 
+# OpenBLAS (0.3.31 with its SkylakeX kernels, numpy's on this machine) multiplies float32 matrices
+# in place when M * N * K <= 1e6 (its "small matrix" kernels, for NoTrans A and B, and for
+# Trans A); above that it packs both operands on every call, which for a weight of ~150K
+# entries (an LSTM of H = 128) costs ~30 us, more than the product itself at a few rows. Batch
+# sizes that are not multiples of 16 pay most: 9 rows cost about what 16 do. So a small batch
+# over such a weight is multiplied in blocks of 4 rows, one stacked matmul whose every product
+# takes the small kernel; from 16 rows on the packed product wins.
+_SMALL_PRODUCT = 1_000_000
+_BLOCK = 4
+
+
+def _blocked(W, batch):
+    """The row count of the batch's leading blocks of `_BLOCK` rows when W's product over
+    them is faster block by block, else 0."""
+    size = W.shape[0] * W.shape[1]
+    if W.dtype != np.float32 or batch >= 16 or size * batch <= _SMALL_PRODUCT \
+            or size * _BLOCK > _SMALL_PRODUCT:
+        return 0
+    return batch - batch % _BLOCK
+
+
+def _gate_product(W, aT):
+    """W @ aT, (G, B), over aT (A, B) C-ordered."""
+    batch = aT.shape[1]
+    full = _blocked(W, batch)
+    if not full:
+        return W @ aT
+    rows, n = W.shape[0], full // _BLOCK
+    pre = np.empty((rows, batch), W.dtype)
+    blocks = np.matmul(W, aT[:, :full].reshape(-1, n, _BLOCK).transpose(1, 0, 2))
+    pre[:, :full].reshape(rows, n, _BLOCK)[...] = blocks.transpose(1, 0, 2)
+    if full < batch:
+        np.matmul(W, aT[:, full:], out=pre[:, full:])
+    return pre
+
+
+def _input_product(gpre, W):
+    """gpre.T @ W, (B, A), over gpre (G, B) C-ordered."""
+    batch = gpre.shape[1]
+    full = _blocked(W, batch)
+    if not full:
+        return gpre.T @ W
+    rows, n = W.shape[0], full // _BLOCK
+    ga = np.empty((batch, W.shape[1]), W.dtype)
+    blocks = np.ascontiguousarray(gpre[:, :full].reshape(rows, n, _BLOCK).transpose(1, 2, 0))
+    np.matmul(blocks, W, out=ga[:full].reshape(n, _BLOCK, -1))
+    if full < batch:
+        np.matmul(gpre[:, full:].T, W, out=ga[full:])
+    return ga
+
+
+def _row_sum(gpre):
+    """The bias cotangent, gpre (G, B) summed over the batch: a matrix-vector product is the
+    fast sum here (numpy's sum along rows of a few entries is several times slower), a copy
+    for one row."""
+    if gpre.shape[1] == 1:
+        return gpre[:, 0].copy()
+    return gpre @ np.ones(gpre.shape[1], dtype=gpre.dtype)
+
+
 def _nary_forward(W, b, x, states):
-    """The new state, and the residual (hidden, a, sig, u, tanh(c)): a = [x; h_1; ..] (B, A),
-    the sigmoid gates (n+2)H x B, u and tanh(c) H x B."""
+    """The new state, and the residual (hidden, a, sig, u, tanh(c), [c; h] transposed): a = [x;
+    h_1; ..] (B, A), the sigmoid gates (n+2)H x B, u and tanh(c) H x B, [c; h] 2H x B."""
     hidden = states[0].shape[1] // 2
-    parts = [s[:, hidden:] for s in states]
+    batch = states[0].shape[0]
+    parts = [s[:, hidden:].T for s in states]
     if x is not None:
-        parts.insert(0, x)
-    a = np.concatenate(parts, axis=1)
-    pre = W @ a.T
+        parts.insert(0, x.T)
+    # a.T is built C-ordered: W @ a.T over a C-ordered a.T is the (NoTrans, NoTrans) product,
+    # which OpenBLAS computes without packing W when the product is small (a few rows); over a
+    # transposed view it packs W (150K floats for H = 128) on every call
+    aT = np.concatenate(parts, axis=0, out=np.empty((W.shape[1], batch), W.dtype))
+    pre = _gate_product(W, aT)
     pre += b[:, None]
     split = pre.shape[0] - hidden
     sig, u = pre[:split], pre[split:]
-    _sigmoid_in_place(sig)
-    np.tanh(u, out=u)
-    c = sig[:hidden] * u
+    # sigmoid(z) = (1 + tanh(z / 2)) / 2: one tanh for all the gates, u's included
+    sig *= 0.5
+    np.tanh(pre, out=pre)
+    sig *= 0.5
+    sig += 0.5
+    # c and h are computed gate-major and transposed in one copy
+    state = np.empty((2 * hidden, batch), dtype=pre.dtype)
+    c = state[:hidden]
+    np.multiply(sig[:hidden], u, out=c)
     for k, s in enumerate(states, 1):
         c += sig[k * hidden:(k + 1) * hidden] * s[:, :hidden].T
     tc = np.tanh(c)
-    out = np.empty((a.shape[0], 2 * hidden), dtype=pre.dtype)
-    out[:, :hidden] = c.T
-    # (a product into a transposed view is several times slower than a product and a copy)
-    out[:, hidden:] = (sig[split - hidden:] * tc).T
-    return out, (hidden, a, sig, u, tc)
+    np.multiply(sig[split - hidden:], tc, out=state[hidden:])
+    return np.ascontiguousarray(state.T), (hidden, aT.T, sig, u, tc, state)
 
 
 def _nary_vjp(g, out, W, b, x, states, residual):
-    hidden, a, sig, u, tc = residual
+    hidden, a, sig, u, tc, state = residual
     split = sig.shape[0]
-    gh = g[:, hidden:].T
-    # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2)
-    gc = tc * tc
-    np.subtract(1.0, gc, out=gc)
-    gc *= sig[split - hidden:]
+    batch = a.shape[0]
+    gT = np.ascontiguousarray(g.T)  # (one transposed copy, then contiguous reads)
+    gh = gT[hidden:]
+    o = sig[split - hidden:]
+    # d c'/d c through h' = o * tanh(c'): o * (1 - tanh(c')^2) = o - h' * tanh(c')
+    gc = state[hidden:] * tc
+    np.subtract(o, gc, out=gc)
     gc *= gh
-    gc += g[:, :hidden].T
-    gpre = np.empty((split + hidden, a.shape[0]), dtype=gc.dtype)
+    gc += gT[:hidden]
+    gpre = np.empty((split + hidden, batch), dtype=gc.dtype)
     gsig, gu = gpre[:split], gpre[split:]
     np.multiply(gc, u, out=gsig[:hidden])
     for k, s in enumerate(states, 1):
@@ -104,23 +173,20 @@ def _nary_vjp(g, out, W, b, x, states, residual):
     np.subtract(1.0, gu, out=gu)
     gu *= gc
     gu *= sig[:hidden]
-    ga = gpre.T @ W
-    # the bias cotangent, summed over the batch: a matrix-vector product is the fast sum here
-    cts = [OuterProduct(gpre.T, a), gpre @ np.ones(a.shape[0], dtype=gpre.dtype)]
+    ga = _input_product(gpre, W)
+    cts = [OuterProduct(gpre.T, a), _row_sum(gpre)]
     width = 0
     if x is not None:
         width = x.shape[1]
         cts.append(ga[:, :width])
     for k in range(len(states)):
-        ct = np.empty((a.shape[0], 2 * hidden), dtype=gc.dtype)
-        ct[:, :hidden] = (gc * sig[(k + 1) * hidden:(k + 2) * hidden]).T
-        ct[:, hidden:] = ga[:, width + k * hidden:width + (k + 1) * hidden]
-        cts.append(ct)
+        cts.append(np.concatenate([(gc * sig[(k + 1) * hidden:(k + 2) * hidden]).T,
+                                   ga[:, width + k * hidden:width + (k + 1) * hidden]], axis=1))
     return cts
 
 
 def _nary_jvp(ts, out, W, b, x, states, residual):
-    hidden, a, sig, u, _ = residual
+    hidden, a, sig, u = residual[:4]
     sig, u = sig.T, u.T
     tW, tb = ts[0], ts[1]
     tstates = ts[len(ts) - len(states):]
@@ -285,7 +351,7 @@ def _leaf_vjp(g, out, W, b, x, residual):
     gx += gpre[3 * hidden:].T @ W_ou
     # W's cotangent in two blocks, rows i and rows [o; u] over the x columns: the f rows are 0
     gW = Parts(OuterProduct(gi.T, x), OuterProduct(gpre[3 * hidden:].T, x, row=3 * hidden))
-    return gW, gpre @ np.ones(x.shape[0], dtype=gpre.dtype), gx
+    return gW, _row_sum(gpre), gx
 
 
 def _leaf_jvp(ts, out, W, b, x, residual):
