@@ -927,6 +927,11 @@ class Engine:
                         grad_of(sb)[r:r + len(ct)] += ct
                     else:
                         if sb in borrowed:
+                            if r == 0 and type(ct) is np.ndarray and ct.shape == t.shape and \
+                                    ct.dtype is t.dtype:
+                                grads[sb] = t + ct  # (the sum, a new array: its own)
+                                borrowed.discard(sb)
+                                continue
                             t = grad_of(sb)
                         if r == 0 and len(ct) == len(t):
                             t += ct
