@@ -76,6 +76,8 @@ def test_nary_cell_matches_reference_at_every_batch_size(hidden, width, children
         cast = [v if v is None else v.astype(dtype) for v in (W, b, x, g)]
         got, residual = _nary_forward(cast[0], cast[1], cast[2], [s.astype(dtype) for s in states])
         assert got.dtype == dtype and got.shape == want.shape and got.flags.c_contiguous
+        # (the engine owns the output: it must not be a view of what the VJP reads back)
+        assert not any(np.shares_memory(got, r) for r in residual if isinstance(r, np.ndarray))
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=f"B={batch}")
         cts = _nary_vjp(cast[3], got, cast[0], cast[1], cast[2],
                         [s.astype(dtype) for s in states], residual)

@@ -145,7 +145,8 @@ def _nary_forward(W, b, x, states):
         c += sig[k * hidden:(k + 1) * hidden] * s[:, :hidden].T
     tc = np.tanh(c)
     np.multiply(sig[split - hidden:], tc, out=state[hidden:])
-    return np.ascontiguousarray(state.T), (hidden, aT.T, sig, u, tc, state)
+    # (a copy even of one row, where state.T is contiguous: the output never aliases the residual)
+    return state.T.copy(), (hidden, aT.T, sig, u, tc, state)
 
 
 def _nary_vjp(g, out, W, b, x, states, residual):
