@@ -311,3 +311,27 @@ def test_tree_lstm_batches_of_every_size_match_unbatched_float64(count):
         assert got[0] == pytest.approx(want[0], rel=tol)
         for a, b in zip(got[1], want[1]):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+
+
+# -- reverse and forward mode through the engine, against central differences -----------------
+@pytest.mark.parametrize("autobatch", [True, False])
+@pytest.mark.parametrize("count", [1, 5, 9])
+def test_lstm_and_tree_lstm_through_the_engine_by_central_differences(count, autobatch):
+    pc = dn.ParameterCollection(seed=4, dtype=np.float64)
+    lstm = dn.LSTMBuilder(1, 3, 2, pc)
+    tree = dn.TreeLSTMBuilder(3, 2, pc)
+
+    def f(*xs):
+        outs = []
+        for k, x in enumerate(xs):  # (count sequences and trees: batches of count rows)
+            hs = lstm.initial_state().transduce([x, dn.tanh(x), x * 0.5])
+            left, right = tree.leaf(x), tree.leaf(dn.tanh(x) * 0.3)
+            inner = tree.node([left, right], x=x)
+            root = tree.node([inner, left])
+            outs.append(dn.sum_elems(dn.cmult(hs[-1], hs[1])) * (k + 1.0)
+                        + dn.sum_elems(root.state) + dn.dot_product(inner.state, root.state))
+        return dn.esum(outs)
+
+    rng = np.random.default_rng(count)
+    dn.gradcheck(f, *[rng.normal(size=3) for _ in range(count)], autobatch=autobatch,
+                 rtol=1e-6, atol=1e-8)

@@ -469,3 +469,63 @@ def test_float_plus_affine_either_side(fuse):
         loss = dn.sum_elems(left) + dn.sum_elems(scaled)
         loss.backward()
         np.testing.assert_allclose(x.gradient(), 3 * W.sum(axis=0), rtol=1e-12)
+
+
+# -- sequences of several lengths: builders, padded attention, fused calls, ragged sums ---------
+@dn.fused
+def _cell(a, b, W):
+    return dn.tanh(W @ a + b) + a * 0.5 + b
+
+
+@dn.fused
+def _sum_of(a, b):
+    return a + b
+
+
+def _run_sequences(mode, fuse, pad, seed):
+    """Per example: an LSTM over a sequence of 1..6 rows, attention over its states (padded
+    batches across lengths), fused calls with one node for both arguments, an esum of a
+    random number of terms with repeats (ragged), a column selected three times."""
+    pc = dn.ParameterCollection(seed=3, dtype=np.float64)
+    W, V = pc.add_parameters((D, D)), pc.add_parameters((D, D))
+    b = pc.add_parameters(D)
+    E = pc.add_lookup_parameters((12, D))
+    lstm = dn.LSTMBuilder(1, D, D, pc)
+    rng = np.random.default_rng(seed)
+    with dn.Graph(dtype=np.float64, autobatch=mode, fuse=fuse, pad=pad):
+        exprs, losses = [], []
+        for _ in range(int(rng.integers(3, 8))):
+            hs = lstm.initial_state().transduce([E[int(i)] for i in
+                                                 rng.integers(12, size=int(rng.integers(1, 7)))])
+            H = dn.concatenate_cols(hs)
+            q = dn.tanh(W @ hs[-1] + b)
+            ctx = H @ dn.softmax(dn.transpose(H) @ q)
+            c1 = _cell(ctx, q, W)
+            c2 = _cell(c1, c1, V)
+            t = _sum_of(c2, c2)
+            picks = [hs[int(i)] for i in rng.integers(len(hs), size=int(rng.integers(1, 5)))]
+            total = dn.esum(picks + [c1, c1])
+            m = dn.max_dim(dn.concatenate_cols([c1, c2, t, total]), 1)
+            sel = dn.select_cols(H, [0] * 3)
+            exprs += hs + [H, q, ctx, c1, c2, t, total, m, sel]
+            losses.append(dn.pick_neg_log_softmax(m, int(rng.integers(D)))
+                          + dn.squared_norm(sel) * 0.1 + dn.sum_elems(dn.cmult(ctx, ctx)))
+        loss = dn.esum(losses)
+        value = loss.scalar_value()
+        loss.backward()
+        grads = _gradients(exprs)
+    return value, grads, [p.grad_as_array() for p in pc.parameters()]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("mode,fuse", MODES, ids=MODE_IDS)
+def test_sequences_every_node_gradient_matches_unbatched(mode, fuse, pad, seed):
+    want = _run_sequences(False, False, False, seed)
+    got = _run_sequences(mode, fuse, pad, seed)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    for k, (a, w) in enumerate(zip(got[2], want[2])):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"parameter {k}")
+    for i, (a, w) in enumerate(zip(got[1], want[1])):
+        if a is not None and w is not None:
+            np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"node {i}")
