@@ -103,9 +103,24 @@ def _step(P, rng, a, b, honest=False):
     return dn.squared_norm(a) * b
 
 
-def _build(P, rng, examples, size):
+def _bad_step(rng, a):
+    """An op that its shape check refuses, while building."""
+    k = int(rng.integers(4))
+    with pytest.raises(dn.ShapeError):
+        if k == 0:
+            dn.cmult(a, dn.inputs(np.ones(D + 1)))
+        elif k == 1:
+            dn.reshape(a, (D + 1,))
+        elif k == 2:
+            dn.concatenate_cols([a, dn.inputs(np.ones(D + 1))])
+        else:
+            a + dn.inputs(np.ones(D + 1))
+
+
+def _build(P, rng, examples, size, hostile=False):
     """Per example a random DAG of `size` nodes over a row, a constant and a parameter, read by
-    a loss of its last nodes; all nodes, and the sum of the losses."""
+    a loss of its last nodes; all nodes, and the sum of the losses. hostile: now and then read
+    a value or forward a few nodes in the middle of building, or build an op that is refused."""
     nodes_all, losses = [], []
     for _ in range(examples):
         nodes = [P["E"][int(rng.integers(10))], dn.inputs(rng.normal(size=D)),
@@ -113,6 +128,16 @@ def _build(P, rng, examples, size):
         for _ in range(size):
             i, j = (int(k) for k in rng.integers(len(nodes), size=2))
             nodes.append(_step(P, rng, nodes[i], nodes[j]))
+            if hostile:
+                r = rng.random()
+                if r < 0.1:
+                    nodes[int(rng.integers(len(nodes)))].npvalue()
+                elif r < 0.2:
+                    picks = rng.integers(len(nodes_all) + len(nodes), size=3)
+                    everything = nodes_all + nodes
+                    dn.current_graph().forward([everything[int(p)] for p in picks])
+                elif r < 0.3:
+                    _bad_step(rng, nodes[-1])
         nodes_all.extend(nodes)
         losses.append(dn.squared_norm(nodes[-1]) + dn.sum_elems(dn.cmult(nodes[-2], nodes[-3]))
                       + dn.pick_neg_log_softmax(nodes[-4], 1))
@@ -129,11 +154,11 @@ def _gradients(exprs):
     return out
 
 
-def _run_dag(mode, fuse, seed, examples=5, size=14):
+def _run_dag(mode, fuse, seed, examples=5, size=14, hostile=False):
     pc, P = _model()
     rng = np.random.default_rng(seed)
     with dn.Graph(dtype=np.float64, autobatch=mode, fuse=fuse):
-        exprs, loss = _build(P, rng, examples, size)
+        exprs, loss = _build(P, rng, examples, size, hostile)
         value = loss.scalar_value()
         loss.backward()
         first = _gradients(exprs)
@@ -148,17 +173,19 @@ def _run_dag(mode, fuse, seed, examples=5, size=14):
 _REFERENCE: dict = {}
 
 
-def _reference(seed):
-    if seed not in _REFERENCE:
-        _REFERENCE[seed] = _run_dag(False, False, seed)
-    return _REFERENCE[seed]
+def _reference(seed, hostile=False):
+    if (seed, hostile) not in _REFERENCE:
+        _REFERENCE[seed, hostile] = _run_dag(False, False, seed, hostile=hostile)
+    return _REFERENCE[seed, hostile]
 
 
+@pytest.mark.parametrize("hostile", [False, True])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("mode,fuse", MODES, ids=MODE_IDS)
-def test_random_dags_every_node_gradient_matches_unbatched(mode, fuse, seed):
-    want_value, want_grads, want_params, want_values = _reference(seed)
-    value, grads, params, values = _run_dag(mode, fuse, seed)
+def test_random_dags_every_node_gradient_matches_unbatched(mode, fuse, seed, hostile):
+    """(hostile: values read and partial forwards in the middle of building, refused ops)"""
+    want_value, want_grads, want_params, want_values = _reference(seed, hostile)
+    value, grads, params, values = _run_dag(mode, fuse, seed, hostile=hostile)
     assert value == pytest.approx(want_value, rel=1e-12)
     for name, want in want_params.items():
         np.testing.assert_allclose(params[name], want, rtol=1e-10, atol=1e-12, err_msg=name)
