@@ -219,19 +219,24 @@ def test_random_dags_against_central_differences(mode, seed):
 
 
 # -- gathers of many rows from several source batches -------------------------------------------
-def _gather_graph(mode, fuse, per_source, repeat):
+def _gather_graph(mode, fuse, per_source, repeat, read=None):
     """Three source batches (tanh, logistic, exp nodes: three signatures), `per_source` nodes
-    each, read interleaved (and each node `repeat` times) by one batch of W @ s."""
+    each, `read` of each (all by default) read interleaved (and each node `repeat` times) by
+    one batch of W @ s."""
     pc, P = _model()
     rng = np.random.default_rng(per_source * 10 + repeat)
+    read = per_source if read is None else read
     data = rng.normal(size=(3, per_source, D))
-    weights = rng.normal(size=(3 * per_source * repeat, D))
+    weights = rng.normal(size=(3 * read * repeat, D))
     with dn.Graph(dtype=np.float64, autobatch=mode, fuse=fuse):
         srcs = [[f(dn.inputs(v)) for v in data[k]]
                 for k, f in enumerate((dn.tanh, dn.logistic, dn.exp))]
-        order = [srcs[k][i] for _ in range(repeat) for i in range(per_source) for k in (2, 0, 1)]
+        # (every other node when only some are read: rows scattered through each source)
+        chosen = range(0, 2 * read, 2) if read < per_source else range(per_source)
+        order = [srcs[k][i] for _ in range(repeat) for i in chosen for k in (2, 0, 1)]
+        loss0 = dn.esum([dn.sum_elems(s) for group in srcs for s in group]) * 1e-3
         outs = [P["W"] @ s for s in order]
-        loss = dn.esum([dn.dot_product(o, dn.inputs(w)) for o, w in zip(outs, weights)])
+        loss = dn.esum([dn.dot_product(o, dn.inputs(w)) for o, w in zip(outs, weights)]) + loss0
         value = loss.scalar_value()
         loss.backward()
         grads = [[s.gradient() for s in group] for group in srcs]
@@ -239,11 +244,14 @@ def _gather_graph(mode, fuse, per_source, repeat):
     return value, values, grads, P["W"].grad_as_array()
 
 
-@pytest.mark.parametrize("per_source,repeat", [(20, 1), (25, 1), (21, 2), (40, 1), (7, 3)])
+@pytest.mark.parametrize("per_source,repeat,read", [
+    (20, 1, None), (25, 1, None), (21, 2, None), (40, 1, None), (7, 3, None),
+    (19, 1, None), (300, 1, 50), (300, 3, 20), (200, 1, 45)])
 @pytest.mark.parametrize("mode,fuse", MODES[:-2], ids=MODE_IDS[:-2])
-def test_gather_of_many_rows_a_source_matches_unbatched(mode, fuse, per_source, repeat):
-    want = _gather_graph(False, False, per_source, repeat)
-    got = _gather_graph(mode, fuse, per_source, repeat)
+def test_gather_of_many_rows_a_source_matches_unbatched(mode, fuse, per_source, repeat, read):
+    """(300 rows a source, 150 read: more than 128 rows, a quarter of the sources at most)"""
+    want = _gather_graph(False, False, per_source, repeat, read)
+    got = _gather_graph(mode, fuse, per_source, repeat, read)
     assert got[0] == pytest.approx(want[0], rel=1e-12)
     for a, b in zip(got[1], want[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
