@@ -564,3 +564,50 @@ def test_sequences_every_node_gradient_matches_unbatched(mode, fuse, pad, seed):
     for i, (a, w) in enumerate(zip(got[1], want[1])):
         if a is not None and w is not None:
             np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"node {i}")
+
+
+# -- fused calls returning windows, read in place and by plain ops -------------------------------
+class _Cell:
+    def __init__(self, pc):
+        self.W = pc.add_parameters((2 * D, 2 * D))
+        self.b = pc.add_parameters(2 * D)
+
+    @dn.fused
+    def step(self, x, h, c):
+        z = self.W @ dn.concatenate([x, h]) + self.b
+        gate = dn.logistic(z[:D])
+        c2 = dn.cmult(gate, c) + dn.tanh(z[D:])
+        return dn.tanh(c2) * 0.5 + h * 0.5, c2
+
+
+def _run_windows(mode, fuse, seed):
+    pc = dn.ParameterCollection(seed=5, dtype=np.float64)
+    cell = _Cell(pc)
+    E = pc.add_lookup_parameters((9, D))
+    rng = np.random.default_rng(seed)
+    with dn.Graph(dtype=np.float64, autobatch=mode, fuse=fuse):
+        exprs, losses = [], []
+        for _ in range(int(rng.integers(2, 6))):
+            h = c = dn.zeros(D)
+            for w in rng.integers(9, size=int(rng.integers(1, 5))):
+                h, c = cell.step(E[int(w)], h, c)
+                exprs += [h, c]
+            # (the last h read twice by plain ops, c by a sum with itself)
+            losses.append(dn.squared_norm(h * 2.0) + dn.sum_elems(c + c) + dn.dot_product(h, h))
+        loss = dn.esum(losses)
+        value = loss.scalar_value()
+        loss.backward()
+        grads = [e.gradient() for e in exprs]
+    return value, grads, [p.grad_as_array() for p in pc.parameters()]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("mode,fuse", MODES, ids=MODE_IDS)
+def test_fused_windows_gradients_match_unbatched(mode, fuse, seed):
+    want = _run_windows(False, False, seed)
+    got = _run_windows(mode, fuse, seed)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    for i, (a, w) in enumerate(zip(got[1], want[1])):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"window {i}")
+    for k, (a, w) in enumerate(zip(got[2], want[2])):
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"parameter {k}")
