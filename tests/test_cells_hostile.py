@@ -328,8 +328,10 @@ def test_lstm_and_tree_lstm_through_the_engine_by_central_differences(count, aut
             left, right = tree.leaf(x), tree.leaf(dn.tanh(x) * 0.3)
             inner = tree.node([left, right], x=x)
             root = tree.node([inner, left])
+            twin = tree.node([right, right], x=x)  # (one node for both children)
             outs.append(dn.sum_elems(dn.cmult(hs[-1], hs[1])) * (k + 1.0)
-                        + dn.sum_elems(root.state) + dn.dot_product(inner.state, root.state))
+                        + dn.sum_elems(root.state) + dn.dot_product(inner.state, root.state)
+                        + dn.sum_elems(twin.state))
         return dn.esum(outs)
 
     rng = np.random.default_rng(count)

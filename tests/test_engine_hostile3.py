@@ -611,3 +611,52 @@ def test_fused_windows_gradients_match_unbatched(mode, fuse, seed):
         np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"window {i}")
     for k, (a, w) in enumerate(zip(got[2], want[2])):
         np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12, err_msg=f"parameter {k}")
+
+
+def _run_poisoned(mode, fuse, seed):
+    """A random DAG built with nodes whose forward fails (and what reads them), forwarded now
+    and then (each time an error), values read in the middle of building, then a loss over
+    nodes the failures never reach."""
+    maybe = _failing_op()
+    pc, P = _model()
+    rng = np.random.default_rng(seed)
+    with dn.Graph(dtype=np.float64, autobatch=mode, fuse=fuse):
+        poisoned, failures = [], 0
+        nodes = [dn.inputs(rng.normal(size=D)) for _ in range(3)]
+        for _ in range(40):
+            i, j = (int(k) for k in rng.integers(len(nodes), size=2))
+            r = rng.random()
+            if r < 0.1:
+                poisoned.append(maybe(nodes[i], fail=1) + nodes[j])
+            elif r < 0.2 and poisoned:
+                with pytest.raises(_Boom):
+                    (dn.tanh(poisoned[int(rng.integers(len(poisoned)))]) + nodes[i]).forward()
+                failures += 1
+            elif r < 0.3:
+                nodes[int(rng.integers(len(nodes)))].npvalue()
+            elif r < 0.8:
+                nodes.append(_step(P, rng, nodes[i], nodes[j]))
+            else:
+                nodes.append(maybe(nodes[i], fail=0))
+        loss = dn.esum([dn.squared_norm(n) * 0.01 for n in nodes[-6:]])
+        value = loss.scalar_value()
+        loss.backward()
+        grads = _gradients(nodes)
+        values = [n.npvalue() for n in nodes]
+    return value, grads, values, failures, [p.grad_as_array() for p in P.values()]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode,fuse", MODES, ids=MODE_IDS)
+def test_graphs_with_failing_nodes_match_unbatched(mode, fuse, seed):
+    want = _run_poisoned(False, False, seed)
+    got = _run_poisoned(mode, fuse, seed)
+    assert got[3] == want[3]
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    for a, w in zip(got[2], want[2]):
+        np.testing.assert_allclose(a, w, rtol=1e-12, atol=1e-14)
+    for i, (a, w) in enumerate(zip(got[1], want[1])):
+        if a is not None and w is not None:
+            np.testing.assert_allclose(a, w, rtol=1e-9, atol=1e-11, err_msg=f"node {i}")
+    for a, w in zip(got[4], want[4]):
+        np.testing.assert_allclose(a, w, rtol=1e-9, atol=1e-11)
