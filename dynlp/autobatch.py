@@ -116,7 +116,6 @@ class Engine:
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self._kinds: dict[Any, int] = {}  # op -> `_kind`
         self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
-        self._attr_dicts: dict[tuple, dict] = {}  # static attributes -> their dict (read only)
         self.low = 0    # no node below this one is pending
         self.built = 0  # nodes in the graph at the last forward
         self.counts = {"forward_batches": 0, "forward_nodes": 0, "backward_batches": 0}
@@ -685,7 +684,7 @@ class Engine:
         g = self.g
         ops, all_args, attrs_of, battrs_of = g.ops, g.args, g.attrs, g.battrs
         loc, bufs, batches = g.loc, self.bufs, self.batches
-        by_op, dicts = self._by_op, self._attr_dicts
+        by_op = self._by_op
         push_buf, push_batch = bufs.append, batches.append
         clock = time.perf_counter
         numpy_time = 0.0
@@ -742,12 +741,10 @@ class Engine:
                 attrs = dict(static) if static else {}
                 for j, name in enumerate(op.batched_attrs):
                     attrs[name] = np.array([battrs_of[n][j]])
-            elif op.residual:
+            elif static or op.residual:
+                # (a dict of its own per node: attributes equal as tuples may still differ,
+                # -0.0 against 0.0, 1 against 1.0)
                 attrs = dict(static)
-            elif static:  # (read only: one dict per value of the attributes)
-                attrs = dicts.get(static)
-                if attrs is None:
-                    attrs = dicts[static] = dict(static)
             else:
                 attrs = _NO_ATTRS
             start = clock()

@@ -429,12 +429,6 @@ def _signer():
     return dn.op_function(op)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_run_each shares one attribute dict per static attributes, looked up in a dict keyed by "
-    "the attribute tuple: (('c', -0.0),) == (('c', 0.0),) and they hash alike, so under "
-    "autobatch=False a custom op's node with c=-0.0 is run with c=0.0 when a node with c=0.0 "
-    "ran first (op_function's doc: the rules receive static attributes as they were given; "
-    "before 1d5c07c the unbatched engine did)"))
 def test_unbatched_engine_gives_each_node_its_own_static_attributes():
     f = _signer()
     with dn.Graph(dtype=np.float64, autobatch=False, fuse=False):
