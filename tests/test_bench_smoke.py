@@ -319,3 +319,24 @@ def test_dynet_user_peers_train_in_child_processes(bench, data):
         finally:
             for peer in workload.peers.values():
                 peer.close()
+
+
+@pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
+                                             ("parser", "tiny-train.conllu"),
+                                             ("treelstm", "tiny-train.trees")])
+def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_shards.py"
+    spec = importlib.util.spec_from_file_location("bench_shards", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = Path(__file__).resolve().parent.parent / "data"
+    module.main(["--recipe", recipe, "--train", str(data / fixture), "--steps", "1",
+                 "--step-costs", "0,2,5"])
+    out = capsys.readouterr().out
+    for cost in (0, 2, 5):
+        line = next(x for x in out.splitlines() if x.startswith(f"step cost {cost}:"))
+        assert float(line.split("median ")[1].split("x")[0]) > 0
+    with pytest.raises(SystemExit):
+        module.main(["--recipe", recipe, "--train", str(data / fixture), "--ranks", "1"])
+    with pytest.raises(SystemExit):
+        module.main(["--recipe", recipe, "--train", str(data / fixture), "--step-costs", "a"])

@@ -1,0 +1,98 @@
+"""How well a minibatch splits across ranks, timed in one process: for each minibatch of a
+recipe's training examples, the CPU time of the whole minibatch's step (build, forward,
+backward) and of each rank's share as `Communicator.shard_batch` deals them for each step
+cost asked for, one after the other on one core. The ratio whole / costliest share is what N
+ranks with a core each could reach before they exchange gradients and update; the shares are
+timed back to back, so the machine's load moves them less than it moves two runs.
+
+    python scripts/bench_shards.py --mirror ../shared/data --recipe tagger --step-costs 0,2
+    python scripts/bench_shards.py --train data/tiny-train.conllu --recipe tagger --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dynlp as dn  # noqa: E402
+from dynlp import distributed, train  # noqa: E402
+from dynlp.data import batches, fetch  # noqa: E402
+
+
+class _Ranks:
+    """The two methods of an mpi4py communicator that shard_batch reads."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def Get_rank(self) -> int:  # noqa: N802 (mpi4py's name)
+        return self.rank
+
+    def Get_size(self) -> int:  # noqa: N802
+        return self.size
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=("tagger", "treelstm", "parser"), default="tagger")
+    parser.add_argument("--mirror", default=os.environ.get("DYNLP_DATA_MIRROR"),
+                        help="dataset mirror folder (default $DYNLP_DATA_MIRROR)")
+    parser.add_argument("--train", help="a training file instead of the recipe's dataset")
+    parser.add_argument("--limit", type=int, default=3000, help="the first N examples")
+    parser.add_argument("--steps", type=int, default=16, help="minibatches to time")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--step-costs", default="0,2",
+                        help="comma-separated step costs of shard_batch to compare")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.ranks < 2 or args.limit < 1:
+        parser.error("--steps and --limit must be >= 1 and --ranks >= 2")
+    try:
+        costs = [int(c) for c in args.step_costs.split(",")]
+    except ValueError:
+        parser.error(f"--step-costs must be whole numbers, not {args.step_costs!r}")
+    recipe = importlib.import_module(f"recipes.{args.recipe}")
+    path = args.train or fetch(recipe.DEFAULT_DATASET, mirror=args.mirror)["train"]
+    examples = recipe.read_examples(path)[:args.limit]
+    config = dict(recipe.DEFAULTS)
+    pc = dn.ParameterCollection(seed=1)
+    model = recipe.Model(pc, config, recipe.Model.build_vocabs(examples, config))
+
+    def seconds(batch: list, positions: list[int], step: int) -> float:
+        start = time.process_time()
+        train._share_loss(model, batch, positions, 1, 0, step, "late")
+        return time.process_time() - start
+
+    ratios: dict[int, list[float]] = {c: [] for c in costs}
+    print(f"{args.recipe}: {len(examples)} examples, minibatches of {config['batch_size']}, "
+          f"{args.ranks} ranks; CPU ms of the whole step, then the costliest share per step cost "
+          f"{costs}")
+    for step, batch in enumerate(batches(examples, config["batch_size"], shuffle=True, seed=1,
+                                         epoch=0)):
+        if step >= args.steps + 1:
+            break
+        whole = seconds(batch, list(range(len(batch))), step)
+        costliest = [max(seconds(batch, distributed.Communicator(_Ranks(r, args.ranks))
+                                 .shard_batch(batch, step_cost=c), step)
+                         for r in range(args.ranks)) for c in costs]
+        if step == 0:
+            continue  # (the first step warms caches and traces)
+        print(f"  step {step:3d}: {1e3 * whole:7.1f}  " +
+              "  ".join(f"{1e3 * t:7.1f}" for t in costliest))
+        for c, t in zip(costs, costliest):
+            ratios[c].append(whole / t)
+    for c in costs:
+        r = ratios[c]
+        print(f"step cost {c}: whole / costliest share, median {statistics.median(r):.2f}x "
+              f"(range {min(r):.2f}-{max(r):.2f}x over {len(r)} minibatches)")
+
+
+if __name__ == "__main__":
+    main()
