@@ -28,6 +28,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 # nodes of one length that run as a batch of their own rather than padded with other lengths
 # (a padded batch copies its arguments node by node; a batch of one shape gathers them at once)
 PAD_ALONE = 16
+# padded arguments kept for reuse (`Engine._pad_group`): enough for the few buckets of a step
+PADDED_ARGS_KEPT = 16
 # what the late scheduler reads of an op (`Engine._kind`)
 _CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
@@ -113,6 +115,9 @@ class Engine:
         self.hit: set[int] = set()  # the batches the last backward reached
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
+        # the last padded copies of arguments made node by node: (places, fill, axis, width) ->
+        # the array (read only), the oldest forgotten past PADDED_ARGS_KEPT
+        self._padded_args: dict[tuple, np.ndarray] = {}
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self._kinds: dict[Any, int] = {}  # op -> `_kind`
         self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
@@ -599,16 +604,24 @@ class Engine:
                                  0.0 if fill == "zero" else -np.inf)
                 xs.append(x)
                 continue
-            if fill == "edge":
-                x = np.empty((count, *row), g.dtype)
-            else:
-                x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
-            for i, (here, length) in enumerate(zip(places, lengths)):
-                value = bufs[here >> _SHIFT][here & _ROW]
-                x[(i,) + lead + (slice(0, length),)] = value
-                if fill == "edge" and length < width:  # (the last entry, repeated)
-                    x[(i,) + lead + (slice(length, None),)] = \
-                        value[lead + (slice(length - 1, length),)]
+            # (the same nodes padded alike again, an encoder's states read at every decoder
+            # step: the copy made last time, which nothing writes to)
+            key = (tuple(places), fill, axis, width)
+            x = self._padded_args.get(key)
+            if x is None:
+                if fill == "edge":
+                    x = np.empty((count, *row), g.dtype)
+                else:
+                    x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
+                for i, (here, length) in enumerate(zip(places, lengths)):
+                    value = bufs[here >> _SHIFT][here & _ROW]
+                    x[(i,) + lead + (slice(0, length),)] = value
+                    if fill == "edge" and length < width:  # (the last entry, repeated)
+                        x[(i,) + lead + (slice(length, None),)] = \
+                            value[lead + (slice(length - 1, length),)]
+                if len(self._padded_args) >= PADDED_ARGS_KEPT:
+                    del self._padded_args[next(iter(self._padded_args))]
+                self._padded_args[key] = x
             xs.append(x)
         if op.takes_lengths:  # (each node's length, along the axis the op pads)
             k = op.pad_probe

@@ -271,3 +271,39 @@ def test_lengths_share_a_signature():
         outs = [dn.tanh(w @ g.leaf(np.ones((3, n)))) for n in (2, 3)]
         assert g.sigs[outs[0].i] == g.sigs[outs[1].i]
         assert g.mixed_ops
+
+
+def _steps_over_matrices(autobatch, lengths, steps=3):
+    """Each step reads every sequence's matrix (a leaf, so each is copied into a padded batch
+    node by node): tanh(M + x) and a softmax over its columns' sums."""
+    rng = np.random.default_rng(5)
+    h = 3
+    with dn.Graph(dtype=np.float64, autobatch=autobatch) as g:
+        mats = [g.leaf(rng.normal(size=(h, n))) for n in lengths]
+        starts = [g.leaf(rng.normal(size=(h, 1))) for _ in mats]
+        outs = []
+        for k, (m, x) in enumerate(zip(mats, starts)):
+            for _ in range(steps):  # (each step's x from the one before: one level a step)
+                e = dn.tanh(m + x)
+                outs.append(dn.sum_elems(dn.softmax(dn.transpose(dn.sum_dim(e, [0])))))
+                x = dn.reshape(dn.tanh(dn.sum_dim(e, [1])), (h, 1))
+        loss = dn.esum(outs) + dn.esum([dn.sum_elems(dn.square(m)) for m in mats])
+        loss.backward()
+        return ({"loss": loss.scalar_value(), "grads": [m.gradient() for m in mats + starts]},
+                _batches(g))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_same_nodes_padded_again_reuse_one_copy_and_give_the_same_numbers(mode):
+    """At every step the batch over the sequences' matrices pads the same nodes alike: it
+    reuses the copy the first step made (one array in each step's batch), with the values and
+    gradients of unbatched graphs."""
+    lengths = [2, 3, 3, 5, 6, 7]
+    want, _ = _steps_over_matrices(False, lengths)
+    got, batches = _steps_over_matrices(mode, lengths)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-12)
+    for x, y in zip(got["grads"], want["grads"]):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    padded = [b for b in batches if type(b) is PaddedBatch]
+    seen = [id(x) for b in padded for x in b.xs]
+    assert len(seen) > len(set(seen))  # (one padded copy read by the batches of every step)
