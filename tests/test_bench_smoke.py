@@ -257,15 +257,23 @@ def test_profile_step_prints_the_floor_of_a_python_engine(bench, capsys, monkeyp
         module.main(["--workload", "tagger-user", "--tiny", "--floor"])
 
 
-@pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
-                                             ("parser", "tiny-train.conllu"),
-                                             ("treelstm", "tiny-train.trees")])
-def test_profile_recipe_runs_on_the_fixtures(recipe, fixture, capsys):
-    path = Path(__file__).resolve().parent.parent / "scripts" / "profile_recipe.py"
-    spec = importlib.util.spec_from_file_location("profile_recipe", path)
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_FIXTURES = [("tagger", "tiny-train.conllu"), ("parser", "tiny-train.conllu"),
+                   ("treelstm", "tiny-train.trees")]
+
+
+def _script(name: str):
+    """scripts/NAME.py, loaded as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    data = Path(__file__).resolve().parent.parent / "data"
+    return module
+
+
+@pytest.mark.parametrize("recipe, fixture", RECIPE_FIXTURES)
+def test_profile_recipe_runs_on_the_fixtures(recipe, fixture, capsys):
+    module = _script("profile_recipe")
+    data = ROOT / "data"
     assert module.main([recipe, "--steps", "2", "--train", str(data / fixture)]) == 0
     out = capsys.readouterr().out
     assert "examples per CPU second" in out and "nodes by op:" in out
@@ -321,15 +329,10 @@ def test_dynet_user_peers_train_in_child_processes(bench, data):
                 peer.close()
 
 
-@pytest.mark.parametrize("recipe, fixture", [("tagger", "tiny-train.conllu"),
-                                             ("parser", "tiny-train.conllu"),
-                                             ("treelstm", "tiny-train.trees")])
+@pytest.mark.parametrize("recipe, fixture", RECIPE_FIXTURES)
 def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_shards.py"
-    spec = importlib.util.spec_from_file_location("bench_shards", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = Path(__file__).resolve().parent.parent / "data"
+    module = _script("bench_shards")
+    data = ROOT / "data"
     module.main(["--recipe", recipe, "--train", str(data / fixture), "--steps", "1",
                  "--step-costs", "0,2,5"])
     out = capsys.readouterr().out
