@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--step-costs", default="0,2",
                         help="comma-separated step costs of shard_batch to compare")
+    parser.add_argument("--repeat-shares", type=int, default=0, metavar="K",
+                        help="also time each share of the first step cost K times in a row: how "
+                             "much one share's time moves, against how much the shares differ")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.ranks < 2 or args.limit < 1:
-        parser.error("--steps and --limit must be >= 1 and --ranks >= 2")
+    if args.steps < 1 or args.ranks < 2 or args.limit < 1 or args.repeat_shares < 0 or \
+            args.repeat_shares == 1:
+        parser.error("--steps and --limit must be >= 1, --ranks >= 2, --repeat-shares 0 or >= 2")
     try:
         costs = [int(c) for c in args.step_costs.split(",")]
     except ValueError:
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         return time.process_time() - start
 
     ratios: dict[int, list[float]] = {c: [] for c in costs}
+    spreads: list[float] = []  # (max - min) / median of one share's repeated times
+    gaps: list[float] = []  # costliest over cheapest share's median time, minus 1
     print(f"{args.recipe}: {len(examples)} examples, minibatches of {config['batch_size']}, "
           f"{args.ranks} ranks; CPU ms of the whole step, then the costliest share per step cost "
           f"{costs}")
@@ -88,10 +94,24 @@ def main(argv: list[str] | None = None) -> None:
               "  ".join(f"{1e3 * t:7.1f}" for t in costliest))
         for c, t in zip(costs, costliest):
             ratios[c].append(whole / t)
+        if args.repeat_shares:
+            medians = []
+            for r in range(args.ranks):
+                positions = distributed.Communicator(_Ranks(r, args.ranks)).shard_batch(
+                    batch, step_cost=costs[0])
+                times = [seconds(batch, positions, step) for _ in range(args.repeat_shares)]
+                medians.append(statistics.median(times))
+                spreads.append((max(times) - min(times)) / medians[-1])
+            gaps.append(max(medians) / min(medians) - 1)
     for c in costs:
         r = ratios[c]
         print(f"step cost {c}: whole / costliest share, median {statistics.median(r):.2f}x "
               f"(range {min(r):.2f}-{max(r):.2f}x over {len(r)} minibatches)")
+    if spreads:
+        print(f"step cost {costs[0]}, each share timed {args.repeat_shares} times: its times "
+              f"spread by {100 * statistics.median(spreads):.0f}% of their median (median; up to "
+              f"{100 * max(spreads):.0f}%); the costliest share's median exceeds the cheapest's "
+              f"by {100 * statistics.median(gaps):.0f}% (median; up to {100 * max(gaps):.0f}%)")
 
 
 if __name__ == "__main__":

@@ -334,8 +334,9 @@ def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
     module = _script("bench_shards")
     data = ROOT / "data"
     module.main(["--recipe", recipe, "--train", str(data / fixture), "--steps", "1",
-                 "--step-costs", "0,2,5"])
+                 "--step-costs", "0,2,5", "--repeat-shares", "2"])
     out = capsys.readouterr().out
+    assert "each share timed 2 times" in out
     for cost in (0, 2, 5):
         line = next(x for x in out.splitlines() if x.startswith(f"step cost {cost}:"))
         assert float(line.split("median ")[1].split("x")[0]) > 0
@@ -343,3 +344,5 @@ def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
         module.main(["--recipe", recipe, "--train", str(data / fixture), "--ranks", "1"])
     with pytest.raises(SystemExit):
         module.main(["--recipe", recipe, "--train", str(data / fixture), "--step-costs", "a"])
+    with pytest.raises(SystemExit):
+        module.main(["--recipe", recipe, "--train", str(data / fixture), "--repeat-shares", "1"])
