@@ -133,8 +133,9 @@ def example_cost(example: Any) -> int:
 
 # the cost of one more word in a share's longest example, in words of the share: that many
 # more steps, each with a fixed cost. Fitted on the tagger's shares of its minibatches of 32
-# (CPU ms: 11 + 0.18 a word + 0.38 a word of the longest sentence); shares cut with it ran at
-# 1.63x (tagger) and 1.66x (parser) the whole minibatch, against 1.56x and 1.58x with 0
+# (CPU ms: 11 + 0.18 a word + 0.38 a word of the longest sentence); the costlier of 2 shares
+# cut with it ran 1.60x (tagger) and 1.76x (parser) as fast as the whole minibatch, against
+# 1.51x and 1.61x with 0 (scripts/bench_shards.py, docs/PERFORMANCE.md)
 STEP_COST = 2
 
 
@@ -197,7 +198,6 @@ def _cut(costs: Sequence[int], parts: int, step_cost: int) -> list[int]:
     return bounds
 
 
-
 def _deal(order: list[int], costs: list[int], parts: int, step_cost: int) -> list[list[int]]:
     """The examples (positions, costliest first) dealt one by one to the share that adding it
     makes least costly (the first on a tie)."""
@@ -210,6 +210,7 @@ def _deal(order: list[int], costs: list[int], parts: int, step_cost: int) -> lis
         loads[least] = after[least]
         shares[least].append(i)
     return shares
+
 
 def _dense_and_tables(pc: Any) -> tuple[list, list]:
     dense, tables = [], []
@@ -266,7 +267,7 @@ class Communicator:
         examples are few; and the examples dealt from the costliest, each to the rank whose
         share it makes least costly (the lower rank on a tie), which wins when lengths are
         even. With step_cost 0 the shares balance summed costs. Costs and step_cost are whole
-        numbers >= 0 (a ValueError says which is not)."""
+        numbers >= 0 (a ValueError or TypeError says which is not)."""
         step_cost = _whole("step_cost", step_cost)
         if self.size == 1:
             return list(range(len(batch)))
