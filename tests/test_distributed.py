@@ -341,3 +341,30 @@ def test_a_dying_rank_ends_the_run_and_leaves_the_checkpoint(tmp_path):
     header, _ = train.read_checkpoint(tmp_path / train.CHECKPOINT_FILE)
     assert header["state"]["__dict__"]["epoch"] >= 1
     assert not (tmp_path / train.METRICS_FILE).exists()
+
+
+@needs_mpi
+def test_bench_distributed_alternates_rounds_and_gives_the_median(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_distributed",
+                                                  ROOT / "scripts" / "bench_distributed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--recipes", "tagger", "--train", str(DATA / "tiny-train.conllu"),
+                "--dev", str(DATA / "tiny-dev.conllu"), "--rounds", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "median of 2 rounds" in printed
+    result = json.loads(out.read_text())["tagger"]
+    rounds = result["rounds"]
+    assert len(rounds) == 2
+    speedups = sorted(r["speedup"] for r in rounds)
+    assert result["speedup"] == pytest.approx(sum(speedups) / 2)
+    for r in rounds:  # every round trains the same: 1 process and 2 ranks agree
+        assert r["2"]["dev"] == r["1"]["dev"] == rounds[0]["1"]["dev"]
+        assert r["2"]["loss"] == pytest.approx(r["1"]["loss"], rel=1e-5)
+    with pytest.raises(SystemExit):
+        bench.main(["--recipes", "tagger", "--train", str(DATA / "tiny-train.conllu")])
+    with pytest.raises(SystemExit):
+        bench.main(["--recipes", "tagger", "parser", "--train", "a", "--dev", "b"])
+    with pytest.raises(SystemExit):
+        bench.main(["--rounds", "0"])
