@@ -265,11 +265,11 @@ class Engine:
         needed = []  # newest first
         for n in candidates:
             h = height[n]
-            if not h:
+            if not h or loc[n] >= 0:  # (computed: its inputs are not needed through it)
                 continue
             up = h + 1
-            for a in args[n]:
-                if loc[a] < 0 and height[a] < up:
+            for a in args[n]:  # (computed inputs too: cheaper than reading where each is)
+                if height[a] < up:
                     height[a] = up
             needed.append(n)
         could, chosen = self._early(needed, height)
@@ -279,7 +279,7 @@ class Engine:
         # A node is early when it could be, is cheap or of a chosen signature, and its pending
         # inputs are early: its depth among early nodes is then its depth among those that
         # could be (the same inputs all the way up).
-        early = bytearray(len(height))
+        late = bytearray(len(height))  # 1: needed and not early (inputs are needed or computed)
         kinds = self._kinds
         for n in reversed(needed):
             op = ops[n]
@@ -288,12 +288,12 @@ class Engine:
             costly = kinds[op] & _COSTLY
             if d >= 0 and (not costly or s in chosen):
                 for a in args[n]:
-                    if loc[a] < 0 and not early[a]:
+                    if late[a]:
                         break
                 else:
-                    early[n] = 1
                     groups[first + (d << _SHIFT) + s].append(n)
                     continue
+            late[n] = 1
             if costly and (d == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
                 groups[first + s].append(n)
@@ -335,18 +335,19 @@ class Engine:
         steps feed the second level's two directions at heights that differ by sentence length,
         runs aligned by position."""
         g = self.g
-        loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
+        args, sigs, ops = g.args, g.sigs, g.ops
         kinds = self._kinds
         # what could run early: depths by signature, against heights, for costly signatures
-        could = [-1] * len(height)  # -1: not
+        # -1: not; None: not needed (so computed, when it is an input of a needed node)
+        could: list = [None] * len(height)
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
         for n in reversed(needed):
             d = 0
             for a in args[n]:
-                if loc[a] < 0:
-                    da = could[a]
+                da = could[a]
+                if da is not None:
                     if da < 0:
                         d = -1
                         break
@@ -366,8 +367,10 @@ class Engine:
                     heights[s].add(height[n])
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
-            elif kind & _COSTLY:
-                barred.add(sigs[n])
+            else:
+                could[n] = -1
+                if kind & _COSTLY:
+                    barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
         return could, chosen
