@@ -45,7 +45,7 @@ def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> No
     if len(rows) <= SCATTER_SET_ROWS:
         listed = rows.tolist()
         if len(set(listed)) == len(listed):
-            target[rows] += values
+            _add_rows(target, rows, values)
             return
         ordered = np.sort(rows)
         repeated = ordered[1:] == ordered[:-1]
@@ -53,11 +53,19 @@ def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> No
         ordered = np.sort(rows)
         repeated = ordered[1:] == ordered[:-1]
         if not repeated.any():
-            target[rows] += values
+            _add_rows(target, rows, values)
             return
     order = np.argsort(rows, kind="stable")
     starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
     target[ordered[starts]] += np.add.reduceat(values[order], starts, axis=0)
+
+
+def _add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """target[rows] += values, rows distinct: what that statement does (read the rows, add,
+    write them back), the rows read by take (faster than a fancy index)."""
+    x = target.take(rows, axis=0)
+    x += values
+    target[rows] = x
 
 
 def _first_pending(loc: list[int], low: int, size: int) -> int:
@@ -475,7 +483,7 @@ class Engine:
             if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
-            return buf[idx], ("rows", b0, idx)
+            return buf.take(idx, axis=0), ("rows", b0, idx)  # (take: a fancy index, faster)
         # several source batches: up to a few hundred rows, or a few rows of large batches (a
         # parser's features), the rows one by one (about 0.2 us a row) or, when there are many
         # a source, by source; else one copy of the batches, then one fancy index
@@ -483,25 +491,27 @@ class Engine:
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
         self.gathered.update(sources)
-        sizes = [len(bufs[b]) for b in sources]
-        if count <= 128 or count * 4 < sum(sizes):
+        if count <= 128 or count * 4 < sum([len(bufs[b]) for b in sources]):
             first = bufs[sources[0]]
+            out = np.empty((count,) + first.shape[1:], first.dtype)
             if count < 20 * len(sources):
-                rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
-                return np.array(rows, dtype=first.dtype), plan
+                # (each row copied into place: cheaper than np.array of a list of rows, which
+                # reads each row as a sequence)
+                for i, p in enumerate(places):
+                    out[i] = bufs[p >> _SHIFT][p & _ROW]
+                return out, plan
             # (20 rows a source or more: one fancy index a source, not a view a row)
             batch_of, rows = where >> _SHIFT, where & _ROW
-            out = np.empty((count,) + first.shape[1:], first.dtype)
             for b in sources:
                 chosen = batch_of == b
-                out[chosen] = bufs[b][rows[chosen]]
+                out[chosen] = bufs[b].take(rows[chosen], axis=0)
             return out, plan
         batch_of = where >> _SHIFT
         found = np.array(sources, dtype=np.int64)
         offsets = np.zeros(len(sources), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=offsets[1:])
+        np.cumsum([len(bufs[b]) for b in sources[:-1]], out=offsets[1:])
         idx = offsets[np.searchsorted(found, batch_of)] + (where & _ROW)
-        return np.concatenate([bufs[b] for b in sources])[idx], plan
+        return np.concatenate([bufs[b] for b in sources]).take(idx, axis=0), plan
 
     def _run(self, nodes: list[int]) -> None:
         g = self.g
