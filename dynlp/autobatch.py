@@ -615,8 +615,9 @@ class Engine:
             row = list(shapes[column[0]])
             row[axis] = width
             lead = (slice(None),) * axis
-            plans.append(("padded", places, lengths, axis))
             source, rows = self._padded_source(places, axis)
+            # (with what `_padded_source` found, for backward: batches never change)
+            plans.append(("padded", places, lengths, axis, source, rows))
             if source is not None and (fill != "edge" or source.edge):
                 # nodes of one padded batch: its padded output's rows (all of them, in order:
                 # the output itself), cut to this width, refilled if need be
@@ -975,8 +976,7 @@ class Engine:
                     continue
                 kind = plan[0]
                 if kind == "padded":
-                    _, places, lengths, axis = plan
-                    source, rows = self._padded_source(places, axis)
+                    _, places, lengths, axis, source, rows = plan
                     if source is not None:
                         # (to the padded batch it read: summed padded, cut there)
                         key = source.first + len(source.nodes) - 1

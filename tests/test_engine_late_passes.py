@@ -140,3 +140,49 @@ def test_scatter_of_one_repeated_row_sums_it(count):
     np.add.at(want, rows, values)
     _scatter_add(target, rows, values)
     np.testing.assert_allclose(target, want, rtol=1e-14, atol=1e-14)
+
+
+def _attention(autobatch):
+    """Encoder matrices of lengths 1 to 9 (several padded batches, some lengths a batch of
+    their own), each read at three decoder steps, a forward between the steps: padded
+    arguments that are a padded batch, rows of one, or nodes of several."""
+    rng = np.random.default_rng(6)
+    lengths = [1, 2, 3, 3, 4, 5, 7, 9] + [12] * 17
+    with dn.Graph(dtype=np.float64, autobatch=autobatch, fuse=False) as g:
+        xs = [dn.inputs(rng.normal(size=(4, n))) for n in lengths]
+        mats = [dn.tanh(x) for x in xs]
+        q = [dn.inputs(rng.normal(size=(4,))) for _ in lengths]
+        terms = []
+        for step in range(3):
+            chosen = range(len(mats)) if step != 1 else range(0, len(mats), 2)
+            scores = [dn.softmax(dn.transpose(mats[i]) @ q[i]) for i in chosen]
+            reads = [mats[i] @ s for i, s in zip(chosen, scores)]
+            g.forward(reads)
+            q = [dn.tanh(q[i] + r) for i, r in zip(chosen, reads)] + q[len(reads):]
+            terms += reads
+        loss = dn.sum_elems(dn.esum(terms))
+        loss.backward()
+        engine = g.engine
+        plans = [p for b in engine.batches if b is not None for p in b.plans
+                 if type(p) is tuple and p[0] == "padded"]
+        found = [engine._padded_source(p[1], p[3]) for p in plans]
+        return ([x.gradient() for x in xs], [m.npvalue() for m in mats], plans, found)
+
+
+def test_padded_plans_keep_what_their_source_is():
+    """What each padded argument's plan keeps of its source (read by backward) is what the
+    engine finds for it after the last forward and backward."""
+    grads, values, plans, found = _attention("late")
+    assert plans
+    assert any(s is not None and r is None for _, s, r in (p[3:] for p in plans))
+    assert any(s is not None and r is not None for _, s, r in (p[3:] for p in plans))
+    assert any(s is None for _, s, _ in (p[3:] for p in plans))
+    for plan, (source, rows) in zip(plans, found):
+        assert plan[4] is source
+        if rows is None:
+            assert plan[5] is None
+        else:
+            np.testing.assert_array_equal(plan[5], rows)
+    want_grads, want_values, _, _ = _attention(False)
+    for a, b in zip(grads + values, want_grads + want_values):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
