@@ -483,10 +483,10 @@ class Engine:
             if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
-            return buf.take(idx, axis=0), ("rows", b0, idx)  # (take: a fancy index, faster)
+            return buf.take(idx, axis=0), ("rows", b0, idx)  # (take: buf[idx], faster)
         # several source batches: up to a few hundred rows, or a few rows of large batches (a
         # parser's features), the rows one by one (about 0.2 us a row) or, when there are many
-        # a source, by source; else one copy of the batches, then one fancy index
+        # a source, by source; else one copy of the batches, then one take of the rows
         where = np.array(places, dtype=np.int64)
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
