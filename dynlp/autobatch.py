@@ -30,6 +30,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 PAD_ALONE = 16
 # padded arguments kept for reuse (`Engine._pad_group`): enough for the few buckets of a step
 PADDED_ARGS_KEPT = 16
+# rows up to which `_scatter_add` checks for repeated rows in a set, not by sorting
+SCATTER_SET_ROWS = 64
 # what the late scheduler reads of an op (`Engine._kind`)
 _CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
@@ -38,15 +40,32 @@ def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> No
     """target[rows] += values, rows possibly repeated (checked here, in C, only in backward:
     a sort, several times faster than np.unique at these sizes). Repeated rows (a parser's
     root vector in many sentences' features) are summed first, by sort and reduce, which is
-    about twice as fast as np.add.at."""
-    ordered = np.sort(rows)
-    repeated = ordered[1:] == ordered[:-1]
-    if not repeated.any():
-        target[rows] += values
-        return
+    about twice as fast as np.add.at. A few rows are checked in a set instead (a list and a
+    set of up to SCATTER_SET_ROWS cost about a third of the sort and compare)."""
+    if len(rows) <= SCATTER_SET_ROWS:
+        listed = rows.tolist()
+        if len(set(listed)) == len(listed):
+            _add_rows(target, rows, values)
+            return
+        ordered = np.sort(rows)
+        repeated = ordered[1:] == ordered[:-1]
+    else:
+        ordered = np.sort(rows)
+        repeated = ordered[1:] == ordered[:-1]
+        if not repeated.any():
+            _add_rows(target, rows, values)
+            return
     order = np.argsort(rows, kind="stable")
     starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
     target[ordered[starts]] += np.add.reduceat(values[order], starts, axis=0)
+
+
+def _add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """target[rows] += values, rows distinct: what that statement does (read the rows, add,
+    write them back), the rows read by take (faster than a fancy index)."""
+    x = target.take(rows, axis=0)
+    x += values
+    target[rows] = x
 
 
 def _first_pending(loc: list[int], low: int, size: int) -> int:
@@ -254,11 +273,11 @@ class Engine:
         needed = []  # newest first
         for n in candidates:
             h = height[n]
-            if not h:
+            if not h or loc[n] >= 0:  # (computed: its inputs are not needed through it)
                 continue
             up = h + 1
-            for a in args[n]:
-                if loc[a] < 0 and height[a] < up:
+            for a in args[n]:  # (computed inputs too: cheaper than reading where each is)
+                if height[a] < up:
                     height[a] = up
             needed.append(n)
         could, chosen = self._early(needed, height)
@@ -268,7 +287,7 @@ class Engine:
         # A node is early when it could be, is cheap or of a chosen signature, and its pending
         # inputs are early: its depth among early nodes is then its depth among those that
         # could be (the same inputs all the way up).
-        early = bytearray(len(height))
+        late = bytearray(len(height))  # 1: needed and not early (inputs are needed or computed)
         kinds = self._kinds
         for n in reversed(needed):
             op = ops[n]
@@ -277,12 +296,12 @@ class Engine:
             costly = kinds[op] & _COSTLY
             if d >= 0 and (not costly or s in chosen):
                 for a in args[n]:
-                    if loc[a] < 0 and not early[a]:
+                    if late[a]:
                         break
                 else:
-                    early[n] = 1
                     groups[first + (d << _SHIFT) + s].append(n)
                     continue
+            late[n] = 1
             if costly and (d == 0 or op.batch is None and all(
                     loc[a] >= 0 for a in args[n])):
                 groups[first + s].append(n)
@@ -324,18 +343,19 @@ class Engine:
         steps feed the second level's two directions at heights that differ by sentence length,
         runs aligned by position."""
         g = self.g
-        loc, args, sigs, ops = g.loc, g.args, g.sigs, g.ops
+        args, sigs, ops = g.args, g.sigs, g.ops
         kinds = self._kinds
         # what could run early: depths by signature, against heights, for costly signatures
-        could = [-1] * len(height)  # -1: not
+        # -1: not; None: not needed (so computed, when it is an input of a needed node)
+        could: list = [None] * len(height)
         depths: dict[int, set] = {}
         heights: dict[int, set] = {}
         barred = set()  # costly signatures with a node that cannot run early
         for n in reversed(needed):
             d = 0
             for a in args[n]:
-                if loc[a] < 0:
-                    da = could[a]
+                da = could[a]
+                if da is not None:
                     if da < 0:
                         d = -1
                         break
@@ -355,8 +375,10 @@ class Engine:
                     heights[s].add(height[n])
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
-            elif kind & _COSTLY:
-                barred.add(sigs[n])
+            else:
+                could[n] = -1
+                if kind & _COSTLY:
+                    barred.add(sigs[n])
         chosen = {s for s, ds in depths.items()
                   if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
         return could, chosen
@@ -461,33 +483,35 @@ class Engine:
             if lo == hi:
                 return np.broadcast_to(buf[r0], (count,) + buf.shape[1:]), ("same", b0, r0)
             idx = np.array(places, dtype=np.int64) - (b0 << _SHIFT)
-            return buf[idx], ("rows", b0, idx)
+            return buf.take(idx, axis=0), ("rows", b0, idx)  # (take: buf[idx], faster)
         # several source batches: up to a few hundred rows, or a few rows of large batches (a
         # parser's features), the rows one by one (about 0.2 us a row) or, when there are many
-        # a source, by source; else one copy of the batches, then one fancy index
+        # a source, by source; else one copy of the batches, then one take of the rows
         where = np.array(places, dtype=np.int64)
         sources = sorted({p >> _SHIFT for p in places})
         plan = ("multi", sources, where)
         self.gathered.update(sources)
-        sizes = [len(bufs[b]) for b in sources]
-        if count <= 128 or count * 4 < sum(sizes):
+        if count <= 128 or count * 4 < sum([len(bufs[b]) for b in sources]):
             first = bufs[sources[0]]
+            out = np.empty((count,) + first.shape[1:], first.dtype)
             if count < 20 * len(sources):
-                rows = [bufs[p >> _SHIFT][p & _ROW] for p in places]
-                return np.array(rows, dtype=first.dtype), plan
+                # (each row copied into place: cheaper than np.array of a list of rows, which
+                # reads each row as a sequence)
+                for i, p in enumerate(places):
+                    out[i] = bufs[p >> _SHIFT][p & _ROW]
+                return out, plan
             # (20 rows a source or more: one fancy index a source, not a view a row)
             batch_of, rows = where >> _SHIFT, where & _ROW
-            out = np.empty((count,) + first.shape[1:], first.dtype)
             for b in sources:
                 chosen = batch_of == b
-                out[chosen] = bufs[b][rows[chosen]]
+                out[chosen] = bufs[b].take(rows[chosen], axis=0)
             return out, plan
         batch_of = where >> _SHIFT
         found = np.array(sources, dtype=np.int64)
         offsets = np.zeros(len(sources), dtype=np.int64)
-        np.cumsum(sizes[:-1], out=offsets[1:])
+        np.cumsum([len(bufs[b]) for b in sources[:-1]], out=offsets[1:])
         idx = offsets[np.searchsorted(found, batch_of)] + (where & _ROW)
-        return np.concatenate([bufs[b] for b in sources])[idx], plan
+        return np.concatenate([bufs[b] for b in sources]).take(idx, axis=0), plan
 
     def _run(self, nodes: list[int]) -> None:
         g = self.g
@@ -591,8 +615,9 @@ class Engine:
             row = list(shapes[column[0]])
             row[axis] = width
             lead = (slice(None),) * axis
-            plans.append(("padded", places, lengths, axis))
             source, rows = self._padded_source(places, axis)
+            # (with what `_padded_source` found, for backward: batches never change)
+            plans.append(("padded", places, lengths, axis, source, rows))
             if source is not None and (fill != "edge" or source.edge):
                 # nodes of one padded batch: its padded output's rows (all of them, in order:
                 # the output itself), cut to this width, refilled if need be
@@ -951,8 +976,7 @@ class Engine:
                     continue
                 kind = plan[0]
                 if kind == "padded":
-                    _, places, lengths, axis = plan
-                    source, rows = self._padded_source(places, axis)
+                    _, places, lengths, axis, source, rows = plan
                     if source is not None:
                         # (to the padded batch it read: summed padded, cut there)
                         key = source.first + len(source.nodes) - 1
