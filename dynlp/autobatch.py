@@ -68,6 +68,17 @@ def _add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     target[rows] = x
 
 
+def _stacked(chunks: list, side: str) -> np.ndarray:
+    """The `side` operands of OuterProduct chunks stacked along their batch axis, (sum of B,
+    k). Cells hand over transposed views of gate-major (k, B) arrays: those are joined along
+    their rows, each piece copied row by row (contiguous runs of B), and the result is the
+    transpose of that join; a row-by-row join of the views would read each piece by column."""
+    parts = [getattr(c, side) for c in chunks]
+    if all(part.T.flags.c_contiguous for part in parts):
+        return np.concatenate([part.T for part in parts], axis=1).T
+    return np.concatenate(parts)
+
+
 def _first_pending(loc: list[int], low: int, size: int) -> int:
     """The first pending node (-1) from `low` on, else size: found by list.index, in C (a loop
     in Python costs about 0.1 us a node). (Between forward passes no node is being scheduled,
@@ -1014,8 +1025,7 @@ class Engine:
             if len(chunks) == 1:
                 dense = chunks[0].left.T @ chunks[0].right
             else:
-                dense = (np.concatenate([c.left for c in chunks]).T
-                         @ np.concatenate([c.right for c in chunks]))
+                dense = _stacked(chunks, "left").T @ _stacked(chunks, "right")
             gw = grad_of(loc[node] >> _SHIFT)[loc[node] & _ROW]
             if dense.shape == gw.shape:
                 gw += dense
