@@ -1,0 +1,220 @@
+"""Run by tests/test_distributed_hostile.py under `mpiexec -n N`: `python
+distributed_hostile_worker.py CASE OUT`. Case `misuse`: the library calls of
+dynlp/distributed.py made wrongly, one after another, the last rank (N - 1) the odd one out;
+every rank appends what each call gave it (its result, or the DistributedError it raised) to
+OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dynlp as dn  # noqa: E402
+from dynlp import distributed, train  # noqa: E402
+from dynlp.data import read_conllu  # noqa: E402
+from recipes import tagger  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+SMALL = {"word_dim": 8, "char_dim": 4, "char_hidden": 8, "lstm_layers": 1, "lstm_dim": 16,
+         "mlp_dim": 8}
+
+
+def f32(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+def misuse(out: Path) -> None:
+    comm = distributed.setup()
+    odd = comm.rank == comm.size - 1  # the rank that does otherwise
+    record = out / f"rank-{comm.rank}.jsonl"
+
+    def run(name, case):
+        try:
+            result = case()
+        except distributed.DistributedError as err:
+            result = {"error": str(err)}
+        with record.open("a", encoding="utf-8") as file:
+            file.write(json.dumps({"case": name, **result}) + "\n")
+
+    def extra_parameter():  # the odd rank's model has one more parameter
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((3,), name="W")
+        if odd:
+            pc.add_parameters((4,), name="V")
+        w.accumulate_grad(f32(1, 1, 1))
+        comm.sum_gradients(pc, 1.0)
+        return {"W": w.grad.tolist()}
+
+    def other_order():  # the same parameters, made in another order: the same flat size
+        pc = dn.ParameterCollection(seed=1)
+        names = ("b", "a") if odd else ("a", "b")
+        made = {name: pc.add_parameters((2 if name == "a" else 3,), name=name) for name in names}
+        made["a"].accumulate_grad(f32(1, 1))
+        made["b"].accumulate_grad(f32(10, 10, 10))
+        comm.sum_gradients(pc, 1.0)
+        return {"a": made["a"].grad.tolist(), "b": made["b"].grad.tolist()}
+
+    def other_dtype():  # the odd rank's collection is float64
+        pc = dn.ParameterCollection(seed=1, dtype=np.float64 if odd else np.float32)
+        w = pc.add_parameters((4,), name="W")
+        e = pc.add_lookup_parameters((5, 2), name="E")
+        w.accumulate_grad(np.ones(4))
+        e.accumulate_sparse(np.array([comm.rank]), np.ones((1, 2)))
+        comm.sum_gradients(pc, 1.0)
+        return {"W": w.grad.tolist()}
+
+    def other_width():  # a table of other rows on the odd rank
+        pc = dn.ParameterCollection(seed=1)
+        e = pc.add_lookup_parameters((5, 3 if odd else 2), name="E")
+        e.accumulate_sparse(np.array([1]), np.ones((1, e.shape[1]), np.float32))
+        comm.sum_gradients(pc, 1.0)
+        return {"E": e.grad_as_array().tolist()}
+
+    def table_elsewhere():  # a table on every rank but the odd one
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((2,), name="W")
+        if not odd:
+            e = pc.add_lookup_parameters((5, 2), name="E")
+            e.accumulate_sparse(np.array([1]), np.ones((1, 2), np.float32))
+        w.accumulate_grad(f32(1, 1))
+        comm.sum_gradients(pc, 1.0)
+        return {"W": w.grad.tolist()}
+
+    def added_on_one_rank():  # after a first sum, the odd rank adds a parameter
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((2,), name="W")
+        w.accumulate_grad(f32(1, 1))
+        comm.sum_gradients(pc)
+        pc.clear_grads()
+        if odd:
+            pc.add_parameters((3,), name="V")
+        w.accumulate_grad(f32(1, 1))
+        comm.sum_gradients(pc)
+        return {"W": w.grad.tolist()}
+
+    def added_on_every_rank():  # after a first sum, every rank adds the same parameter
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((2,), name="W")
+        w.accumulate_grad(f32(1, 1))
+        comm.sum_gradients(pc)
+        pc.clear_grads()
+        v = pc.add_parameters((3,), name="V")
+        w.accumulate_grad(f32(1, 1))
+        v.accumulate_grad(np.full(3, comm.rank + 1, dtype=np.float32))
+        loss = comm.sum_gradients(pc, 0.5)
+        return {"W": w.grad.tolist(), "V": v.grad.tolist(), "loss": loss}
+
+    def sparse_dense_and_untouched():  # a table touched densely on rank 0, by rows on the
+        pc = dn.ParameterCollection(seed=1)  # odd rank, not at all on the others; another
+        e = pc.add_lookup_parameters((4, 2), name="E")  # table touched by no rank
+        pc.add_lookup_parameters((3, 2), name="F")
+        w = pc.add_parameters((2,), name="W")
+        if comm.rank == 0:
+            e.accumulate_grad(np.array([[0, 0], [1, 1], [0, 0], [0, 0]], np.float32))
+        elif odd:
+            e.accumulate_sparse(np.array([2, 1]), np.ones((2, 2), np.float32))
+        if not odd:  # the odd rank has an empty share: no gradient at all
+            w.accumulate_grad(f32(1, 2))
+        loss = comm.sum_gradients(pc, 0.0 if odd else 1.0)
+        return {"E": e.grad_as_array().tolist(), "F": pc["F"].grad_as_array().tolist(),
+                "W": w.grad.tolist(), "loss": loss}
+
+    def mixed_dtypes():  # one rank's dense gradients in two dtypes (the same on every rank)
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((2,), name="W")
+        v = pc.add_parameters((2,), name="V")
+        v.grad = np.zeros(2, dtype=np.float64)
+        w.accumulate_grad(f32(1, 1))
+        v.accumulate_grad(np.full(2, 0.1))
+        comm.sum_gradients(pc)
+        return {"W": w.grad.tolist(), "V": v.grad.tolist(), "V dtype": str(v.grad.dtype)}
+
+    def sum_against_allgather():  # the odd rank calls another collective
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((2,), name="W")
+        w.accumulate_grad(f32(1, 1))
+        if odd:
+            return {"gathered": comm.allgather({"x": 1})}
+        comm.sum_gradients(pc, 1.0)
+        return {"W": w.grad.tolist()}
+
+    def barrier_against_broadcast():
+        if odd:
+            return {"value": comm.broadcast("hello")}
+        comm.barrier()
+        return {}
+
+    def broadcast_other_order():  # broadcast_parameters over parameters made in another order
+        pc = dn.ParameterCollection(seed=comm.rank)
+        names = ("b", "a") if odd else ("a", "b")
+        made = {name: pc.add_parameters((2 if name == "a" else 3,), name=name) for name in names}
+        comm.broadcast_parameters(pc)
+        return {"a": made["a"].value.tolist(), "b": made["b"].value.tolist()}
+
+    def broadcast_other_root():
+        pc = dn.ParameterCollection(seed=comm.rank)
+        w = pc.add_parameters((3,), name="W")
+        comm.broadcast_parameters(pc, root=1 if odd else 0)
+        return {"W": w.value.tolist()}
+
+    def value_other_root():
+        return {"value": comm.broadcast(f"from {comm.rank}", root=1 if odd else 0)}
+
+    def agree_by_name():  # the same values under other names: not the same parameters
+        pc = dn.ParameterCollection(seed=1)
+        pc.add_parameters((3,), name="V" if odd else "W")
+        return {"agree": comm.parameters_agree(pc)}
+
+    def still_in_step():  # after all the above, the ranks still make their calls together
+        pc = dn.ParameterCollection(seed=comm.rank)
+        w = pc.add_parameters((2,), name="W")
+        comm.broadcast_parameters(pc)
+        w.accumulate_grad(f32(1, comm.rank))
+        loss = comm.sum_gradients(pc, 1.0)
+        return {"W": w.grad.tolist(), "loss": loss, "agree": comm.parameters_agree(pc),
+                "gathered": comm.allgather(comm.rank)}
+
+    for case in (extra_parameter, other_order, other_dtype, other_width, table_elsewhere,
+                 added_on_one_rank, added_on_every_rank, sparse_dense_and_untouched,
+                 mixed_dtypes, sum_against_allgather, barrier_against_broadcast,
+                 broadcast_other_order, broadcast_other_root, value_other_root, agree_by_name,
+                 still_in_step):
+        run(case.__name__, case)
+
+
+class FailingTagger(tagger.Model):
+    """The last rank raises in the middle of epoch 2 (after the first checkpoint)."""
+
+    out = Path()
+
+    def loss(self, example, rng):
+        if distributed.launched_rank() == distributed.launched_size() - 1 and (
+                self.out / train.CHECKPOINT_FILE).exists():
+            raise RuntimeError("a bug in the last rank's model")
+        return super().loss(example, rng)
+
+
+def fail(out: Path) -> None:
+    FailingTagger.out = out
+    recipe = types.SimpleNamespace(NAME="tagger", MAIN_METRIC=tagger.MAIN_METRIC,
+                                   Model=FailingTagger)
+    config = {**train.COMMON_DEFAULTS, **tagger.DEFAULTS, **SMALL, "epochs": 4,
+              "batch_size": 4, "learning_rate": 0.01}
+    splits = [read_conllu(DATA / f"tiny-{s}.conllu") for s in ("train", "dev")]
+    from dynlp import cli
+    with distributed.ending_run_on_error():
+        try:
+            train.train(recipe, config, out, *splits, progress=False)
+        except Exception as err:  # as the dynlp command says it
+            print(f"dynlp: error: {cli._message(err)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    {"misuse": misuse, "fail": fail}[sys.argv[1]](Path(sys.argv[2]))
