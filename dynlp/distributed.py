@@ -92,13 +92,21 @@ def setup(required: bool = False) -> "Communicator":
     return Communicator(MPI.COMM_WORLD)
 
 
+def running_ranks() -> bool:
+    """Whether this process is one of several that an MPI launcher started, with MPI running
+    (initialized, not finalized)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return (mpi is not None and launched_size() > 1 and mpi.Is_initialized()
+            and not mpi.Is_finalized())
+
+
 def abort_launched(status: int) -> None:
     """End every rank of the run now (MPI_Abort) when this process is one of several that an
     MPI launcher started and MPI is running; else do nothing. A rank that leaves after an error
     must: left to exit, it would wait in MPI's finalization for ranks that wait for it."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or launched_size() <= 1 or not mpi.Is_initialized() or mpi.Is_finalized():
+    if not running_ranks():
         return
+    mpi = sys.modules["mpi4py.MPI"]
     sys.stdout.flush()
     sys.stderr.flush()
     mpi.COMM_WORLD.Abort(status)

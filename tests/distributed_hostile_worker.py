@@ -2,12 +2,16 @@
 distributed_hostile_worker.py CASE OUT`. Case `misuse`: the library calls of
 dynlp/distributed.py made wrongly, one after another, the last rank (N - 1) the odd one out;
 every rank appends what each call gave it (its result, or the DistributedError it raised) to
-OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2."""
+OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2. Case
+`interrupt`: Ctrl-C while rank 0 writes a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -216,5 +220,30 @@ def fail(out: Path) -> None:
             raise SystemExit(2) from None
 
 
+def interrupt(out: Path) -> None:
+    """`dynlp train tagger` on every rank, which Ctrl-C reaches while rank 0 writes the
+    checkpoint of epoch 2 (a slow write: mpiexec forwards Ctrl-C to every rank, and the other
+    ranks come to it first)."""
+    from dynlp import cli
+    comm = distributed.setup()
+    pids = comm.allgather(os.getpid())
+    savez = np.savez
+
+    def slow_savez(file, **arrays):
+        header = json.loads(arrays["header"].tobytes())
+        if comm.rank == 0 and header.get("state", {}).get("__dict__", {}).get("epoch") == 2:
+            for pid in reversed(pids):  # the others first; rank 0's own waits for the write
+                os.kill(pid, signal.SIGINT)
+            time.sleep(1.0)
+        savez(file, **arrays)
+
+    np.savez = slow_savez
+    raise SystemExit(cli.main(["train", "tagger", "--train", str(DATA / "tiny-train.conllu"),
+                               "--dev", str(DATA / "tiny-dev.conllu"), "--out", str(out),
+                               "--epochs", "5", "--batch-size", "8", "--limit", "16",
+                               "--word-dim", "8", "--char-dim", "4", "--char-hidden", "8",
+                               "--lstm-layers", "1", "--lstm-dim", "8", "--mlp-dim", "8"]))
+
+
 if __name__ == "__main__":
-    {"misuse": misuse, "fail": fail}[sys.argv[1]](Path(sys.argv[2]))
+    {"misuse": misuse, "fail": fail, "interrupt": interrupt}[sys.argv[1]](Path(sys.argv[2]))

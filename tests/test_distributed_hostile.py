@@ -103,3 +103,20 @@ def test_calls_made_wrongly_on_one_rank_give_every_rank_one_clear_error(tmp_path
     assert got["agree_by_name"] == {"agree": False}  # the same values under other names
     assert got["still_in_step"] == {"W": [3, 3], "loss": 3.0, "agree": True,
                                     "gathered": [0, 1, 2]}
+
+
+@needs_mpi
+def test_ctrl_c_while_rank_0_writes_the_checkpoint_ends_the_run_when_it_is_written(tmp_path):
+    """Ctrl-C reaches every rank (mpiexec forwards it) while rank 0 writes a checkpoint: the
+    other ranks must not end the run before rank 0 has written it, and rank 0 alone says
+    where it is; no temporary file is left behind."""
+    done = _launch(2, str(WORKER), "interrupt", str(tmp_path))
+    assert done.returncode == 130, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith("dynlp:")]
+    assert said == [f"dynlp: interrupted during epoch 3: the checkpoint after epoch 2 is "
+                    f"{tmp_path / train.CHECKPOINT_FILE}; run the same command with --resume "
+                    "to continue"], done.stderr[-3000:]
+    header, _ = train.read_checkpoint(tmp_path / train.CHECKPOINT_FILE)
+    assert header["state"]["__dict__"]["epoch"] == 2
+    assert [r["epoch"] for r in _log(tmp_path)] == [1, 2]
+    assert _leftovers(tmp_path) == []
