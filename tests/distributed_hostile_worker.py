@@ -3,7 +3,8 @@ distributed_hostile_worker.py CASE OUT`. Case `misuse`: the library calls of
 dynlp/distributed.py made wrongly, one after another, the last rank (N - 1) the odd one out;
 every rank appends what each call gave it (its result, or the DistributedError it raised) to
 OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2. Case
-`interrupt`: Ctrl-C while rank 0 writes a checkpoint."""
+`interrupt`: Ctrl-C while rank 0 writes a checkpoint. `resume` continues the run of `fail`,
+`overwrite` replaces a run with one that fails in its first epoch."""
 
 from __future__ import annotations
 
@@ -204,17 +205,19 @@ class FailingTagger(tagger.Model):
         return super().loss(example, rng)
 
 
-def fail(out: Path) -> None:
+def fail(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Train until the last rank fails (or, resuming, to the end with a sound model)."""
     FailingTagger.out = out
     recipe = types.SimpleNamespace(NAME="tagger", MAIN_METRIC=tagger.MAIN_METRIC,
-                                   Model=FailingTagger)
-    config = {**train.COMMON_DEFAULTS, **tagger.DEFAULTS, **SMALL, "epochs": 4,
-              "batch_size": 4, "learning_rate": 0.01}
+                                   Model=tagger.Model if resume else FailingTagger)
+    config = {**train.COMMON_DEFAULTS, **tagger.DEFAULTS, **SMALL, "epochs": 3,
+              "batch_size": 4, "learning_rate": 0.01, "limit": 24}
     splits = [read_conllu(DATA / f"tiny-{s}.conllu") for s in ("train", "dev")]
     from dynlp import cli
     with distributed.ending_run_on_error():
         try:
-            train.train(recipe, config, out, *splits, progress=False)
+            train.train(recipe, config, out, *splits, progress=False, resume=resume,
+                        overwrite=overwrite)
         except Exception as err:  # as the dynlp command says it
             print(f"dynlp: error: {cli._message(err)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -246,4 +249,6 @@ def interrupt(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"misuse": misuse, "fail": fail, "interrupt": interrupt}[sys.argv[1]](Path(sys.argv[2]))
+    CASES = {"misuse": misuse, "fail": fail, "resume": lambda out: fail(out, resume=True),
+             "overwrite": lambda out: fail(out, overwrite=True), "interrupt": interrupt}
+    CASES[sys.argv[1]](Path(sys.argv[2]))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,142 @@ def test_ctrl_c_while_rank_0_writes_the_checkpoint_ends_the_run_when_it_is_writt
     assert header["state"]["__dict__"]["epoch"] == 2
     assert [r["epoch"] for r in _log(tmp_path)] == [1, 2]
     assert _leftovers(tmp_path) == []
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_run_saying_so_and_the_run_resumes(tmp_path):
+    """The last of 3 ranks raises in epoch 2: every rank ends, with that rank's one error
+    line; the checkpoint of epoch 1 loads, and resuming on 2 ranks finishes the run and
+    leaves no temporary file behind."""
+    done = _launch(3, str(WORKER), "fail", str(tmp_path))
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dynlp: error:")]
+    assert errors == ["dynlp: error: rank 2 of 3: a bug in the last rank's model; the run stops "
+                      "(mpiexec ends the other ranks)"], (done.returncode, done.stdout[-3000:],
+                                                          done.stderr[-3000:])
+    header, _ = train.read_checkpoint(tmp_path / train.CHECKPOINT_FILE)
+    assert header["state"]["__dict__"]["epoch"] == 1
+    assert [r["epoch"] for r in _log(tmp_path)] == [1]
+    assert not (tmp_path / train.METRICS_FILE).exists()
+    done = _launch(2, str(WORKER), "resume", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(r["epoch"], r["ranks"]) for r in _log(tmp_path)] == [(1, 3), (2, 2), (3, 2)]
+    assert _leftovers(tmp_path) == []
+
+
+# -- training on 3 ranks as in one process -----------------------------------------------------
+@needs_mpi
+@pytest.mark.parametrize("recipe", ["tagger", "treelstm", "parser"])
+def test_three_ranks_train_as_one_process_on_minibatches_smaller_than_the_ranks(recipe, tmp_path):
+    """13 examples in minibatches of 2 on 3 ranks: every step leaves a rank without a share,
+    the last minibatch holds 1 example, and the dev examples during training (2) are fewer
+    than the ranks; the numbers are those of one process, and rank 0 alone prints."""
+    one, three = tmp_path / "one", tmp_path / "three"
+    settings = ("--epochs", "2", "--batch-size", "2", "--limit", "13", "--dev-limit", "2")
+    _train(recipe, 1, one, *settings)
+    done = _train(recipe, 3, three, *settings)
+    _same_numbers(one, three)
+    assert [(r["ranks"], r["steps"]) for r in _log(three)] == [(3, 7), (3, 7)]
+    assert json.loads((three / train.METRICS_FILE).read_text())["dev"] == json.loads(
+        (one / train.METRICS_FILE).read_text())["dev"]
+    assert done.stdout.count('"best_epoch"') == 1  # the final scores, printed once
+    assert done.stderr.count("epoch 2: loss") == done.stderr.count("dynlp: report") == 1
+    assert _leftovers(three) == []
+
+
+def _rank_processes(launcher: int) -> dict[int, int]:
+    """rank -> process id of the ranks that the mpiexec process `launcher` started."""
+    parents, ranks = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for variable in environ:
+            if variable.startswith(b"PMI_RANK="):
+                ranks[int(entry.name)] = int(variable[len(b"PMI_RANK="):])
+    found = {}
+    for pid, rank in ranks.items():
+        ancestor = pid
+        while ancestor in parents and ancestor not in (0, 1, launcher):
+            ancestor = parents[ancestor]
+        if ancestor == launcher:
+            found[rank] = pid
+    return found
+
+
+@needs_mpi
+def test_a_run_whose_rank_is_killed_resumes_on_three_ranks_then_one(tmp_path):
+    """kill -9 of rank 1 of 2 in the middle of an epoch: the run ends, the checkpoint of the
+    last finished epoch loads, and resuming on 3 ranks, then on 1, gives the numbers of a run
+    that was never interrupted."""
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    settings = ("--batch-size", "3", "--limit", "30", "--dev-limit", "6", "--patience", "1000")
+    launcher = subprocess.Popen([_mpiexec(), "-n", "2", sys.executable,
+                                 *_train_args("tagger", killed, "--epochs", "1000", *settings)],
+                                cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (killed / train.CHECKPOINT_FILE).exists():
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        ranks = _rank_processes(launcher.pid)
+        assert sorted(ranks) == [0, 1]
+        os.kill(ranks[1], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        out, err = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode != 0
+    assert "BAD TERMINATION" in out + err
+    header, _ = train.read_checkpoint(killed / train.CHECKPOINT_FILE)
+    epoch = header["state"]["__dict__"]["epoch"]
+    assert [r["epoch"] for r in _log(killed)] == list(range(1, epoch + 1))
+    assert not (killed / train.METRICS_FILE).exists()
+    _train("tagger", 3, killed, "--epochs", str(epoch + 1), "--resume", *settings)
+    _train("tagger", 1, killed, "--epochs", str(epoch + 2), "--resume", *settings)
+    assert [r["ranks"] for r in _log(killed)] == [2] * epoch + [3, 1]
+    _train("tagger", 2, straight, "--epochs", str(epoch + 2), *settings)
+    _same_numbers(straight, killed)
+    assert _leftovers(killed) == []
+
+
+# -- a second command leaves an earlier run alone ------------------------------------------------
+def _stamps(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+
+@needs_mpi
+def test_commands_refused_on_three_ranks_leave_the_earlier_run_alone(tmp_path):
+    """On 3 ranks: resuming a folder without a checkpoint, with another batch size, or with
+    another recipe, and a run whose output folder is a file, are refused with rank 0's one
+    error line and status 2 (no abort); an --overwrite whose first epoch fails leaves the
+    earlier run whole."""
+    out, empty, a_file = tmp_path / "run", tmp_path / "empty", tmp_path / "file"
+    _train("tagger", 3, out, "--epochs", "1", "--batch-size", "4", "--limit", "12")
+    empty.mkdir()
+    a_file.write_text("not a folder\n")
+    before = _stamps(out)
+    for recipe, folder, more, said in [
+            ("tagger", empty, ["--resume"], "no checkpoint to resume from"),
+            ("tagger", out, ["--resume", "--batch-size", "5", "--limit", "12"],
+             "batch_size: 4 -> 5"),
+            ("parser", out, ["--resume", "--batch-size", "4", "--limit", "12"],
+             "the settings differ from the checkpoint's"),
+            ("tagger", a_file, [], "the output folder is a file")]:
+        done = _launch(3, *_train_args(recipe, folder, "--epochs", "2", *more))
+        assert done.returncode == 2, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("dynlp:")]
+        assert len(errors) == 1 and said in errors[0], done.stderr[-3000:]
+        assert "rank" not in errors[0] and "Abort" not in done.stderr + done.stdout
+    assert _stamps(out) == before and list(empty.iterdir()) == []
+    assert a_file.read_text() == "not a folder\n"
+    done = _launch(3, str(WORKER), "overwrite", str(out))  # fails in its first epoch
+    assert done.returncode != 0 and "a bug in the last rank's model" in done.stderr
+    assert _stamps(out) == before
