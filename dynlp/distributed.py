@@ -287,6 +287,7 @@ class Communicator:
         self.is_root = self.rank == 0
         self._flat = np.empty(0, dtype=np.float32)  # the dense gradients' buffer, reused
         self._layout_key: tuple | None = None  # the parameters last checked (`_layout`)
+        self._dealt = 0  # a digest of what shard_batch dealt since the last sum_gradients
         self._layout_seen: tuple[list, int] = ([], 0)
         # seconds spent in sum_gradients waiting for the other ranks to come to it (their
         # shares took longer), as against exchanging: a measure of imbalance
@@ -315,11 +316,14 @@ class Communicator:
         examples are few; and the examples dealt from the costliest, each to the rank whose
         share it makes least costly (the lower rank on a tie), which wins when lengths are
         even. With step_cost 0 the shares balance summed costs. Costs and step_cost are whole
-        numbers >= 0 (a ValueError or TypeError says which is not)."""
+        numbers >= 0 (a ValueError or TypeError says which is not). The next sum_gradients
+        checks that every rank dealt the same costs with the same step_cost (a rank that dealt
+        another minibatch would compute some examples twice and others never)."""
         step_cost = _whole("step_cost", step_cost)
         if self.size == 1:
             return list(range(len(batch)))
         costs = [_whole("an example's cost", cost(example)) for example in batch]
+        self._dealt = _digest([costs, step_cost])  # checked by the next sum_gradients
         order = sorted(range(len(batch)), key=lambda i: (-costs[i], i))
         ordered = [costs[i] for i in order]
         cuts = _cut(ordered, self.size, step_cost)
@@ -346,10 +350,17 @@ class Communicator:
         params = list(pc.parameters())
         layout, digest = self._layout(params)
         start = time.perf_counter()
-        calls = self._handshake("sum_gradients", digest)  # (the wait for the slowest
-        self.waiting_seconds += time.perf_counter() - start    # rank sleeps between tests)
+        dealt, self._dealt = self._dealt, 0
+        calls = self._handshake("sum_gradients", digest, dealt)  # (the wait for the slowest
+        self.waiting_seconds += time.perf_counter() - start        # rank sleeps between tests)
         if (calls[:, 1] != calls[0, 1]).any():
             raise self._layouts_differ("sum_gradients", layout)
+        for r in range(self.size):
+            if calls[r, 2] != calls[0, 2]:
+                raise DistributedError(
+                    f"sum_gradients: rank {r} dealt another minibatch than rank 0 (shard_batch "
+                    "since the last sum: other examples' costs, or another step_cost): every "
+                    "rank must deal the same minibatch, in the same order, the same way")
         dense, tables = _dense_and_tables(params)
         for group in (dense, tables):
             dtypes = sorted({str(p.grad.dtype) for p in group})

@@ -176,6 +176,25 @@ def misuse(out: Path) -> None:
         pc.add_parameters((3,), name="V" if odd else "W")
         return {"agree": comm.parameters_agree(pc)}
 
+    def shard_and_sum(batch, step_cost=distributed.STEP_COST):
+        pc = dn.ParameterCollection(seed=1)
+        w = pc.add_parameters((1,), name="W")
+        for i in comm.shard_batch(batch, step_cost=step_cost):
+            w.accumulate_grad(f32(batch[i].count("x")))
+        loss = comm.sum_gradients(pc)
+        return {"W": w.grad.tolist(), "loss": loss}
+
+    batch = ["x" * n for n in (30, 28, 10, 9, 9, 8, 8, 7, 7, 6, 6, 5)]  # 133 words
+
+    def other_step_cost():  # the odd rank deals the same minibatch otherwise
+        return shard_and_sum(batch, step_cost=0 if odd else distributed.STEP_COST)
+
+    def other_minibatch():  # the odd rank shuffled with another seed
+        return shard_and_sum(batch[::-1][:8] if odd else batch[:8])
+
+    def same_minibatch():
+        return shard_and_sum(batch)
+
     def still_in_step():  # after all the above, the ranks still make their calls together
         pc = dn.ParameterCollection(seed=comm.rank)
         w = pc.add_parameters((2,), name="W")
@@ -187,7 +206,8 @@ def misuse(out: Path) -> None:
 
     for case in (extra_parameter, other_order, other_dtype, other_width, table_elsewhere,
                  added_on_one_rank, added_on_every_rank, sparse_dense_and_untouched,
-                 mixed_dtypes, sum_against_allgather, barrier_against_broadcast,
+                 mixed_dtypes, other_step_cost, other_minibatch, same_minibatch,
+                 sum_against_allgather, barrier_against_broadcast,
                  broadcast_other_order, broadcast_other_root, value_other_root, agree_by_name,
                  still_in_step):
         run(case.__name__, case)

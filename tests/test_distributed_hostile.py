@@ -89,6 +89,8 @@ def test_calls_made_wrongly_on_one_rank_give_every_rank_one_clear_error(tmp_path
         "table_elsewhere": [differ, "rank 0 alone holds table 'E'"],
         "added_on_one_rank": [differ, "rank 2 alone holds dense 'V' (3,)"],
         "mixed_dtypes": ["several dtypes (float32, float64)"],
+        "other_step_cost": ["sum_gradients: rank 2 dealt another minibatch than rank 0"],
+        "other_minibatch": ["sum_gradients: rank 2 dealt another minibatch than rank 0"],
         "sum_against_allgather": ["rank 2 called allgather where rank 0 called sum_gradients"],
         "barrier_against_broadcast": ["rank 2 called broadcast where rank 0 called barrier"],
         "broadcast_other_order": ["broadcast_parameters: " + differ],
@@ -102,6 +104,7 @@ def test_calls_made_wrongly_on_one_rank_give_every_rank_one_clear_error(tmp_path
     assert got["added_on_every_rank"] == {"W": [3, 3], "V": [6, 6, 6], "loss": 1.5}
     assert got["sparse_dense_and_untouched"] == {
         "E": [[0, 0], [2, 2], [1, 1], [0, 0]], "F": [[0, 0]] * 3, "W": [2, 4], "loss": 2.0}
+    assert got["same_minibatch"] == {"W": [133.0], "loss": 0.0}
     assert got["agree_by_name"] == {"agree": False}  # the same values under other names
     assert got["still_in_step"] == {"W": [3, 3], "loss": 3.0, "agree": True,
                                     "gathered": [0, 1, 2]}
