@@ -12,10 +12,12 @@ In one's own training loop (run with `mpiexec -n N python train.py`):
     with dn.distributed.ending_run_on_error():         # one rank's error ends all ranks
         for step, batch in enumerate(batches):
             mine = comm.shard_batch(batch)             # this rank's positions in the batch
-            with dn.Graph() as g:
-                total = dn.esum([model.loss(batch[i]) for i in mine])
-                value = total.scalar_value()
-                total.backward()
+            value = 0.0                                # (none when the batch has fewer
+            if mine:                                   # examples than there are ranks)
+                with dn.Graph() as g:
+                    total = dn.esum([model.loss(batch[i]) for i in mine])
+                    value = total.scalar_value()
+                    total.backward()
             value = comm.sum_gradients(pc, value)      # the whole batch's gradients and loss
             trainer.update()                           # identical on every rank
             if comm.is_root:
