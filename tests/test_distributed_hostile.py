@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynlp import train
+from dynlp import cli, train
 
 from test_distributed import DATA, FILES, ROOT, SMALL, _log, _mpiexec, _parameters, needs_mpi
 
@@ -65,6 +65,25 @@ def _same_numbers(one: Path, many: Path) -> None:
 def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir()
                   if p.name not in (*train.RUN_FILES, "report.html"))
+
+
+def test_an_interrupted_rank_other_than_0_waits_for_rank_0_then_speaks_for_itself(
+        monkeypatch, capsys):
+    """Ctrl-C on a rank other than 0 (whose rank 0 never ends the run): silent for the grace
+    period, then one line that names the rank; rank 0, or one process, says it at once."""
+    slept = []
+    monkeypatch.setattr(cli, "running_ranks", lambda: True)
+    monkeypatch.setattr(cli.time, "sleep", slept.append)
+    monkeypatch.setenv("PMI_SIZE", "3")
+    monkeypatch.setenv("PMI_RANK", "2")
+    assert cli._stopped("dynlp: interrupted", 130) == 130
+    assert slept == [cli.RANK_0_GRACE_SECONDS]
+    assert capsys.readouterr().err == ("dynlp: interrupted (rank 2 of 3; rank 0 did not end the "
+                                       "run)\n")
+    monkeypatch.setenv("PMI_RANK", "0")
+    assert cli._stopped("dynlp: terminated (SIGTERM)", 143) == 143
+    assert slept == [cli.RANK_0_GRACE_SECONDS]
+    assert capsys.readouterr().err == "dynlp: terminated (SIGTERM)\n"
 
 
 # -- the library's calls, made wrongly -------------------------------------------------------------
