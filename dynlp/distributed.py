@@ -26,6 +26,7 @@ In one's own training loop (run with `mpiexec -n N python train.py`):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -91,7 +92,29 @@ def setup(required: bool = False) -> "Communicator":
     except ImportError as err:
         raise DistributedError(f"this run needs MPI, but mpi4py cannot be imported ({err}); "
                                f"{INSTALL_HINT}") from None
-    return Communicator(MPI.COMM_WORLD)
+    comm = Communicator(MPI.COMM_WORLD)
+    global _LEAVING_CHECKED
+    if comm.size > 1 and not _LEAVING_CHECKED:
+        _LEAVING_CHECKED = True
+        atexit.register(_leave, Communicator(MPI.COMM_WORLD))
+    return comm
+
+
+_LEAVING_CHECKED = False  # whether this process checks, at exit, that the other ranks leave too
+
+
+def _leave(comm: "Communicator") -> None:
+    """At the exit of a rank's process (before MPI's finalization): one more handshake, so
+    that a rank that leaves its script while the others still make calls (it returned early,
+    or raised outside `ending_run_on_error`) makes them raise DistributedError and ends the
+    run, instead of leaving them waiting for it for ever."""
+    if not running_ranks():
+        return
+    try:
+        comm._handshake("exit")
+    except DistributedError as err:
+        comm.abort(f"dynlp: error: rank {comm.rank} of {comm.size} is leaving: {err}; "
+                   "the run stops")
 
 
 def running_ranks() -> bool:
@@ -239,7 +262,7 @@ def _json_default(value: Any) -> Any:
 
 # the collective calls, by the number each rank sends ahead of their exchanges (`_handshake`)
 _CALLS = ("sum_gradients", "broadcast_parameters", "allgather", "broadcast", "barrier",
-          "parameters_agree")
+          "parameters_agree", "exit")  # exit: the end of a rank's process (`_leave`)
 
 
 def _layout(params: list) -> list:

@@ -4,7 +4,8 @@ dynlp/distributed.py made wrongly, one after another, the last rank (N - 1) the 
 every rank appends what each call gave it (its result, or the DistributedError it raised) to
 OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2. Case
 `interrupt`: Ctrl-C while rank 0 writes a checkpoint. `resume` continues the run of `fail`,
-`overwrite` replaces a run with one that fails in its first epoch."""
+`overwrite` replaces a run with one that fails in its first epoch. `return` and `raise`: the
+last rank leaves its script while the others go on."""
 
 from __future__ import annotations
 
@@ -268,7 +269,22 @@ def interrupt(out: Path) -> None:
                                "--lstm-layers", "1", "--lstm-dim", "8", "--mlp-dim", "8"]))
 
 
+def leave(out: Path, how: str) -> None:
+    """The last rank leaves the script (returns, or raises without ending_run_on_error) while
+    the others call sum_gradients."""
+    comm = distributed.setup()
+    pc = dn.ParameterCollection(seed=1)
+    pc.add_parameters((2,), name="W")
+    comm.sum_gradients(pc)  # a first step together
+    if comm.rank == comm.size - 1:
+        if how == "raise":
+            raise RuntimeError("a bug in the last rank's loop")
+        return
+    comm.sum_gradients(pc)
+
+
 if __name__ == "__main__":
     CASES = {"misuse": misuse, "fail": fail, "resume": lambda out: fail(out, resume=True),
-             "overwrite": lambda out: fail(out, overwrite=True), "interrupt": interrupt}
+             "overwrite": lambda out: fail(out, overwrite=True), "interrupt": interrupt,
+             "return": lambda out: leave(out, "return"), "raise": lambda out: leave(out, "raise")}
     CASES[sys.argv[1]](Path(sys.argv[2]))

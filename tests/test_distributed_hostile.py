@@ -167,6 +167,20 @@ def test_a_rank_that_raises_ends_the_run_saying_so_and_the_run_resumes(tmp_path)
     assert _leftovers(tmp_path) == []
 
 
+@needs_mpi
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_a_rank_that_leaves_its_script_early_ends_the_run(how, tmp_path):
+    """The last of 3 ranks ends its script (returns, or raises outside ending_run_on_error)
+    while the others call sum_gradients: the run ends, saying so, instead of hanging."""
+    done = subprocess.run([_mpiexec(), "-n", "3", sys.executable, str(WORKER), how,
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=30, check=False)  # a hang fails the test here
+    assert done.returncode != 0
+    assert "rank 2 called exit where rank 0 called sum_gradients" in done.stderr, done.stderr
+    if how == "raise":
+        assert "a bug in the last rank's loop" in done.stderr
+
+
 # -- training on 3 ranks as in one process -----------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("recipe", ["tagger", "treelstm", "parser"])
