@@ -5,7 +5,8 @@ every rank appends what each call gave it (its result, or the DistributedError i
 OUT/rank-R.jsonl. Case `fail`: training in which the last rank raises during epoch 2. Case
 `interrupt`: Ctrl-C while rank 0 writes a checkpoint. `resume` continues the run of `fail`,
 `overwrite` replaces a run with one that fails in its first epoch. `return` and `raise`: the
-last rank leaves its script while the others go on."""
+last rank leaves its script while the others go on. `documented`: the loop of
+docs/DISTRIBUTED.md."""
 
 from __future__ import annotations
 
@@ -283,8 +284,28 @@ def leave(out: Path, how: str) -> None:
     comm.sum_gradients(pc)
 
 
+def documented_loop(out: Path) -> None:
+    """The training loop of docs/DISTRIBUTED.md ("In one's own training loop") as it is
+    written there, with a small tagger for its MyModel; it prints and saves under OUT."""
+    text = (DATA.parent / "docs" / "DISTRIBUTED.md").read_text(encoding="utf-8")
+    code = text.split("## In one's own training loop")[1].split("```python\n")[1]
+    code = code.split("```")[0]
+    examples = read_conllu(DATA / "tiny-train.conllu")[:9]
+    config = {**tagger.DEFAULTS, **SMALL}
+
+    class MyModel(tagger.Model):
+        def __init__(self, pc):
+            super().__init__(pc, config, tagger.Model.build_vocabs(examples, config))
+
+    os.chdir(out)
+    exec(compile(code, "DISTRIBUTED.md", "exec"),  # noqa: S102 (the project's own docs)
+         {"__name__": "__main__", "MyModel": MyModel, "train": examples,
+          "dev": read_conllu(DATA / "tiny-dev.conllu")[:5]})
+
+
 if __name__ == "__main__":
     CASES = {"misuse": misuse, "fail": fail, "resume": lambda out: fail(out, resume=True),
              "overwrite": lambda out: fail(out, overwrite=True), "interrupt": interrupt,
-             "return": lambda out: leave(out, "return"), "raise": lambda out: leave(out, "raise")}
+             "return": lambda out: leave(out, "return"), "raise": lambda out: leave(out, "raise"),
+             "documented": documented_loop}
     CASES[sys.argv[1]](Path(sys.argv[2]))

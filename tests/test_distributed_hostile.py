@@ -181,6 +181,24 @@ def test_a_rank_that_leaves_its_script_early_ends_the_run(how, tmp_path):
         assert "a bug in the last rank's loop" in done.stderr
 
 
+@needs_mpi
+def test_the_documented_training_loop_runs_on_three_ranks_as_in_one_process(tmp_path):
+    """docs/DISTRIBUTED.md's own loop, as written, on 9 examples (a minibatch of 9 a step) on
+    1 and 3 ranks: the same losses and scores, printed once, the model saved once."""
+    printed = []
+    for ranks in (1, 3):
+        out = tmp_path / str(ranks)
+        out.mkdir()
+        done = _launch(ranks, str(WORKER), "documented", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = done.stdout.splitlines()
+        assert len(lines) == 10 and (out / "model.npz").exists(), done.stdout
+        printed.append([line.split(" ", 2) for line in lines])
+    for (epoch, value, scores), (epoch_3, value_3, scores_3) in zip(*printed, strict=True):
+        assert epoch == epoch_3 and scores == scores_3
+        assert float(value_3) == pytest.approx(float(value), rel=1e-5)
+
+
 # -- training on 3 ranks as in one process -----------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("recipe", ["tagger", "treelstm", "parser"])
