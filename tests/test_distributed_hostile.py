@@ -272,7 +272,8 @@ def test_a_run_whose_rank_is_killed_resumes_on_three_ranks_then_one(tmp_path):
     assert "BAD TERMINATION" in out + err
     header, _ = train.read_checkpoint(killed / train.CHECKPOINT_FILE)
     epoch = header["state"]["__dict__"]["epoch"]
-    assert [r["epoch"] for r in _log(killed)] == list(range(1, epoch + 1))
+    logged = [r["epoch"] for r in _log(killed)]  # (a kill between the checkpoint's write and
+    assert logged in (list(range(1, epoch + 1)), list(range(1, epoch)))  # the log's: one less)
     assert not (killed / train.METRICS_FILE).exists()
     _train("tagger", 3, killed, "--epochs", str(epoch + 1), "--resume", *settings)
     _train("tagger", 1, killed, "--epochs", str(epoch + 2), "--resume", *settings)
