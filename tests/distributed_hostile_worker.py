@@ -216,13 +216,14 @@ def misuse(out: Path) -> None:
 
 
 class FailingTagger(tagger.Model):
-    """The last rank raises in the middle of epoch 2 (after the first checkpoint)."""
+    """The last rank raises in the middle of epoch 2 (once rank 0 has written the checkpoint
+    of epoch 1 and then its log)."""
 
     out = Path()
 
     def loss(self, example, rng):
         if distributed.launched_rank() == distributed.launched_size() - 1 and (
-                self.out / train.CHECKPOINT_FILE).exists():
+                self.out / train.LOG_FILE).exists():
             raise RuntimeError("a bug in the last rank's model")
         return super().loss(example, rng)
 
