@@ -1,10 +1,12 @@
 """Data-parallel training attacked (dynlp/distributed.py and its use by dynlp/train.py and the
 `dynlp` command), under `mpiexec` on localhost (skipped without mpi4py): the library's calls
-made wrongly on one rank of three (other parameters, dtypes, roots or calls: one clear error
-on every rank, never a hang or a wrong sum); 3 ranks against one process with minibatches
-smaller than the ranks and a last minibatch of one example, for every recipe; a run resumed
-on 3, 1 and 2 ranks after a rank was killed; a rank that raises; run folders that a second
-command must leave alone. Every launch has a timeout, so that a hang fails the test."""
+made wrongly on one rank of three (other parameters, dtypes, roots, minibatches or calls: one
+clear error on every rank, never a hang or a wrong sum); a rank that leaves its script early;
+the documented loop, and `dynlp train` for every recipe, on 3 ranks as in one process with
+minibatches smaller than the ranks and a last minibatch of one example; a run resumed on 3
+then 1 ranks after a rank was killed; a rank that raises; Ctrl-C while rank 0 writes a
+checkpoint; run folders that a second command must leave alone. Every launch has a timeout,
+so that a hang fails the test."""
 
 from __future__ import annotations
 
