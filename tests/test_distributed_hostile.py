@@ -285,6 +285,23 @@ def test_a_run_whose_rank_is_killed_resumes_on_three_ranks_then_one(tmp_path):
     assert _leftovers(killed) == []
 
 
+@needs_mpi
+def test_ranks_given_other_settings_refuse_to_train(tmp_path):
+    """Ranks started with other settings (mpiexec's `-n 1 A : -n 1 B`), here another dropout,
+    which neither the parameters nor the minibatches show: rank 0's one error line, status 2,
+    no run folder."""
+    out = tmp_path / "run"
+    args = [sys.executable, *_train_args("tagger", out, "--epochs", "1", "--limit", "8")]
+    done = subprocess.run([_mpiexec(), "-n", "1", *args, ":", "-n", "1", *args, "--dropout", "0"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dynlp:")]
+    assert errors == ["dynlp: error: rank 1 was given other settings than rank 0: dropout: "
+                      "0.33 -> 0.0"], done.stderr[-3000:]
+    assert not out.exists()
+
+
 # -- a second command leaves an earlier run alone ------------------------------------------------
 def _stamps(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
