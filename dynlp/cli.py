@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +27,7 @@ import dynlp as dn
 from .autobatch import STRATEGIES
 from .data import CoNLLUError, DataError, TreeError, fetch, input_problem, write_text_atomic
 from .distributed import (DistributedError, abort_launched, ending_run_on_error, launched_rank,
-                          launched_size)
+                          launched_size, running_ranks)
 from .distributed import setup as setup_ranks
 from .train import (
     COMMON_DEFAULTS,
@@ -325,6 +326,29 @@ def _message(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+# how long a rank other than 0 that Ctrl-C or SIGTERM stopped leaves rank 0 (which mpiexec sends
+# the signal to as well) to finish the checkpoint it may be writing, say where it is and end
+# the run, before the rank ends the run itself
+RANK_0_GRACE_SECONDS = 30.0
+
+
+def _stopped(message: str, status: int) -> int:
+    """Say `message` on stderr and return `status` (the command was interrupted). A rank other
+    than 0 of a run under mpiexec first waits, silent, for rank 0 to end the run (ending it
+    too soon would kill rank 0 in the middle of writing a checkpoint, and rank 0 alone knows
+    which checkpoint is on disk); should rank 0 not do so within RANK_0_GRACE_SECONDS (or
+    another Ctrl-C come), the rank speaks for itself and the caller ends the run."""
+    if running_ranks() and launched_rank() != 0:
+        try:
+            time.sleep(RANK_0_GRACE_SECONDS)  # rank 0's MPI_Abort ends this rank in here
+        except KeyboardInterrupt:
+            pass
+        message = (f"{message} (rank {launched_rank()} of {launched_size()}; rank 0 did not "
+                   "end the run)")
+    print(message, file=sys.stderr)
+    return status
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -380,14 +404,11 @@ def _main(argv: list[str]) -> int:
     except SystemExit as request:  # --help and friends
         return request.code if isinstance(request.code, int) else 0
     except TrainingInterrupted as stop:
-        print(f"dynlp: {stop}", file=sys.stderr)
-        return 143 if str(stop).startswith("terminated") else 130
+        return _stopped(f"dynlp: {stop}", 143 if str(stop).startswith("terminated") else 130)
     except Terminated:
-        print("dynlp: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return _stopped("dynlp: terminated (SIGTERM)", 143)
     except KeyboardInterrupt:
-        print("dynlp: interrupted", file=sys.stderr)
-        return 130
+        return _stopped("dynlp: interrupted", 130)
     except BrokenPipeError:
         _quiet_stdout()
         return 0

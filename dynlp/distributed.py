@@ -12,10 +12,12 @@ In one's own training loop (run with `mpiexec -n N python train.py`):
     with dn.distributed.ending_run_on_error():         # one rank's error ends all ranks
         for step, batch in enumerate(batches):
             mine = comm.shard_batch(batch)             # this rank's positions in the batch
-            with dn.Graph() as g:
-                total = dn.esum([model.loss(batch[i]) for i in mine])
-                value = total.scalar_value()
-                total.backward()
+            value = 0.0                                # (none when the batch has fewer
+            if mine:                                   # examples than there are ranks)
+                with dn.Graph() as g:
+                    total = dn.esum([model.loss(batch[i]) for i in mine])
+                    value = total.scalar_value()
+                    total.backward()
             value = comm.sum_gradients(pc, value)      # the whole batch's gradients and loss
             trainer.update()                           # identical on every rank
             if comm.is_root:
@@ -24,6 +26,7 @@ In one's own training loop (run with `mpiexec -n N python train.py`):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -89,16 +92,46 @@ def setup(required: bool = False) -> "Communicator":
     except ImportError as err:
         raise DistributedError(f"this run needs MPI, but mpi4py cannot be imported ({err}); "
                                f"{INSTALL_HINT}") from None
-    return Communicator(MPI.COMM_WORLD)
+    comm = Communicator(MPI.COMM_WORLD)
+    global _LEAVING_CHECKED
+    if comm.size > 1 and not _LEAVING_CHECKED:
+        _LEAVING_CHECKED = True
+        atexit.register(_leave, Communicator(MPI.COMM_WORLD))
+    return comm
+
+
+_LEAVING_CHECKED = False  # whether this process checks, at exit, that the other ranks leave too
+
+
+def _leave(comm: "Communicator") -> None:
+    """At the exit of a rank's process (before MPI's finalization): one more handshake, so
+    that a rank that leaves its script while the others still make calls (it returned early,
+    or raised outside `ending_run_on_error`) makes them raise DistributedError and ends the
+    run, instead of leaving them waiting for it for ever."""
+    if not running_ranks():
+        return
+    try:
+        comm._handshake("exit")
+    except DistributedError as err:
+        comm.abort(f"dynlp: error: rank {comm.rank} of {comm.size} is leaving: {err}; "
+                   "the run stops")
+
+
+def running_ranks() -> bool:
+    """Whether this process is one of several that an MPI launcher started, with MPI running
+    (initialized, not finalized)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return (mpi is not None and launched_size() > 1 and mpi.Is_initialized()
+            and not mpi.Is_finalized())
 
 
 def abort_launched(status: int) -> None:
     """End every rank of the run now (MPI_Abort) when this process is one of several that an
     MPI launcher started and MPI is running; else do nothing. A rank that leaves after an error
     must: left to exit, it would wait in MPI's finalization for ranks that wait for it."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or launched_size() <= 1 or not mpi.Is_initialized() or mpi.Is_finalized():
+    if not running_ranks():
         return
+    mpi = sys.modules["mpi4py.MPI"]
     sys.stdout.flush()
     sys.stderr.flush()
     mpi.COMM_WORLD.Abort(status)
@@ -212,9 +245,9 @@ def _deal(order: list[int], costs: list[int], parts: int, step_cost: int) -> lis
     return shares
 
 
-def _dense_and_tables(pc: Any) -> tuple[list, list]:
+def _dense_and_tables(params: list) -> tuple[list, list]:
     dense, tables = [], []
-    for p in pc.parameters():
+    for p in params:
         (tables if getattr(p, "is_lookup", False) else dense).append(p)
     return dense, tables
 
@@ -227,11 +260,49 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} between ranks")
 
 
+# the collective calls, by the number each rank sends ahead of their exchanges (`_handshake`)
+_CALLS = ("sum_gradients", "broadcast_parameters", "allgather", "broadcast", "barrier",
+          "parameters_agree", "exit")  # exit: the end of a rank's process (`_leave`)
+
+
+def _layout(params: list) -> list:
+    """What the ranks must agree on before they exchange parameters' values or gradients: each
+    parameter's name, kind, shape, value dtype and gradient dtype, in order."""
+    return [[p.name, "table" if getattr(p, "is_lookup", False) else "dense",
+             [int(n) for n in p.value.shape], str(p.value.dtype), str(p.grad.dtype)]
+            for p in params]
+
+
+def _digest(value: Any) -> int:
+    """A 64-bit digest (an int64) of a JSON-able value."""
+    data = json.dumps(value).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def _describe(entry: list) -> str:
+    name, kind, shape, dtype, grad = entry
+    return (f"{kind} {name!r} {tuple(shape)} {dtype}"
+            + (f" (gradient {grad})" if grad != dtype else ""))
+
+
+def _layout_difference(first: list, other: list, rank: int) -> str:
+    """How rank `rank`'s parameters (`other`) differ from rank 0's (`first`)."""
+    for i, (a, b) in enumerate(zip(first, other)):
+        if a != b:
+            return f"parameter {i + 1} is {_describe(a)} on rank 0, {_describe(b)} on rank {rank}"
+    longer, who = (first, 0) if len(first) > len(other) else (other, rank)
+    shorter = min(len(first), len(other))
+    return (f"rank 0 holds {len(first)}, rank {rank} {len(other)}: rank {who} alone holds "
+            f"{_describe(longer[shorter])}")
+
+
 class Communicator:
     """The ranks of one run (a wrapped mpi4py communicator, or None for a single process).
 
     rank: this process's number, 0..size-1; size: how many; is_root: rank 0, the one that
-    writes files and prints. Every method is collective: all ranks call it, in the same order.
+    writes files and prints. Every method is collective: all ranks call it, in the same order
+    (each call opens with a handshake, `_handshake`, so that a rank that makes another call, or
+    calls with other parameters or another root, raises DistributedError on every rank).
     """
 
     def __init__(self, comm: Any = None) -> None:
@@ -240,6 +311,9 @@ class Communicator:
         self.size = 1 if comm is None else comm.Get_size()
         self.is_root = self.rank == 0
         self._flat = np.empty(0, dtype=np.float32)  # the dense gradients' buffer, reused
+        self._layout_key: tuple | None = None  # the parameters last checked (`_layout`)
+        self._dealt = 0  # a digest of what shard_batch dealt since the last sum_gradients
+        self._layout_seen: tuple[list, int] = ([], 0)
         # seconds spent in sum_gradients waiting for the other ranks to come to it (their
         # shares took longer), as against exchanging: a measure of imbalance
         self.waiting_seconds = 0.0
@@ -267,11 +341,14 @@ class Communicator:
         examples are few; and the examples dealt from the costliest, each to the rank whose
         share it makes least costly (the lower rank on a tie), which wins when lengths are
         even. With step_cost 0 the shares balance summed costs. Costs and step_cost are whole
-        numbers >= 0 (a ValueError or TypeError says which is not)."""
+        numbers >= 0 (a ValueError or TypeError says which is not). The next sum_gradients
+        checks that every rank dealt the same costs with the same step_cost (a rank that dealt
+        another minibatch would compute some examples twice and others never)."""
         step_cost = _whole("step_cost", step_cost)
         if self.size == 1:
             return list(range(len(batch)))
         costs = [_whole("an example's cost", cost(example)) for example in batch]
+        self._dealt = _digest([costs, step_cost])  # checked by the next sum_gradients
         order = sorted(range(len(batch)), key=lambda i: (-costs[i], i))
         ordered = [costs[i] for i in order]
         cuts = _cut(ordered, self.size, step_cost)
@@ -288,11 +365,35 @@ class Communicator:
         summed `loss`. Dense parameters travel in one flat allreduce (their `grad` arrays become
         views of one buffer, summed in place); each lookup table sends only its touched rows
         (indices and values, gathered by every rank and summed in rank order, so that all ranks
-        hold the same bits). Call it between backward() and the trainer's update()."""
+        hold the same bits). Call it between backward() and the trainer's update(). Every
+        rank's pc must hold the same parameters (names, kinds, shapes, dtypes, in order), the
+        dense ones' gradients of one dtype and the tables' of one: else a DistributedError on
+        every rank says what differs."""
         if self._comm is None:
             return loss
         from mpi4py import MPI
-        dense, tables = _dense_and_tables(pc)
+        params = list(pc.parameters())
+        layout, digest = self._layout(params)
+        start = time.perf_counter()
+        dealt, self._dealt = self._dealt, 0
+        calls = self._handshake("sum_gradients", digest, dealt)  # (the wait for the slowest
+        self.waiting_seconds += time.perf_counter() - start        # rank sleeps between tests)
+        if (calls[:, 1] != calls[0, 1]).any():
+            raise self._layouts_differ("sum_gradients", layout)
+        for r in range(self.size):
+            if calls[r, 2] != calls[0, 2]:
+                raise DistributedError(
+                    f"sum_gradients: rank {r} dealt another minibatch than rank 0 (shard_batch "
+                    "since the last sum: other examples' costs, or another step_cost): every "
+                    "rank must deal the same minibatch, in the same order, the same way")
+        dense, tables = _dense_and_tables(params)
+        for group in (dense, tables):
+            dtypes = sorted({str(p.grad.dtype) for p in group})
+            if len(dtypes) > 1:  # (the same on every rank: their layouts agree)
+                raise DistributedError(
+                    "sum_gradients: the gradients of the "
+                    f"{'tables' if group is tables else 'dense parameters'} are of several "
+                    f"dtypes ({', '.join(dtypes)}); they are summed in one buffer of one dtype")
         requests = []
         if dense:
             flat = self._gradient_buffer(dense)
@@ -301,13 +402,47 @@ class Communicator:
         header = np.array([loss] + [len(rows) for rows, _ in sparse], dtype=np.float64)
         headers = np.empty((self.size, header.size), dtype=np.float64)
         requests.append(self._comm.Iallgather(header, headers))
-        start = time.perf_counter()
-        self._wait(requests[-1:])  # every rank is here (the wait for the slowest sleeps) ...
-        self.waiting_seconds += time.perf_counter() - start
-        self._wait(requests, _SPIN_ALL_THERE_SECONDS)  # ... and the rest goes without pauses
+        self._wait(requests, _SPIN_ALL_THERE_SECONDS)  # every rank is here: tests without pause
         if tables:
             self._sum_rows(tables, sparse, headers[:, 1:].astype(np.int64))
         return float(headers[:, 0].sum())
+
+    def _handshake(self, call: str, check: int = 0, own: int = 0,
+                   spin: float = _SPIN_SECONDS) -> np.ndarray:
+        """Every rank's (call, check, own), rank by rank, from one small allgather that opens
+        every collective call: a rank that makes another call than rank 0 raises
+        DistributedError on every rank together, instead of exchanges that do not match
+        (which hang, or sum the wrong numbers). The caller compares the `check`s."""
+        mine = np.array([_CALLS.index(call), check, own], dtype=np.int64)
+        calls = np.empty((self.size, 3), dtype=np.int64)
+        self._wait([self._comm.Iallgather(mine, calls)], spin)
+        for r in range(self.size):
+            if calls[r, 0] != calls[0, 0]:
+                raise DistributedError(
+                    f"rank {r} called {_CALLS[calls[r, 0]]} where rank 0 called "
+                    f"{_CALLS[calls[0, 0]]}: every rank must make the same calls of "
+                    "dynlp.distributed, in the same order")
+        return calls
+
+    def _layout(self, params: list) -> tuple[list, int]:
+        """The parameters' `_layout` and its digest (kept while the parameters stay the same:
+        a step's sum then checks them in microseconds)."""
+        key = tuple((p.name, getattr(p, "is_lookup", False), p.value.shape, p.value.dtype,
+                     p.grad.dtype) for p in params)
+        if key != self._layout_key:
+            layout = _layout(params)
+            self._layout_key, self._layout_seen = key, (layout, _digest(layout))
+        return self._layout_seen
+
+    def _layouts_differ(self, call: str, layout: list) -> DistributedError:
+        """The error of a call whose ranks hold different parameters (every rank makes this
+        call together, once the handshake has shown their layouts differ)."""
+        layouts = self._gather(layout, call)
+        rank = next(r for r, other in enumerate(layouts) if other != layouts[0])
+        difference = _layout_difference(layouts[0], layouts[rank], rank)
+        return DistributedError(
+            f"{call}: the ranks hold different parameters ({difference}): every rank must make "
+            "the same parameters, in the same order, and add any new one on every rank together")
 
     def _gradient_buffer(self, dense: list) -> np.ndarray:
         """One flat array under the dense parameters' gradients: their `grad`s become views
@@ -357,6 +492,11 @@ class Communicator:
         if self._comm is None:
             return
         params = list(pc.parameters())
+        layout, digest = self._layout(params)
+        calls = self._handshake("broadcast_parameters", digest, operator.index(root))
+        self._same_root("broadcast_parameters", calls[:, 2])
+        if (calls[:, 1] != calls[0, 1]).any():
+            raise self._layouts_differ("broadcast_parameters", layout)
         if not params:
             return
         flat = np.concatenate([p.value.ravel() for p in params])
@@ -367,12 +507,13 @@ class Communicator:
             offset += p.value.size
 
     def parameters_agree(self, pc: Any) -> bool:
-        """Whether every rank holds the same parameter values as rank 0, bit for bit (a digest
-        of each rank's values is compared)."""
-        digest = hashlib.blake2b(digest_size=16)
-        for p in pc.parameters():
+        """Whether every rank holds the same parameters as rank 0 (names, shapes, dtypes) with
+        the same values, bit for bit (a digest of each rank's is compared)."""
+        params = list(pc.parameters())
+        digest = hashlib.blake2b(json.dumps(_layout(params)).encode("utf-8"), digest_size=16)
+        for p in params:
             digest.update(np.ascontiguousarray(p.value).tobytes())
-        return len(set(self.allgather(digest.hexdigest()))) == 1
+        return len(set(self._gather(digest.hexdigest(), "parameters_agree"))) == 1
 
     # -- values ----------------------------------------------------------------------------------
     def allgather(self, value: Any) -> list[Any]:
@@ -380,19 +521,34 @@ class Communicator:
         numbers and lists), in rank order, on every rank. JSON, not pickle, crosses the wire."""
         if self._comm is None:
             return [json.loads(json.dumps(value, default=_json_default))]
+        return self._gather(value, "allgather")
+
+    def broadcast(self, value: Any, root: int = 0) -> Any:
+        """Rank `root`'s value on every rank (JSON, as for allgather)."""
+        if self._comm is None:
+            return value
+        return self._gather(value, "broadcast", operator.index(root))[root]
+
+    def _gather(self, value: Any, call: str, root: int = 0) -> list[Any]:
         data = np.frombuffer(json.dumps(value, default=_json_default).encode("utf-8"),
                              dtype=np.uint8)
-        counts = np.empty(self.size, dtype=np.int64)
-        self._wait([self._comm.Iallgather(np.array([data.size], dtype=np.int64), counts)])
+        calls = self._handshake(call, root, data.size)
+        self._same_root(call, calls[:, 1])
+        counts = calls[:, 2]
         gathered = np.empty(int(counts.sum()), dtype=np.uint8)
         self._wait([self._comm.Iallgatherv(data, [gathered, counts])])
         starts = np.r_[0, np.cumsum(counts)]
         return [json.loads(gathered[starts[r]:starts[r + 1]].tobytes().decode("utf-8"))
                 for r in range(self.size)]
 
-    def broadcast(self, value: Any, root: int = 0) -> Any:
-        """Rank `root`'s value on every rank (JSON, as for allgather)."""
-        return value if self._comm is None else self.allgather(value)[root]
+    def _same_root(self, call: str, roots: np.ndarray) -> None:
+        """DistributedError (on every rank) unless every rank named the same root, a rank."""
+        for r in range(self.size):
+            if roots[r] != roots[0]:
+                raise DistributedError(f"{call}: rank {r} asked for root {roots[r]}, rank 0 "
+                                       f"for root {roots[0]}: every rank must name the same root")
+        if not 0 <= roots[0] < self.size:
+            raise DistributedError(f"{call}: root {roots[0]} is not a rank (0..{self.size - 1})")
 
     def evaluate(self, model: Any, examples: list, batch_size: int = 64) -> dict:
         """model.evaluate(examples) with the work split across ranks: each rank computes
@@ -414,7 +570,7 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         if self._comm is not None:
-            self._wait([self._comm.Ibarrier()])
+            self._handshake("barrier")
 
     @contextlib.contextmanager
     def root_first(self) -> Iterator[None]:

@@ -500,9 +500,19 @@ def _agree_on_folder(comm: Communicator, out: Path, resume: bool, overwrite: boo
                      config: dict) -> tuple[dict, dict[str, np.ndarray]] | None:
     """Rank 0 alone checks the run folder (`_check_out`; with resume, the checkpoint and its
     settings), clears what a killed run left there, and tells the other ranks what it found: a
-    problem is raised on every rank as RunRefused. Returns rank 0's read checkpoint (None on
-    the others, which read it once rank 0 has found it sound)."""
+    problem is raised on every rank as RunRefused, as are settings that differ between ranks
+    (every rank trains with the settings rank 0 records). Returns rank 0's read checkpoint
+    (None on the others, which read it once rank 0 has found it sound)."""
     problem, checkpoint = None, None
+    if comm.size > 1:
+        configs = comm.allgather(config)
+        for rank, other in enumerate(configs):
+            changed = [f"{k}: {configs[0].get(k)!r} -> {other.get(k)!r}"
+                       for k in sorted(set(configs[0]) | set(other))
+                       if configs[0].get(k) != other.get(k)]
+            if changed:
+                raise RunRefused(f"rank {rank} was given other settings than rank 0: "
+                                 + "; ".join(changed), quiet=not comm.is_root)
     if comm.is_root:
         try:
             _check_out(out, resume, overwrite)
