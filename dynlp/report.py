@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any, Callable, Sequence
 
 from . import svg
+from .data.files import write_text_atomic
 from .metrics import universal_relation
 
 REPORT_FILE = "report.html"
@@ -323,9 +324,7 @@ def write_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     target = Path(output) if output is not None else run_dir / REPORT_FILE
     page = render(run_dir, recipe, loader, dev)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomic(target, page)  # (a killed run's temporary is cleared by the next)
     return target
 
 

@@ -31,6 +31,7 @@ import dynlp as dn
 from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
 from .data.files import remove_stale_temporaries
+from .report import REPORT_FILE
 from .distributed import Communicator, setup
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
@@ -517,7 +518,8 @@ def _agree_on_folder(comm: Communicator, out: Path, resume: bool, overwrite: boo
         try:
             _check_out(out, resume, overwrite)
             if out.is_dir():
-                remove_stale_temporaries(out, RUN_FILES)  # what a killed run (SIGKILL) left
+                # what a killed run (SIGKILL) left
+                remove_stale_temporaries(out, RUN_FILES + (REPORT_FILE,))
             if resume:
                 checkpoint = read_checkpoint(out / CHECKPOINT_FILE)
                 changed = _differences(checkpoint[0]["config"], config)

@@ -843,8 +843,8 @@ def test_killed_run_leaves_no_temporary_behind_the_next_run(runs, tmp_path, caps
     argv = finished_tagger_run(runs, out)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = out / f".checkpoint.npz.{dead}.0a1b2c3d.tmp"  # as a SIGKILL during a write leaves
-    stale.write_bytes(b"partial")
+    for name in ("checkpoint.npz", "report.html"):  # as a SIGKILL during a write leaves
+        (out / f".{name}.{dead}.0a1b2c3d.tmp").write_bytes(b"partial")
     assert run(capsys, [*argv, "--epochs", "2", "--resume"])[0] == 0
     assert leftovers(out) == []
 
