@@ -210,20 +210,27 @@ def _padded(mode, dtype):
         first = [x.gradient() for x in xs] + [m.gradient() for m in mats]
         loss.backward()
         second = [x.gradient() for x in xs] + [m.gradient() for m in mats]
-        return [r.npvalue() for r in reads], first, second
+        # (then one more step over the same padded batches, and backward from a new loss)
+        scores = [dn.softmax(dn.transpose(m) @ dn.tanh(v)) for m, v in zip(mats, q)]
+        more = [m @ s for m, s in zip(mats, scores)]
+        dn.sum_elems(dn.esum(more) * 0.5).backward()
+        third = [x.gradient() for x in xs] + [m.gradient() for m in mats]
+        return [r.npvalue() for r in reads + more], first, second, third
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", STRATEGIES[:-1])
 def test_padded_batches_read_at_several_forwards_backward_twice(mode, dtype):
     want = _padded(False, dtype)
-    values, first, second = _padded(mode, dtype)
+    values, first, second, third = _padded(mode, dtype)
     for a, b in zip(values, want[0]):
         _close(a, b, dtype)
     for i, (a, b, c) in enumerate(zip(first, want[1], second)):
         assert a.dtype == dtype
         _close(a, b, dtype, f"gradient {i}")
         np.testing.assert_array_equal(c, a, err_msg=f"gradient {i}, second backward")
+    for i, (a, b) in enumerate(zip(third, want[3])):
+        _close(a, b, dtype, f"gradient {i}, backward from the new loss")
 
 
 # -- one weight's chunks in mixed layouts --------------------------------------------------------
@@ -369,3 +376,65 @@ def test_add_rows_is_the_statement_bit_for_bit():
     want[rows] += values
     _add_rows(target, rows, values)
     np.testing.assert_array_equal(target, want)
+
+
+# -- random graphs forwarded at random points ----------------------------------------------------
+def _custom_ops():
+    """An unbatchable op (no batching mask) and a costly one (cost 4): both kinds the late
+    scheduler's passes treat apart."""
+    lone = dn.Op("hostile4_lone", shape=lambda s: s, forward=lambda x: np.sin(x),
+                 vjp=lambda g, out, x: (g * np.cos(x),),
+                 jvp=lambda ts, out, x: ts[0] * np.cos(x), batch=None)
+    costly = dn.Op("hostile4_costly", shape=lambda a, b: a, forward=lambda a, b: np.tanh(a * b),
+                   vjp=lambda g, out, a, b: (g * (1 - out * out) * b, g * (1 - out * out) * a),
+                   jvp=lambda ts, out, a, b: (1 - out * out) * (
+                       (0 if ts[0] is None else ts[0] * b) + (0 if ts[1] is None else a * ts[1])),
+                   batch=(dn.STACK, dn.STACK), cost=4)
+    return dn.op_function(lone), dn.op_function(costly)
+
+
+_LONE, _COSTLY_OP = _custom_ops()
+
+
+def _random_rounds(mode, dtype, seed):
+    """Examples that grow node by node, each node over two earlier nodes of its example (or of
+    another), with forwards of random nodes (computed ones too) at random points."""
+    pc, P = _params(dtype)
+    rng = np.random.default_rng(seed)
+    with dn.Graph(dtype=dtype, autobatch=mode, fuse=False) as g:
+        nodes = [dn.inputs(v) for v in rng.normal(size=(4, D))]
+        nodes += [dn.parameter(P["b"]), P["E"][2], P["E"][5]]
+        for _ in range(70):
+            a, b = (nodes[int(k)] for k in rng.integers(len(nodes), size=2))
+            k = int(rng.integers(9))
+            made = (a * a if k == 0 else dn.concatenate([a, a, b])[D:2 * D] if k == 1
+                    else _LONE(a) if k == 2 else _COSTLY_OP(a, b) if k == 3
+                    else dn.tanh(dn.parameter(P["W"]) @ a + b) if k == 4
+                    else dn.cmult(a, b) if k == 5 else dn.logistic(a) + b if k == 6
+                    else dn.esum([a, b, a]) if k == 7 else _COSTLY_OP(a, a))
+            nodes.append(made)
+            if rng.random() < 0.15:
+                g.forward([nodes[int(i)] for i in rng.integers(len(nodes), size=3)])
+        loss = dn.esum([dn.sum_elems(dn.cmult(n, n)) for n in nodes[-12:]]
+                       + [dn.dot_product(nodes[i], nodes[-i]) for i in range(7, 20, 3)])
+        value = loss.scalar_value()
+        loss.backward()
+        grads = [n.gradient() for n in nodes]
+        return value, [n.npvalue() for n in nodes], grads, {
+            n: p.grad_as_array().copy() for n, p in P.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", STRATEGIES[:-1])
+def test_random_graphs_forwarded_at_random_points_match_unbatched(mode, dtype, seed):
+    want = _random_rounds(False, dtype, seed)
+    got = _random_rounds(mode, dtype, seed)
+    _close(got[0], want[0], dtype)
+    for i, (a, b) in enumerate(zip(got[1], want[1])):
+        _close(a, b, dtype, f"value {i}")
+    for i, (a, b) in enumerate(zip(got[2], want[2])):
+        assert a.dtype == dtype
+        _close(a, b, dtype, f"gradient {i}")
+    for n in want[3]:
+        _close(got[3][n], want[3][n], dtype, n)
