@@ -72,9 +72,12 @@ def _stacked(chunks: list, side: str) -> np.ndarray:
     """The `side` operands of OuterProduct chunks stacked along their batch axis, (sum of B,
     k). Cells hand over transposed views of gate-major (k, B) arrays: those are joined along
     their rows, each piece copied row by row (contiguous runs of B), and the result is the
-    transpose of that join; a row-by-row join of the views would read each piece by column."""
+    transpose of that join; a row-by-row join of the views would read each piece by column.
+    (Parts that are all C contiguous, rows of one node (1, k) among them, are joined as rows:
+    np.concatenate lays them out in C order, and the product's bits follow the layout.)"""
     parts = [getattr(c, side) for c in chunks]
-    if all(part.T.flags.c_contiguous for part in parts):
+    if all(part.T.flags.c_contiguous for part in parts) and not all(
+            part.flags.c_contiguous for part in parts):
         return np.concatenate([part.T for part in parts], axis=1).T
     return np.concatenate(parts)
 
