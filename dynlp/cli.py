@@ -395,6 +395,11 @@ def _main(argv: list[str]) -> int:
         if command == "--version":
             print(f"dynlp {dn.__version__}")
             return 0
+        if launched_size() > 1 and command != "train":
+            # (every rank would run the whole command and write the same outputs)
+            raise RunRefused(f"`dynlp {command}` runs in one process: start it without mpiexec "
+                             "(`dynlp train` alone shares its work across ranks)",
+                             quiet=launched_rank() != 0)
         if command in RECIPE_COMMANDS:
             return _recipe_command(command, rest)
         if command in OTHER_COMMANDS:

@@ -209,6 +209,19 @@ def test_an_error_names_its_rank_under_mpiexec(monkeypatch):
     assert cli._message(ValueError("bad")).startswith("rank 3 of 4: bad; the run stops")
 
 
+@pytest.mark.parametrize("command", [["evaluate", "tagger", "model", "file"],
+                                     ["predict", "tagger", "model", "file"], ["data", "list"],
+                                     ["report", "run"]])
+def test_commands_other_than_train_refuse_several_ranks(monkeypatch, capsys, command):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    for rank, says in (("0", True), ("1", False)):  # rank 0 says why, the other leaves quietly
+        monkeypatch.setenv("PMI_RANK", rank)
+        assert cli.main(command) == 2
+        error = capsys.readouterr().err
+        assert ("runs in one process: start it without mpiexec" in error) == says
+        assert error.count("\n") == says
+
+
 # -- 2 ranks on localhost ----------------------------------------------------------------------
 def _mpiexec() -> str | None:
     beside = Path(sys.executable).parent / "mpiexec"
