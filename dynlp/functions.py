@@ -99,11 +99,15 @@ def cos(x: Any) -> Expression:
 
 
 def tanh(x: Any) -> Expression:
+    if type(x) is Affine:  # (`tanh(W @ x + b)`: one node, `unary`'s first case)
+        return x.close("tanh")
     return unary("tanh", x)
 
 
 def logistic(x: Any) -> Expression:
     """1 / (1 + exp(-x))"""
+    if type(x) is Affine:
+        return x.close("logistic")
     return unary("logistic", x)
 
 
@@ -119,6 +123,8 @@ def softplus(x: Any) -> Expression:
 
 
 def rectify(x: Any) -> Expression:
+    if type(x) is Affine:
+        return x.close("rectify")
     return unary("rectify", x)
 
 

@@ -42,7 +42,9 @@ _ARITY = {TABLE[name]: 1 for name in (
     "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const", "reshape")}
 _ARITY.update({TABLE[name]: 2 for name in ("add", "mul", "div")})
 _BINARY = {name: TABLE[name] for name in ("add", "mul", "div")}
-_BINARY_TOKENS = {name: (None, None, op) for name, op in _BINARY.items()}
+_PAIR_TOKENS = {op: (None, None, op) for op in _BINARY.values()}  # (op over two nodes)
+_NO_KIDS = (None, None)
+_MUL = TABLE["mul"]
 _LEAF = (None,)
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
@@ -162,6 +164,9 @@ class Graph:
         self._info: dict[tuple, tuple] = {}
         self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
         self._over: dict[tuple, tuple] = {}  # memo of `add_over`
+        # memo of `Affine.close`'s usual case: (W, b, shape of x, activation) -> (shape,
+        # signature, attributes) of its affine_transform node
+        self._gates: dict[tuple, tuple] = {}
         self._padded_keys: dict[tuple, tuple] = {}  # padded signature key -> a key it stands for
         self.mixed_ops: set = set()  # ops with a padded signature over several shapes
         self._singles: dict[int, tuple[int]] = {}
@@ -199,7 +204,7 @@ class Graph:
             # its first pass untracks tuples that hold only ints.)
             self._push_op = self._push_args = _ended
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
-            self._broadcasts, self._over = {}, {}
+            self._broadcasts, self._over, self._gates = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
@@ -635,7 +640,16 @@ class Expression:
     # -- operators -------------------------------------------------------------------------------
     # (a Python float constant goes straight to its op: `arith` would make the same node)
     def __add__(self, other):
-        if type(other) is float:
+        kind = type(other)
+        if kind is Expression or kind is Pointwise:  # (`arith`'s usual case, the short way)
+            mine = type(self)
+            g = self.g
+            if (mine is Expression or mine is Pointwise) and other.g is g and g.fuse is True \
+                    and g.alive:
+                shape = self.out_shape if mine is Pointwise else g.shapes[self.i]
+                if shape == (other.out_shape if kind is Pointwise else g.shapes[other.i]):
+                    return _pointwise2(g, _ADD, self, other, shape)
+        elif kind is float:
             return _const_op("add_const", self, other)
         return arith("add", self, other)
 
@@ -651,7 +665,16 @@ class Expression:
         return arith("sub", other, self)
 
     def __mul__(self, other):
-        if type(other) is float:
+        kind = type(other)
+        if kind is Expression or kind is Pointwise:  # (as `__add__`)
+            mine = type(self)
+            g = self.g
+            if (mine is Expression or mine is Pointwise) and other.g is g and g.fuse is True \
+                    and g.alive:
+                shape = self.out_shape if mine is Pointwise else g.shapes[self.i]
+                if shape == (other.out_shape if kind is Pointwise else g.shapes[other.i]):
+                    return _pointwise2(g, _MUL, self, other, shape)
+        elif kind is float:
             return _const_op("mul_const", self, other)
         return arith("mul", self, other)
 
@@ -666,7 +689,7 @@ class Expression:
     def __rtruediv__(self, other):
         return arith("div", other, self)
 
-    def __matmul__(self, other):
+    def __matmul__(self, other):  # (replaced by `matmul` itself once it is defined)
         return matmul(self, other)
 
     def __rmatmul__(self, other):
@@ -936,6 +959,19 @@ class Affine(Deferred):
     def __add__(self, other: Any) -> Expression:
         """A larger sum when other is a bias or a sum (`plus`, the usual case, without the
         dispatch of `arith`), else the sum as any expression's."""
+        if type(other) is Expression:  # (the usual case, `W @ x + b`: `plus` the short way)
+            g = self.g
+            node = other.i
+            if other.g is g and g.ops[node] is _PARAMETER and g.shapes[node] == self.out_shape:
+                out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
+                out.windowed = self.windowed
+                readers = self.readers
+                if readers is None:
+                    self.readers = [out]
+                else:
+                    readers.append(out)
+                g.folded += 1
+                return out
         total = self.plus(other)
         return arith("add", self, other) if total is None else total
 
@@ -1000,6 +1036,36 @@ class Affine(Deferred):
     def close(self, activation: str | None) -> Expression:
         """The node f(self) for an activation f (or None)."""
         g = self.g
+        terms = self.terms
+        if len(terms) == 1 and activation and not self.windowed and self._node < 0 and \
+                len(self.biases) <= 1 and g.alive:
+            # the usual case, one product and its bias, if any, under an activation: the
+            # short way (`add_over`'s cache, keyed without its tuples)
+            (w, x), = terms
+            biases = self.biases
+            bias = biases[0] if biases else self._bias()
+            shapes = g.shapes
+            key = (w, bias, shapes[x], activation)
+            known = g._gates.get(key)
+            if known is None:
+                node = g.add_over(_AFFINE, (bias, w), x, _ACTIVATION_ATTRS[activation])
+                g._gates[key] = (shapes[node], g.sigs[node], _ACTIVATION_ATTRS[activation])
+            else:
+                node = len(shapes)
+                g._push_op(_AFFINE)
+                g._push_args((bias, w, x))
+                g._push_attrs(known[2])
+                g._push_battrs(None)
+                shapes.append(known[0])
+                g._push_sig(known[1])
+                g._push_loc(-1)
+            self._fused = True
+            readers = self.readers
+            if readers is None:
+                self.readers = [(node, activation, None)]
+            else:
+                readers.append((node, activation, None))
+            return Expression(g, node)
         if not g.alive:
             g._check_alive()
         if self.windowed:  # (the Windows' nodes, now that a node reads them)
@@ -1173,6 +1239,9 @@ def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointw
 def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
     """token (a binary op) over x and y of one shape, as a Pointwise (operands as for
     `_pointwise1`)."""
+    if type(x) is Expression and type(y) is Expression:  # (two nodes: the short way)
+        g.folded += 1
+        return Pointwise(g, _PAIR_TOKENS[token], (x.i, y.i), _NO_KIDS, shape)
     if type(x) is Pointwise and x._node < 0 and not x.taken:
         tx, lx, kx = x.tokens, x.leaves, x
     else:
@@ -1357,9 +1426,6 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
             sx = x.out_shape if tx is Pointwise else g.shapes[x.i]
             sy = y.out_shape if ty is Pointwise else g.shapes[y.i]
             if sx == sy and kind != "sub":  # (the usual case, one shape, the short way)
-                if tx is Expression and ty is Expression:
-                    g.folded += 1
-                    return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), sx)
                 return _pointwise2(g, _BINARY[kind], x, y, sx)
             fused = _fused_arith(g, kind, x, y, sx, sy)
             if fused is not None:
@@ -1475,7 +1541,29 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
-    g = a.g if type(a) is Expression else None
+    if type(a) is Expression:
+        g = a.g
+        kind = type(b)
+        if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
+            # the usual case, a product of two expressions of a live graph: the short way
+            na, nb = a.i, b.i
+            op = g.ops[na]
+            if (op is _PARAMETER or op is _INPUT) and g.fuse:
+                shapes = g.shapes
+                shape, other = shapes[na], shapes[nb]
+                if len(shape) == 2 and other and other[0] == shape[1]:
+                    count = len(other)
+                    if count == 1:
+                        g.folded += 1
+                        return Affine(g, ((na, nb),), (), shape[:1])
+                    if count == 2:
+                        g.folded += 1
+                        return Affine(g, ((na, nb),), (), (shape[0], other[1]))
+                return g.add(_MATMUL, (na, nb))
+            return g.add(_MATMUL if op is _PARAMETER or op is _INPUT else _BATCHED_MATMUL,
+                         (na, nb))
+    else:
+        g = None
     if type(b) is Window and b._node < 0 and g is b.g and g is not None and g.fuse is True \
             and g.alive:
         na = a.i
@@ -1512,6 +1600,9 @@ def matmul(a: Any, b: Any) -> Expression:
                 return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
         return g.add(_MATMUL, (na, nb))
     return g.add(_BATCHED_MATMUL, (na, nb))
+
+
+Expression.__matmul__ = matmul  # (`a @ b` calls it at once: a call less per product)
 
 
 def pick(x: Expression, index: int, dim: int = 0) -> Expression:
