@@ -55,7 +55,10 @@ def parameter(p: Parameter) -> Expression:
     """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
     g = _graph._current
     if g is not None:  # the usual case, once per parameter and graph: one lookup
-        e = g._param_exprs.get(id(p))  # (an ended graph has none left)
+        try:
+            e = g._param_exprs.get(p)  # (an ended graph has none left)
+        except TypeError:  # (not hashable: no parameter; `to_expression` says so)
+            e = None
         if e is not None:
             return e
     return p.to_expression()

@@ -46,6 +46,7 @@ _PAIR_TOKENS = {op: (None, None, op) for op in _BINARY.values()}  # (op over two
 _NO_KIDS = (None, None)
 _MUL = TABLE["mul"]
 _LEAF = (None,)
+_new = object.__new__  # (an object of a class with slots, its fields then set one by one)
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
 _ACTIVATION_ATTRS = {a: (("activation", a),) for a in _CLOSING}
@@ -145,7 +146,9 @@ class Graph:
         self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
-        self._param_exprs: dict[int, Expression] = {}  # id(parameter) -> its expression
+        # parameter -> its expression (keyed by the object, hashed by identity: no id() made
+        # per `dn.parameter` call)
+        self._param_exprs: dict[Any, Expression] = {}
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
         self._memo: dict[Any, tuple] = {}  # per builder or fused function: its nodes, ...
         self._templates: dict[tuple, tuple[Any, int]] = {}
@@ -403,7 +406,7 @@ class Graph:
     def parameter(self, param: Any) -> "Expression":
         """The node standing for a parameter in this graph (one per parameter and graph, and
         one Expression for it: expressions are immutable)."""
-        e = self._param_exprs.get(id(param))
+        e = self._param_exprs.get(param)
         if e is not None:
             return e
         self._check_alive()
@@ -413,7 +416,7 @@ class Graph:
         e = self._leaf(_PARAMETER, value)
         self.param_nodes[id(param)] = e.i
         self.node_params[e.i] = param
-        self._param_exprs[id(param)] = e  # (node_params keeps param, so its id stays unique)
+        self._param_exprs[param] = e
         return e
 
     def param_node(self, param: Any) -> int:
@@ -963,8 +966,8 @@ class Affine(Deferred):
             g = self.g
             node = other.i
             if other.g is g and g.ops[node] is _PARAMETER and g.shapes[node] == self.out_shape:
-                out = Affine(g, self.terms, self.biases + (node,), self.out_shape)
-                out.windowed = self.windowed
+                out = _affine(g, self.terms, self.biases + (node,), self.out_shape,
+                              self.windowed)
                 readers = self.readers
                 if readers is None:
                     self.readers = [out]
@@ -1065,7 +1068,10 @@ class Affine(Deferred):
                 self.readers = [(node, activation, None)]
             else:
                 readers.append((node, activation, None))
-            return Expression(g, node)
+            out = _new(Expression)
+            out.g = g
+            out.i = node
+            return out
         if not g.alive:
             g._check_alive()
         if self.windowed:  # (the Windows' nodes, now that a node reads them)
@@ -1132,6 +1138,22 @@ class Affine(Deferred):
                 derivative = _ACTIVATIONS[activation][1]
                 total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
         return total
+
+
+def _affine(g: Graph, terms: tuple, biases: tuple, shape: tuple[int, ...],
+            windowed: bool) -> Affine:
+    """`Affine(g, terms, biases, shape)` (with `windowed` set), made without the call of
+    `__init__` from the type (a third of the cost of the object)."""
+    out = _new(Affine)
+    out.g = g
+    out.terms = terms
+    out.windowed = windowed
+    out.biases = biases
+    out.out_shape = shape
+    out._node = -1
+    out._fused = False
+    out.readers = None
+    return out
 
 
 class Pointwise(Deferred):
@@ -1223,6 +1245,21 @@ class Pointwise(Deferred):
         return total
 
 
+def _pointwise(g: Graph, tokens: tuple, leaves: tuple, kids: tuple,
+               shape: tuple[int, ...]) -> Pointwise:
+    """`Pointwise(g, tokens, leaves, kids, shape)`, made as `_affine` makes an Affine."""
+    out = _new(Pointwise)
+    out.g = g
+    out.taken = False
+    out.tokens = tokens
+    out.leaves = leaves
+    out.kids = kids
+    out.out_shape = shape
+    out._node = -1
+    out._fused = False
+    return out
+
+
 def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointwise":
     """token (an op, or (op, attrs)) over x, as a Pointwise. An operand is taken in as its
     program when it is a Pointwise no expression has taken in yet, else as its node, a leaf."""
@@ -1233,7 +1270,7 @@ def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointw
     else:
         tokens, leaves, kids = (None, token), (x.i,), (None,)
     g.folded += 1
-    return Pointwise(g, tokens, leaves, kids, shape)
+    return _pointwise(g, tokens, leaves, kids, shape)
 
 
 def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
@@ -1241,7 +1278,7 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
     `_pointwise1`)."""
     if type(x) is Expression and type(y) is Expression:  # (two nodes: the short way)
         g.folded += 1
-        return Pointwise(g, _PAIR_TOKENS[token], (x.i, y.i), _NO_KIDS, shape)
+        return _pointwise(g, _PAIR_TOKENS[token], (x.i, y.i), _NO_KIDS, shape)
     if type(x) is Pointwise and x._node < 0 and not x.taken:
         tx, lx, kx = x.tokens, x.leaves, x
     else:
@@ -1263,7 +1300,7 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
     if ky is not None:
         ky.taken = True
     g.folded += 1
-    return Pointwise(g, tx + ty + (token,), lx + ly, (kx, ky), shape)
+    return _pointwise(g, tx + ty + (token,), lx + ly, (kx, ky), shape)
 
 
 class AffineLoss(Deferred):
@@ -1555,7 +1592,7 @@ def matmul(a: Any, b: Any) -> Expression:
                     count = len(other)
                     if count == 1:
                         g.folded += 1
-                        return Affine(g, ((na, nb),), (), shape[:1])
+                        return _affine(g, ((na, nb),), (), shape[:1], False)
                     if count == 2:
                         g.folded += 1
                         return Affine(g, ((na, nb),), (), (shape[0], other[1]))
