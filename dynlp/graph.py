@@ -86,10 +86,6 @@ def renew_cg(**options: Any) -> "Graph":
     return _current
 
 
-def _ended(*args: Any) -> None:
-    raise GraphError(_ENDED)
-
-
 class Graph:
     """A computation graph for one minibatch.
 
@@ -110,6 +106,16 @@ class Graph:
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
+
+    # (slots: each op reads several of these, and a graph's many fields would otherwise live
+    # in a dict that attribute reads search)
+    __slots__ = (
+        "dtype", "fuse", "pad", "training", "rng", "_uniforms", "_uniforms_used", "_own_rng",
+        "_streams", "alive", "ops", "args", "attrs", "battrs", "shapes", "sigs", "loc",
+        "param_nodes", "node_params", "_param_exprs", "_memo", "_templates", "pinned",
+        "bypassed", "pointwise", "inlined", "_inside", "folded", "_zeros", "_depths", "_info",
+        "_broadcasts", "_over", "_gates", "_padded_keys", "mixed_ops", "_singles", "_sig_ids",
+        "_previous", "engine", "_collecting", "_final_stats", "__weakref__")
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True,
@@ -141,9 +147,6 @@ class Graph:
         self.sigs: list[int] = []
         # engine state: where the node's value is, (batch << 32) | row; -1 pending
         self.loc: list[int] = []
-        self._push_op, self._push_args = self.ops.append, self.args.append
-        self._push_attrs, self._push_battrs = self.attrs.append, self.battrs.append
-        self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
         # parameter -> its expression (keyed by the object, hashed by identity: no id() made
@@ -202,10 +205,10 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
-            # The structure stays readable (`to_dot` after the block) and takes no new node.
-            # (The arguments, a tuple of ints per node, cost the cyclic collector one look:
-            # its first pass untracks tuples that hold only ints.)
-            self._push_op = self._push_args = _ended
+            # The structure stays readable (`to_dot` after the block) and takes no new node
+            # (`add_node` and its kin check `alive`). (The arguments, a tuple of ints per node,
+            # cost the cyclic collector one look: its first pass untracks tuples that hold only
+            # ints.)
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
             self._broadcasts, self._over, self._gates = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
@@ -223,6 +226,8 @@ class Graph:
     def add_node(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
                  battrs: tuple | None = None) -> int:
         """`add`, returning the new node's index."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         shapes = self.shapes
         count = len(args)
         if count == 3:
@@ -256,13 +261,13 @@ class Graph:
                 shared_sig = self._sig_ids[skey] = len(self._sig_ids)
             sig = shared_sig
         node = len(shapes)
-        self._push_op(op)
-        self._push_args(args)
-        self._push_attrs(attrs)
-        self._push_battrs(battrs)
+        self.ops.append(op)
+        self.args.append(args)
+        self.attrs.append(attrs)
+        self.battrs.append(battrs)
         shapes.append(shape)
-        self._push_sig(sig)
-        self._push_loc(-1)
+        self.sigs.append(sig)
+        self.loc.append(-1)
         return node
 
     def add_over(self, op: Op, weights: tuple[int, ...], x: int | None, attrs: tuple = (),
@@ -271,6 +276,8 @@ class Graph:
         are the same nodes call after call (a layer's parameters in `W @ x + b`, a lookup
         table): the shape check and the signature are looked up at once, once per op, weights,
         shape of x, attributes and graph."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         shapes = self.shapes
         if x is None:
             args, key = weights, (op, weights, None, attrs)
@@ -282,13 +289,13 @@ class Graph:
             self._over[key] = (shapes[node], self.sigs[node])
             return node
         node = len(shapes)
-        self._push_op(op)
-        self._push_args(args)
-        self._push_attrs(attrs)
-        self._push_battrs(battrs)
+        self.ops.append(op)
+        self.args.append(args)
+        self.attrs.append(attrs)
+        self.battrs.append(battrs)
         shapes.append(known[0])
-        self._push_sig(known[1])
-        self._push_loc(-1)
+        self.sigs.append(known[1])
+        self.loc.append(-1)
         return node
 
     def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int] | None, state: int,
@@ -302,6 +309,8 @@ class Graph:
         count = len(battrs) if xs is None else len(xs)
         if not count:
             return out
+        if not self.alive:
+            raise GraphError(_ENDED)
         add, shapes = self.add_node, self.shapes
 
         def step(k: int, previous: int) -> int:
@@ -315,9 +324,9 @@ class Graph:
             for k in range(1, count):
                 out.append(step(k, out[-1]))
             return out
-        push_op, push_args, push_attrs = self._push_op, self._push_args, self._push_attrs
-        push_battrs, push_shape = self._push_battrs, shapes.append
-        push_sig, push_loc = self._push_sig, self._push_loc
+        push_op, push_args, push_attrs = self.ops.append, self.args.append, self.attrs.append
+        push_battrs, push_shape = self.battrs.append, shapes.append
+        push_sig, push_loc = self.sigs.append, self.loc.append
         node = first
         x_shape = None if xs is None else shapes[xs[0]]
         repeating = True
@@ -452,14 +461,16 @@ class Graph:
 
     def add_like(self, like: int, args: tuple[int, ...], battrs: tuple | None = None) -> int:
         """`add_as`, returning the new node's index."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         node = len(self.shapes)
-        self._push_op(self.ops[like])
-        self._push_args(args)
-        self._push_attrs(self.attrs[like])
-        self._push_battrs(battrs)
+        self.ops.append(self.ops[like])
+        self.args.append(args)
+        self.attrs.append(self.attrs[like])
+        self.battrs.append(battrs)
         self.shapes.append(self.shapes[like])
-        self._push_sig(self.sigs[like])
-        self._push_loc(-1)
+        self.sigs.append(self.sigs[like])
+        self.loc.append(-1)
         return node
 
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -1055,13 +1066,13 @@ class Affine(Deferred):
                 g._gates[key] = (shapes[node], g.sigs[node], _ACTIVATION_ATTRS[activation])
             else:
                 node = len(shapes)
-                g._push_op(_AFFINE)
-                g._push_args((bias, w, x))
-                g._push_attrs(known[2])
-                g._push_battrs(None)
+                g.ops.append(_AFFINE)
+                g.args.append((bias, w, x))
+                g.attrs.append(known[2])
+                g.battrs.append(None)
                 shapes.append(known[0])
-                g._push_sig(known[1])
-                g._push_loc(-1)
+                g.sigs.append(known[1])
+                g.loc.append(-1)
             self._fused = True
             readers = self.readers
             if readers is None:
