@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .fusion import pointwise_op
+from .fusion import _POINTWISE, pointwise_op
 from .ops import SHARED, TABLE, Op
 from .ops.core import broadcast_shape
 from .ops.linalg import ACTIVATIONS
@@ -46,7 +46,11 @@ _PAIR_TOKENS = {op: (None, None, op) for op in _BINARY.values()}  # (op over two
 _NO_KIDS = (None, None)
 _MUL = TABLE["mul"]
 _LEAF = (None,)
-_new = object.__new__  # (an object of a class with slots, its fields then set one by one)
+_LOSS = "a fused loss"  # (the reader of an Affine that a fused loss read in place)
+# The short ways make Affine, Pointwise and Expression objects as `_new(cls)` and then set
+# every field that `__init__` sets: a call of the class costs its call of `__init__` and a
+# frame for it, about half of what these small objects cost to make.
+_new = object.__new__
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
 _ACTIVATION_ATTRS = {a: (("activation", a),) for a in _CLOSING}
@@ -954,7 +958,10 @@ class Affine(Deferred):
         self.out_shape = shape
         self._node = -1
         self._fused = False
-        self.readers: list | None = None  # (node, activation) or Affine that read this one
+        # what read this sum: None, one reader or a list of several; a reader is a larger
+        # sum (an Affine), (node, activation, its sum node or None) of an activation's node, or
+        # _LOSS (a fused loss read it in place)
+        self.readers: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -965,10 +972,13 @@ class Affine(Deferred):
         return terms + "".join(f" + node {b}" for b in self.biases)
 
     def _read_by(self, reader: Any) -> None:
-        if self.readers is None:
-            self.readers = [reader]
+        readers = self.readers
+        if readers is None:  # (the usual case: one reader, kept without a list)
+            self.readers = reader
+        elif type(readers) is list:
+            readers.append(reader)
         else:
-            self.readers.append(reader)
+            self.readers = [readers, reader]
 
     def __add__(self, other: Any) -> Expression:
         """A larger sum when other is a bias or a sum (`plus`, the usual case, without the
@@ -977,13 +987,19 @@ class Affine(Deferred):
             g = self.g
             node = other.i
             if other.g is g and g.ops[node] is _PARAMETER and g.shapes[node] == self.out_shape:
-                out = _affine(g, self.terms, self.biases + (node,), self.out_shape,
-                              self.windowed)
-                readers = self.readers
-                if readers is None:
-                    self.readers = [out]
+                out = _new(Affine)  # (as `Affine(...)`)
+                out.g = g
+                out.terms = self.terms
+                out.windowed = self.windowed
+                out.biases = self.biases + (node,)
+                out.out_shape = self.out_shape
+                out._node = -1
+                out._fused = False
+                out.readers = None
+                if self.readers is None:
+                    self.readers = out
                 else:
-                    readers.append(out)
+                    self._read_by(out)
                 g.folded += 1
                 return out
         total = self.plus(other)
@@ -1074,11 +1090,10 @@ class Affine(Deferred):
                 g.sigs.append(known[1])
                 g.loc.append(-1)
             self._fused = True
-            readers = self.readers
-            if readers is None:
-                self.readers = [(node, activation, None)]
+            if self.readers is None:
+                self.readers = (node, activation, None)
             else:
-                readers.append((node, activation, None))
+                self._read_by((node, activation, None))
             out = _new(Expression)
             out.g = g
             out.i = node
@@ -1133,8 +1148,10 @@ class Affine(Deferred):
         """d loss / d this sum, after `backward()`: from its own node if it has one, and from
         the nodes that read it (an activation's input, a larger sum)."""
         g, total = self._own_gradient(self.out_shape)
-        for reader in self.readers or ():
-            if reader is None:
+        readers = self.readers
+        for reader in () if readers is None else readers if type(readers) is list else \
+                (readers,):
+            if reader is _LOSS:
                 raise GraphError(
                     f"Affine.gradient(): a fused loss read this sum in place ({self._what()}), "
                     "so it has no gradient of its own; to keep one, build the loss on "
@@ -1149,22 +1166,6 @@ class Affine(Deferred):
                 derivative = _ACTIVATIONS[activation][1]
                 total = total + g.engine.gradient(node) * derivative(g.engine.value(node))
         return total
-
-
-def _affine(g: Graph, terms: tuple, biases: tuple, shape: tuple[int, ...],
-            windowed: bool) -> Affine:
-    """`Affine(g, terms, biases, shape)` (with `windowed` set), made without the call of
-    `__init__` from the type (a third of the cost of the object)."""
-    out = _new(Affine)
-    out.g = g
-    out.terms = terms
-    out.windowed = windowed
-    out.biases = biases
-    out.out_shape = shape
-    out._node = -1
-    out._fused = False
-    out.readers = None
-    return out
 
 
 class Pointwise(Deferred):
@@ -1204,7 +1205,9 @@ class Pointwise(Deferred):
         return " ".join(names) + f" over nodes {list(self.leaves)}"
 
     def _materialize(self) -> int:
-        g = self._live()
+        g = self.g
+        if not g.alive:
+            g._check_alive()
         tokens, leaves = self.tokens, self.leaves
         g.folded -= 1  # (the node stands for one of the ops)
         if len(tokens) == len(leaves) + 1:  # one op: its own primitive
@@ -1214,7 +1217,8 @@ class Pointwise(Deferred):
             else:
                 node = g.add_node(last[0], leaves, last[1])
         else:
-            node = g.add_node(pointwise_op(tokens, _ARITY), leaves)
+            op = _POINTWISE.get(tokens)  # (`pointwise_op`'s first look, without its call)
+            node = g.add_node(pointwise_op(tokens, _ARITY) if op is None else op, leaves)
             g.pointwise[node] = self
         if self.taken:  # (other nodes compute it too: an Expression of this node sums theirs)
             g.inlined[node] = self
@@ -1256,10 +1260,17 @@ class Pointwise(Deferred):
         return total
 
 
-def _pointwise(g: Graph, tokens: tuple, leaves: tuple, kids: tuple,
-               shape: tuple[int, ...]) -> Pointwise:
-    """`Pointwise(g, tokens, leaves, kids, shape)`, made as `_affine` makes an Affine."""
-    out = _new(Pointwise)
+def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointwise":
+    """token (an op, or (op, attrs)) over x, as a Pointwise. An operand is taken in as its
+    program when it is a Pointwise no expression has taken in yet, else as its node, a leaf."""
+    if type(x) is Pointwise and x._node < 0 and not x.taken and \
+            len(x.tokens) < MAX_POINTWISE_TOKENS:
+        x.taken = True
+        tokens, leaves, kids = x.tokens + (token,), x.leaves, (x,)
+    else:
+        tokens, leaves, kids = (None, token), (x.i,), (None,)
+    g.folded += 1
+    out = _new(Pointwise)  # (as `Pointwise(...)`, without its calls)
     out.g = g
     out.taken = False
     out.tokens = tokens
@@ -1271,25 +1282,21 @@ def _pointwise(g: Graph, tokens: tuple, leaves: tuple, kids: tuple,
     return out
 
 
-def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointwise":
-    """token (an op, or (op, attrs)) over x, as a Pointwise. An operand is taken in as its
-    program when it is a Pointwise no expression has taken in yet, else as its node, a leaf."""
-    if type(x) is Pointwise and x._node < 0 and not x.taken and \
-            len(x.tokens) < MAX_POINTWISE_TOKENS:
-        x.taken = True
-        tokens, leaves, kids = x.tokens + (token,), x.leaves, (x,)
-    else:
-        tokens, leaves, kids = (None, token), (x.i,), (None,)
-    g.folded += 1
-    return _pointwise(g, tokens, leaves, kids, shape)
-
-
 def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
     """token (a binary op) over x and y of one shape, as a Pointwise (operands as for
     `_pointwise1`)."""
     if type(x) is Expression and type(y) is Expression:  # (two nodes: the short way)
         g.folded += 1
-        return _pointwise(g, _PAIR_TOKENS[token], (x.i, y.i), _NO_KIDS, shape)
+        out = _new(Pointwise)  # (as `Pointwise(...)`)
+        out.g = g
+        out.taken = False
+        out.tokens = _PAIR_TOKENS[token]
+        out.leaves = (x.i, y.i)
+        out.kids = _NO_KIDS
+        out.out_shape = shape
+        out._node = -1
+        out._fused = False
+        return out
     if type(x) is Pointwise and x._node < 0 and not x.taken:
         tx, lx, kx = x.tokens, x.leaves, x
     else:
@@ -1311,7 +1318,16 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
     if ky is not None:
         ky.taken = True
     g.folded += 1
-    return _pointwise(g, tx + ty + (token,), lx + ly, (kx, ky), shape)
+    out = _new(Pointwise)  # (as `Pointwise(...)`)
+    out.g = g
+    out.taken = False
+    out.tokens = tx + ty + (token,)
+    out.leaves = lx + ly
+    out.kids = (kx, ky)
+    out.out_shape = shape
+    out._node = -1
+    out._fused = False
+    return out
 
 
 class AffineLoss(Deferred):
@@ -1349,18 +1365,38 @@ class AffineLoss(Deferred):
         window = type(h) is Window  # (read in place: the call's node through the window)
         if not window and len(g.shapes[h]) != 1:
             return None
-        b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+        if scores.biases:
+            b = scores.biases[0]
+        else:
+            b = g._zeros.get(scores.out_shape)
+            if b is None:
+                b = g.zero_bias(scores.out_shape)
         g.folded += 1  # the loss op, until a node stands for it
         scores._fused = True
-        scores._read_by(None)  # (a loss read it in place: no gradient of its own)
-        ops, args, attrs = g.ops, g.args, g.attrs
-        if not window and ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
-                h not in g.pinned:
-            hb, hw, hx = args[h]
-            if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
-                g.bypassed[h] = True
-                return AffineLoss(g, hx, (hw, hb, w, b), attrs[h][0][1], label)
-        return AffineLoss(g, h, (w, b), None, label)
+        if scores.readers is None:  # (a loss read it in place: no gradient of its own)
+            scores.readers = _LOSS
+        else:
+            scores._read_by(_LOSS)
+        if window:
+            return AffineLoss(g, h, (w, b), None, label)
+        if g.ops[h] is _AFFINE:
+            args, attrs = g.args[h], g.attrs[h]
+            if len(args) == 3 and len(attrs) == 1 and h not in g.pinned:
+                hb, hw, hx = args
+                if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
+                    g.bypassed[h] = True
+                    return AffineLoss(g, hx, (hw, hb, w, b), attrs[0][1], label)
+        out = _new(AffineLoss)  # (as `AffineLoss(g, h, (w, b), None, label)`)
+        out.g = g
+        out.xs = (h,)
+        out.windows = None
+        out.layers = layers = (w, b)
+        out.activation = None
+        out.label = label
+        out.key = (layers, None, g.shapes[h], None)
+        out._node = -1
+        out._fused = False
+        return out
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -1594,16 +1630,26 @@ def matmul(a: Any, b: Any) -> Expression:
         kind = type(b)
         if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
             # the usual case, a product of two expressions of a live graph: the short way
-            na, nb = a.i, b.i
+            na = a.i
+            nb = b.i if kind is Expression or b._node < 0 else b._node
             op = g.ops[na]
             if (op is _PARAMETER or op is _INPUT) and g.fuse:
                 shapes = g.shapes
                 shape, other = shapes[na], shapes[nb]
                 if len(shape) == 2 and other and other[0] == shape[1]:
                     count = len(other)
-                    if count == 1:
+                    if count == 1:  # (as `Affine(...)`, without its calls)
                         g.folded += 1
-                        return _affine(g, ((na, nb),), (), shape[:1], False)
+                        out = _new(Affine)
+                        out.g = g
+                        out.terms = ((na, nb),)
+                        out.windowed = False
+                        out.biases = ()
+                        out.out_shape = shape[:1]
+                        out._node = -1
+                        out._fused = False
+                        out.readers = None
+                        return out
                     if count == 2:
                         g.folded += 1
                         return Affine(g, ((na, nb),), (), (shape[0], other[1]))

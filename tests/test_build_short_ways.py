@@ -197,3 +197,64 @@ def test_parameters_are_told_apart_by_object_not_by_value():
             dn.parameter(np.zeros(3))  # (not a parameter, not hashable: as before)
         with pytest.raises(AttributeError):
             dn.parameter([1, 2])
+
+
+def _slots(obj):
+    return [name for cls in type(obj).__mro__ for name in getattr(cls, "__slots__", ())
+            if name not in ("__weakref__", "i") and not name.startswith("__")]
+
+
+def test_objects_of_the_short_ways_have_every_field_set():
+    """The short ways make their objects without `__init__` (graph._new): each field must be
+    set there too, or reading it raises."""
+    pc = dn.ParameterCollection()
+    W, b, Out = pc.add_parameters((4, 3)), pc.add_parameters(4), pc.add_parameters((5, 4))
+    E = pc.add_lookup_parameters((6, 3))
+    with dn.Graph():
+        w, bias, o = dn.parameter(W), dn.parameter(b), dn.parameter(Out)
+        x, y = dn.inputs(np.ones(3)), dn.inputs(np.ones(3))
+        made = [w @ x, w @ E[1], w @ x + bias, dn.tanh(w @ x + bias), x * y, x + y,
+                dn.tanh(x * y), dn.logistic(x * y), (x * y) * (x + y), dn.tanh(x * y) * x,
+                dn.pick_neg_log_softmax(o @ dn.tanh(dn.inputs(np.ones(4)) * dn.inputs(
+                    np.full(4, 2.0))), 2),
+                dn.pick_neg_log_softmax(o @ (dn.tanh(w @ x + bias) * dn.inputs(np.ones(4))),
+                                        1)]
+        for obj in made:
+            for name in _slots(obj):
+                getattr(obj, name)  # (raises AttributeError if never set)
+        assert {type(m).__name__ for m in made} >= {"Affine", "Expression", "Pointwise",
+                                                     "AffineLoss"}
+
+
+def test_a_sum_read_several_ways_sums_its_readers_gradients():
+    pc, W, b = _model()
+    W2 = pc.add_parameters((4, 3))
+    x0 = np.arange(3.0) / 3
+    grads = []
+    for fuse in (True, False):
+        with dn.Graph(fuse=fuse):
+            w, w2, bias = dn.parameter(W), dn.parameter(W2), dn.parameter(b)
+            x = dn.inputs(x0)
+            pre = w @ x + bias
+            one = dn.tanh(pre)  # (one reader: kept without a list)
+            two = dn.logistic(pre)  # (a second: a list)
+            three = dn.rectify(pre + w2 @ x)  # (a larger sum)
+            loss = dn.sum_elems(one * two + three)
+            loss.backward()
+            grads.append(pre.gradient())
+            only = w2 @ x  # (one reader, a larger sum)
+            bigger = only + bias
+            loss2 = dn.sum_elems(dn.tanh(bigger))
+            loss2.backward()
+            grads.append(only.gradient())
+    np.testing.assert_allclose(grads[0], grads[2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grads[1], grads[3], rtol=1e-5, atol=1e-7)
+    with dn.Graph():
+        o = dn.parameter(pc.add_parameters((5, 4)))
+        h = dn.tanh(dn.inputs(np.ones(4)))
+        scores = o @ h
+        loss = dn.pick_neg_log_softmax(scores, 3)
+        also = dn.tanh(scores)  # (read by a fused loss and by an activation: a list)
+        dn.esum([loss, dn.sum_elems(also)]).backward()
+        with pytest.raises(dn.GraphError, match="fused loss"):
+            scores.gradient()
