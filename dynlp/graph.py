@@ -225,7 +225,10 @@ class Graph:
     def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
             battrs: tuple | None = None) -> "Expression":
         """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
-        return Expression(self, self.add_node(op, args, attrs, battrs))
+        out = _new(Expression)  # (as `Expression(self, node)`)
+        out.g = self
+        out.i = self.add_node(op, args, attrs, battrs)
+        return out
 
     def add_node(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
                  battrs: tuple | None = None) -> int:
