@@ -8,14 +8,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .graph import (Affine, AffineLoss, Expression, Row, SettingError, Slice, apply, arith,
-                    current_graph, matmul, pick, unary)
+from .graph import (Affine, AffineLoss, Expression, Pointwise, Row, SettingError, Slice,
+                    _pointwise1, apply, arith, current_graph, matmul, pick, unary)
 from . import graph as _graph
 from .inplace import dropout_ranges, dropout_row
 from .ops import TABLE
 from .params import LookupParameter, Parameter, lookup
 
 _PICK_NEG_LOG_SOFTMAX = TABLE["pick_neg_log_softmax"]
+_TANH, _LOGISTIC = TABLE["tanh"], TABLE["logistic"]
 
 __all__ = [
     "inputs", "scalar", "zeros", "ones", "parameter", "lookup", "neg", "exp", "log", "sqrt",
@@ -55,7 +56,10 @@ def parameter(p: Parameter) -> Expression:
     """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
     g = _graph._current
     if g is not None:  # the usual case, once per parameter and graph: one lookup
-        e = g._param_exprs.get(id(p))  # (an ended graph has none left)
+        try:
+            e = g._param_exprs.get(p)  # (an ended graph has none left)
+        except TypeError:  # (not hashable: no parameter; `to_expression` says so)
+            e = None
         if e is not None:
             return e
     return p.to_expression()
@@ -99,11 +103,25 @@ def cos(x: Any) -> Expression:
 
 
 def tanh(x: Any) -> Expression:
+    kind = type(x)
+    if kind is Affine:  # (`tanh(W @ x + b)`: one node, `unary`'s first case)
+        return x.close("tanh")
+    if kind is Pointwise:  # (`tanh(c)` of an elementwise expression: `unary`'s, the short way)
+        g = x.g
+        if g.fuse is True and g.alive:
+            return _pointwise1(g, _TANH, x, x.out_shape)
     return unary("tanh", x)
 
 
 def logistic(x: Any) -> Expression:
     """1 / (1 + exp(-x))"""
+    kind = type(x)
+    if kind is Affine:
+        return x.close("logistic")
+    if kind is Pointwise:
+        g = x.g
+        if g.fuse is True and g.alive:
+            return _pointwise1(g, _LOGISTIC, x, x.out_shape)
     return unary("logistic", x)
 
 
@@ -119,6 +137,8 @@ def softplus(x: Any) -> Expression:
 
 
 def rectify(x: Any) -> Expression:
+    if type(x) is Affine:
+        return x.close("rectify")
     return unary("rectify", x)
 
 
@@ -361,11 +381,14 @@ def _label(name: str, x: Expression, index: int) -> int:
 
 def pick_neg_log_softmax(x: Expression, index: int) -> Expression:
     """-log softmax(x)[index] -> (); the cross-entropy of one label."""
+    if type(x) is Affine:  # (`_label`'s checks, the short way)
+        label = int(index)
+        shape = x.out_shape
+        if len(shape) == 1 and 0 <= label < shape[0]:
+            loss = AffineLoss.of(x, label)
+            if loss is not None:
+                return loss
     label = _label("pick_neg_log_softmax", x, index)
-    if type(x) is Affine:
-        loss = AffineLoss.of(x, label)
-        if loss is not None:
-            return loss
     if type(x) is Expression:
         g = x._live()
         return g.add(_PICK_NEG_LOG_SOFTMAX, (x.i,), (), g.single(label))

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .fusion import pointwise_op
+from .fusion import _POINTWISE, pointwise_op
 from .ops import SHARED, TABLE, Op
 from .ops.core import broadcast_shape
 from .ops.linalg import ACTIVATIONS
@@ -42,8 +42,15 @@ _ARITY = {TABLE[name]: 1 for name in (
     "log_sigmoid", "softplus", "rectify", "add_const", "mul_const", "pow_const", "reshape")}
 _ARITY.update({TABLE[name]: 2 for name in ("add", "mul", "div")})
 _BINARY = {name: TABLE[name] for name in ("add", "mul", "div")}
-_BINARY_TOKENS = {name: (None, None, op) for name, op in _BINARY.items()}
+_PAIR_TOKENS = {op: (None, None, op) for op in _BINARY.values()}  # (op over two nodes)
+_NO_KIDS = (None, None)
+_MUL = TABLE["mul"]
 _LEAF = (None,)
+_LOSS = "a fused loss"  # (the reader of an Affine that a fused loss read in place)
+# The short ways make Affine, Pointwise and Expression objects as `_new(cls)` and then set
+# every field that `__init__` sets: a call of the class costs its call of `__init__` and a
+# frame for it, about half of what these small objects cost to make.
+_new = object.__new__
 MAX_POINTWISE_TOKENS = 48  # a longer elementwise expression is split (its operand a node)
 _ACTIVATIONS = ACTIVATIONS
 _ACTIVATION_ATTRS = {a: (("activation", a),) for a in _CLOSING}
@@ -83,10 +90,6 @@ def renew_cg(**options: Any) -> "Graph":
     return _current
 
 
-def _ended(*args: Any) -> None:
-    raise GraphError(_ENDED)
-
-
 class Graph:
     """A computation graph for one minibatch.
 
@@ -107,6 +110,16 @@ class Graph:
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
+
+    # (slots: each op reads several of these, and a graph's many fields would otherwise live
+    # in a dict that attribute reads search)
+    __slots__ = (
+        "dtype", "fuse", "pad", "training", "rng", "_uniforms", "_uniforms_used", "_own_rng",
+        "_streams", "alive", "ops", "args", "attrs", "battrs", "shapes", "sigs", "loc",
+        "param_nodes", "node_params", "_param_exprs", "_memo", "_templates", "pinned",
+        "bypassed", "pointwise", "inlined", "_inside", "folded", "_zeros", "_depths", "_info",
+        "_broadcasts", "_over", "_gates", "_padded_keys", "mixed_ops", "_singles", "_sig_ids",
+        "_previous", "engine", "_collecting", "_final_stats", "__weakref__")
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True,
@@ -138,12 +151,11 @@ class Graph:
         self.sigs: list[int] = []
         # engine state: where the node's value is, (batch << 32) | row; -1 pending
         self.loc: list[int] = []
-        self._push_op, self._push_args = self.ops.append, self.args.append
-        self._push_attrs, self._push_battrs = self.attrs.append, self.battrs.append
-        self._push_sig, self._push_loc = self.sigs.append, self.loc.append
         self.param_nodes: dict[int, int] = {}   # id(parameter) -> node
         self.node_params: dict[int, Any] = {}   # node -> parameter
-        self._param_exprs: dict[int, Expression] = {}  # id(parameter) -> its expression
+        # parameter -> its expression (keyed by the object, hashed by identity: no id() made
+        # per `dn.parameter` call)
+        self._param_exprs: dict[Any, Expression] = {}
         # id(builder) -> (builder, its parameters' nodes); (id(builder), key) -> (builder, node)
         self._memo: dict[Any, tuple] = {}  # per builder or fused function: its nodes, ...
         self._templates: dict[tuple, tuple[Any, int]] = {}
@@ -162,6 +174,9 @@ class Graph:
         self._info: dict[tuple, tuple] = {}
         self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
         self._over: dict[tuple, tuple] = {}  # memo of `add_over`
+        # memo of `Affine.close`'s usual case: (W, b, shape of x, activation) -> (shape,
+        # signature, attributes) of its affine_transform node
+        self._gates: dict[tuple, tuple] = {}
         self._padded_keys: dict[tuple, tuple] = {}  # padded signature key -> a key it stands for
         self.mixed_ops: set = set()  # ops with a padded signature over several shapes
         self._singles: dict[int, tuple[int]] = {}
@@ -194,12 +209,12 @@ class Graph:
             self.alive = False
             self._final_stats = self.engine.stats()
             self.engine = None
-            # The structure stays readable (`to_dot` after the block) and takes no new node.
-            # (The arguments, a tuple of ints per node, cost the cyclic collector one look:
-            # its first pass untracks tuples that hold only ints.)
-            self._push_op = self._push_args = _ended
+            # The structure stays readable (`to_dot` after the block) and takes no new node
+            # (`add_node` and its kin check `alive`). (The arguments, a tuple of ints per node,
+            # cost the cyclic collector one look: its first pass untracks tuples that hold only
+            # ints.)
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
-            self._broadcasts, self._over = {}, {}
+            self._broadcasts, self._over, self._gates = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
@@ -210,11 +225,16 @@ class Graph:
     def add(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
             battrs: tuple | None = None) -> "Expression":
         """Append a node; `attrs` is a tuple of (name, value) pairs, `battrs` per-example values."""
-        return Expression(self, self.add_node(op, args, attrs, battrs))
+        out = _new(Expression)  # (as `Expression(self, node)`)
+        out.g = self
+        out.i = self.add_node(op, args, attrs, battrs)
+        return out
 
     def add_node(self, op: Op, args: tuple[int, ...], attrs: tuple = (),
                  battrs: tuple | None = None) -> int:
         """`add`, returning the new node's index."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         shapes = self.shapes
         count = len(args)
         if count == 3:
@@ -248,13 +268,13 @@ class Graph:
                 shared_sig = self._sig_ids[skey] = len(self._sig_ids)
             sig = shared_sig
         node = len(shapes)
-        self._push_op(op)
-        self._push_args(args)
-        self._push_attrs(attrs)
-        self._push_battrs(battrs)
+        self.ops.append(op)
+        self.args.append(args)
+        self.attrs.append(attrs)
+        self.battrs.append(battrs)
         shapes.append(shape)
-        self._push_sig(sig)
-        self._push_loc(-1)
+        self.sigs.append(sig)
+        self.loc.append(-1)
         return node
 
     def add_over(self, op: Op, weights: tuple[int, ...], x: int | None, attrs: tuple = (),
@@ -263,6 +283,8 @@ class Graph:
         are the same nodes call after call (a layer's parameters in `W @ x + b`, a lookup
         table): the shape check and the signature are looked up at once, once per op, weights,
         shape of x, attributes and graph."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         shapes = self.shapes
         if x is None:
             args, key = weights, (op, weights, None, attrs)
@@ -274,13 +296,13 @@ class Graph:
             self._over[key] = (shapes[node], self.sigs[node])
             return node
         node = len(shapes)
-        self._push_op(op)
-        self._push_args(args)
-        self._push_attrs(attrs)
-        self._push_battrs(battrs)
+        self.ops.append(op)
+        self.args.append(args)
+        self.attrs.append(attrs)
+        self.battrs.append(battrs)
         shapes.append(known[0])
-        self._push_sig(known[1])
-        self._push_loc(-1)
+        self.sigs.append(known[1])
+        self.loc.append(-1)
         return node
 
     def add_chain(self, op: Op, shared: tuple[int, ...], xs: Sequence[int] | None, state: int,
@@ -294,6 +316,8 @@ class Graph:
         count = len(battrs) if xs is None else len(xs)
         if not count:
             return out
+        if not self.alive:
+            raise GraphError(_ENDED)
         add, shapes = self.add_node, self.shapes
 
         def step(k: int, previous: int) -> int:
@@ -307,9 +331,9 @@ class Graph:
             for k in range(1, count):
                 out.append(step(k, out[-1]))
             return out
-        push_op, push_args, push_attrs = self._push_op, self._push_args, self._push_attrs
-        push_battrs, push_shape = self._push_battrs, shapes.append
-        push_sig, push_loc = self._push_sig, self._push_loc
+        push_op, push_args, push_attrs = self.ops.append, self.args.append, self.attrs.append
+        push_battrs, push_shape = self.battrs.append, shapes.append
+        push_sig, push_loc = self.sigs.append, self.loc.append
         node = first
         x_shape = None if xs is None else shapes[xs[0]]
         repeating = True
@@ -398,7 +422,7 @@ class Graph:
     def parameter(self, param: Any) -> "Expression":
         """The node standing for a parameter in this graph (one per parameter and graph, and
         one Expression for it: expressions are immutable)."""
-        e = self._param_exprs.get(id(param))
+        e = self._param_exprs.get(param)
         if e is not None:
             return e
         self._check_alive()
@@ -408,7 +432,7 @@ class Graph:
         e = self._leaf(_PARAMETER, value)
         self.param_nodes[id(param)] = e.i
         self.node_params[e.i] = param
-        self._param_exprs[id(param)] = e  # (node_params keeps param, so its id stays unique)
+        self._param_exprs[param] = e
         return e
 
     def param_node(self, param: Any) -> int:
@@ -444,14 +468,16 @@ class Graph:
 
     def add_like(self, like: int, args: tuple[int, ...], battrs: tuple | None = None) -> int:
         """`add_as`, returning the new node's index."""
+        if not self.alive:
+            raise GraphError(_ENDED)
         node = len(self.shapes)
-        self._push_op(self.ops[like])
-        self._push_args(args)
-        self._push_attrs(self.attrs[like])
-        self._push_battrs(battrs)
+        self.ops.append(self.ops[like])
+        self.args.append(args)
+        self.attrs.append(self.attrs[like])
+        self.battrs.append(battrs)
         self.shapes.append(self.shapes[like])
-        self._push_sig(self.sigs[like])
-        self._push_loc(-1)
+        self.sigs.append(self.sigs[like])
+        self.loc.append(-1)
         return node
 
     def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -635,7 +661,16 @@ class Expression:
     # -- operators -------------------------------------------------------------------------------
     # (a Python float constant goes straight to its op: `arith` would make the same node)
     def __add__(self, other):
-        if type(other) is float:
+        kind = type(other)
+        if kind is Expression or kind is Pointwise:  # (`arith`'s usual case, the short way)
+            mine = type(self)
+            g = self.g
+            if (mine is Expression or mine is Pointwise) and other.g is g and g.fuse is True \
+                    and g.alive:
+                shape = self.out_shape if mine is Pointwise else g.shapes[self.i]
+                if shape == (other.out_shape if kind is Pointwise else g.shapes[other.i]):
+                    return _pointwise2(g, _ADD, self, other, shape)
+        elif kind is float:
             return _const_op("add_const", self, other)
         return arith("add", self, other)
 
@@ -651,7 +686,16 @@ class Expression:
         return arith("sub", other, self)
 
     def __mul__(self, other):
-        if type(other) is float:
+        kind = type(other)
+        if kind is Expression or kind is Pointwise:  # (as `__add__`)
+            mine = type(self)
+            g = self.g
+            if (mine is Expression or mine is Pointwise) and other.g is g and g.fuse is True \
+                    and g.alive:
+                shape = self.out_shape if mine is Pointwise else g.shapes[self.i]
+                if shape == (other.out_shape if kind is Pointwise else g.shapes[other.i]):
+                    return _pointwise2(g, _MUL, self, other, shape)
+        elif kind is float:
             return _const_op("mul_const", self, other)
         return arith("mul", self, other)
 
@@ -666,7 +710,7 @@ class Expression:
     def __rtruediv__(self, other):
         return arith("div", other, self)
 
-    def __matmul__(self, other):
+    def __matmul__(self, other):  # (replaced by `matmul` itself once it is defined)
         return matmul(self, other)
 
     def __rmatmul__(self, other):
@@ -917,7 +961,10 @@ class Affine(Deferred):
         self.out_shape = shape
         self._node = -1
         self._fused = False
-        self.readers: list | None = None  # (node, activation) or Affine that read this one
+        # what read this sum: None, one reader or a list of several; a reader is a larger
+        # sum (an Affine), (node, activation, its sum node or None) of an activation's node, or
+        # _LOSS (a fused loss read it in place)
+        self.readers: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -928,14 +975,36 @@ class Affine(Deferred):
         return terms + "".join(f" + node {b}" for b in self.biases)
 
     def _read_by(self, reader: Any) -> None:
-        if self.readers is None:
-            self.readers = [reader]
+        readers = self.readers
+        if readers is None:  # (the usual case: one reader, kept without a list)
+            self.readers = reader
+        elif type(readers) is list:
+            readers.append(reader)
         else:
-            self.readers.append(reader)
+            self.readers = [readers, reader]
 
     def __add__(self, other: Any) -> Expression:
         """A larger sum when other is a bias or a sum (`plus`, the usual case, without the
         dispatch of `arith`), else the sum as any expression's."""
+        if type(other) is Expression:  # (the usual case, `W @ x + b`: `plus` the short way)
+            g = self.g
+            node = other.i
+            if other.g is g and g.ops[node] is _PARAMETER and g.shapes[node] == self.out_shape:
+                out = _new(Affine)  # (as `Affine(...)`)
+                out.g = g
+                out.terms = self.terms
+                out.windowed = self.windowed
+                out.biases = self.biases + (node,)
+                out.out_shape = self.out_shape
+                out._node = -1
+                out._fused = False
+                out.readers = None
+                if self.readers is None:
+                    self.readers = out
+                else:
+                    self._read_by(out)
+                g.folded += 1
+                return out
         total = self.plus(other)
         return arith("add", self, other) if total is None else total
 
@@ -1000,6 +1069,38 @@ class Affine(Deferred):
     def close(self, activation: str | None) -> Expression:
         """The node f(self) for an activation f (or None)."""
         g = self.g
+        terms = self.terms
+        if len(terms) == 1 and activation and not self.windowed and self._node < 0 and \
+                len(self.biases) <= 1 and g.alive:
+            # the usual case, one product and its bias, if any, under an activation: the
+            # short way (`add_over`'s cache, keyed without its tuples)
+            (w, x), = terms
+            biases = self.biases
+            bias = biases[0] if biases else self._bias()
+            shapes = g.shapes
+            key = (w, bias, shapes[x], activation)
+            known = g._gates.get(key)
+            if known is None:
+                node = g.add_over(_AFFINE, (bias, w), x, _ACTIVATION_ATTRS[activation])
+                g._gates[key] = (shapes[node], g.sigs[node], _ACTIVATION_ATTRS[activation])
+            else:
+                node = len(shapes)
+                g.ops.append(_AFFINE)
+                g.args.append((bias, w, x))
+                g.attrs.append(known[2])
+                g.battrs.append(None)
+                shapes.append(known[0])
+                g.sigs.append(known[1])
+                g.loc.append(-1)
+            self._fused = True
+            if self.readers is None:
+                self.readers = (node, activation, None)
+            else:
+                self._read_by((node, activation, None))
+            out = _new(Expression)
+            out.g = g
+            out.i = node
+            return out
         if not g.alive:
             g._check_alive()
         if self.windowed:  # (the Windows' nodes, now that a node reads them)
@@ -1050,8 +1151,10 @@ class Affine(Deferred):
         """d loss / d this sum, after `backward()`: from its own node if it has one, and from
         the nodes that read it (an activation's input, a larger sum)."""
         g, total = self._own_gradient(self.out_shape)
-        for reader in self.readers or ():
-            if reader is None:
+        readers = self.readers
+        for reader in () if readers is None else readers if type(readers) is list else \
+                (readers,):
+            if reader is _LOSS:
                 raise GraphError(
                     f"Affine.gradient(): a fused loss read this sum in place ({self._what()}), "
                     "so it has no gradient of its own; to keep one, build the loss on "
@@ -1105,7 +1208,9 @@ class Pointwise(Deferred):
         return " ".join(names) + f" over nodes {list(self.leaves)}"
 
     def _materialize(self) -> int:
-        g = self._live()
+        g = self.g
+        if not g.alive:
+            g._check_alive()
         tokens, leaves = self.tokens, self.leaves
         g.folded -= 1  # (the node stands for one of the ops)
         if len(tokens) == len(leaves) + 1:  # one op: its own primitive
@@ -1115,7 +1220,8 @@ class Pointwise(Deferred):
             else:
                 node = g.add_node(last[0], leaves, last[1])
         else:
-            node = g.add_node(pointwise_op(tokens, _ARITY), leaves)
+            op = _POINTWISE.get(tokens)  # (`pointwise_op`'s first look, without its call)
+            node = g.add_node(pointwise_op(tokens, _ARITY) if op is None else op, leaves)
             g.pointwise[node] = self
         if self.taken:  # (other nodes compute it too: an Expression of this node sums theirs)
             g.inlined[node] = self
@@ -1167,12 +1273,33 @@ def _pointwise1(g: Graph, token: Any, x: Any, shape: tuple[int, ...]) -> "Pointw
     else:
         tokens, leaves, kids = (None, token), (x.i,), (None,)
     g.folded += 1
-    return Pointwise(g, tokens, leaves, kids, shape)
+    out = _new(Pointwise)  # (as `Pointwise(...)`, without its calls)
+    out.g = g
+    out.taken = False
+    out.tokens = tokens
+    out.leaves = leaves
+    out.kids = kids
+    out.out_shape = shape
+    out._node = -1
+    out._fused = False
+    return out
 
 
 def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) -> "Pointwise":
     """token (a binary op) over x and y of one shape, as a Pointwise (operands as for
     `_pointwise1`)."""
+    if type(x) is Expression and type(y) is Expression:  # (two nodes: the short way)
+        g.folded += 1
+        out = _new(Pointwise)  # (as `Pointwise(...)`)
+        out.g = g
+        out.taken = False
+        out.tokens = _PAIR_TOKENS[token]
+        out.leaves = (x.i, y.i)
+        out.kids = _NO_KIDS
+        out.out_shape = shape
+        out._node = -1
+        out._fused = False
+        return out
     if type(x) is Pointwise and x._node < 0 and not x.taken:
         tx, lx, kx = x.tokens, x.leaves, x
     else:
@@ -1194,7 +1321,16 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
     if ky is not None:
         ky.taken = True
     g.folded += 1
-    return Pointwise(g, tx + ty + (token,), lx + ly, (kx, ky), shape)
+    out = _new(Pointwise)  # (as `Pointwise(...)`)
+    out.g = g
+    out.taken = False
+    out.tokens = tx + ty + (token,)
+    out.leaves = lx + ly
+    out.kids = (kx, ky)
+    out.out_shape = shape
+    out._node = -1
+    out._fused = False
+    return out
 
 
 class AffineLoss(Deferred):
@@ -1232,18 +1368,38 @@ class AffineLoss(Deferred):
         window = type(h) is Window  # (read in place: the call's node through the window)
         if not window and len(g.shapes[h]) != 1:
             return None
-        b = scores.biases[0] if scores.biases else g.zero_bias(scores.out_shape)
+        if scores.biases:
+            b = scores.biases[0]
+        else:
+            b = g._zeros.get(scores.out_shape)
+            if b is None:
+                b = g.zero_bias(scores.out_shape)
         g.folded += 1  # the loss op, until a node stands for it
         scores._fused = True
-        scores._read_by(None)  # (a loss read it in place: no gradient of its own)
-        ops, args, attrs = g.ops, g.args, g.attrs
-        if not window and ops[h] is _AFFINE and len(args[h]) == 3 and len(attrs[h]) == 1 and \
-                h not in g.pinned:
-            hb, hw, hx = args[h]
-            if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
-                g.bypassed[h] = True
-                return AffineLoss(g, hx, (hw, hb, w, b), attrs[h][0][1], label)
-        return AffineLoss(g, h, (w, b), None, label)
+        if scores.readers is None:  # (a loss read it in place: no gradient of its own)
+            scores.readers = _LOSS
+        else:
+            scores._read_by(_LOSS)
+        if window:
+            return AffineLoss(g, h, (w, b), None, label)
+        if g.ops[h] is _AFFINE:
+            args, attrs = g.args[h], g.attrs[h]
+            if len(args) == 3 and len(attrs) == 1 and h not in g.pinned:
+                hb, hw, hx = args
+                if len(g.shapes[hb]) == 1 and len(g.shapes[hx]) == 1:
+                    g.bypassed[h] = True
+                    return AffineLoss(g, hx, (hw, hb, w, b), attrs[0][1], label)
+        out = _new(AffineLoss)  # (as `AffineLoss(g, h, (w, b), None, label)`)
+        out.g = g
+        out.xs = (h,)
+        out.windows = None
+        out.layers = layers = (w, b)
+        out.activation = None
+        out.label = label
+        out.key = (layers, None, g.shapes[h], None)
+        out._node = -1
+        out._fused = False
+        return out
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -1357,9 +1513,6 @@ def arith(kind: str, x: Any, y: Any) -> Expression:
             sx = x.out_shape if tx is Pointwise else g.shapes[x.i]
             sy = y.out_shape if ty is Pointwise else g.shapes[y.i]
             if sx == sy and kind != "sub":  # (the usual case, one shape, the short way)
-                if tx is Expression and ty is Expression:
-                    g.folded += 1
-                    return Pointwise(g, _BINARY_TOKENS[kind], (x.i, y.i), (None, None), sx)
                 return _pointwise2(g, _BINARY[kind], x, y, sx)
             fused = _fused_arith(g, kind, x, y, sx, sy)
             if fused is not None:
@@ -1475,7 +1628,39 @@ def matmul(a: Any, b: Any) -> Expression:
     A parameter (or any single left operand, such as a constant) is shared across the batch;
     a computed left operand batches as one matrix per example.
     """
-    g = a.g if type(a) is Expression else None
+    if type(a) is Expression:
+        g = a.g
+        kind = type(b)
+        if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
+            # the usual case, a product of two expressions of a live graph: the short way
+            na = a.i
+            nb = b.i if kind is Expression or b._node < 0 else b._node
+            op = g.ops[na]
+            if (op is _PARAMETER or op is _INPUT) and g.fuse:
+                shapes = g.shapes
+                shape, other = shapes[na], shapes[nb]
+                if len(shape) == 2 and other and other[0] == shape[1]:
+                    count = len(other)
+                    if count == 1:  # (as `Affine(...)`, without its calls)
+                        g.folded += 1
+                        out = _new(Affine)
+                        out.g = g
+                        out.terms = ((na, nb),)
+                        out.windowed = False
+                        out.biases = ()
+                        out.out_shape = shape[:1]
+                        out._node = -1
+                        out._fused = False
+                        out.readers = None
+                        return out
+                    if count == 2:
+                        g.folded += 1
+                        return Affine(g, ((na, nb),), (), (shape[0], other[1]))
+                return g.add(_MATMUL, (na, nb))
+            return g.add(_MATMUL if op is _PARAMETER or op is _INPUT else _BATCHED_MATMUL,
+                         (na, nb))
+    else:
+        g = None
     if type(b) is Window and b._node < 0 and g is b.g and g is not None and g.fuse is True \
             and g.alive:
         na = a.i
@@ -1512,6 +1697,9 @@ def matmul(a: Any, b: Any) -> Expression:
                 return Affine(g, ((na, nb),), (), (shape[0],) + other[1:])
         return g.add(_MATMUL, (na, nb))
     return g.add(_BATCHED_MATMUL, (na, nb))
+
+
+Expression.__matmul__ = matmul  # (`a @ b` calls it at once: a call less per product)
 
 
 def pick(x: Expression, index: int, dim: int = 0) -> Expression:
