@@ -132,9 +132,20 @@ def abort_launched(status: int) -> None:
     if not running_ranks():
         return
     mpi = sys.modules["mpi4py.MPI"]
+    _flush_before_abort()
+    mpi.COMM_WORLD.Abort(status)
+
+
+# how long a rank that ends the run lets the launcher forward what it printed: MPI_Abort kills
+# the ranks at once, and MPICH's launcher then drops output it has not forwarded yet (seen: the
+# one line that said why the run ended, about once in ten runs)
+ABORT_GRACE_SECONDS = 0.25
+
+
+def _flush_before_abort() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    mpi.COMM_WORLD.Abort(status)
+    time.sleep(ABORT_GRACE_SECONDS)
 
 
 @contextlib.contextmanager
@@ -587,7 +598,7 @@ class Communicator:
         print(message, file=sys.stderr, flush=True)
         if self._comm is None:
             raise SystemExit(status)
-        sys.stdout.flush()
+        _flush_before_abort()
         self._comm.Abort(status)
 
     def _wait(self, requests: list, spin: float = _SPIN_SECONDS) -> None:
