@@ -42,19 +42,14 @@ def _scatter_add(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> No
     root vector in many sentences' features) are summed first, by sort and reduce, which is
     about twice as fast as np.add.at. A few rows are checked in a set instead (a list and a
     set of up to SCATTER_SET_ROWS cost about a third of the sort and compare)."""
-    if len(rows) <= SCATTER_SET_ROWS:
-        listed = rows.tolist()
-        if len(set(listed)) == len(listed):
-            _add_rows(target, rows, values)
-            return
-        ordered = np.sort(rows)
-        repeated = ordered[1:] == ordered[:-1]
-    else:
-        ordered = np.sort(rows)
-        repeated = ordered[1:] == ordered[:-1]
-        if not repeated.any():
-            _add_rows(target, rows, values)
-            return
+    if len(rows) <= SCATTER_SET_ROWS and len(set(rows.tolist())) == len(rows):
+        _add_rows(target, rows, values)
+        return
+    ordered = np.sort(rows)
+    repeated = ordered[1:] == ordered[:-1]
+    if not repeated.any():  # (past SCATTER_SET_ROWS: no row repeated)
+        _add_rows(target, rows, values)
+        return
     order = np.argsort(rows, kind="stable")
     starts = np.flatnonzero(np.concatenate(([True], ~repeated)))
     target[ordered[starts]] += np.add.reduceat(values[order], starts, axis=0)
