@@ -1300,12 +1300,24 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
         out._node = -1
         out._fused = False
         return out
-    if type(x) is Pointwise and x._node < 0 and not x.taken:
-        tx, lx, kx = x.tokens, x.leaves, x
+    if type(x) is Pointwise:  # (its node, if it is read as one: `x.i` without the property)
+        node = x._node
+        if node < 0 and not x.taken:
+            tx, lx, kx = x.tokens, x.leaves, x
+        else:
+            if node < 0:
+                node = x._node = x._materialize()
+            tx, lx, kx = _LEAF, (node,), None
     else:
         tx, lx, kx = _LEAF, (x.i,), None
-    if type(y) is Pointwise and y._node < 0 and not y.taken:
-        ty, ly, ky = y.tokens, y.leaves, y
+    if type(y) is Pointwise:
+        node = y._node
+        if node < 0 and not y.taken:
+            ty, ly, ky = y.tokens, y.leaves, y
+        else:
+            if node < 0:
+                node = y._node = y._materialize()
+            ty, ly, ky = _LEAF, (node,), None
     else:
         ty, ly, ky = _LEAF, (y.i,), None
     if len(tx) + len(ty) >= MAX_POINTWISE_TOKENS:  # the longer operand becomes a node
@@ -1634,14 +1646,19 @@ def matmul(a: Any, b: Any) -> Expression:
         if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
             # the usual case, a product of two expressions of a live graph: the short way
             na = a.i
-            nb = b.i if kind is Expression or b._node < 0 else b._node
+            if kind is Expression:
+                nb = b.i
+            else:  # (`b.i` without the property's call)
+                nb = b._node
+                if nb < 0:
+                    nb = b._node = b._materialize()
             op = g.ops[na]
             if (op is _PARAMETER or op is _INPUT) and g.fuse:
                 shapes = g.shapes
                 shape, other = shapes[na], shapes[nb]
-                if len(shape) == 2 and other and other[0] == shape[1]:
+                if len(shape) == 2:
                     count = len(other)
-                    if count == 1:  # (as `Affine(...)`, without its calls)
+                    if count == 1 and other[0] == shape[1]:  # (as `Affine(...)`, without its calls)
                         g.folded += 1
                         out = _new(Affine)
                         out.g = g
@@ -1653,7 +1670,7 @@ def matmul(a: Any, b: Any) -> Expression:
                         out._fused = False
                         out.readers = None
                         return out
-                    if count == 2:
+                    if count == 2 and other[0] == shape[1]:
                         g.folded += 1
                         return Affine(g, ((na, nb),), (), (shape[0], other[1]))
                 return g.add(_MATMUL, (na, nb))
