@@ -1070,15 +1070,20 @@ class Affine(Deferred):
         """The node f(self) for an activation f (or None)."""
         g = self.g
         terms = self.terms
-        if len(terms) == 1 and activation and not self.windowed and self._node < 0 and \
-                len(self.biases) <= 1 and g.alive:
+        biases = self.biases
+        if len(terms) == 1 and activation is not None and len(biases) <= 1 and \
+                self._node < 0 and not self.windowed and g.alive:
             # the usual case, one product and its bias, if any, under an activation: the
-            # short way (`add_over`'s cache, keyed without its tuples)
+            # short way (`add_over`'s cache, keyed without its tuples: a bias, of the sum's
+            # shape, and W tell the shape of x, which a product checked against W)
             (w, x), = terms
-            biases = self.biases
-            bias = biases[0] if biases else self._bias()
             shapes = g.shapes
-            key = (w, bias, shapes[x], activation)
+            if biases:
+                bias = biases[0]
+                key = (w, bias, activation)
+            else:
+                bias = self._bias()
+                key = (w, bias, shapes[x], activation)
             known = g._gates.get(key)
             if known is None:
                 node = g.add_over(_AFFINE, (bias, w), x, _ACTIVATION_ATTRS[activation])
