@@ -172,7 +172,8 @@ class Graph:
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
-        self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
+        # memo of `_broadcast_in` and of `reshaped`'s shapes
+        self._broadcasts: dict[tuple, tuple | None] = {}
         self._over: dict[tuple, tuple] = {}  # memo of `add_over`
         # memo of `Affine.close`'s usual case: (W, b, shape of x, activation) -> (shape,
         # signature, attributes) of its affine_transform node
@@ -1610,10 +1611,17 @@ def reshaped(x: Any, shape: tuple[int, ...]) -> Expression:
     attrs = (("shape", shape),)
     if isinstance(x, Expression) and x.g.fuse is True:
         g = x._live()
-        try:
-            out = tuple(_RESHAPE.shape(x.shape, shape=shape))
-        except (ValueError, TypeError):
-            out = None  # (the node says why)
+        source = x.shape
+        key = (_RESHAPE, source, shape)  # (`_broadcast_in`'s memo, which keys pairs of shapes)
+        known = g._broadcasts
+        if key in known:
+            out = known[key]
+        else:
+            try:
+                out = tuple(_RESHAPE.shape(source, shape=shape))
+            except (ValueError, TypeError):
+                out = None  # (the node says why)
+            known[key] = out
         if out is not None:
             return _pointwise1(g, (_RESHAPE, attrs), x, out)
     return apply("reshape", x, attrs=attrs)
@@ -1648,7 +1656,8 @@ def matmul(a: Any, b: Any) -> Expression:
     if type(a) is Expression:
         g = a.g
         kind = type(b)
-        if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
+        if (kind is Expression or kind is Pointwise or kind is Row or kind is Slice) and \
+                b.g is g and g.alive:
             # the usual case, a product of two expressions of a live graph: the short way
             na = a.i
             if kind is Expression:
