@@ -160,3 +160,25 @@ def test_parameter_outside_any_graph_and_of_an_ended_graph():
         assert dn.parameter(p).g is g2 and dn.parameter(p) is not e
     finally:
         g2.close()
+
+
+def test_a_looked_up_row_has_every_field_of_a_row_and_refuses_bad_indices():
+    from dynlp.graph import Row
+    pc = dn.ParameterCollection()
+    E = pc.add_lookup_parameters((5, 3))
+    with dn.Graph() as g:
+        row = E[np.int64(2)]
+        made = Row(g, g.param_node(E), 2)
+        assert type(row) is Row
+        for name in ("g", "table", "index", "_node", "_fused", "counted"):
+            assert getattr(row, name) == getattr(made, name)
+        assert type(row.index) is int and row.table == dn.parameter(E).i
+        np.testing.assert_array_equal(row.npvalue(), E.value[2])
+        for bad in (5, -1):
+            with pytest.raises(IndexError, match="out of range"):
+                E[bad]
+    with pytest.raises(IndexError):
+        E[7]  # (outside any `with`: the current graph, or a new one, as before)
+    g.close()
+    row = E[1]  # (the graph ended: a new current one)
+    assert row.g is not g and row.g.alive
