@@ -54,15 +54,11 @@ def ones(shape: Any) -> Expression:
 
 def parameter(p: Parameter) -> Expression:
     """The expression of a parameter in the current graph (DyNet's `parameter(p)`)."""
-    g = _graph._current
-    if g is not None:  # the usual case, once per parameter and graph: one lookup
-        try:
-            e = g._param_exprs.get(p)  # (an ended graph has none left)
-        except TypeError:  # (not hashable: no parameter; `to_expression` says so)
-            e = None
-        if e is not None:
-            return e
-    return p.to_expression()
+    try:  # the usual case, once per parameter and graph: one lookup
+        e = _graph._current._param_exprs.get(p)  # (an ended graph has none left)
+    except (AttributeError, TypeError):  # (no graph yet; p not hashable: no parameter, which
+        e = None                         # `to_expression` says)
+    return p.to_expression() if e is None else e
 
 
 # -- elementwise ----------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ class Graph:
         self._zeros: dict[tuple, int] = {}
         self._depths: dict[int, int] = {}   # memo of depth_of
         self._info: dict[tuple, tuple] = {}
-        self._broadcasts: dict[tuple, tuple | None] = {}  # memo of `_broadcast_in`
+        # memo of `_broadcast_in` and of `reshaped`'s shapes
+        self._broadcasts: dict[tuple, tuple | None] = {}
         self._over: dict[tuple, tuple] = {}  # memo of `add_over`
         # memo of `Affine.close`'s usual case: (W, b, shape of x, activation) -> (shape,
         # signature, attributes) of its affine_transform node
@@ -1070,15 +1071,20 @@ class Affine(Deferred):
         """The node f(self) for an activation f (or None)."""
         g = self.g
         terms = self.terms
-        if len(terms) == 1 and activation and not self.windowed and self._node < 0 and \
-                len(self.biases) <= 1 and g.alive:
+        biases = self.biases
+        if len(terms) == 1 and activation is not None and len(biases) <= 1 and \
+                self._node < 0 and not self.windowed and g.alive:
             # the usual case, one product and its bias, if any, under an activation: the
-            # short way (`add_over`'s cache, keyed without its tuples)
+            # short way (`add_over`'s cache, keyed without its tuples: a bias, of the sum's
+            # shape, and W tell the shape of x, which a product checked against W)
             (w, x), = terms
-            biases = self.biases
-            bias = biases[0] if biases else self._bias()
             shapes = g.shapes
-            key = (w, bias, shapes[x], activation)
+            if biases:
+                bias = biases[0]
+                key = (w, bias, activation)
+            else:
+                bias = self._bias()
+                key = (w, bias, shapes[x], activation)
             known = g._gates.get(key)
             if known is None:
                 node = g.add_over(_AFFINE, (bias, w), x, _ACTIVATION_ATTRS[activation])
@@ -1300,12 +1306,24 @@ def _pointwise2(g: Graph, token: Any, x: Any, y: Any, shape: tuple[int, ...]) ->
         out._node = -1
         out._fused = False
         return out
-    if type(x) is Pointwise and x._node < 0 and not x.taken:
-        tx, lx, kx = x.tokens, x.leaves, x
+    if type(x) is Pointwise:  # (its node, if it is read as one: `x.i` without the property)
+        node = x._node
+        if node < 0 and not x.taken:
+            tx, lx, kx = x.tokens, x.leaves, x
+        else:
+            if node < 0:
+                node = x._node = x._materialize()
+            tx, lx, kx = _LEAF, (node,), None
     else:
         tx, lx, kx = _LEAF, (x.i,), None
-    if type(y) is Pointwise and y._node < 0 and not y.taken:
-        ty, ly, ky = y.tokens, y.leaves, y
+    if type(y) is Pointwise:
+        node = y._node
+        if node < 0 and not y.taken:
+            ty, ly, ky = y.tokens, y.leaves, y
+        else:
+            if node < 0:
+                node = y._node = y._materialize()
+            ty, ly, ky = _LEAF, (node,), None
     else:
         ty, ly, ky = _LEAF, (y.i,), None
     if len(tx) + len(ty) >= MAX_POINTWISE_TOKENS:  # the longer operand becomes a node
@@ -1593,10 +1611,17 @@ def reshaped(x: Any, shape: tuple[int, ...]) -> Expression:
     attrs = (("shape", shape),)
     if isinstance(x, Expression) and x.g.fuse is True:
         g = x._live()
-        try:
-            out = tuple(_RESHAPE.shape(x.shape, shape=shape))
-        except (ValueError, TypeError):
-            out = None  # (the node says why)
+        source = x.shape
+        key = (_RESHAPE, source, shape)  # (`_broadcast_in`'s memo, which keys pairs of shapes)
+        known = g._broadcasts
+        if key in known:
+            out = known[key]
+        else:
+            try:
+                out = tuple(_RESHAPE.shape(source, shape=shape))
+            except (ValueError, TypeError):
+                out = None  # (the node says why)
+            known[key] = out
         if out is not None:
             return _pointwise1(g, (_RESHAPE, attrs), x, out)
     return apply("reshape", x, attrs=attrs)
@@ -1631,17 +1656,23 @@ def matmul(a: Any, b: Any) -> Expression:
     if type(a) is Expression:
         g = a.g
         kind = type(b)
-        if (kind is Expression or kind is Pointwise or kind is Row) and b.g is g and g.alive:
+        if (kind is Expression or kind is Pointwise or kind is Row or kind is Slice) and \
+                b.g is g and g.alive:
             # the usual case, a product of two expressions of a live graph: the short way
             na = a.i
-            nb = b.i if kind is Expression or b._node < 0 else b._node
+            if kind is Expression:
+                nb = b.i
+            else:  # (`b.i` without the property's call)
+                nb = b._node
+                if nb < 0:
+                    nb = b._node = b._materialize()
             op = g.ops[na]
             if (op is _PARAMETER or op is _INPUT) and g.fuse:
                 shapes = g.shapes
                 shape, other = shapes[na], shapes[nb]
-                if len(shape) == 2 and other and other[0] == shape[1]:
+                if len(shape) == 2:
                     count = len(other)
-                    if count == 1:  # (as `Affine(...)`, without its calls)
+                    if count == 1 and other[0] == shape[1]:  # (as `Affine(...)`, without its calls)
                         g.folded += 1
                         out = _new(Affine)
                         out.g = g
@@ -1653,7 +1684,7 @@ def matmul(a: Any, b: Any) -> Expression:
                         out._fused = False
                         out.readers = None
                         return out
-                    if count == 2:
+                    if count == 2 and other[0] == shape[1]:
                         g.folded += 1
                         return Affine(g, ((na, nb),), (), (shape[0], other[1]))
                 return g.add(_MATMUL, (na, nb))

@@ -21,6 +21,7 @@ from .data.files import atomic_write, input_problem
 from .seeding import generator
 
 FORMAT = "dynlp-parameters"
+_new = object.__new__
 FORMAT_VERSION = 1
 
 
@@ -207,11 +208,23 @@ class LookupParameter(Parameter):
 def lookup(table: LookupParameter, index: int) -> "graph.Expression":
     """Row `index` of a lookup table, (dim,); its gradient touches only that row. A deferred
     `Row`: the cells that read rows themselves take it without a lookup node."""
-    g = graph.current_graph()
+    g = graph._current
+    if g is None or not g.alive:
+        g = graph.current_graph()
     index = int(index)
     if not 0 <= index < len(table.value):  # (its rows)
         raise IndexError(f"lookup: index {index} out of range for {table.name} {table.shape}")
-    return graph.Row(g, g.param_node(table), index)
+    node = g.param_nodes.get(id(table))  # (`g.param_node(table)`, the short way)
+    if node is None:
+        node = g.parameter(table).i
+    row = _new(graph.Row)  # (as `graph.Row(g, node, index)`, without its calls)
+    row.g = g
+    row.table = node
+    row.index = index
+    row._node = -1
+    row._fused = False
+    row.counted = False
+    return row
 
 
 def lookup_rows(table: LookupParameter, indices: Any) -> "graph.Expression":
