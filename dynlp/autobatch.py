@@ -30,6 +30,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 PAD_ALONE = 16
 # padded arguments kept for reuse (`Engine._pad_group`): enough for the few buckets of a step
 PADDED_ARGS_KEPT = 16
+# masks of padded buckets kept for reuse (`Engine._inside`): a step's buckets, a few per step
+MASKS_KEPT = 256
 # rows up to which `_scatter_add` checks for repeated rows in a set, not by sorting
 SCATTER_SET_ROWS = 64
 # what the late scheduler reads of an op (`Engine._kind`)
@@ -146,6 +148,9 @@ class Engine:
         # the last padded copies of arguments made node by node: (places, fill, axis, width) ->
         # the array (read only), the oldest forgotten past PADDED_ARGS_KEPT
         self._padded_args: dict[tuple, np.ndarray] = {}
+        # (lengths, width, axis, ndim) -> `fusion.inside`'s mask (`_inside`), the oldest
+        # forgotten past MASKS_KEPT
+        self._masks: dict[tuple, np.ndarray] = {}
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self._kinds: dict[Any, int] = {}  # op -> `_kind`
         self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
@@ -577,8 +582,12 @@ class Engine:
         k = op.pad_probe
         axis = rule[1] if k is None else rule[0][k]
         by_length: defaultdict[int, list[int]] = defaultdict(list)
-        for n in nodes:
-            by_length[(shapes[n] if k is None else shapes[all_args[n][k]])[axis]].append(n)
+        if k is None:
+            for n in nodes:
+                by_length[shapes[n][axis]].append(n)
+        else:
+            for n in nodes:
+                by_length[shapes[all_args[n][k]][axis]].append(n)
         buckets: defaultdict[int, list[int]] = defaultdict(list)
         for length, members in sorted(by_length.items()):
             if len(members) >= PAD_ALONE:
@@ -606,14 +615,15 @@ class Engine:
         count = len(nodes)
         xs: list = []
         plans: list = []
-        for j, (m, axis, fill) in enumerate(zip(mask, axes, fills)):
-            column = [all_args[n][j] for n in nodes]
+        # the nodes' arguments, position by position (one transposition)
+        columns = zip(*map(all_args.__getitem__, nodes))
+        for m, axis, fill, column in zip(mask, axes, fills, columns):
             if m == SHARED:
                 here = loc[column[0]]
                 xs.append(bufs[here >> _SHIFT][here & _ROW])
                 plans.append(column[0])
                 continue
-            places = [loc[a] for a in column]
+            places = list(map(loc.__getitem__, column))
             if axis is None:
                 x, plan = self._gather(places)
                 xs.append(x)
@@ -634,7 +644,7 @@ class Engine:
                 if x.shape[axis + 1] != width:
                     x = x[(slice(None),) + lead + (slice(0, width),)]
                 if fill != "edge":
-                    x = np.where(_inside(lengths, width, axis, len(row) + 1), x,
+                    x = np.where(self._inside(lengths, width, axis, len(row) + 1), x,
                                  0.0 if fill == "zero" else -np.inf)
                 xs.append(x)
                 continue
@@ -675,8 +685,8 @@ class Engine:
             lead = (slice(None),) * out_axis
             views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
                      for i, length in enumerate(lengths)]
-        for i, n in enumerate(nodes):
-            loc[n] = (first + i) << _SHIFT
+        list(map(loc.__setitem__, nodes,
+                 range(first << _SHIFT, (first + count) << _SHIFT, 1 << _SHIFT)))
         bufs.extend(views)
         edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
         batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, lengths, first,
@@ -685,6 +695,18 @@ class Engine:
         self.padded[len(bufs) - 1] = range(first, len(bufs))
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += count
+
+    def _inside(self, lengths: list[int], width: int, axis: int, ndim: int) -> np.ndarray:
+        """`fusion.inside`, kept for reuse (read only): the nodes of one padded bucket pass
+        the same lengths to each op of a chain, forward and backward."""
+        key = (tuple(lengths), width, axis, ndim)
+        mask = self._masks.get(key)
+        if mask is None:
+            if len(self._masks) >= MASKS_KEPT:
+                del self._masks[next(iter(self._masks))]
+            mask = self._masks[key] = _inside(lengths, width, axis, ndim)
+            mask.flags.writeable = False
+        return mask
 
     def _padded_source(self, places: list[int], axis: int) -> tuple:
         """(the padded batch, padded along `axis`, whose nodes are at `places`, their rows in
@@ -821,12 +843,12 @@ class Engine:
 
     def _store(self, out: np.ndarray, batch: Batch) -> None:
         """Keep a batch and its output; its nodes' values are the output's rows, in order."""
-        loc, here = self.g.loc, len(self.bufs) << _SHIFT
+        here = len(self.bufs) << _SHIFT
+        nodes = batch.nodes
         self.bufs.append(out)
         self.batches.append(batch)
-        for n in batch.nodes:
-            loc[n] = here
-            here += 1
+        # (each node's place, row by row: set by map, a loop in C)
+        list(map(self.g.loc.__setitem__, nodes, range(here, here + len(nodes))))
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += len(batch.nodes)
 
@@ -1003,11 +1025,20 @@ class Engine:
                         else:
                             _scatter_add(total, rows, ct)
                         continue
+                    # each node's part, cut back (grad_of inlined: a node's cost)
+                    last_axis = axis == ct.ndim - 2
                     lead = (slice(None),) * axis
-                    for i, (here, length) in enumerate(zip(places, lengths)):
-                        # (each node's part, cut back)
-                        grad_of(here >> _SHIFT)[here & _ROW] += ct[(i,) + lead
-                                                                   + (slice(0, length),)]
+                    for i, here, length in zip(range(len(places)), places, lengths):
+                        sb = here >> _SHIFT
+                        t = grads[sb]
+                        if t is None or sb in borrowed:
+                            t = grad_of(sb)
+                        else:
+                            hit.add(sb)
+                        if last_axis:
+                            t[here & _ROW] += ct[i, ..., :length]
+                        else:
+                            t[here & _ROW] += ct[(i,) + lead + (slice(0, length),)]
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
@@ -1044,15 +1075,15 @@ class Engine:
         self.times["backward_total"] += time.perf_counter() - start
         self.times["backward_numpy"] += numpy_time
 
-    @staticmethod
-    def _padded_grad(batch: PaddedBatch, grads: list, summed: np.ndarray | None
+    def _padded_grad(self, batch: PaddedBatch, grads: list, summed: np.ndarray | None
                      ) -> np.ndarray | None:
         """A padded batch's gradient, padded: what padded batches delivered to it whole
         (`summed`) and to its nodes one by one, zero in the padding (None when nothing
         reached it). Kept as `batch.grad`."""
         shape = batch.out.shape
         out = None if summed is None else np.where(
-            _inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed, 0.0)
+            self._inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed,
+            0.0)
         for i, t in enumerate(grads[batch.first:batch.first + len(batch.nodes)]):
             if t is not None:
                 if out is None:
