@@ -283,7 +283,6 @@ class Engine:
                 height[t] = 1
         groups: defaultdict[int, list[int]] = defaultdict(list)  # level << 32 | sig -> nodes
         first = -(1 << 30) << _SHIFT
-        ops = g.ops
         needed = []  # newest first
         for n in candidates:
             h = height[n]
@@ -294,33 +293,39 @@ class Engine:
                 if height[a] < up:
                     height[a] = up
             needed.append(n)
-        could, chosen = self._early(needed, height)
+        could, refused = self._early(needed, height)
         # Early nodes run first, level by level from what is computed; the others as late as
         # their consumers allow. A costly node whose inputs are all computed (depth 0 among
         # what could run early) runs first too. (Oldest first: each group comes out sorted.)
         # A node is early when it could be, is cheap or of a chosen signature, and its pending
         # inputs are early: its depth among early nodes is then its depth among those that
         # could be (the same inputs all the way up).
+        # (`_early` tells what of the op matters here: a costly signature not chosen is
+        # refused, and a node that could not run early is -2 when its op is costly and
+        # unbatchable. A node that could run early at depth 0 has no pending input, so no
+        # late one; one of a chosen signature is batchable.)
         late = bytearray(len(height))  # 1: needed and not early (inputs are needed or computed)
-        kinds = self._kinds
         for n in reversed(needed):
-            op = ops[n]
             s = sigs[n]
             d = could[n]
-            costly = kinds[op] & _COSTLY
-            if d >= 0 and (not costly or s in chosen):
-                for a in args[n]:
-                    if late[a]:
-                        break
-                else:
-                    groups[first + (d << _SHIFT) + s].append(n)
+            if d >= 0:
+                if s not in refused:  # (cheap, or of a chosen signature)
+                    for a in args[n]:
+                        if late[a]:
+                            break
+                    else:
+                        groups[first + (d << _SHIFT) + s].append(n)
+                        continue
+                elif d == 0:  # (costly, its inputs all computed)
+                    late[n] = 1
+                    groups[first + s].append(n)
                     continue
-            late[n] = 1
-            if costly and (d == 0 or op.batch is None and all(
-                    loc[a] >= 0 for a in args[n])):
+            elif d == -2 and all(loc[a] >= 0 for a in args[n]):
+                late[n] = 1
                 groups[first + s].append(n)
-            else:
-                groups[(-height[n] << _SHIFT) + s].append(n)
+                continue
+            late[n] = 1
+            groups[(-height[n] << _SHIFT) + s].append(n)
         self._run_groups([groups[key] for key in sorted(groups)])
 
     def _run_groups(self, groups: list[list[int]]) -> None:
@@ -347,7 +352,8 @@ class Engine:
     def _early(self, needed: list[int], height: list[int]) -> tuple[list, set]:
         """Of the needed nodes (newest first), those that could run before the late levels (all
         that are batchable, with inputs computed or that could run early themselves), with their
-        depth among them, and the costly signatures chosen to run early. Those that do (`_late`)
+        depth among them (else -1, or -2 for a costly op without batching), and the costly
+        signatures that could but are not chosen to run early (refused). Those that do (`_late`)
         are nodes whose inputs are computed or early themselves, of cheap ops (op cost 1:
         concatenations, masks, sums) and of the costly signatures whose nodes could all run early
         and take at most 4/5 as many levels by depth as by height (so they batch in fewer, larger
@@ -390,12 +396,12 @@ class Engine:
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
             else:
-                could[n] = -1
+                could[n] = -2 if kind == _COSTLY | _UNBATCHABLE else -1
                 if kind & _COSTLY:
                     barred.add(sigs[n])
-        chosen = {s for s, ds in depths.items()
-                  if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
-        return could, chosen
+        refused = {s for s, ds in depths.items()
+                   if s in barred or 5 * len(ds) > 4 * len(heights[s])}
+        return could, refused
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""
@@ -681,6 +687,8 @@ class Engine:
         lengths = [shapes[n][out_axis] for n in nodes]
         if out_axis == out.ndim - 2:  # (the last axis)
             views = [out[i:i + 1, ..., :length] for i, length in enumerate(lengths)]
+        elif out_axis == 0:  # (the first: an index written out, not built)
+            views = [out[i:i + 1, :length] for i, length in enumerate(lengths)]
         else:
             lead = (slice(None),) * out_axis
             views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
