@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from itertools import repeat
+from operator import is_not
 from typing import Any, Iterable
 
 import numpy as np
@@ -1092,7 +1094,11 @@ class Engine:
         out = None if summed is None else np.where(
             self._inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed,
             0.0)
-        for i, t in enumerate(grads[batch.first:batch.first + len(batch.nodes)]):
+        own = grads[batch.first:batch.first + len(batch.nodes)]
+        if not any(map(is_not, own, repeat(None))):  # (none reached a node alone: C loops)
+            batch.grad = out
+            return out
+        for i, t in enumerate(own):
             if t is not None:
                 if out is None:
                     out = np.zeros(shape, batch.out.dtype)
