@@ -147,8 +147,8 @@ class Engine:
         self.hit: set[int] = set()  # the batches the last backward reached
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
-        # the last padded copies of arguments made node by node: (places, fill, axis, width) ->
-        # the array (read only), the oldest forgotten past PADDED_ARGS_KEPT
+        # the last padded copies of arguments: (places, fill, axis, width) -> (the array (read
+        # only), place -> its row), the oldest forgotten past PADDED_ARGS_KEPT
         self._padded_args: dict[tuple, np.ndarray] = {}
         # (lengths, width, axis, ndim) -> `fusion.inside`'s mask (`_inside`), the oldest
         # forgotten past MASKS_KEPT
@@ -659,21 +659,26 @@ class Engine:
             # (the same nodes padded alike again, an encoder's states read at every decoder
             # step: the copy made last time, which nothing writes to)
             key = (tuple(places), fill, axis, width)
-            x = self._padded_args.get(key)
-            if x is None:
+            kept = self._padded_args.get(key)
+            if kept is not None:
+                x = kept[0]
+            else:
                 if fill == "edge":
                     x = np.empty((count, *row), g.dtype)
                 else:
                     x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
-                for i, (here, length) in enumerate(zip(places, lengths)):
+                # (the rows that a kept copy holds taken from it, the others copied one by one)
+                for i in self._padded_rows(x, places, fill, axis, width):
+                    here, length = places[i], lengths[i]
                     value = bufs[here >> _SHIFT][here & _ROW]
                     x[(i,) + lead + (slice(0, length),)] = value
                     if fill == "edge" and length < width:  # (the last entry, repeated)
                         x[(i,) + lead + (slice(length, None),)] = \
                             value[lead + (slice(length - 1, length),)]
+            if kept is None:
                 if len(self._padded_args) >= PADDED_ARGS_KEPT:
                     del self._padded_args[next(iter(self._padded_args))]
-                self._padded_args[key] = x
+                self._padded_args[key] = (x, dict(zip(places, range(count))))
             xs.append(x)
         if op.takes_lengths:  # (each node's length, along the axis the op pads)
             k = op.pad_probe
@@ -717,6 +722,25 @@ class Engine:
             mask = self._masks[key] = _inside(lengths, width, axis, ndim)
             mask.flags.writeable = False
         return mask
+
+    def _padded_rows(self, x: np.ndarray, places: list[int], fill: str, axis: int, width: int
+                     ) -> Iterable[int]:
+        """Fill x's rows with the nodes at `places` that the newest kept copy padded alike
+        (fill, axis, width) holds, in one take (at a decoder's next step, the sentences of the
+        step before and maybe one more: not a copy a node); the rows left to copy. (The same
+        rows: the same numbers, padding included.)"""
+        for (_, f, a, w), (kept, index) in reversed(self._padded_args.items()):
+            if f == fill and a == axis and w == width:
+                rows = list(map(index.get, places))
+                if rows.count(None) == len(rows):
+                    continue
+                if None not in rows:
+                    kept.take(rows, axis=0, out=x)
+                    return ()
+                found = [i for i, r in enumerate(rows) if r is not None]
+                x[found] = kept.take([rows[i] for i in found], axis=0)
+                return [i for i, r in enumerate(rows) if r is None]
+        return range(len(places))
 
     def _padded_source(self, places: list[int], axis: int) -> tuple:
         """(the padded batch, padded along `axis`, whose nodes are at `places`, their rows in
