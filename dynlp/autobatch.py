@@ -149,7 +149,7 @@ class Engine:
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
         # the last padded copies of arguments: (places, fill, axis, width) -> (the array (read
         # only), place -> its row), the oldest forgotten past PADDED_ARGS_KEPT
-        self._padded_args: dict[tuple, np.ndarray] = {}
+        self._padded_args: dict[tuple, tuple] = {}
         # (lengths, width, axis, ndim) -> `fusion.inside`'s mask (`_inside`), the oldest
         # forgotten past MASKS_KEPT
         self._masks: dict[tuple, np.ndarray] = {}
