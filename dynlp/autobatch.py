@@ -10,7 +10,7 @@ Graphs". Must not import params or trainers.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from itertools import repeat
 from operator import is_not
 from typing import Any, Iterable
@@ -36,6 +36,8 @@ PADDED_ARGS_KEPT = 16
 MASKS_KEPT = 256
 # rows up to which `_scatter_add` checks for repeated rows in a set, not by sorting
 SCATTER_SET_ROWS = 64
+# runs an iterator to its end, keeping nothing (a loop in C)
+_consume = deque(maxlen=0).extend
 # what the late scheduler reads of an op (`Engine._kind`)
 _CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
@@ -700,8 +702,8 @@ class Engine:
             lead = (slice(None),) * out_axis
             views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
                      for i, length in enumerate(lengths)]
-        list(map(loc.__setitem__, nodes,
-                 range(first << _SHIFT, (first + count) << _SHIFT, 1 << _SHIFT)))
+        _consume(map(loc.__setitem__, nodes,
+                     range(first << _SHIFT, (first + count) << _SHIFT, 1 << _SHIFT)))
         bufs.extend(views)
         edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
         batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, lengths, first,
@@ -882,7 +884,7 @@ class Engine:
         self.bufs.append(out)
         self.batches.append(batch)
         # (each node's place, row by row: set by map, a loop in C)
-        list(map(self.g.loc.__setitem__, nodes, range(here, here + len(nodes))))
+        _consume(map(self.g.loc.__setitem__, nodes, range(here, here + len(nodes))))
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += len(batch.nodes)
 
