@@ -10,7 +10,7 @@ Graphs". Must not import params or trainers.
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from itertools import repeat
 from operator import is_not
 from typing import Any, Iterable
@@ -36,8 +36,6 @@ PADDED_ARGS_KEPT = 16
 MASKS_KEPT = 256
 # rows up to which `_scatter_add` checks for repeated rows in a set, not by sorting
 SCATTER_SET_ROWS = 64
-# runs an iterator to its end, keeping nothing (a loop in C)
-_consume = deque(maxlen=0).extend
 # what the late scheduler reads of an op (`Engine._kind`)
 _CHEAP, _COSTLY, _UNBATCHABLE = 0, 1, 2
 
@@ -633,7 +631,7 @@ class Engine:
                 xs.append(bufs[here >> _SHIFT][here & _ROW])
                 plans.append(column[0])
                 continue
-            places = list(map(loc.__getitem__, column))
+            places = [loc[a] for a in column]
             if axis is None:
                 x, plan = self._gather(places)
                 xs.append(x)
@@ -702,8 +700,10 @@ class Engine:
             lead = (slice(None),) * out_axis
             views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
                      for i, length in enumerate(lengths)]
-        _consume(map(loc.__setitem__, nodes,
-                     range(first << _SHIFT, (first + count) << _SHIFT, 1 << _SHIFT)))
+        here, step = first << _SHIFT, 1 << _SHIFT
+        for n in nodes:
+            loc[n] = here
+            here += step
         bufs.extend(views)
         edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
         batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, lengths, first,
@@ -879,12 +879,12 @@ class Engine:
 
     def _store(self, out: np.ndarray, batch: Batch) -> None:
         """Keep a batch and its output; its nodes' values are the output's rows, in order."""
-        here = len(self.bufs) << _SHIFT
-        nodes = batch.nodes
+        loc, here = self.g.loc, len(self.bufs) << _SHIFT
         self.bufs.append(out)
         self.batches.append(batch)
-        # (each node's place, row by row: set by map, a loop in C)
-        _consume(map(self.g.loc.__setitem__, nodes, range(here, here + len(nodes))))
+        for n in batch.nodes:
+            loc[n] = here
+            here += 1
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += len(batch.nodes)
 
