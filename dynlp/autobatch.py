@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from itertools import repeat
+from operator import is_not
 from typing import Any, Iterable
 
 import numpy as np
@@ -30,6 +32,8 @@ _NO_ATTRS: dict = {}  # the attributes of a batch that has none (shared; never w
 PAD_ALONE = 16
 # padded arguments kept for reuse (`Engine._pad_group`): enough for the few buckets of a step
 PADDED_ARGS_KEPT = 16
+# masks of padded buckets kept for reuse (`Engine._inside`): a step's buckets, a few per step
+MASKS_KEPT = 256
 # rows up to which `_scatter_add` checks for repeated rows in a set, not by sorting
 SCATTER_SET_ROWS = 64
 # what the late scheduler reads of an op (`Engine._kind`)
@@ -143,9 +147,12 @@ class Engine:
         self.hit: set[int] = set()  # the batches the last backward reached
         self.gathered: set[int] = set()  # the batches that multi-source gathers read
         self.padded: dict[int, range] = {}  # a padded batch's last entry -> its entries
-        # the last padded copies of arguments made node by node: (places, fill, axis, width) ->
-        # the array (read only), the oldest forgotten past PADDED_ARGS_KEPT
-        self._padded_args: dict[tuple, np.ndarray] = {}
+        # the last padded copies of arguments: (places, fill, axis, width) -> (the array (read
+        # only), place -> its row), the oldest forgotten past PADDED_ARGS_KEPT
+        self._padded_args: dict[tuple, tuple] = {}
+        # (lengths, width, axis, ndim) -> `fusion.inside`'s mask (`_inside`), the oldest
+        # forgotten past MASKS_KEPT
+        self._masks: dict[tuple, np.ndarray] = {}
         self._rules: dict[tuple, tuple] = {}  # (op, number of arguments) -> `_rule`
         self._kinds: dict[Any, int] = {}  # op -> `_kind`
         self._by_op: dict[Any, tuple] = {}  # op -> (number of arguments,) + its last `_rule`
@@ -278,7 +285,6 @@ class Engine:
                 height[t] = 1
         groups: defaultdict[int, list[int]] = defaultdict(list)  # level << 32 | sig -> nodes
         first = -(1 << 30) << _SHIFT
-        ops = g.ops
         needed = []  # newest first
         for n in candidates:
             h = height[n]
@@ -289,33 +295,39 @@ class Engine:
                 if height[a] < up:
                     height[a] = up
             needed.append(n)
-        could, chosen = self._early(needed, height)
+        could, refused = self._early(needed, height)
         # Early nodes run first, level by level from what is computed; the others as late as
         # their consumers allow. A costly node whose inputs are all computed (depth 0 among
         # what could run early) runs first too. (Oldest first: each group comes out sorted.)
         # A node is early when it could be, is cheap or of a chosen signature, and its pending
         # inputs are early: its depth among early nodes is then its depth among those that
         # could be (the same inputs all the way up).
+        # (`_early` tells what of the op matters here: a costly signature not chosen is
+        # refused, and a node that could not run early is -2 when its op is costly and
+        # unbatchable. A node that could run early at depth 0 has no pending input, so no
+        # late one; one of a chosen signature is batchable.)
         late = bytearray(len(height))  # 1: needed and not early (inputs are needed or computed)
-        kinds = self._kinds
         for n in reversed(needed):
-            op = ops[n]
             s = sigs[n]
             d = could[n]
-            costly = kinds[op] & _COSTLY
-            if d >= 0 and (not costly or s in chosen):
-                for a in args[n]:
-                    if late[a]:
-                        break
-                else:
-                    groups[first + (d << _SHIFT) + s].append(n)
+            if d >= 0:
+                if s not in refused:  # (cheap, or of a chosen signature)
+                    for a in args[n]:
+                        if late[a]:
+                            break
+                    else:
+                        groups[first + (d << _SHIFT) + s].append(n)
+                        continue
+                elif d == 0:  # (costly, its inputs all computed)
+                    late[n] = 1
+                    groups[first + s].append(n)
                     continue
-            late[n] = 1
-            if costly and (d == 0 or op.batch is None and all(
-                    loc[a] >= 0 for a in args[n])):
+            elif d == -2 and all(loc[a] >= 0 for a in args[n]):
+                late[n] = 1
                 groups[first + s].append(n)
-            else:
-                groups[(-height[n] << _SHIFT) + s].append(n)
+                continue
+            late[n] = 1
+            groups[(-height[n] << _SHIFT) + s].append(n)
         self._run_groups([groups[key] for key in sorted(groups)])
 
     def _run_groups(self, groups: list[list[int]]) -> None:
@@ -342,7 +354,8 @@ class Engine:
     def _early(self, needed: list[int], height: list[int]) -> tuple[list, set]:
         """Of the needed nodes (newest first), those that could run before the late levels (all
         that are batchable, with inputs computed or that could run early themselves), with their
-        depth among them, and the costly signatures chosen to run early. Those that do (`_late`)
+        depth among them (else -1, or -2 for a costly op without batching), and the costly
+        signatures that could but are not chosen to run early (refused). Those that do (`_late`)
         are nodes whose inputs are computed or early themselves, of cheap ops (op cost 1:
         concatenations, masks, sums) and of the costly signatures whose nodes could all run early
         and take at most 4/5 as many levels by depth as by height (so they batch in fewer, larger
@@ -385,12 +398,12 @@ class Engine:
                 else:
                     depths[s], heights[s] = {d}, {height[n]}
             else:
-                could[n] = -1
+                could[n] = -2 if kind == _COSTLY | _UNBATCHABLE else -1
                 if kind & _COSTLY:
                     barred.add(sigs[n])
-        chosen = {s for s, ds in depths.items()
-                  if s not in barred and 5 * len(ds) <= 4 * len(heights[s])}
-        return could, chosen
+        refused = {s for s, ds in depths.items()
+                   if s in barred or 5 * len(ds) > 4 * len(heights[s])}
+        return could, refused
 
     def _depths(self, pending: list[int]) -> dict[int, int]:
         """Each pending node's depth: the longest path to it from a computed node."""
@@ -577,8 +590,12 @@ class Engine:
         k = op.pad_probe
         axis = rule[1] if k is None else rule[0][k]
         by_length: defaultdict[int, list[int]] = defaultdict(list)
-        for n in nodes:
-            by_length[(shapes[n] if k is None else shapes[all_args[n][k]])[axis]].append(n)
+        if k is None:
+            for n in nodes:
+                by_length[shapes[n][axis]].append(n)
+        else:
+            for n in nodes:
+                by_length[shapes[all_args[n][k]][axis]].append(n)
         buckets: defaultdict[int, list[int]] = defaultdict(list)
         for length, members in sorted(by_length.items()):
             if len(members) >= PAD_ALONE:
@@ -606,8 +623,9 @@ class Engine:
         count = len(nodes)
         xs: list = []
         plans: list = []
-        for j, (m, axis, fill) in enumerate(zip(mask, axes, fills)):
-            column = [all_args[n][j] for n in nodes]
+        # the nodes' arguments, position by position (one transposition)
+        columns = zip(*map(all_args.__getitem__, nodes))
+        for m, axis, fill, column in zip(mask, axes, fills, columns):
             if m == SHARED:
                 here = loc[column[0]]
                 xs.append(bufs[here >> _SHIFT][here & _ROW])
@@ -634,28 +652,33 @@ class Engine:
                 if x.shape[axis + 1] != width:
                     x = x[(slice(None),) + lead + (slice(0, width),)]
                 if fill != "edge":
-                    x = np.where(_inside(lengths, width, axis, len(row) + 1), x,
+                    x = np.where(self._inside(lengths, width, axis, len(row) + 1), x,
                                  0.0 if fill == "zero" else -np.inf)
                 xs.append(x)
                 continue
             # (the same nodes padded alike again, an encoder's states read at every decoder
             # step: the copy made last time, which nothing writes to)
             key = (tuple(places), fill, axis, width)
-            x = self._padded_args.get(key)
-            if x is None:
+            kept = self._padded_args.get(key)
+            if kept is not None:
+                x = kept[0]
+            else:
                 if fill == "edge":
                     x = np.empty((count, *row), g.dtype)
                 else:
                     x = np.full((count, *row), 0.0 if fill == "zero" else -np.inf, g.dtype)
-                for i, (here, length) in enumerate(zip(places, lengths)):
+                # (the rows that a kept copy holds taken from it, the others copied one by one)
+                for i in self._padded_rows(x, places, fill, axis, width):
+                    here, length = places[i], lengths[i]
                     value = bufs[here >> _SHIFT][here & _ROW]
                     x[(i,) + lead + (slice(0, length),)] = value
                     if fill == "edge" and length < width:  # (the last entry, repeated)
                         x[(i,) + lead + (slice(length, None),)] = \
                             value[lead + (slice(length - 1, length),)]
+            if kept is None:
                 if len(self._padded_args) >= PADDED_ARGS_KEPT:
                     del self._padded_args[next(iter(self._padded_args))]
-                self._padded_args[key] = x
+                self._padded_args[key] = (x, dict(zip(places, range(count))))
             xs.append(x)
         if op.takes_lengths:  # (each node's length, along the axis the op pads)
             k = op.pad_probe
@@ -671,12 +694,16 @@ class Engine:
         lengths = [shapes[n][out_axis] for n in nodes]
         if out_axis == out.ndim - 2:  # (the last axis)
             views = [out[i:i + 1, ..., :length] for i, length in enumerate(lengths)]
+        elif out_axis == 0:  # (the first: an index written out, not built)
+            views = [out[i:i + 1, :length] for i, length in enumerate(lengths)]
         else:
             lead = (slice(None),) * out_axis
             views = [out[(slice(i, i + 1),) + lead + (slice(0, length),)]
                      for i, length in enumerate(lengths)]
-        for i, n in enumerate(nodes):
-            loc[n] = (first + i) << _SHIFT
+        here, step = first << _SHIFT, 1 << _SHIFT
+        for n in nodes:
+            loc[n] = here
+            here += step
         bufs.extend(views)
         edge = all(f is None or f == "edge" for f in fills)  # (its columns: independent)
         batch = PaddedBatch(op, nodes, xs, plans, attrs, mask, op.vjp, out, lengths, first,
@@ -685,6 +712,37 @@ class Engine:
         self.padded[len(bufs) - 1] = range(first, len(bufs))
         self.counts["forward_batches"] += 1
         self.counts["forward_nodes"] += count
+
+    def _inside(self, lengths: list[int], width: int, axis: int, ndim: int) -> np.ndarray:
+        """`fusion.inside`, kept for reuse (read only): the nodes of one padded bucket pass
+        the same lengths to each op of a chain, forward and backward."""
+        key = (tuple(lengths), width, axis, ndim)
+        mask = self._masks.get(key)
+        if mask is None:
+            if len(self._masks) >= MASKS_KEPT:
+                del self._masks[next(iter(self._masks))]
+            mask = self._masks[key] = _inside(lengths, width, axis, ndim)
+            mask.flags.writeable = False
+        return mask
+
+    def _padded_rows(self, x: np.ndarray, places: list[int], fill: str, axis: int, width: int
+                     ) -> Iterable[int]:
+        """Fill x's rows with the nodes at `places` that the newest kept copy padded alike
+        (fill, axis, width) holds, in one take (at a decoder's next step, the sentences of the
+        step before and maybe one more: not a copy a node); the rows left to copy. (The same
+        rows: the same numbers, padding included.)"""
+        for (_, f, a, w), (kept, index) in reversed(self._padded_args.items()):
+            if f == fill and a == axis and w == width:
+                rows = list(map(index.get, places))
+                if rows.count(None) == len(rows):
+                    continue
+                if None not in rows:
+                    kept.take(rows, axis=0, out=x)
+                    return ()
+                found = [i for i, r in enumerate(rows) if r is not None]
+                x[found] = kept.take([rows[i] for i in found], axis=0)
+                return [i for i, r in enumerate(rows) if r is None]
+        return range(len(places))
 
     def _padded_source(self, places: list[int], axis: int) -> tuple:
         """(the padded batch, padded along `axis`, whose nodes are at `places`, their rows in
@@ -1003,11 +1061,20 @@ class Engine:
                         else:
                             _scatter_add(total, rows, ct)
                         continue
+                    # each node's part, cut back (grad_of inlined: a node's cost)
+                    last_axis = axis == ct.ndim - 2
                     lead = (slice(None),) * axis
-                    for i, (here, length) in enumerate(zip(places, lengths)):
-                        # (each node's part, cut back)
-                        grad_of(here >> _SHIFT)[here & _ROW] += ct[(i,) + lead
-                                                                   + (slice(0, length),)]
+                    for i, here, length in zip(range(len(places)), places, lengths):
+                        sb = here >> _SHIFT
+                        t = grads[sb]
+                        if t is None or sb in borrowed:
+                            t = grad_of(sb)
+                        else:
+                            hit.add(sb)
+                        if last_axis:
+                            t[here & _ROW] += ct[i, ..., :length]
+                        else:
+                            t[here & _ROW] += ct[(i,) + lead + (slice(0, length),)]
                 elif kind == "same":
                     grad_of(plan[1])[plan[2]] += ct.sum(axis=0)
                 elif kind == "rows":
@@ -1044,16 +1111,20 @@ class Engine:
         self.times["backward_total"] += time.perf_counter() - start
         self.times["backward_numpy"] += numpy_time
 
-    @staticmethod
-    def _padded_grad(batch: PaddedBatch, grads: list, summed: np.ndarray | None
+    def _padded_grad(self, batch: PaddedBatch, grads: list, summed: np.ndarray | None
                      ) -> np.ndarray | None:
         """A padded batch's gradient, padded: what padded batches delivered to it whole
         (`summed`) and to its nodes one by one, zero in the padding (None when nothing
         reached it). Kept as `batch.grad`."""
         shape = batch.out.shape
         out = None if summed is None else np.where(
-            _inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed, 0.0)
-        for i, t in enumerate(grads[batch.first:batch.first + len(batch.nodes)]):
+            self._inside(batch.lengths, shape[batch.axis + 1], batch.axis, len(shape)), summed,
+            0.0)
+        own = grads[batch.first:batch.first + len(batch.nodes)]
+        if not any(map(is_not, own, repeat(None))):  # (none reached a node alone: C loops)
+            batch.grad = out
+            return out
+        for i, t in enumerate(own):
             if t is not None:
                 if out is None:
                     out = np.zeros(shape, batch.out.dtype)
