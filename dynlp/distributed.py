@@ -131,9 +131,19 @@ def abort_launched(status: int) -> None:
     must: left to exit, it would wait in MPI's finalization for ranks that wait for it."""
     if not running_ranks():
         return
-    mpi = sys.modules["mpi4py.MPI"]
+    _abort(sys.modules["mpi4py.MPI"].COMM_WORLD, status)
+
+
+def _abort(comm: Any, status: int) -> None:
+    """MPI_Abort on comm, then the end of this process. MPICH's MPI_Abort can return before
+    the launcher has ended the process (seen on a loaded machine, about once in three runs):
+    left to exit normally, the process would make its exit handshake (`_leave`) with ranks
+    still waiting in a collective call, which then report a wrong error of their own."""
     _flush_before_abort()
-    mpi.COMM_WORLD.Abort(status)
+    try:
+        comm.Abort(status)
+    finally:
+        os._exit(status)  # (no exit handlers, no MPI finalization: the run is over)
 
 
 # how long a rank that ends the run lets the launcher forward what it printed: MPI_Abort kills
@@ -598,8 +608,7 @@ class Communicator:
         print(message, file=sys.stderr, flush=True)
         if self._comm is None:
             raise SystemExit(status)
-        _flush_before_abort()
-        self._comm.Abort(status)
+        _abort(self._comm, status)
 
     def _wait(self, requests: list, spin: float = _SPIN_SECONDS) -> None:
         """Wait for nonblocking exchanges: testing without pause for `spin` seconds, then
