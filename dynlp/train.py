@@ -642,19 +642,23 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
                 if state["best"] is None or score > state["best"]:
                     state.update(best=score, best_epoch=epoch, best_dev=dev)
                     if comm.is_root:
-                        pc.save(out / MODEL_FILE, metadata=metadata)
+                        with _signals_deferred():  # (written whole, its temporary never left)
+                            pc.save(out / MODEL_FILE, metadata=metadata)
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
             state["epoch"] = epoch
             state["records"] = state["records"] + [record]
             trainer.update_epoch()
             if comm.size > 1 and not comm.parameters_agree(pc):
                 raise TrainingError(f"the ranks' parameters differ after epoch {epoch}")
-            with _signals_deferred():  # (the checkpoint on disk and `saved` move together)
+            # (the checkpoint on disk, `saved` and the log move together; a signal that comes
+            # while they are written takes effect after them, and leaves no temporary file)
+            with _signals_deferred():
                 if comm.is_root:
                     save_checkpoint(checkpoint_path, pc, trainer, state, config, metadata)
                 saved = epoch
+                if comm.is_root:
+                    _write_log(log_path, state["records"])
             if comm.is_root:
-                _write_log(log_path, state["records"])
                 _report(recipe, record, state)
     except KeyboardInterrupt as stop:
         if saved > 0 and comm.is_root:
