@@ -107,6 +107,11 @@ class Graph:
     pad: True (the default) batches nodes whose shapes differ only in a length, padded to the
     longest (attention over sentences of different lengths; `Op.pad`); False batches only
     equal shapes. (`fuse="regions"` batches only equal shapes.)
+
+    cache: a dict for a model's memo of expressions of this graph (an encoding per word form,
+    say), emptied when the graph ends. Expressions refer to their graph: a memo kept in the
+    model would keep the ended graph, with every node's record, alive until the next graph
+    replaces it, and the cyclic garbage collector would look through all of it meanwhile.
     """
 
     engine_class: Any = None  # set by dynlp/__init__.py: the autobatching engine
@@ -119,7 +124,7 @@ class Graph:
         "param_nodes", "node_params", "_param_exprs", "_memo", "_templates", "pinned",
         "bypassed", "pointwise", "inlined", "_inside", "folded", "_zeros", "_depths", "_info",
         "_broadcasts", "_over", "_gates", "_padded_keys", "mixed_ops", "_singles", "_sig_ids",
-        "_previous", "engine", "_collecting", "_final_stats", "__weakref__")
+        "_previous", "engine", "_collecting", "_final_stats", "cache", "__weakref__")
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True,
@@ -183,6 +188,10 @@ class Graph:
         self._singles: dict[int, tuple[int]] = {}
         self._sig_ids: dict[Any, int] = {}
         self._previous: Graph | None = None
+        # the models' and builders' own memo for this graph (an encoding per word form, the
+        # zero state of an RNN), emptied when the graph ends: a memo kept here instead of in
+        # the model keeps no ended graph alive
+        self.cache: dict[Any, Any] = {}
         self.engine = self.engine_class(self, autobatch)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -217,6 +226,7 @@ class Graph:
             self._memo, self._templates, self._info, self._padded_keys = {}, {}, {}, {}
             self._broadcasts, self._over, self._gates = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
+            self.cache = {}
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
     def __len__(self) -> int:

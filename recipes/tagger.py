@@ -103,9 +103,6 @@ class Model(RecipeModel):
         self.dropout = c["dropout"]
         self.word_dropout = c["word_dropout"]
         self.max_word_chars = c["max_word_chars"]
-        # character encodings built in the current graph, one per word form
-        self._char_graph: dn.Graph | None = None
-        self._char_cache: dict[str, dn.Expression] = {}
 
     @staticmethod
     def build_vocabs(train_examples: list[Sentence], config: dict) -> dict[str, Vocab]:
@@ -117,12 +114,14 @@ class Model(RecipeModel):
         }
 
     def _encode_chars(self, g: dn.Graph, form: str) -> dn.Expression:
-        if self._char_graph is not g:
-            self._char_graph, self._char_cache = g, {}
-        encoding = self._char_cache.get(form)
+        """The character encoding of a word form, built once per graph (in its `cache`)."""
+        cache = g.cache.get(self.char_encoder)
+        if cache is None:
+            cache = g.cache[self.char_encoder] = {}
+        encoding = cache.get(form)
         if encoding is None:
             chars = self.chars.indices(_clip(form, self.max_word_chars))
-            encoding = self._char_cache[form] = self.char_encoder(chars)
+            encoding = cache[form] = self.char_encoder(chars)
         return encoding
 
     def _states(self, sentence: Sentence, rng: np.random.Generator | None) -> list[Any]:

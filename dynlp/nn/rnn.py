@@ -36,26 +36,24 @@ def graph_of(items: Iterable[Any]) -> Graph:
 
 class ConstantLeaves:
     """Constant vectors of one graph, zeros (or `fill`), one leaf per size, made again for a
-    new graph.
+    new graph (kept in the graph's `cache`: nothing here keeps an ended graph alive).
 
     Every sequence of a minibatch starts from the same leaf, so the first steps gather their
     states without a copy.
     """
 
-    __slots__ = ("graph", "leaves", "fill")
+    __slots__ = ("fill",)
 
     def __init__(self, fill: float = 0.0) -> None:
-        self.graph: Graph | None = None
-        self.leaves: dict[int, Expression] = {}
         self.fill = fill
 
     def __call__(self, g: Graph, size: int) -> Expression:
-        if self.graph is not g:
-            self.graph = g
-            self.leaves = {}
-        leaf = self.leaves.get(size)
+        leaves = g.cache.get(self)
+        if leaves is None:
+            leaves = g.cache[self] = {}
+        leaf = leaves.get(size)
         if leaf is None:
-            leaf = self.leaves[size] = g.leaf(np.full(size, self.fill, g.dtype))
+            leaf = leaves[size] = g.leaf(np.full(size, self.fill, g.dtype))
         return leaf
 
 
