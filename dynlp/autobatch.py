@@ -169,6 +169,8 @@ class Engine:
         self.batches.append(None)
 
     def value(self, node: int) -> np.ndarray:
+        if self.g.before:
+            self.g._run_before()
         loc = self.g.loc
         if loc[node] == ABSORBED:
             root, p = self.fuser.absorbed[node]
@@ -215,6 +217,8 @@ class Engine:
 
     def forward(self, targets: list[int], search: bool = False) -> None:
         """Compute targets and what they need; `search`: find that by walking the graph."""
+        if self.g.before:
+            self.g._run_before()
         start = time.perf_counter()
         numpy_before = self.times["forward_numpy"]
         loc = self.g.loc

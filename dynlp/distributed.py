@@ -334,6 +334,7 @@ class Communicator:
         self._flat = np.empty(0, dtype=np.float32)  # the dense gradients' buffer, reused
         self._layout_key: tuple | None = None  # the parameters last checked (`_layout`)
         self._dealt = 0  # a digest of what shard_batch dealt since the last sum_gradients
+        self._pending: PendingSum | None = None  # a sum of gradients begun, not finished
         self._layout_seen: tuple[list, int] = ([], 0)
         # seconds spent in sum_gradients waiting for the other ranks to come to it (their
         # shares took longer), as against exchanging: a measure of imbalance
@@ -389,44 +390,41 @@ class Communicator:
         hold the same bits). Call it between backward() and the trainer's update(). Every
         rank's pc must hold the same parameters (names, kinds, shapes, dtypes, in order), the
         dense ones' gradients of one dtype and the tables' of one: else a DistributedError on
-        every rank says what differs."""
-        if self._comm is None:
-            return loss
-        from mpi4py import MPI
-        params = list(pc.parameters())
-        layout, digest = self._layout(params)
-        start = time.perf_counter()
-        dealt, self._dealt = self._dealt, 0
-        calls = self._handshake("sum_gradients", digest, dealt)  # (the wait for the slowest
-        self.waiting_seconds += time.perf_counter() - start        # rank sleeps between tests)
-        if (calls[:, 1] != calls[0, 1]).any():
-            raise self._layouts_differ("sum_gradients", layout)
-        for r in range(self.size):
-            if calls[r, 2] != calls[0, 2]:
-                raise DistributedError(
-                    f"sum_gradients: rank {r} dealt another minibatch than rank 0 (shard_batch "
-                    "since the last sum: other examples' costs, or another step_cost): every "
-                    "rank must deal the same minibatch, in the same order, the same way")
-        dense, tables = _dense_and_tables(params)
-        for group in (dense, tables):
-            dtypes = sorted({str(p.grad.dtype) for p in group})
-            if len(dtypes) > 1:  # (the same on every rank: their layouts agree)
-                raise DistributedError(
-                    "sum_gradients: the gradients of the "
-                    f"{'tables' if group is tables else 'dense parameters'} are of several "
-                    f"dtypes ({', '.join(dtypes)}); they are summed in one buffer of one dtype")
-        requests = []
-        if dense:
-            flat = self._gradient_buffer(dense)
-            requests.append(self._comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
-        sparse = [table.sparse_grad() for table in tables]
-        header = np.array([loss] + [len(rows) for rows, _ in sparse], dtype=np.float64)
-        headers = np.empty((self.size, header.size), dtype=np.float64)
-        requests.append(self._comm.Iallgather(header, headers))
-        self._wait(requests, _SPIN_ALL_THERE_SECONDS)  # every rank is here: tests without pause
-        if tables:
-            self._sum_rows(tables, sparse, headers[:, 1:].astype(np.int64))
-        return float(headers[:, 0].sum())
+        every rank says what differs. (`start_sum_gradients` does the same while this rank
+        builds its next graph.)"""
+        return self.start_sum_gradients(pc, loss).finish()
+
+    def start_sum_gradients(self, pc: Any, loss: float = 0.0,
+                            then: Callable[[float], Any] | None = None) -> "PendingSum":
+        """`sum_gradients`, begun: the exchange goes on while this rank does work that neither
+        reads nor writes pc's gradients or values, such as building the next step's graph, and
+        `finish()` on the returned PendingSum completes it: it waits for the other ranks, sums
+        the tables' rows, calls `then(summed loss)` (the trainer's update) and returns the
+        summed loss. So the wait for a slower rank and the exchange overlap this rank's
+        building instead of adding to its step:
+
+            pending = comm.start_sum_gradients(pc, value, then=lambda loss: trainer.update())
+            with dn.Graph() as g:
+                g.before_evaluation(pending.finish)   # the update, before any value is read
+                losses = []
+                for i in comm.shard_batch(batch):
+                    losses.append(model.loss(batch[i]))
+                    pending.progress()                # lets the exchange move meanwhile
+                ...
+
+        On one process the sum is complete at once: `then` runs before this returns. Any other
+        call of this communicator first finishes a pending sum (the ranks' exchanges must come in
+        the same order)."""
+        self._finish_pending()
+        pending = PendingSum(self, pc, loss, then)
+        if not pending.done:
+            self._pending = pending
+        return pending
+
+    def _finish_pending(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            pending.finish()
 
     def _handshake(self, call: str, check: int = 0, own: int = 0,
                    spin: float = _SPIN_SECONDS) -> np.ndarray:
@@ -434,16 +432,25 @@ class Communicator:
         every collective call: a rank that makes another call than rank 0 raises
         DistributedError on every rank together, instead of exchanges that do not match
         (which hang, or sum the wrong numbers). The caller compares the `check`s."""
+        self._finish_pending()
+        request, calls = self._post_handshake(call, check, own)
+        self._wait([request], spin)
+        self._check_calls(calls)
+        return calls
+
+    def _post_handshake(self, call: str, check: int, own: int) -> tuple[Any, np.ndarray]:
         mine = np.array([_CALLS.index(call), check, own], dtype=np.int64)
         calls = np.empty((self.size, 3), dtype=np.int64)
-        self._wait([self._comm.Iallgather(mine, calls)], spin)
-        for r in range(self.size):
+        return self._comm.Iallgather(mine, calls), calls
+
+    @staticmethod
+    def _check_calls(calls: np.ndarray) -> None:
+        for r in range(len(calls)):
             if calls[r, 0] != calls[0, 0]:
                 raise DistributedError(
                     f"rank {r} called {_CALLS[calls[r, 0]]} where rank 0 called "
                     f"{_CALLS[calls[0, 0]]}: every rank must make the same calls of "
                     "dynlp.distributed, in the same order")
-        return calls
 
     def _layout(self, params: list) -> tuple[list, int]:
         """The parameters' `_layout` and its digest (kept while the parameters stay the same:
@@ -480,33 +487,6 @@ class Communicator:
             offset += p.grad.size
         self._flat = flat
         return flat
-
-    def _sum_rows(self, tables: list, sparse: list, rows: np.ndarray) -> None:
-        """rows[r, t]: how many rows of table t rank r touched."""
-        widths = np.array([int(np.prod(t.shape[1:])) for t in tables], dtype=np.int64)
-        index_counts = rows.sum(axis=1)
-        value_counts = (rows * widths).sum(axis=1)
-        dtype = tables[0].grad.dtype
-        indices = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in sparse])
-        values = np.concatenate([np.asarray(v, dtype=dtype).ravel() for _, v in sparse])
-        all_indices = np.empty(int(index_counts.sum()), dtype=np.int64)
-        all_values = np.empty(int(value_counts.sum()), dtype=dtype)
-        self._wait([self._comm.Iallgatherv(indices, [all_indices, index_counts]),
-                    self._comm.Iallgatherv(values, [all_values, value_counts])],
-                   _SPIN_ALL_THERE_SECONDS)
-        index_start = np.r_[0, np.cumsum(index_counts)[:-1]]
-        value_start = np.r_[0, np.cumsum(value_counts)[:-1]]
-        for t, table in enumerate(tables):
-            parts_i, parts_v = [], []
-            for r in range(self.size):
-                i0 = index_start[r] + rows[r, :t].sum()
-                v0 = value_start[r] + (rows[r, :t] * widths[:t]).sum()
-                n = rows[r, t]
-                parts_i.append(all_indices[i0:i0 + n])
-                parts_v.append(all_values[v0:v0 + n * widths[t]].reshape((n,) + table.shape[1:]))
-            table.clear_grad()
-            if sum(len(part) for part in parts_i):
-                table.accumulate_sparse(np.concatenate(parts_i), np.concatenate(parts_v))
 
     def broadcast_parameters(self, pc: Any, root: int = 0) -> None:
         """Give every rank the parameter values of rank `root` (one flat broadcast)."""
@@ -622,3 +602,188 @@ class Communicator:
                 time.sleep(_POLL_SECONDS)
             else:  # (lets a process waiting for this core run: on a busy machine, the other rank)
                 os.sched_yield()
+
+
+class PendingSum:
+    """A sum of gradients under way (`Communicator.start_sum_gradients`): `progress()` moves
+    it on without waiting, `finish()` completes it. Its exchanges come one after the other,
+    each posted once the one before has arrived: the handshake (which call, which
+    parameters, which minibatch), then the dense gradients with every rank's loss and row
+    counts, then the tables' touched rows, which are then summed.
+
+    loss: the summed loss once finished (None before). seconds: where the time of its calls
+    went, {"waiting": for the other ranks to come to the sum, "exchange": the rest of
+    exchanging and summing, "update": in `then`}."""
+
+    def __init__(self, comm: Communicator, pc: Any, loss: float,
+                 then: Callable[[float], Any] | None) -> None:
+        self._owner, self._then = comm, then
+        self._own_loss = float(loss)
+        self.loss: float | None = None
+        self.seconds = {"waiting": 0.0, "exchange": 0.0, "update": 0.0}
+        self._finished = False
+        self._stage = _SUMMED
+        if comm._comm is None:
+            self.finish()
+            return
+        start = time.perf_counter()
+        self._params = list(pc.parameters())
+        self._layout, digest = comm._layout(self._params)
+        dealt, comm._dealt = comm._dealt, 0
+        request, self._calls = comm._post_handshake("sum_gradients", digest, dealt)
+        self._requests = [request]
+        self._stage = _HANDSHAKE
+        self.seconds["exchange"] += time.perf_counter() - start
+
+    @property
+    def done(self) -> bool:
+        """Whether finish() has completed (the sum, then `then`)."""
+        return self._finished
+
+    def progress(self) -> bool:
+        """Move the exchange on as far as it can go without waiting for another rank; True
+        once the gradients are summed (finish() then only calls `then`)."""
+        if self._stage == _SUMMED:
+            return True
+        from mpi4py import MPI
+        start = time.perf_counter()
+        try:
+            while self._stage != _SUMMED and MPI.Request.Testall(self._requests):
+                self._advance()
+        finally:
+            self.seconds["exchange"] += time.perf_counter() - start
+        return self._stage == _SUMMED
+
+    def finish(self) -> float:
+        """Wait for the other ranks and the exchange, sum the tables' rows, call then(summed
+        loss) and return the summed loss; once done, return it again."""
+        if self._finished:
+            return self.loss  # type: ignore[return-value]
+        comm = self._owner
+        try:
+            while self._stage != _SUMMED:
+                start = time.perf_counter()
+                waiting = self._stage == _HANDSHAKE
+                comm._wait(self._requests, _SPIN_SECONDS if waiting else _SPIN_ALL_THERE_SECONDS)
+                waited = time.perf_counter() - start
+                self.seconds["waiting" if waiting else "exchange"] += waited
+                if waiting:  # (the wait for the slowest rank sleeps between tests)
+                    comm.waiting_seconds += waited
+                start = time.perf_counter()
+                self._advance()
+                self.seconds["exchange"] += time.perf_counter() - start
+        except BaseException:
+            self._give_up()
+            raise
+        self._finished = True
+        if comm._pending is self:
+            comm._pending = None
+        if self.loss is None:
+            self.loss = self._own_loss
+        if self._then is not None:
+            start = time.perf_counter()
+            try:
+                self._then(self.loss)
+            finally:
+                self.seconds["update"] += time.perf_counter() - start
+        return self.loss
+
+    def _give_up(self) -> None:
+        """After an error: this sum is over (a later call of the communicator must not wait
+        for it again)."""
+        self._finished = True
+        self._stage = _SUMMED
+        if self._owner._pending is self:
+            self._owner._pending = None
+
+    def _advance(self) -> None:
+        """The current stage's exchanges have arrived: check or use them, post the next."""
+        try:
+            if self._stage == _HANDSHAKE:
+                self._post_gradients()
+            elif self._stage == _GRADIENTS:
+                self._post_rows()
+            elif self._stage == _ROWS:
+                self._sum_rows()
+        except BaseException:
+            self._give_up()
+            raise
+
+    def _post_gradients(self) -> None:
+        from mpi4py import MPI
+        comm, calls = self._owner, self._calls
+        comm._check_calls(calls)
+        if (calls[:, 1] != calls[0, 1]).any():
+            self._give_up()
+            raise comm._layouts_differ("sum_gradients", self._layout)
+        for r in range(comm.size):
+            if calls[r, 2] != calls[0, 2]:
+                raise DistributedError(
+                    f"sum_gradients: rank {r} dealt another minibatch than rank 0 (shard_batch "
+                    "since the last sum: other examples' costs, or another step_cost): every "
+                    "rank must deal the same minibatch, in the same order, the same way")
+        dense, tables = _dense_and_tables(self._params)
+        for group in (dense, tables):
+            dtypes = sorted({str(p.grad.dtype) for p in group})
+            if len(dtypes) > 1:  # (the same on every rank: their layouts agree)
+                raise DistributedError(
+                    "sum_gradients: the gradients of the "
+                    f"{'tables' if group is tables else 'dense parameters'} are of several "
+                    f"dtypes ({', '.join(dtypes)}); they are summed in one buffer of one dtype")
+        requests = []
+        if dense:
+            flat = comm._gradient_buffer(dense)
+            requests.append(comm._comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
+        self._tables = tables
+        self._sparse = [table.sparse_grad() for table in tables]
+        header = np.array([self._own_loss] + [len(rows) for rows, _ in self._sparse],
+                          dtype=np.float64)
+        self._headers = np.empty((comm.size, header.size), dtype=np.float64)
+        requests.append(comm._comm.Iallgather(header, self._headers))
+        self._requests = requests
+        self._stage = _GRADIENTS
+
+    def _post_rows(self) -> None:
+        self.loss = float(self._headers[:, 0].sum())
+        if not self._tables:
+            self._stage = _SUMMED
+            return
+        comm, tables = self._owner, self._tables
+        rows = self._rows = self._headers[:, 1:].astype(np.int64)  # [rank, table]
+        widths = self._widths = np.array([int(np.prod(t.shape[1:])) for t in tables],
+                                         dtype=np.int64)
+        index_counts = self._index_counts = rows.sum(axis=1)
+        value_counts = self._value_counts = (rows * widths).sum(axis=1)
+        dtype = tables[0].grad.dtype
+        indices = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in self._sparse])
+        values = np.concatenate([np.asarray(v, dtype=dtype).ravel() for _, v in self._sparse])
+        self._all_indices = np.empty(int(index_counts.sum()), dtype=np.int64)
+        self._all_values = np.empty(int(value_counts.sum()), dtype=dtype)
+        self._requests = [
+            comm._comm.Iallgatherv(indices, [self._all_indices, index_counts]),
+            comm._comm.Iallgatherv(values, [self._all_values, value_counts])]
+        self._stage = _ROWS
+
+    def _sum_rows(self) -> None:
+        """Each table's gradient becomes every rank's rows, summed in rank order."""
+        rows, widths = self._rows, self._widths
+        index_start = np.r_[0, np.cumsum(self._index_counts)[:-1]]
+        value_start = np.r_[0, np.cumsum(self._value_counts)[:-1]]
+        for t, table in enumerate(self._tables):
+            parts_i, parts_v = [], []
+            for r in range(self._owner.size):
+                i0 = index_start[r] + rows[r, :t].sum()
+                v0 = value_start[r] + (rows[r, :t] * widths[:t]).sum()
+                n = rows[r, t]
+                parts_i.append(self._all_indices[i0:i0 + n])
+                parts_v.append(self._all_values[v0:v0 + n * widths[t]]
+                               .reshape((n,) + table.shape[1:]))
+            table.clear_grad()
+            if sum(len(part) for part in parts_i):
+                table.accumulate_sparse(np.concatenate(parts_i), np.concatenate(parts_v))
+        self._sparse = self._all_indices = self._all_values = None  # type: ignore[assignment]
+        self._stage = _SUMMED
+
+
+# the stages of a PendingSum: what its posted exchanges carry
+_HANDSHAKE, _GRADIENTS, _ROWS, _SUMMED = range(4)

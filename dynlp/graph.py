@@ -12,7 +12,7 @@ import gc
 import math
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -124,7 +124,8 @@ class Graph:
         "param_nodes", "node_params", "_param_exprs", "_memo", "_templates", "pinned",
         "bypassed", "pointwise", "inlined", "_inside", "folded", "_zeros", "_depths", "_info",
         "_broadcasts", "_over", "_gates", "_padded_keys", "mixed_ops", "_singles", "_sig_ids",
-        "_previous", "engine", "_collecting", "_final_stats", "cache", "__weakref__")
+        "_previous", "engine", "_collecting", "_final_stats", "cache", "before",
+        "__weakref__")
 
     def __init__(self, autobatch: bool | str = True, dtype: Any = np.float32,
                  seed: int | None = None, training: bool = True,
@@ -192,6 +193,7 @@ class Graph:
         # zero state of an RNN), emptied when the graph ends: a memo kept here instead of in
         # the model keeps no ended graph alive
         self.cache: dict[Any, Any] = {}
+        self.before: list[Callable[[], Any]] = []  # `before_evaluation`'s, not yet called
         self.engine = self.engine_class(self, autobatch)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -199,6 +201,8 @@ class Graph:
         """Make this the current graph; the cyclic garbage collector pauses inside the block
         (graphs make many small objects and no cycles), as it was before on exit."""
         global _current
+        if _current is not None and _current.before:  # (a graph opened inside another: its
+            _current._run_before()                     # values must be the updated ones too)
         self._previous = _current
         self._collecting = gc.isenabled()
         gc.disable()
@@ -227,6 +231,7 @@ class Graph:
             self._broadcasts, self._over, self._gates = {}, {}, {}
             self._param_exprs = {}  # (its expressions refer to the graph: no cycle left)
             self.cache = {}
+            self.before = []  # (not called: the graph evaluated nothing)
             self.pointwise, self.inlined, self._inside = {}, {}, None
 
     def __len__(self) -> int:
@@ -571,6 +576,28 @@ class Graph:
             raise GraphError(_ENDED)
 
     # -- evaluation ------------------------------------------------------------------------------
+    def before_evaluation(self, fn: Callable[[], Any]) -> None:
+        """Call fn() once, before this graph first evaluates anything (its first forward,
+        value, gradient or backward), so that work the evaluation needs but the building does
+        not runs while the graph is built: a data-parallel run's gradient exchange and update
+        of the step before (`dynlp.distributed.Communicator.start_sum_gradients`). Building
+        reads no parameter's value (a parameter's node refers to its array, which trainers
+        update in place), so an update that fn makes is what the whole graph computes with. A
+        graph opened inside this one (to decide something while building) calls fn first too;
+        code that reads a parameter's `value` array directly while building must call fn
+        itself."""
+        self._check_alive()
+        self.before.append(fn)
+
+    def _run_before(self) -> None:
+        """The functions given to `before_evaluation`, in order; then the parameters that this
+        graph holds as copies (another dtype than theirs) are copied again."""
+        while self.before:
+            self.before.pop(0)()
+        for node, param in self.node_params.items():
+            if param.value.dtype != self.dtype:
+                self.engine.value(node)[...] = param.value  # (a leaf's value: its own array)
+
     def forward(self, exprs: Iterable["Expression"]) -> None:
         """Evaluate the given expressions together (one batched pass over what they need)."""
         self._check_alive()

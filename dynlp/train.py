@@ -32,7 +32,7 @@ from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
 from .data.files import remove_stale_temporaries
 from .report import REPORT_FILE
-from .distributed import Communicator, setup
+from .distributed import Communicator, PendingSum, setup
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
@@ -691,45 +691,70 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
     clock = time.perf_counter
     start, cpu = clock(), time.process_time()
     phases: dict[str, Any] = {**dict.fromkeys(PHASES, 0.0), "steps": 0}
-    waited = comm.waiting_seconds
+    stepping = 0.0  # seconds of the steps, all phases
     disable = None if progress is None else not progress
+
+    def update(step: int) -> Callable[[float], None]:
+        def then(loss: float) -> None:  # (the whole minibatch's loss, summed across ranks)
+            if not np.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} in epoch {epoch}, step {step}; "
+                                    "try a smaller learning rate")
+            trainer.update()
+        return then
+
     with tqdm(total=len(examples), desc=f"epoch {epoch}", unit="ex", disable=disable,
               leave=False, dynamic_ncols=True) as bar:
+        def settle(pending: PendingSum, examples: int) -> None:
+            """A step's sum is finished (and its update made): count it."""
+            nonlocal total_loss, count
+            pending.finish()
+            for phase, seconds in pending.seconds.items():
+                phases[phase] += seconds
+            phases["steps"] += 1
+            total_loss += pending.loss
+            count += examples
+            bar.update(examples)
+            bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
+
+        # Step k's gradients are exchanged while step k + 1's graph is built: its first
+        # evaluation finishes the exchange and makes the update (on one process the update
+        # follows the backward at once, as there is nothing to exchange)
+        pending: PendingSum | None = None
+        previous = 0
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
             began = clock()
             value = _share_loss(model, batch, comm.shard_batch(batch), seed, epoch, step,
-                                strategy)
-            computed = clock()
-            value = comm.sum_gradients(trainer.pc, value)
-            exchanged = clock()
-            trainer.update()
-            phases["compute"] += computed - began
-            phases["exchange"] += exchanged - computed
-            phases["update"] += clock() - exchanged
-            phases["steps"] += 1
-            if not np.isfinite(value):
-                raise TrainingError(f"the loss became {value} in epoch {epoch}, step {step}; "
-                                    "try a smaller learning rate")
-            total_loss += value
-            count += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(loss=f"{total_loss / count:.4f}", refresh=False)
-    phases["waiting"] = comm.waiting_seconds - waited
-    phases["exchange"] -= phases["waiting"]
+                                strategy, pending)
+            if pending is not None:
+                settle(pending, previous)
+            pending = comm.start_sum_gradients(trainer.pc, value, then=update(step))
+            previous = len(batch)
+            stepping += clock() - began
+        if pending is not None:
+            began = clock()
+            settle(pending, previous)
+            stepping += clock() - began
+    phases["compute"] = stepping - phases["waiting"] - phases["exchange"] - phases["update"]
     return total_loss, count, clock() - start, time.process_time() - cpu, phases
 
 
 def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch: int, step: int,
-                strategy: bool | str) -> float:
+                strategy: bool | str, pending: PendingSum | None = None) -> float:
     """Build, evaluate and backpropagate the summed loss of the examples at `positions` of a
-    minibatch (this rank's share); their gradients are left in the parameters."""
+    minibatch (this rank's share); their gradients are left in the parameters. `pending`: the
+    step before's sum of gradients, moved on while the graph is built and finished (with its
+    update) before the graph's first evaluation."""
     if not positions:
         return 0.0
     rng = step_rng(seed, epoch, step)
     rngs = [example_rng(seed, epoch, step, i) for i in positions]
     examples = [batch[i] for i in positions]
+    if pending is not None and pending.done:
+        pending = None
     with dn.Graph(autobatch=strategy, seed=int(rng.integers(2**63 - 1))) as g:
+        if pending is not None:
+            g.before_evaluation(pending.finish)
         if hasattr(model, "batch_loss"):  # recipes that decide in lockstep
             total = model.batch_loss(examples, rngs)
         else:
@@ -737,6 +762,8 @@ def _share_loss(model: Any, batch: list, positions: list[int], seed: int, epoch:
             for example, example_generator in zip(examples, rngs):
                 g.use_generator(example_generator)
                 losses.append(model.loss(example, example_generator))
+                if pending is not None:
+                    pending.progress()
             total = dn.esum(losses)
         value = total.scalar_value()
         total.backward()

@@ -70,6 +70,52 @@ def exchange(out: Path) -> None:
     (out / f"rank-{comm.rank}.json").write_text(json.dumps(result), encoding="utf-8")
 
 
+def pending(out: Path) -> None:
+    """start_sum_gradients: the exchange moves while a rank builds a graph, finish() makes the
+    update before the graph's first value; an allgather called while a sum is pending finishes
+    it first."""
+    comm = distributed.setup()
+    pc = dn.ParameterCollection(seed=0)  # the same values on every rank
+    weight = pc.add_parameters((3, 2), name="W")
+    table = pc.add_lookup_parameters((6, 2), name="E")
+    start = weight.value.copy()
+    dense, rows, values = contribution(comm.rank)
+    seen = {}
+    for step in range(2):
+        weight.accumulate_grad(dense)
+        table.accumulate_sparse(rows, values)
+        if comm.rank == 1:
+            time.sleep(0.1)  # rank 0 builds meanwhile
+        updates = []
+
+        def update(loss: float) -> None:
+            updates.append((loss, weight.grad.tolist(), table.sparse_grad()[0].tolist(),
+                            table.sparse_grad()[1].tolist()))
+            weight.value -= weight.grad  # (an SGD step of rate 1)
+            pc.clear_grads()
+        pending = comm.start_sum_gradients(pc, float(comm.rank + 1), then=update)
+        if step == 0:
+            with dn.Graph() as g:
+                g.before_evaluation(pending.finish)
+                y = dn.parameter(weight) * 1.0
+                tests = 0
+                while not pending.progress() and tests < 10**6:
+                    tests += 1
+                seen["progressed"] = pending.progress()
+                seen["updated_before_value"] = updates == []
+                seen["value"] = y.npvalue().tolist()
+                seen["updates"] = list(updates)
+                seen["done"] = pending.done
+        else:  # the next call finishes the pending sum first
+            seen["gathered"] = comm.allgather(comm.rank)
+            seen["updates_after_allgather"] = list(updates)
+            seen["finish_again"] = pending.finish()
+    seen["start"] = start.tolist()
+    seen["end"] = weight.value.tolist()
+    seen["waiting"] = pending.seconds["waiting"]
+    (out / f"rank-{comm.rank}.json").write_text(json.dumps(seen), encoding="utf-8")
+
+
 class DyingTagger(tagger.Model):
     """Rank 1 dies as soon as rank 0 has written the first checkpoint."""
 
@@ -92,4 +138,4 @@ def die(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"exchange": exchange, "die": die}[sys.argv[1]](Path(sys.argv[2]))
+    {"exchange": exchange, "pending": pending, "die": die}[sys.argv[1]](Path(sys.argv[2]))

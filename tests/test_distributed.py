@@ -264,6 +264,23 @@ def test_two_ranks_sum_gradients_and_share_values(tmp_path):
     assert ranks[0]["values"] == ranks[1]["values"]
 
 
+@needs_mpi
+def test_a_sum_of_gradients_goes_on_while_a_rank_builds_its_next_graph(tmp_path):
+    _launch(2, str(WORKER), "pending", str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    summed = [[0, 1], [10, 11], [2, 3], [12, 13]]  # rows 0, 1, 2, 3 (as in the test above)
+    for seen in ranks:
+        assert seen["progressed"] and seen["updated_before_value"] and seen["done"]
+        assert seen["updates"] == [[3.0, np.full((3, 2), 3.0).tolist(), [0, 1, 2, 3], summed]]
+        # the graph computed with the updated value
+        np.testing.assert_allclose(seen["value"], np.array(seen["start"]) - 3.0, rtol=1e-6)
+        assert seen["gathered"] == [0, 1]
+        assert len(seen["updates_after_allgather"]) == 1 and seen["finish_again"] == 3.0
+        np.testing.assert_allclose(seen["end"], np.array(seen["start"]) - 6.0, rtol=1e-6)
+    assert ranks[0]["end"] == ranks[1]["end"]
+    assert ranks[0]["waiting"] >= 0.02  # rank 1 came 0.1 s late to the second sum
+
+
 SMALL = {"tagger": ["--word-dim", "16", "--char-dim", "8", "--char-hidden", "16",
                     "--lstm-layers", "1", "--lstm-dim", "32", "--mlp-dim", "16"],
          "treelstm": ["--embedding-dim", "16", "--hidden-dim", "12"],
