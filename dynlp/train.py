@@ -32,7 +32,7 @@ from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
 from .data.files import remove_stale_temporaries
 from .report import REPORT_FILE
-from .distributed import Communicator, PendingSum, setup
+from .distributed import STEP_COST, Communicator, PendingSum, setup
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
@@ -210,6 +210,9 @@ class RecipeModel:
     recipe = ""
     config: dict
     vocabs: dict
+    # the fixed cost of one autobatched step, in words, when a minibatch is dealt across ranks
+    # (`Communicator.shard_batch`'s step_cost): a sequence's every word is a step
+    shard_step_cost = STEP_COST
 
     def metadata(self) -> dict:
         return {"recipe": self.recipe, "config": self.config,
@@ -687,6 +690,7 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
     CPU seconds, its `PHASES` seconds and steps). Each rank computes its share of every
     minibatch, each example with its own generator."""
     seed, size = int(config["seed"]), int(config["batch_size"])
+    step_cost = getattr(model, "shard_step_cost", STEP_COST)
     total_loss, count = 0.0, 0
     clock = time.perf_counter
     start, cpu = clock(), time.process_time()
@@ -724,8 +728,8 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
             began = clock()
-            value = _share_loss(model, batch, comm.shard_batch(batch), seed, epoch, step,
-                                strategy, pending)
+            mine = comm.shard_batch(batch, step_cost=step_cost)
+            value = _share_loss(model, batch, mine, seed, epoch, step, strategy, pending)
             if pending is not None:
                 settle(pending, previous)
             pending = comm.start_sum_gradients(trainer.pc, value, then=update(step))

@@ -97,6 +97,12 @@ class Model(RecipeModel):
     p(0) + p(1) against p(3) + p(4), i.e. the total probability of negative against positive.
     """
 
+    # A tree's nodes are batched level by level, and a tall tree's levels cost no more than
+    # its words do: dealt with step cost 0, the two ranks' shares of a minibatch of 25 trees
+    # cost 16.3 and 16.4 ms (CPU, one process, mean of 30), against 16.3 and 17.8 with the
+    # sequences' 2 (the rank of the more, shorter trees waited for the other)
+    shard_step_cost = 0
+
     recipe = NAME
 
     def __init__(self, pc: dn.ParameterCollection, config: dict, vocabs: dict) -> None:

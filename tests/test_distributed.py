@@ -187,6 +187,28 @@ def test_shares_of_a_minibatch_add_up_to_its_loss_and_gradients(make):
         np.testing.assert_allclose(got[name], grad, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("make, step_cost", [(_tagger, distributed.STEP_COST), (_treelstm, 0),
+                                             (_parser, distributed.STEP_COST)],
+                         ids=["tagger", "treelstm", "parser"])
+def test_training_deals_minibatches_with_the_models_step_cost(make, step_cost, monkeypatch):
+    """Trees are batched level by level: their recipe deals with step cost 0."""
+    Model, config, examples = make()
+    pc = dn.ParameterCollection(seed=2)
+    model = Model(pc, config, Model.build_vocabs(examples, config))
+    assert model.shard_step_cost == step_cost
+    seen = []
+    deal = distributed.Communicator.shard_batch
+
+    def spy(self, batch, cost=distributed.example_cost, step_cost=distributed.STEP_COST):
+        seen.append(step_cost)
+        return deal(self, batch, cost, step_cost)
+    monkeypatch.setattr(distributed.Communicator, "shard_batch", spy)
+    config = {**train.COMMON_DEFAULTS, **config, "batch_size": 3}
+    train._train_epoch(model, dn.AdamTrainer(pc), examples, config, 1, True, False,
+                       distributed.Communicator())
+    assert seen == [step_cost] * 2
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["rank 0", "other ranks"])
 def test_a_refused_run_folder_is_said_once_and_ends_without_an_abort(quiet, monkeypatch,
                                                                      tmp_path, capsys):
