@@ -6,6 +6,8 @@ ranks with a core each could reach before they exchange gradients and update; th
 timed back to back, so the machine's load moves them less than it moves two runs.
 
     python scripts/bench_shards.py --mirror ../shared/data --recipe tagger --step-costs 0,2
+    python scripts/bench_shards.py --mirror ../shared/data --recipe tagger --step-costs 2 \
+        --repeat-shares 6 --steps 4 --beside copy
     python scripts/bench_shards.py --train data/tiny-train.conllu --recipe tagger --steps 2
 """
 
@@ -15,6 +17,7 @@ import argparse
 import importlib
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat-shares", type=int, default=0, metavar="K",
                         help="also time each share of the first step cost K times in a row: how "
                              "much one share's time moves, against how much the shares differ")
+    parser.add_argument("--beside", choices=("nothing", "loop", "copy"), default="nothing",
+                        help="run beside another process: a pure-Python loop, or one copying "
+                             "64 MB arrays over and over (how much memory traffic slows a share)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.ranks < 2 or args.limit < 1 or args.repeat_shares < 0 or \
             args.repeat_shares == 1:
@@ -62,6 +68,26 @@ def main(argv: list[str] | None = None) -> None:
         costs = [int(c) for c in args.step_costs.split(",")]
     except ValueError:
         parser.error(f"--step-costs must be whole numbers, not {args.step_costs!r}")
+    other = None
+    if args.beside != "nothing":
+        other = subprocess.Popen([sys.executable, "-c", _BESIDE[args.beside]])
+    try:
+        _measure(args, costs)
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+# what --beside runs in a process of its own until it is killed
+_BESIDE = {
+    "loop": "s = 0\nwhile True:\n    s = (s + 1) % 1000003",
+    "copy": "import numpy as np\na = np.ones(2**24, np.float32)\nb = np.empty_like(a)\n"
+            "while True:\n    np.copyto(b, a)",
+}
+
+
+def _measure(args: argparse.Namespace, costs: list[int]) -> None:
     recipe = importlib.import_module(f"recipes.{args.recipe}")
     path = args.train or fetch(recipe.DEFAULT_DATASET, mirror=args.mirror)["train"]
     examples = recipe.read_examples(path)[:args.limit]
@@ -78,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     spreads: list[float] = []  # (max - min) / median of one share's repeated times
     gaps: list[float] = []  # costliest over cheapest share's median time, minus 1
     print(f"{args.recipe}: {len(examples)} examples, minibatches of {config['batch_size']}, "
-          f"{args.ranks} ranks; CPU ms of the whole step, then the costliest share per step cost "
-          f"{costs}")
+          f"{args.ranks} ranks, beside {args.beside}; CPU ms of the whole step, then the "
+          f"costliest share per step cost {costs}")
     for step, batch in enumerate(batches(examples, config["batch_size"], shuffle=True, seed=1,
                                          epoch=0)):
         if step >= args.steps + 1:
@@ -95,14 +121,17 @@ def main(argv: list[str] | None = None) -> None:
         for c, t in zip(costs, costliest):
             ratios[c].append(whole / t)
         if args.repeat_shares:
-            medians = []
+            medians, repeated = [], []
             for r in range(args.ranks):
                 positions = distributed.Communicator(_Ranks(r, args.ranks)).shard_batch(
                     batch, step_cost=costs[0])
                 times = [seconds(batch, positions, step) for _ in range(args.repeat_shares)]
+                repeated.append(times)
                 medians.append(statistics.median(times))
                 spreads.append((max(times) - min(times)) / medians[-1])
             gaps.append(max(medians) / min(medians) - 1)
+            print(f"  step {step:3d}: each share's times: " + "; ".join(
+                " ".join(f"{1e3 * t:.1f}" for t in times) for times in repeated))
     for c in costs:
         r = ratios[c]
         print(f"step cost {c}: whole / costliest share, median {statistics.median(r):.2f}x "

@@ -346,3 +346,21 @@ def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
         module.main(["--recipe", recipe, "--train", str(data / fixture), "--step-costs", "a"])
     with pytest.raises(SystemExit):
         module.main(["--recipe", recipe, "--train", str(data / fixture), "--repeat-shares", "1"])
+
+
+@pytest.mark.parametrize("beside", ["loop", "copy"])
+def test_bench_shards_runs_beside_another_process_and_ends_it(beside, capsys, monkeypatch):
+    module = _script("bench_shards")
+    started = []
+    popen = module.subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+    monkeypatch.setattr(module.subprocess, "Popen", recorded)
+    module.main(["--recipe", "tagger", "--train", str(ROOT / "data" / "tiny-train.conllu"),
+                 "--steps", "1", "--step-costs", "2", "--repeat-shares", "2",
+                 "--beside", beside])
+    out = capsys.readouterr().out
+    assert f"beside {beside}" in out and "each share's times: " in out
+    assert len(started) == 1 and started[0].poll() is not None  # ended with the script
