@@ -20,8 +20,8 @@ import pytest
 
 import dynlp as dn
 from dynlp import cli, distributed, train
-from dynlp.data import read_conllu, read_trees
-from recipes import parser, tagger, treelstm
+from dynlp.data import read_trees
+from tiny_recipes import parser_case, tagger_case, treelstm_case
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -144,22 +144,15 @@ def test_an_example_keeps_its_stream_when_examples_interleave():
 
 # -- the shares of a minibatch add up to the whole minibatch's gradient, for every recipe ----------
 def _tagger():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:6]
-    config = {**tagger.DEFAULTS, "word_dim": 8, "char_dim": 4, "char_hidden": 8,
-              "lstm_layers": 1, "lstm_dim": 16, "mlp_dim": 8}
-    return tagger.Model, config, examples
+    return tagger_case(6)
 
 
 def _treelstm():
-    examples = read_trees(DATA / "tiny-train.trees")[:6]
-    return treelstm.Model, {**treelstm.DEFAULTS, "embedding_dim": 8, "hidden_dim": 6}, examples
+    return treelstm_case(6)
 
 
 def _parser():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:6]
-    config = {**parser.DEFAULTS, "word_dim": 8, "pos_dim": 4, "lstm_layers": 1, "lstm_dim": 12,
-              "mlp_dim": 8, "exploration": 0.5}
-    return parser.Model, config, examples
+    return parser_case(6)
 
 
 def _gradients(model, pc, batch, shares) -> tuple[float, dict[str, np.ndarray]]:

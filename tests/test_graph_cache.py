@@ -13,8 +13,8 @@ import pytest
 
 import dynlp as dn
 from dynlp import train
-from dynlp.data import read_conllu, read_trees
-from recipes import parser, tagger, treelstm
+from recipes import parser
+from tiny_recipes import parser_case, tagger_case, treelstm_case
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -65,22 +65,15 @@ def test_an_lstm_and_a_tree_lstm_keep_no_ended_graph(kind):
 
 
 def _tagger():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:4]
-    config = {**tagger.DEFAULTS, "word_dim": 8, "char_dim": 4, "char_hidden": 8,
-              "lstm_layers": 1, "lstm_dim": 16, "mlp_dim": 8}
-    return tagger.Model, config, examples
+    return tagger_case(4)
 
 
 def _treelstm():
-    examples = read_trees(DATA / "tiny-train.trees")[:4]
-    return treelstm.Model, {**treelstm.DEFAULTS, "embedding_dim": 8, "hidden_dim": 6}, examples
+    return treelstm_case(4)
 
 
 def _parser():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:4]
-    config = {**parser.DEFAULTS, "word_dim": 8, "pos_dim": 4, "lstm_layers": 1, "lstm_dim": 12,
-              "mlp_dim": 8}
-    return parser.Model, config, examples
+    return parser_case(4, exploration=parser.DEFAULTS["exploration"])
 
 
 @pytest.mark.parametrize("make", [_tagger, _treelstm, _parser],

@@ -15,9 +15,8 @@ import pytest
 
 import dynlp as dn
 from dynlp import train
-from dynlp.data import read_conllu, read_trees
 from dynlp.graph import GraphError
-from recipes import parser, tagger, treelstm
+from tiny_recipes import parser_case, tagger_case, treelstm_case
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -138,22 +137,15 @@ class _LaterUpdate:
 
 
 def _tagger():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:12]
-    config = {**tagger.DEFAULTS, "word_dim": 8, "char_dim": 4, "char_hidden": 8,
-              "lstm_layers": 2, "lstm_dim": 16, "mlp_dim": 8}
-    return tagger.Model, config, examples
+    return tagger_case(12, lstm_layers=2)
 
 
 def _treelstm():
-    examples = read_trees(DATA / "tiny-train.trees")[:12]
-    return treelstm.Model, {**treelstm.DEFAULTS, "embedding_dim": 8, "hidden_dim": 6}, examples
+    return treelstm_case(12)
 
 
 def _parser():
-    examples = read_conllu(DATA / "tiny-train.conllu")[:12]
-    config = {**parser.DEFAULTS, "word_dim": 8, "pos_dim": 4, "lstm_layers": 1, "lstm_dim": 12,
-              "mlp_dim": 8, "exploration": 0.5}
-    return parser.Model, config, examples
+    return parser_case(12)
 
 
 def _recipe_training(make, later: bool) -> dict[str, np.ndarray]:
