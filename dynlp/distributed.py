@@ -630,10 +630,37 @@ class PendingSum:
         self._params = list(pc.parameters())
         self._layout, digest = comm._layout(self._params)
         dealt, comm._dealt = comm._dealt, 0
+        self._prepare()
         request, self._calls = comm._post_handshake("sum_gradients", digest, dealt)
         self._requests = [request]
         self._stage = _HANDSHAKE
         self.seconds["exchange"] += time.perf_counter() - start
+
+    def _prepare(self) -> None:
+        """What this rank sends, made ready before the handshake: while a rank that came
+        first waits for the others, so that once they are all there the exchanges are posted
+        at once (a problem found here is raised after the handshake, by every rank together)."""
+        comm = self._owner
+        dense, tables = _dense_and_tables(self._params)
+        self._problem = None
+        for group in (dense, tables):
+            dtypes = sorted({str(p.grad.dtype) for p in group})
+            if len(dtypes) > 1:  # (the same on every rank when their layouts agree)
+                self._problem = (
+                    "sum_gradients: the gradients of the "
+                    f"{'tables' if group is tables else 'dense parameters'} are of several "
+                    f"dtypes ({', '.join(dtypes)}); they are summed in one buffer of one dtype")
+                return
+        self._flat = comm._gradient_buffer(dense) if dense else None
+        self._tables = tables
+        sparse = [table.sparse_grad() for table in tables]
+        self._header = np.array([self._own_loss] + [len(rows) for rows, _ in sparse],
+                                dtype=np.float64)
+        if tables:
+            dtype = tables[0].grad.dtype
+            self._indices = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in sparse])
+            self._values = np.concatenate([np.asarray(v, dtype=dtype).ravel()
+                                           for _, v in sparse])
 
     @property
     def done(self) -> bool:
@@ -722,22 +749,12 @@ class PendingSum:
                     f"sum_gradients: rank {r} dealt another minibatch than rank 0 (shard_batch "
                     "since the last sum: other examples' costs, or another step_cost): every "
                     "rank must deal the same minibatch, in the same order, the same way")
-        dense, tables = _dense_and_tables(self._params)
-        for group in (dense, tables):
-            dtypes = sorted({str(p.grad.dtype) for p in group})
-            if len(dtypes) > 1:  # (the same on every rank: their layouts agree)
-                raise DistributedError(
-                    "sum_gradients: the gradients of the "
-                    f"{'tables' if group is tables else 'dense parameters'} are of several "
-                    f"dtypes ({', '.join(dtypes)}); they are summed in one buffer of one dtype")
+        if self._problem is not None:
+            raise DistributedError(self._problem)
         requests = []
-        if dense:
-            flat = comm._gradient_buffer(dense)
-            requests.append(comm._comm.Iallreduce(MPI.IN_PLACE, flat, op=MPI.SUM))
-        self._tables = tables
-        self._sparse = [table.sparse_grad() for table in tables]
-        header = np.array([self._own_loss] + [len(rows) for rows, _ in self._sparse],
-                          dtype=np.float64)
+        if self._flat is not None:
+            requests.append(comm._comm.Iallreduce(MPI.IN_PLACE, self._flat, op=MPI.SUM))
+        header = self._header
         self._headers = np.empty((comm.size, header.size), dtype=np.float64)
         requests.append(comm._comm.Iallgather(header, self._headers))
         self._requests = requests
@@ -754,14 +771,11 @@ class PendingSum:
                                          dtype=np.int64)
         index_counts = self._index_counts = rows.sum(axis=1)
         value_counts = self._value_counts = (rows * widths).sum(axis=1)
-        dtype = tables[0].grad.dtype
-        indices = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in self._sparse])
-        values = np.concatenate([np.asarray(v, dtype=dtype).ravel() for _, v in self._sparse])
         self._all_indices = np.empty(int(index_counts.sum()), dtype=np.int64)
-        self._all_values = np.empty(int(value_counts.sum()), dtype=dtype)
+        self._all_values = np.empty(int(value_counts.sum()), dtype=self._values.dtype)
         self._requests = [
-            comm._comm.Iallgatherv(indices, [self._all_indices, index_counts]),
-            comm._comm.Iallgatherv(values, [self._all_values, value_counts])]
+            comm._comm.Iallgatherv(self._indices, [self._all_indices, index_counts]),
+            comm._comm.Iallgatherv(self._values, [self._all_values, value_counts])]
         self._stage = _ROWS
 
     def _sum_rows(self) -> None:
@@ -781,7 +795,8 @@ class PendingSum:
             table.clear_grad()
             if sum(len(part) for part in parts_i):
                 table.accumulate_sparse(np.concatenate(parts_i), np.concatenate(parts_v))
-        self._sparse = self._all_indices = self._all_values = None  # type: ignore[assignment]
+        self._indices = self._values = None  # type: ignore[assignment]
+        self._all_indices = self._all_values = None  # type: ignore[assignment]
         self._stage = _SUMMED
 
 

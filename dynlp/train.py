@@ -32,7 +32,7 @@ from .autobatch import DEFAULT_STRATEGY
 from .data import Vocab, batches, write_text_atomic
 from .data.files import remove_stale_temporaries
 from .report import REPORT_FILE
-from .distributed import STEP_COST, Communicator, PendingSum, setup
+from .distributed import STEP_COST, Communicator, PendingSum, example_cost, setup
 from .params import ModelSizeError, open_npz, read_header, stored_elements, write_npz
 from .trainers import make_trainer
 
@@ -617,11 +617,12 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
 
     epochs, patience = int(config["epochs"]), int(config["patience"])
     epoch = saved = state["epoch"]
+    costs = _example_costs(train_examples) if comm.size > 1 else None
     try:
         while epoch < epochs and state["epochs_without_improvement"] < patience:
             epoch += 1
             loss, count, seconds, cpu, phases = _train_epoch(
-                model, trainer, train_examples, config, epoch, strategy, progress, comm)
+                model, trainer, train_examples, config, epoch, strategy, progress, comm, costs)
             ranks = comm.allgather([cpu, phases])
             record: dict[str, Any] = {
                 "epoch": epoch, "train_loss": loss / count, "examples_per_second": count / seconds,
@@ -683,12 +684,27 @@ def train(recipe: ModuleType, config: dict, out: str | os.PathLike, train_exampl
 PHASES = ("compute", "waiting", "exchange", "update")
 
 
+def _example_costs(examples: list) -> Callable[[Any], int]:
+    """`example_cost` of the training examples, counted once for the whole run (a sentence's
+    len() and a tree's words() walk their tokens, a few microseconds each, which every step's
+    deal would otherwise spend on all of its examples). Keyed by identity: the examples list
+    keeps them alive while it trains."""
+    known = {id(example): example_cost(example) for example in examples}
+
+    def cost(example: Any) -> int:
+        found = known.get(id(example))
+        return example_cost(example) if found is None else found
+    return cost
+
+
 def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: int,
-                 strategy: bool | str, progress: bool | None,
-                 comm: Communicator) -> tuple[float, int, float, float, dict]:
+                 strategy: bool | str, progress: bool | None, comm: Communicator,
+                 costs: Callable[[Any], int] | None = None
+                 ) -> tuple[float, int, float, float, dict]:
     """One pass over the shuffled examples: (summed loss, examples, seconds, this process's
     CPU seconds, its `PHASES` seconds and steps). Each rank computes its share of every
-    minibatch, each example with its own generator."""
+    minibatch, each example with its own generator; `costs`: the examples' costs for the deal
+    (`_example_costs`; by default counted at every step)."""
     seed, size = int(config["seed"]), int(config["batch_size"])
     step_cost = getattr(model, "shard_step_cost", STEP_COST)
     total_loss, count = 0.0, 0
@@ -728,7 +744,7 @@ def _train_epoch(model: Any, trainer: Any, examples: list, config: dict, epoch: 
         for step, batch in enumerate(batches(examples, size, shuffle=True, seed=seed,
                                              epoch=epoch)):
             began = clock()
-            mine = comm.shard_batch(batch, step_cost=step_cost)
+            mine = comm.shard_batch(batch, costs or example_cost, step_cost=step_cost)
             value = _share_loss(model, batch, mine, seed, epoch, step, strategy, pending)
             if pending is not None:
                 settle(pending, previous)

@@ -9,6 +9,13 @@ timed back to back, so the machine's load moves them less than it moves two runs
     python scripts/bench_shards.py --mirror ../shared/data --recipe tagger --step-costs 2 \
         --repeat-shares 6 --steps 4 --beside copy
     python scripts/bench_shards.py --train data/tiny-train.conllu --recipe tagger --steps 2
+    python scripts/bench_shards.py --mirror ../shared/data --recipe treelstm --twin --steps 30
+
+With --twin, a second process trains the same model on the same minibatches, whole, over and
+over, and every step is timed twice, that process paused (SIGSTOP) and running (SIGCONT), in
+alternating order: how much a second core busy with the same work slows the first, measured
+side by side. Two ranks can at best reach whole / costliest share divided by that slowdown,
+before their exchange and update.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import argparse
 import importlib
 import os
 import statistics
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,7 +69,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beside", choices=("nothing", "loop", "copy"), default="nothing",
                         help="run beside another process: a pure-Python loop, or one copying "
                              "64 MB arrays over and over (how much memory traffic slows a share)")
+    parser.add_argument("--twin", action="store_true",
+                        help="time every step twice, beside the same training paused and running "
+                             "in another process (POSIX only)")
+    parser.add_argument("--as-twin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.as_twin:
+        _twin(args)
+        return
+    if args.twin and (args.beside != "nothing" or args.repeat_shares):
+        parser.error("--twin goes with neither --beside nor --repeat-shares")
     if args.steps < 1 or args.ranks < 2 or args.limit < 1 or args.repeat_shares < 0 or \
             args.repeat_shares == 1:
         parser.error("--steps and --limit must be >= 1, --ranks >= 2, --repeat-shares 0 or >= 2")
@@ -71,13 +89,20 @@ def main(argv: list[str] | None = None) -> None:
     other = None
     if args.beside != "nothing":
         other = subprocess.Popen([sys.executable, "-c", _BESIDE[args.beside]])
+    elif args.twin:
+        other = subprocess.Popen([sys.executable, __file__, "--as-twin"] + list(
+            argv if argv is not None else sys.argv[1:]), stdin=subprocess.DEVNULL)
+        os.kill(other.pid, signal.SIGSTOP)
     try:
-        _measure(args, costs)
+        _measure(args, costs, other if args.twin else None)
     finally:
         if other is not None:
             other.kill()
             other.wait()
 
+
+# seconds the --twin process gets to load its data and model and start its steps
+_TWIN_WARM_UP = 4.0
 
 # what --beside runs in a process of its own until it is killed
 _BESIDE = {
@@ -87,18 +112,41 @@ _BESIDE = {
 }
 
 
-def _measure(args: argparse.Namespace, costs: list[int]) -> None:
+def _setup(args: argparse.Namespace) -> tuple:
+    """The recipe's examples, config, parameters and model."""
     recipe = importlib.import_module(f"recipes.{args.recipe}")
     path = args.train or fetch(recipe.DEFAULT_DATASET, mirror=args.mirror)["train"]
     examples = recipe.read_examples(path)[:args.limit]
     config = dict(recipe.DEFAULTS)
     pc = dn.ParameterCollection(seed=1)
     model = recipe.Model(pc, config, recipe.Model.build_vocabs(examples, config))
+    return examples, config, pc, model
+
+
+def _twin(args: argparse.Namespace) -> None:
+    """The --twin process: the same whole minibatches' steps over and over, until killed."""
+    examples, config, pc, model = _setup(args)
+    while True:
+        for step, batch in enumerate(batches(examples, config["batch_size"], shuffle=True,
+                                             seed=1, epoch=0)):
+            train._share_loss(model, batch, list(range(len(batch))), 1, 0, step, "late")
+            pc.clear_grads()
+
+
+def _measure(args: argparse.Namespace, costs: list[int],
+             twin: subprocess.Popen | None = None) -> None:
+    examples, config, pc, model = _setup(args)
 
     def seconds(batch: list, positions: list[int], step: int) -> float:
         start = time.process_time()
         train._share_loss(model, batch, positions, 1, 0, step, "late")
-        return time.process_time() - start
+        elapsed = time.process_time() - start
+        pc.clear_grads()  # (else the tables' gradient chunks pile up)
+        return elapsed
+
+    if twin is not None:
+        _beside_twin(args, costs[0], examples, config, twin, seconds)
+        return
 
     ratios: dict[int, list[float]] = {c: [] for c in costs}
     spreads: list[float] = []  # (max - min) / median of one share's repeated times
@@ -141,6 +189,46 @@ def _measure(args: argparse.Namespace, costs: list[int]) -> None:
               f"spread by {100 * statistics.median(spreads):.0f}% of their median (median; up to "
               f"{100 * max(spreads):.0f}%); the costliest share's median exceeds the cheapest's "
               f"by {100 * statistics.median(gaps):.0f}% (median; up to {100 * max(gaps):.0f}%)")
+
+
+def _beside_twin(args: argparse.Namespace, cost: int, examples: list, config: dict,
+                 twin: subprocess.Popen, seconds: Callable) -> None:
+    """Each step's whole minibatch and costliest share, timed with the twin paused and
+    running (which first alternates by step; the twin first loads its model and runs)."""
+    os.kill(twin.pid, signal.SIGCONT)
+    time.sleep(_TWIN_WARM_UP)
+    alone: dict[str, list[float]] = {"whole": [], "share": []}
+    beside: dict[str, list[float]] = {"whole": [], "share": []}
+    print(f"{args.recipe}: {len(examples)} examples, minibatches of {config['batch_size']}, "
+          f"{args.ranks} ranks, step cost {cost}; CPU ms of the whole step and the costliest "
+          "share, the twin paused, then running")
+    for step, batch in enumerate(batches(examples, config["batch_size"], shuffle=True, seed=1,
+                                         epoch=0)):
+        if step >= args.steps + 1:
+            break
+        shares = [distributed.Communicator(_Ranks(r, args.ranks)).shard_batch(
+            batch, step_cost=cost) for r in range(args.ranks)]
+        timed = {}
+        for running in ((False, True) if step % 2 else (True, False)):
+            os.kill(twin.pid, signal.SIGCONT if running else signal.SIGSTOP)
+            timed[running] = (seconds(batch, list(range(len(batch))), step),
+                              max(seconds(batch, share, step) for share in shares))
+        os.kill(twin.pid, signal.SIGSTOP)
+        if step == 0:
+            continue
+        print(f"  step {step:3d}: paused {1e3 * timed[False][0]:7.1f} {1e3 * timed[False][1]:7.1f}"
+              f"   running {1e3 * timed[True][0]:7.1f} {1e3 * timed[True][1]:7.1f}")
+        for running, into in ((False, alone), (True, beside)):
+            into["whole"].append(timed[running][0])
+            into["share"].append(timed[running][1])
+    median = statistics.median
+    ratio = median(w / s for w, s in zip(alone["whole"], alone["share"]))
+    slow_whole = median(b / a for a, b in zip(alone["whole"], beside["whole"]))
+    slow_share = median(b / a for a, b in zip(alone["share"], beside["share"]))
+    print(f"whole / costliest share, the twin paused: median {ratio:.2f}x; beside the running "
+          f"twin, the whole step takes {slow_whole:.2f}x and the costliest share {slow_share:.2f}x "
+          f"as long (medians over {len(alone['whole'])} minibatches): {args.ranks} ranks can at "
+          f"best reach {ratio / slow_share:.2f}x before they exchange and update")
 
 
 if __name__ == "__main__":

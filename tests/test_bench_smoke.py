@@ -364,3 +364,39 @@ def test_bench_shards_runs_beside_another_process_and_ends_it(beside, capsys, mo
     out = capsys.readouterr().out
     assert f"beside {beside}" in out and "each share's times: " in out
     assert len(started) == 1 and started[0].poll() is not None  # ended with the script
+
+
+def test_bench_shards_twin_times_each_step_beside_the_same_training(capsys, monkeypatch):
+    """--twin: a second process trains the same minibatches (it does work: its CPU time shows
+    when it is reaped), each step is timed with it paused and running, and it ends with the
+    script."""
+    import resource
+    module = _script("bench_shards")
+    monkeypatch.setattr(module, "_TWIN_WARM_UP", 1.0)
+    started = []
+    popen = module.subprocess.Popen
+
+    def recorded(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+    monkeypatch.setattr(module.subprocess, "Popen", recorded)
+    alive = []
+    measure = module._beside_twin
+
+    def checked(*args):
+        measure(*args)
+        alive.append(started[0].poll() is None)  # (a twin that failed would have exited)
+    monkeypatch.setattr(module, "_beside_twin", checked)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+    module.main(["--recipe", "tagger", "--train", str(ROOT / "data" / "tiny-train.conllu"),
+                 "--steps", "2", "--step-costs", "2", "--twin"])
+    assert alive == [True]
+    out = capsys.readouterr().out
+    assert out.count("paused") >= 3 and "running" in out
+    line = next(x for x in out.splitlines() if x.startswith("whole / costliest share"))
+    assert float(line.split("best reach ")[1].split("x")[0]) > 0
+    assert len(started) == 1 and started[0].poll() is not None  # ended with the script
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before > 0.2
+    with pytest.raises(SystemExit):
+        module.main(["--recipe", "tagger", "--train", str(ROOT / "data" / "tiny-train.conllu"),
+                     "--twin", "--beside", "loop"])

@@ -202,6 +202,25 @@ def test_training_deals_minibatches_with_the_models_step_cost(make, step_cost, m
     assert seen == [step_cost] * 2
 
 
+@pytest.mark.parametrize("make", [_tagger, _treelstm, _parser],
+                         ids=["tagger", "treelstm", "parser"])
+def test_training_counts_the_examples_costs_once_and_deals_as_before(make, monkeypatch):
+    """The costs the deal reads are each example's example_cost, counted once per run (not at
+    every step); an example the run did not count is counted when dealt."""
+    Model, config, examples = make()
+    costs = train._example_costs(examples)
+    assert [costs(e) for e in examples] == [distributed.example_cost(e) for e in examples]
+    counted = []
+    monkeypatch.setattr(train, "example_cost", lambda e: counted.append(e) or 7)
+    assert [costs(e) for e in examples] == [distributed.example_cost(e) for e in examples]
+    assert counted == []
+    stranger = type(examples[0]).__new__(type(examples[0]))
+    assert costs(stranger) == 7 and counted == [stranger]
+    two = [distributed.Communicator(FakeComm(r, 2)) for r in range(2)]
+    for a, b in zip(two, [distributed.Communicator(FakeComm(r, 2)) for r in range(2)]):
+        assert a.shard_batch(examples[:5], costs) == b.shard_batch(examples[:5])
+
+
 @pytest.mark.parametrize("quiet", [False, True], ids=["rank 0", "other ranks"])
 def test_a_refused_run_folder_is_said_once_and_ends_without_an_abort(quiet, monkeypatch,
                                                                      tmp_path, capsys):
