@@ -19,6 +19,8 @@ given by --train and --dev.
     python scripts/bench_distributed.py --mirror ../shared/data --limit 2000 --recipes tagger
     python scripts/bench_distributed.py --mirror ../shared/data --limit 3000 --dev-limit 300 \
         --rounds 3                                                           # medians of 3
+    python scripts/bench_distributed.py --mirror ../shared/data --limit 3000 --dev-limit 300 \
+        --rounds 5 --batch-scale 2            # global batches twice the recipes' own
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
         command += ["--dev-limit", str(args.dev_limit)]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
+    elif args.batch_scale != 1:
+        command += ["--batch-size", str(args.batch_scale * default_batch(recipe))]
     if args.train:
         command += ["--train", args.train, "--dev", args.dev]
     load = os.getloadavg()[0]
@@ -86,6 +90,13 @@ def run(recipe: str, ranks: int, out: Path, args: argparse.Namespace) -> dict:
             "wall_seconds": wall, "load": load}
 
 
+def default_batch(recipe: str) -> int:
+    """The recipe's own minibatch size (its DEFAULTS)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import importlib
+    return int(importlib.import_module(f"recipes.{recipe}").DEFAULTS["batch_size"])
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -106,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="train on the first N examples")
     parser.add_argument("--dev-limit", type=int, help="score on the first N dev examples")
     parser.add_argument("--epochs", type=positive, default=1)
-    parser.add_argument("--batch-size", type=int, help="global batch (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive,
+                        help="global batch (default: the recipe's)")
+    parser.add_argument("--batch-scale", type=positive, default=1, metavar="K",
+                        help="global batch K times each recipe's own, for 1 process and N "
+                             "ranks alike (K = N: each rank computes as many examples a step "
+                             "as one process does at the recipe's batch)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=positive, default=1,
                         help="train each recipe this many times each way, alternating, and "
@@ -117,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--train and --dev go together")
     if args.train and len(args.recipes) != 1:
         parser.error("--train needs exactly one recipe in --recipes")
+    if args.batch_size and args.batch_scale != 1:
+        parser.error("--batch-size and --batch-scale exclude each other")
 
     n = str(args.ranks)
     results = {}

@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=3000, help="the first N examples")
     parser.add_argument("--steps", type=int, default=16, help="minibatches to time")
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--step-costs", default="0,2",
-                        help="comma-separated step costs of shard_batch to compare")
+    parser.add_argument("--step-costs",
+                        help="comma-separated step costs of shard_batch to compare (default 0,2; "
+                             "with --twin, the recipe's own, as dynlp train deals)")
     parser.add_argument("--repeat-shares", type=int, default=0, metavar="K",
                         help="also time each share of the first step cost K times in a row: how "
                              "much one share's time moves, against how much the shares differ")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             args.repeat_shares == 1:
         parser.error("--steps and --limit must be >= 1, --ranks >= 2, --repeat-shares 0 or >= 2")
     try:
-        costs = [int(c) for c in args.step_costs.split(",")]
+        costs = [int(c) for c in (args.step_costs or "0,2").split(",")]
     except ValueError:
         parser.error(f"--step-costs must be whole numbers, not {args.step_costs!r}")
     other = None
@@ -145,7 +146,9 @@ def _measure(args: argparse.Namespace, costs: list[int],
         return elapsed
 
     if twin is not None:
-        _beside_twin(args, costs[0], examples, config, twin, seconds)
+        own = getattr(model, "shard_step_cost", distributed.STEP_COST)
+        _beside_twin(args, costs[0] if args.step_costs else own, examples, config, twin,
+                     seconds)
         return
 
     ratios: dict[int, list[float]] = {c: [] for c in costs}

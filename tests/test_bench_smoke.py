@@ -389,9 +389,10 @@ def test_bench_shards_twin_times_each_step_beside_the_same_training(capsys, monk
     monkeypatch.setattr(module, "_beside_twin", checked)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
     module.main(["--recipe", "tagger", "--train", str(ROOT / "data" / "tiny-train.conllu"),
-                 "--steps", "2", "--step-costs", "2", "--twin"])
+                 "--steps", "2", "--twin"])
     assert alive == [True]
     out = capsys.readouterr().out
+    assert f"step cost {module.distributed.STEP_COST};" in out  # (the tagger's own)
     assert out.count("paused") >= 3 and "running" in out
     line = next(x for x in out.splitlines() if x.startswith("whole / costliest share"))
     assert float(line.split("best reach ")[1].split("x")[0]) > 0

@@ -432,3 +432,31 @@ def test_bench_distributed_alternates_rounds_and_gives_the_median(tmp_path, caps
         bench.main(["--recipes", "tagger", "parser", "--train", "a", "--dev", "b"])
     with pytest.raises(SystemExit):
         bench.main(["--rounds", "0"])
+
+
+def test_bench_distributed_batch_scale_multiplies_each_recipes_own_batch(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_distributed",
+                                                  ROOT / "scripts" / "bench_distributed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    commands = []
+
+    class Seen(Exception):
+        pass
+
+    def record(command, **kwargs):
+        commands.append(command)
+        raise Seen
+    monkeypatch.setattr(bench.subprocess, "run", record)
+    monkeypatch.setattr(bench, "mpiexec", lambda: "mpiexec")
+    for recipe, batch in [("tagger", 64), ("treelstm", 50), ("parser", 64)]:
+        with pytest.raises(Seen):
+            bench.main(["--recipes", recipe, "--batch-scale", "2"])
+        assert commands[-1][commands[-1].index("--batch-size") + 1] == str(batch)
+    with pytest.raises(Seen):
+        bench.main(["--recipes", "tagger"])
+    assert "--batch-size" not in commands[-1]
+    with pytest.raises(SystemExit):
+        bench.main(["--batch-size", "8", "--batch-scale", "2"])
+    with pytest.raises(SystemExit):
+        bench.main(["--batch-scale", "0"])
