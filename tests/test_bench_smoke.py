@@ -348,9 +348,8 @@ def test_bench_shards_times_the_whole_and_the_shares(recipe, fixture, capsys):
         module.main(["--recipe", recipe, "--train", str(data / fixture), "--repeat-shares", "1"])
 
 
-@pytest.mark.parametrize("beside", ["loop", "copy"])
-def test_bench_shards_runs_beside_another_process_and_ends_it(beside, capsys, monkeypatch):
-    module = _script("bench_shards")
+def _recording_processes(module, monkeypatch) -> list:
+    """The processes the script starts, as they start."""
     started = []
     popen = module.subprocess.Popen
 
@@ -358,6 +357,13 @@ def test_bench_shards_runs_beside_another_process_and_ends_it(beside, capsys, mo
         started.append(popen(*args, **kwargs))
         return started[-1]
     monkeypatch.setattr(module.subprocess, "Popen", recorded)
+    return started
+
+
+@pytest.mark.parametrize("beside", ["loop", "copy"])
+def test_bench_shards_runs_beside_another_process_and_ends_it(beside, capsys, monkeypatch):
+    module = _script("bench_shards")
+    started = _recording_processes(module, monkeypatch)
     module.main(["--recipe", "tagger", "--train", str(ROOT / "data" / "tiny-train.conllu"),
                  "--steps", "1", "--step-costs", "2", "--repeat-shares", "2",
                  "--beside", beside])
@@ -373,13 +379,7 @@ def test_bench_shards_twin_times_each_step_beside_the_same_training(capsys, monk
     import resource
     module = _script("bench_shards")
     monkeypatch.setattr(module, "_TWIN_WARM_UP", 1.0)
-    started = []
-    popen = module.subprocess.Popen
-
-    def recorded(*args, **kwargs):
-        started.append(popen(*args, **kwargs))
-        return started[-1]
-    monkeypatch.setattr(module.subprocess, "Popen", recorded)
+    started = _recording_processes(module, monkeypatch)
     alive = []
     measure = module._beside_twin
 
